@@ -1,0 +1,154 @@
+"""The ``oodml`` command: a thin argparse layer over the public API.
+
+Every user-facing failure is an :class:`~oodml.errors.OodmlError`, printed as
+one line on stderr with exit status 2 (argparse's own usage errors also exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import OodmlError
+from .progress import set_quiet
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="a registered dataset (see `oodml datasets list`)")
+    p.add_argument("--root", help="dataset directory (for hf: a local folder or a hub id)")
+    p.add_argument("-o", "--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                   help="adapter option, e.g. -o subset=test for sop; repeatable")
+
+
+def _load(args: argparse.Namespace):
+    from .datasets import load_dataset
+
+    return load_dataset(args.name, root=args.root, **dict(args.option))
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    from .datasets import dataset_spec, list_datasets
+
+    specs = [dataset_spec(n) for n in list_datasets()]
+    width = max(len(s.name) for s in specs)
+    for s in specs:
+        print(f"{s.name:<{width}}  {s.description}")
+    return 0
+
+
+def dataset_summary(ds) -> dict:
+    """What ``oodml datasets info`` reports, as a JSON-friendly dict.
+
+    Metadata columns with at most 20 values are tallied: by classes when the
+    value is constant within every class (glyphs' script group), else by images.
+    """
+    counts = ds.class_counts()
+    summary = {
+        "dataset": ds.name, "root": str(ds.root), "layout": ds.layout,
+        "classes": len(ds.classes), "images": len(ds),
+        "images_per_class": {"min": int(counts.min()), "median": float(np.median(counts)), "max": int(counts.max())},
+        "fingerprint": ds.fingerprint,
+    }
+    for key, column in ds.metadata.items():
+        column = np.asarray(column)
+        values, inverse = np.unique(column, return_inverse=True)
+        if len(values) > 20:
+            summary[key] = f"{len(values)} distinct values"
+            continue
+        class_value = np.full(len(ds.classes), -1)
+        class_value[ds.labels] = inverse
+        per_class = np.array_equal(class_value[ds.labels], inverse)
+        unit = "classes" if per_class else "images"
+        tally = np.bincount(class_value[class_value >= 0] if per_class else inverse, minlength=len(values))
+        summary[key] = {"unit": unit, "counts": {str(v): int(c) for v, c in zip(values, tally, strict=True)}}
+    return summary
+
+
+def cmd_datasets_info(args: argparse.Namespace) -> int:
+    summary = dataset_summary(_load(args))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for key, value in summary.items():
+        if key == "images_per_class":
+            key, value = "per class", f"min {value['min']} / median {value['median']:g} / max {value['max']}"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k} {n}" for k, n in value["counts"].items()) + f" ({value['unit']})"
+        print(f"{key:<12} {value}")
+    return 0
+
+
+def cmd_datasets_verify(args: argparse.Namespace) -> int:
+    ds = _load(args)
+    problems = ds.verify_images()
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        raise OodmlError(f"{ds.name}: {len(problems)} of {len(ds)} images are unreadable (listed above)")
+    print(f"{ds.name}: all {len(ds)} images decode")
+    return 0
+
+
+def cmd_datasets_download(args: argparse.Namespace) -> int:
+    from .datasets import download_dataset
+
+    root = download_dataset(args.name, args.root)
+    print(f"{args.name}: downloaded and verified into {root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oodml",
+                                     description="Out-of-distribution benchmark for deep metric learning.")
+    parser.add_argument("--version", action="version", version=f"oodml {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    datasets = commands.add_parser("datasets", help="list, inspect, verify and download datasets")
+    sub = datasets.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser("list", help="registered datasets").set_defaults(func=cmd_datasets_list)
+    info = sub.add_parser("info", help="classes, images, fingerprint and layout found")
+    _add_dataset_args(info)
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.set_defaults(func=cmd_datasets_info)
+    verify = sub.add_parser("verify", help="decode every image and list the unreadable ones")
+    _add_dataset_args(verify)
+    verify.set_defaults(func=cmd_datasets_verify)
+    download = sub.add_parser("download", help="fetch and checksum-verify the official archives")
+    download.add_argument("name")
+    download.add_argument("--root", required=True, help="directory to download and unpack into")
+    download.set_defaults(func=cmd_datasets_download)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quiet:
+        set_quiet(True)
+    try:
+        return args.func(args)
+    except OodmlError as exc:
+        print(f"oodml: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("oodml: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

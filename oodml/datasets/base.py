@@ -1,0 +1,137 @@
+"""The dataset record every adapter returns.
+
+An :class:`ImageDataset` is a list of samples, each a stable relative ``sample
+id`` (the key used by splits, caches and submissions), an integer label
+indexing ``classes``, and an image.  Adapters only parse annotations; reading
+images, fingerprinting and checking live here, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import OodmlError
+from ..progress import progress
+
+
+def fingerprint_of(sample_ids: Sequence[str], class_names: Sequence[str], sizes: Sequence[int]) -> str:
+    """sha256 (hex) over the sorted ``(sample id, class name, size in bytes)`` triples.
+
+    Sorting makes the fingerprint independent of annotation order, and using
+    sizes rather than contents keeps it cheap (a ``stat`` per file) while still
+    changing when a file is added, removed, relabelled or rewritten at another size.
+    """
+    h = hashlib.sha256()
+    for sid, cname, size in sorted(zip(sample_ids, class_names, sizes, strict=True)):
+        h.update(f"{sid}\t{cname}\t{int(size)}\n".encode())
+    return h.hexdigest()
+
+
+@dataclass(eq=False)
+class ImageDataset:
+    """Images with class labels, loaded from one root in one layout.
+
+    Attributes:
+        name: registry name of the adapter that loaded it (``"cub200"``, ...).
+        root: the directory the relative sample ids resolve against.
+        layout: which on-disk layout was found, in words.
+        sample_ids: one stable relative path per sample (POSIX separators).
+        labels: int64 array, shape ``(N,)``, indices into ``classes``.
+        classes: class names; ``classes[labels[i]]`` names sample ``i``'s class.
+        metadata: extra per-sample columns (e.g. SOP's super-class), each of length N.
+    """
+
+    name: str
+    root: Path
+    layout: str
+    sample_ids: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    metadata: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        n = len(self.sample_ids)
+        if self.labels.shape != (n,):
+            raise ValueError(f"labels shape {self.labels.shape} does not match {n} sample ids")
+        if n and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise ValueError("labels must index classes")
+        if len(set(self.sample_ids)) != n:
+            dup = next(s for s, c in Counter(self.sample_ids).items() if c > 1)
+            raise OodmlError(f"{self.name}: sample id {dup!r} appears more than once in the annotations")
+        for key, col in self.metadata.items():
+            if len(col) != n:
+                raise ValueError(f"metadata column {key!r} has {len(col)} rows, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        """Return sample ``index`` as ``(RGB PIL image, label)``.
+
+        Raises:
+            OodmlError: naming the file when it is missing, unreadable or truncated.
+        """
+        return self.load_image(index), int(self.labels[index])
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, root='{self.root}', "
+                f"images={len(self)}, classes={len(self.classes)})")
+
+    # --- per-sample storage: overridden by datasets that are not files on disk -------
+    def path(self, index: int) -> Path:
+        """Absolute path of sample ``index``'s image file."""
+        return self.root / self.sample_ids[index]
+
+    def load_image(self, index: int) -> Image.Image:
+        path = self.path(index)
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return img.convert("RGB")
+        except FileNotFoundError:
+            raise OodmlError(f"{self.name}: image file {path} is missing "
+                             f"(listed as {self.sample_ids[index]!r} in the annotations)") from None
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            raise OodmlError(f"{self.name}: cannot read image {path}: {exc} "
+                             "(the file is corrupt or truncated; re-extract it from the archive)") from None
+
+    def sample_size(self, index: int) -> int:
+        """Size of the stored sample in bytes (what the fingerprint hashes)."""
+        path = self.path(index)
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            raise OodmlError(f"{self.name}: image file {path} is missing "
+                             f"(listed as {self.sample_ids[index]!r} in the annotations)") from None
+
+    # --- derived ----------------------------------------------------------------------
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 hex over sorted (sample id, class name, size); see :func:`fingerprint_of`."""
+        sizes = [self.sample_size(i) for i in progress(range(len(self)), f"fingerprint {self.name}",
+                                                       total=len(self), unit="file")]
+        return fingerprint_of(self.sample_ids, [self.classes[k] for k in self.labels], sizes)
+
+    def class_counts(self) -> np.ndarray:
+        """Images per class, int64 array of shape ``(len(classes),)``."""
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+    def verify_images(self) -> list[str]:
+        """Decode every image; return one message per unreadable sample (empty when all are fine)."""
+        problems = []
+        for i in progress(range(len(self)), f"verify {self.name}", total=len(self), unit="img"):
+            try:
+                self.load_image(i)
+            except OodmlError as exc:
+                problems.append(str(exc))
+        return problems

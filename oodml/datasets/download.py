@@ -1,0 +1,108 @@
+"""Fetch a dataset's official archives, check their published md5, and unpack them safely."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from .._fs import atomic_path
+from ..errors import OodmlError
+from ..progress import progress
+from .registry import Download, dataset_spec
+
+CHUNK = 1 << 20
+
+
+def md5_of(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch(item: Download, dest: Path, *, dataset: str, root: Path, layout: str, timeout: float) -> None:
+    """Download ``item.url`` to ``dest`` atomically and verify its md5."""
+    try:
+        response = urllib.request.urlopen(item.url, timeout=timeout)  # noqa: S310 (fixed, registered URLs)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise OodmlError(
+            f"{dataset}: cannot download {item.url} ({reason}); this machine may be offline. Fetch {item.filename} "
+            f"elsewhere and unpack it into {root} so that it holds {layout}") from None
+    total = int(response.headers.get("Content-Length") or 0) or None
+    with response, atomic_path(dest) as tmp, open(tmp, "wb") as out:
+        for block in progress(iter(lambda: response.read(CHUNK), b""), f"download {item.filename}",
+                              total=total and -(-total // CHUNK), unit="MiB"):
+            out.write(block)
+        out.flush()
+        digest = md5_of(tmp)
+        if digest != item.md5:
+            raise OodmlError(f"{dataset}: {item.url} has md5 {digest}, expected {item.md5}; the download is "
+                             "corrupt or the file changed upstream, so it was discarded")
+
+
+def _check_member(name: str, archive: Path) -> None:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts:
+        raise OodmlError(f"refusing to extract {archive}: member {name!r} would land outside the dataset root")
+
+
+def extract(archive: Path, into: Path) -> None:
+    """Unpack a tar (any compression) or zip archive into ``into``, refusing members that escape it.
+
+    The archive is unpacked into a temporary folder first and its top-level
+    entries are then renamed into place, so a failure leaves nothing half-extracted.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=into))
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                for name in z.namelist():
+                    _check_member(name, archive)
+                z.extractall(staging)
+        else:
+            with tarfile.open(archive) as t:
+                for member in t.getmembers():
+                    _check_member(member.name, archive)
+                t.extractall(staging, filter="data")
+        for entry in staging.iterdir():
+            target = into / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+        raise OodmlError(f"cannot unpack {archive}: {exc} (not a valid, complete tar or zip archive)") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def download_dataset(name: str, root: str | Path, *, timeout: float = 30.0) -> Path:
+    """Download, verify (md5) and unpack the official archives of ``name`` into ``root``.
+
+    Archives already present with the right checksum are not fetched again.
+    Returns ``root``.
+
+    Raises:
+        OodmlError: no official download, unreachable URL (offline), checksum mismatch, bad archive.
+    """
+    spec = dataset_spec(name)
+    if not spec.downloads:
+        raise OodmlError(f"{name}: has no official download; it expects {spec.layout}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for item in spec.downloads:
+        dest = root / item.filename
+        if not (dest.exists() and md5_of(dest) == item.md5):
+            _fetch(item, dest, dataset=name, root=root, layout=spec.layout, timeout=timeout)
+        if item.extract:
+            extract(dest, root)
+    return root
+

@@ -1,0 +1,115 @@
+"""Dataset registry: names resolved to loaders, in the style of timm's model registry."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._fs import data_home
+from ..errors import OodmlError
+from .base import ImageDataset
+
+Loader = Callable[..., ImageDataset]
+
+
+@dataclass(frozen=True)
+class Download:
+    """An official archive: where it lives and how to check it.
+
+    Attributes:
+        url: where to fetch it.
+        filename: name to save it under (inside the dataset root).
+        md5: the checksum published with the dataset (hex).
+        extract: whether to unpack it (tar or zip) into the root.
+    """
+
+    url: str
+    filename: str
+    md5: str
+    extract: bool = True
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the registry knows about a dataset besides its loader.
+
+    Attributes:
+        name: registry name.
+        loader: ``loader(root: Path, **options) -> ImageDataset``.
+        description: one line for ``oodml datasets list``.
+        layout: the on-disk layout expected under the root, in words (used in errors).
+        downloads: official archives, empty when there is nothing to download.
+        needs_root: False for datasets that build themselves (glyphs).
+    """
+
+    name: str
+    loader: Loader
+    description: str
+    layout: str
+    downloads: tuple[Download, ...] = ()
+    needs_root: bool = True
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(name: str, *, description: str, layout: str,
+                     downloads: tuple[Download, ...] = (), needs_root: bool = True) -> Callable[[Loader], Loader]:
+    """Decorator registering ``loader(root, **options) -> ImageDataset`` under ``name``.
+
+    Registering a name twice replaces the earlier loader with a warning, as timm does.
+    """
+
+    def wrap(loader: Loader) -> Loader:
+        if name in _REGISTRY:
+            warnings.warn(f"dataset {name!r} was already registered; replacing it", stacklevel=2)
+        _REGISTRY[name] = DatasetSpec(name, loader, description, layout, downloads, needs_root)
+        return loader
+
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    """Names of all registered datasets, sorted."""
+    return sorted(_REGISTRY)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registry entry for ``name``; a one-line error listing the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise OodmlError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}") from None
+
+
+def default_root(name: str) -> Path:
+    """Where ``name`` is looked for when no root is given: ``$OODML_DATA/<name>``."""
+    return data_home() / name
+
+
+def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageDataset:
+    """Load a registered dataset.
+
+    Args:
+        name: a name from :func:`list_datasets`.
+        root: the dataset's directory (for ``hf`` also a hub id); defaults to
+            :func:`default_root` for on-disk datasets and to the cache for ``glyphs``.
+        **options: adapter-specific options (e.g. ``subset="test"`` for ``sop``).
+
+    Raises:
+        OodmlError: unknown name, missing root or annotation, malformed annotation.
+    """
+    spec = dataset_spec(name)
+    if root is None and spec.needs_root:
+        root = default_root(name)
+    root = None if root is None else Path(root)
+    try:
+        inspect.signature(spec.loader).bind(root, **options)
+    except TypeError:
+        accepted = [p for p in list(inspect.signature(spec.loader).parameters)[1:]]
+        raise OodmlError(f"{name}: unknown option(s) {', '.join(sorted(options))}; "
+                         f"accepted: {', '.join(accepted) or 'none'}") from None
+    return spec.loader(root, **options)
