@@ -112,6 +112,145 @@ def cmd_datasets_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_config(args: argparse.Namespace):
+    from .splits import SplitConfig
+
+    return SplitConfig(levels=args.levels, removal_levels=args.removal_levels, distance=args.distance,
+                       mode=args.mode, algorithm=args.algorithm, seed=args.seed, shots=tuple(args.shots),
+                       episodes=args.episodes, bootstrap=args.bootstrap)
+
+
+def cmd_make_splits(args: argparse.Namespace) -> int:
+    from .splits import make_splits
+    from .splits.report import format_levels
+
+    split_set = make_splits(args.name, root=args.root, options=dict(args.option), extractor=args.extractor,
+                            weights=args.weights, config=_split_config(args), version=args.version, out=args.out,
+                            device=args.device, batch_size=args.batch_size)
+    print(format_levels(split_set))
+    print(f"published {split_set.path}")
+    return 0
+
+
+def _parse_ref(ref: str) -> tuple[str, str | None]:
+    dataset, _, version = ref.partition("@")
+    return dataset, version or None
+
+
+def _load_split_set(ref: str):
+    from pathlib import Path
+
+    from .splits import load, read_split_set
+
+    if Path(ref).is_dir():
+        return read_split_set(Path(ref))
+    return load(*_parse_ref(ref))
+
+
+def cmd_splits_list(args: argparse.Namespace) -> int:
+    from .splits import iter_published
+
+    found = list(iter_published())
+    if not found:
+        print("no published split sets (run `oodml make-splits DATASET`, or set $OODML_SPLITS)")
+    for dataset, version, path in found:
+        print(f"{dataset}@{version}  {path}")
+    return 0
+
+
+def cmd_splits_show(args: argparse.Namespace) -> int:
+    from .splits.report import format_levels
+
+    print(format_levels(_load_split_set(args.ref)))
+    return 0
+
+
+def cmd_splits_verify(args: argparse.Namespace) -> int:
+    from .splits import iter_published, read_split_set
+
+    targets = [args.ref] if args.ref else [str(p) for _, _, p in iter_published()]
+    if not targets:
+        raise OodmlError("no published split sets to verify")
+    failures = 0
+    for ref in targets:
+        try:
+            split_set = _load_split_set(ref) if args.ref else read_split_set(ref)
+            print(f"ok  {split_set.dataset}@{split_set.version}  digest {split_set.digest}")
+        except OodmlError as exc:
+            failures += 1
+            print(f"FAIL  {ref}: {exc}", file=sys.stderr)
+    if failures:
+        raise OodmlError(f"{failures} of {len(targets)} split sets failed verification")
+    return 0
+
+
+def cmd_splits_plot(args: argparse.Namespace) -> int:
+    from .splits.report import plot_levels
+
+    split_set = _load_split_set(args.ref)
+    prefix = args.out or f"{split_set.dataset}-{split_set.version}-levels"
+    for path in plot_levels(split_set, prefix):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_splits_import(args: argparse.Namespace) -> int:
+    from .splits.oodml_import import import_oodml
+    from .splits.report import format_levels
+
+    split_set = import_oodml(args.pickle, dataset=args.dataset, version=args.version, out=args.out)
+    print(format_levels(split_set))
+    print(f"published {split_set.path}")
+    return 0
+
+
+def _add_make_splits(commands) -> None:
+    from .shift import DISTANCES, MODES
+    from .splits import ALGORITHMS
+
+    p = commands.add_parser("make-splits", help="build and publish graded train/test class splits")
+    _add_dataset_args(p)
+    p.add_argument("--extractor", help="feature extractor (default: the dataset's, resnet50 or pixels for glyphs) "
+                   "or a TorchScript file")
+    p.add_argument("--weights", help="weights file for the extractor")
+    p.add_argument("--levels", type=int, default=8)
+    p.add_argument("--removal-levels", type=int, default=2, help="levels beyond what swaps reach (default 2)")
+    p.add_argument("--distance", choices=sorted(DISTANCES), default="fid")
+    p.add_argument("--mode", choices=MODES, default="class-mean")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shots", type=int, nargs="+", default=[2, 5, 10])
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap draws for the distance CIs")
+    p.add_argument("--version", default="v1")
+    p.add_argument("--out", default="splits", help="publish under OUT/<dataset>/<version>/ (default ./splits)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.set_defaults(func=cmd_make_splits)
+
+
+def _add_splits(commands) -> None:
+    splits = commands.add_parser("splits", help="list, show, verify, plot and import published split sets")
+    sub = splits.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser("list", help="published split sets").set_defaults(func=cmd_splits_list)
+    show = sub.add_parser("show", help="the level table of DATASET[@VERSION] (or a directory)")
+    show.add_argument("ref")
+    show.set_defaults(func=cmd_splits_show)
+    verify = sub.add_parser("verify", help="check every hash of one or all published split sets")
+    verify.add_argument("ref", nargs="?")
+    verify.set_defaults(func=cmd_splits_verify)
+    plot = sub.add_parser("plot", help="distance per level with CIs, as PNG and SVG")
+    plot.add_argument("ref")
+    plot.add_argument("--out", help="output prefix (default DATASET-VERSION-levels)")
+    plot.set_defaults(func=cmd_splits_plot)
+    imp = sub.add_parser("import-oodml", help="convert an ooDML split pickle (restricted unpickler)")
+    imp.add_argument("pickle")
+    imp.add_argument("--dataset", required=True)
+    imp.add_argument("--version", required=True)
+    imp.add_argument("--out", default="splits")
+    imp.set_defaults(func=cmd_splits_import)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oodml",
                                      description="Out-of-distribution benchmark for deep metric learning.")
@@ -133,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("name")
     download.add_argument("--root", required=True, help="directory to download and unpack into")
     download.set_defaults(func=cmd_datasets_download)
+    _add_make_splits(commands)
+    _add_splits(commands)
     return parser
 
 

@@ -43,6 +43,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .._fs import atomic_path, oodml_home
 from ..progress import progress
+from ..seeding import rng_for
 from .base import ImageDataset
 from .imagefolder import scan_class_folders
 from .registry import register_dataset
@@ -119,11 +120,6 @@ def _coverage(filename: str) -> frozenset[int]:
     return frozenset(TTFont(str(_font_path(filename)), lazy=True).getBestCmap())
 
 
-def _seed(*parts: object) -> int:
-    """A seed derived from names (stable across processes, unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
-
-
 def render(char: str, font_file: str, variant: int | None = None) -> Image.Image:
     """Draw ``char`` in ``font_file`` as a ``SIZE`` x ``SIZE`` greyscale image (ink dark on white).
 
@@ -139,7 +135,7 @@ def render(char: str, font_file: str, variant: int | None = None) -> Image.Image
     baseline = round(side * BASELINE)
     ImageDraw.Draw(canvas).text((side / 2 - (x0 + x1) / 2, baseline), char, fill=255, font=font, anchor="ls")
     if variant is not None:
-        rng = np.random.default_rng(_seed(GENERATOR_VERSION, char, font_file, variant))
+        rng = rng_for(GENERATOR_VERSION, char, font_file, variant)
         angle, scale = math.radians(rng.uniform(-7, 7)), rng.uniform(0.88, 1.08)
         shear = rng.uniform(-0.12, 0.12)
         dx, dy = rng.uniform(-2, 2, size=2) * SUPERSAMPLE
@@ -218,7 +214,7 @@ def cache_dir() -> Path:
 
 @register_dataset("glyphs", description="embedded: Unicode characters rendered from matplotlib's fonts, "
                   "no download (generated once, then cached)", layout="generated under $OODML_HOME/glyphs",
-                  needs_root=False)
+                  needs_root=False, split_extractor="pixels")
 def load_glyphs(root: Path | None = None) -> ImageDataset:
     """Load (generating on first use) the glyphs dataset; ``root`` overrides the cache directory."""
     base = cache_dir() if root is None else Path(root)

@@ -43,6 +43,7 @@ class DatasetSpec:
         layout: the on-disk layout expected under the root, in words (used in errors).
         downloads: official archives, empty when there is nothing to download.
         needs_root: False for datasets that build themselves (glyphs).
+        split_extractor: the feature extractor ``make-splits`` uses by default.
     """
 
     name: str
@@ -51,13 +52,14 @@ class DatasetSpec:
     layout: str
     downloads: tuple[Download, ...] = ()
     needs_root: bool = True
+    split_extractor: str = "resnet50"
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(name: str, *, description: str, layout: str,
-                     downloads: tuple[Download, ...] = (), needs_root: bool = True) -> Callable[[Loader], Loader]:
+def register_dataset(name: str, *, description: str, layout: str, downloads: tuple[Download, ...] = (),
+                     needs_root: bool = True, split_extractor: str = "resnet50") -> Callable[[Loader], Loader]:
     """Decorator registering ``loader(root, **options) -> ImageDataset`` under ``name``.
 
     Registering a name twice replaces the earlier loader with a warning, as timm does.
@@ -66,7 +68,7 @@ def register_dataset(name: str, *, description: str, layout: str,
     def wrap(loader: Loader) -> Loader:
         if name in _REGISTRY:
             warnings.warn(f"dataset {name!r} was already registered; replacing it", stacklevel=2)
-        _REGISTRY[name] = DatasetSpec(name, loader, description, layout, downloads, needs_root)
+        _REGISTRY[name] = DatasetSpec(name, loader, description, layout, downloads, needs_root, split_extractor)
         return loader
 
     return wrap

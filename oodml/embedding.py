@@ -1,0 +1,134 @@
+"""The embedding engine: run a model over every image of a dataset, in batches, on the best device.
+
+Shared by feature extraction for splits and (later) by evaluation, so both
+see images through the same code: a DataLoader with workers and pinned
+memory, channels-last tensors, and autocast at the requested precision on GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision import transforms as T
+
+from .datasets import ImageDataset
+from .errors import OodmlError
+from .progress import progress
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are turned into tensors: resize the short side, centre-crop, normalise.
+
+    ``resize``/``crop`` in pixels (``None`` skips the step); ``mean``/``std`` per RGB channel.
+    """
+
+    resize: int | None = 256
+    crop: int | None = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def transform(self) -> Callable:
+        steps = []
+        if self.resize:
+            steps.append(T.Resize(self.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True))
+        if self.crop:
+            steps.append(T.CenterCrop(self.crop))
+        steps += [T.ToTensor(), T.Normalize(self.mean, self.std)]
+        return T.Compose(steps)
+
+    def as_dict(self) -> dict:
+        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+
+
+IMAGENET = Preprocessing()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; explicit names are checked for availability."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise OodmlError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OodmlError(f"device {name!r} requested but CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise OodmlError(f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OodmlError("device 'mps' requested but Apple MPS is not available; use --device cpu")
+    return device
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, dataset: ImageDataset, indices: Sequence[int], transform: Callable):
+        self.dataset, self.indices, self.transform = dataset, list(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(self.dataset.load_image(self.indices[i]))
+
+
+@torch.no_grad()
+def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preprocessing, *,
+          indices: Sequence[int] | None = None, batch_size: int = 128, device: str = "auto",
+          precision: str = "fp32", workers: int = 0, desc: str = "embed") -> np.ndarray:
+    """Embed images with ``model`` in eval mode.
+
+    Args:
+        dataset: the images.
+        model: maps a (B, 3, H, W) float batch to (B, d) embeddings.
+        preprocessing: how to turn each image into a tensor.
+        indices: which samples (default all), in this order.
+        batch_size, workers: DataLoader settings.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast (GPU only; the CPU runs fp32).
+
+    Returns:
+        float32 array (len(indices), d).
+
+    Raises:
+        OodmlError: bad device/precision, an unreadable image, or a model output
+            that is not (B, d) with finite values.
+    """
+    if precision not in PRECISIONS:
+        raise OodmlError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    dev = resolve_device(device)
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    loader = torch.utils.data.DataLoader(_Images(dataset, indices, preprocessing.transform()),
+                                         batch_size=batch_size, num_workers=workers,
+                                         pin_memory=dev.type == "cuda", persistent_workers=False)
+    model = model.eval().to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    autocast = PRECISIONS[precision] if dev.type == "cuda" else None
+    out = []
+    for batch in progress(loader, desc, total=len(loader), unit="batch"):
+        batch = batch.to(dev, non_blocking=True)
+        if dev.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+            result = model(batch)
+        if not isinstance(result, torch.Tensor) or result.ndim != 2 or result.shape[0] != batch.shape[0]:
+            shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+            raise OodmlError(f"the model returned {shape} for a batch of {batch.shape[0]} images; expected "
+                             "(batch, dimensions)")
+        result = result.float().cpu()
+        if not torch.isfinite(result).all():
+            raise OodmlError("the model returned NaN or inf embeddings; check its weights and input preprocessing")
+        out.append(result.numpy())
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)

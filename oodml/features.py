@@ -1,0 +1,232 @@
+"""Feature extractors for building splits, and their Parquet cache.
+
+An extractor is a frozen network plus its preprocessing, identified by an id
+and the sha256 of its weights.  The registry holds:
+
+* ``resnet50``: torchvision ResNet-50 with ImageNet (IMAGENET1K_V1) weights, the
+  2048-d globally average-pooled features, as in ooDML; resize 256, centre crop
+  224, ImageNet mean/std.  Weights come from the torch hub cache or ``weights=PATH``.
+* ``pixels``: for the embedded ``glyphs`` dataset, needing no weights: the
+  image resized and centre-cropped to 32x32, in grey, area-averaged to 16x16,
+  as a 256-d vector in [0, 1].  Chosen
+  over a seeded random network because it is exactly reproducible across torch
+  versions and machines (no random initialisation), takes about a second for
+  all of glyphs on a CPU, and its class means are average glyph shapes, which
+  cluster by script (tested: the hardest levels separate the script groups).
+
+Any TorchScript file is also an extractor (``get_extractor("path/model.pt")``);
+its preprocessing is read from an extra file ``preprocessing.json`` saved with
+it, else ImageNet's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ._fs import atomic_path, oodml_home
+from .datasets import ImageDataset
+from .embedding import IMAGENET, Preprocessing, embed
+from .errors import OodmlError
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """A frozen feature network.
+
+    Attributes:
+        id: registry name or ``torchscript:<file name>``.
+        weights_hash: sha256 of the weights file (``"none"`` when there are no weights).
+        preprocessing: how images become tensors.
+        build: returns the ``torch.nn.Module`` (B, 3, H, W) -> (B, d).
+    """
+
+    id: str
+    weights_hash: str
+    preprocessing: Preprocessing
+    build: Callable[[], torch.nn.Module]
+
+
+ExtractorFactory = Callable[[str | None], Extractor]
+_EXTRACTORS: dict[str, ExtractorFactory] = {}
+
+
+def register_extractor(name: str) -> Callable[[ExtractorFactory], ExtractorFactory]:
+    """Register ``factory(weights: str | None) -> Extractor`` under ``name``."""
+
+    def wrap(factory: ExtractorFactory) -> ExtractorFactory:
+        _EXTRACTORS[name] = factory
+        return factory
+
+    return wrap
+
+
+def list_extractors() -> list[str]:
+    return sorted(_EXTRACTORS)
+
+
+@cache
+def _sha256(path: Path, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, memoised per (path, mtime, size) within the process."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return _sha256(path, st.st_mtime_ns, st.st_size)
+
+
+def get_extractor(name: str, weights: str | None = None) -> Extractor:
+    """A registered extractor by name, or a TorchScript file by path.
+
+    Raises:
+        OodmlError: unknown name, or missing/unloadable weights.
+    """
+    if name in _EXTRACTORS:
+        return _EXTRACTORS[name](weights)
+    path = Path(name)
+    if path.suffix in (".pt", ".pth", ".ts", ".torchscript") or path.exists():
+        return torchscript_extractor(path)
+    raise OodmlError(f"unknown extractor {name!r}; choose one of {', '.join(list_extractors())} "
+                     "or give the path of a TorchScript file")
+
+
+class GlobalPooledResNet(torch.nn.Module):
+    """ResNet trunk with global average pooling: (B, 3, H, W) -> (B, 2048)."""
+
+    def __init__(self, resnet: torch.nn.Module):
+        super().__init__()
+        resnet.fc = torch.nn.Identity()
+        self.resnet = resnet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resnet(x)
+
+
+RESNET50_FILE = "resnet50-0676ba61.pth"  # torchvision's IMAGENET1K_V1 release
+
+
+def resnet50_weights_path(weights: str | None) -> Path:
+    """The weights file to use: ``weights`` if given, else the torch hub cache's copy."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise OodmlError(f"resnet50: weights file {path} does not exist")
+        return path
+    path = Path(torch.hub.get_dir()) / "checkpoints" / RESNET50_FILE
+    if not path.is_file():
+        raise OodmlError(
+            f"resnet50: ImageNet weights not found at {path} and this machine cannot download them; fetch "
+            f"https://download.pytorch.org/models/{RESNET50_FILE} elsewhere and put it at that path "
+            "(or pass --weights PATH)")
+    return path
+
+
+@register_extractor("resnet50")
+def resnet50_extractor(weights: str | None = None) -> Extractor:
+    path = resnet50_weights_path(weights)
+
+    def build() -> torch.nn.Module:
+        import torchvision
+
+        model = torchvision.models.resnet50(weights=None)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except (RuntimeError, OSError, ValueError, KeyError) as exc:
+            raise OodmlError(f"resnet50: cannot load weights {path}: {str(exc).splitlines()[0]} (expected a "
+                             "torchvision ResNet-50 state dict)") from None
+        return GlobalPooledResNet(model)
+
+    return Extractor("resnet50", file_sha256(path), IMAGENET, build)
+
+
+class GreyPixels(torch.nn.Module):
+    """(B, 3, H, W) in [0, 1] -> (B, side * side): grey level, area-averaged to ``side`` x ``side``."""
+
+    def __init__(self, side: int = 16):
+        super().__init__()
+        self.side = side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = x.mean(1, keepdim=True)
+        return torch.nn.functional.adaptive_avg_pool2d(grey, self.side).flatten(1)
+
+
+@register_extractor("pixels")
+def pixels_extractor(weights: str | None = None) -> Extractor:
+    if weights is not None:
+        raise OodmlError("the pixels extractor has no weights; drop --weights")
+    no_norm = Preprocessing(resize=32, crop=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return Extractor("pixels-16", "none", no_norm, lambda: GreyPixels(16))
+
+
+def torchscript_extractor(path: Path) -> Extractor:
+    if not path.is_file():
+        raise OodmlError(f"TorchScript extractor {path} does not exist")
+    extra = {"preprocessing.json": ""}
+
+    def load() -> torch.jit.ScriptModule:
+        try:
+            return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except (RuntimeError, ValueError) as exc:
+            raise OodmlError(f"{path} is not a loadable TorchScript file ({str(exc).splitlines()[0]}); export "
+                             "one with torch.jit.script(model).save(PATH)") from None
+
+    load()  # fail early, and read the preprocessing record
+    prep = IMAGENET
+    if extra["preprocessing.json"]:
+        try:
+            prep = Preprocessing(**json.loads(extra["preprocessing.json"]))
+        except (TypeError, ValueError) as exc:
+            raise OodmlError(f"{path}: preprocessing.json is malformed ({exc})") from None
+    return Extractor(f"torchscript:{path.name}", file_sha256(path), prep, load)
+
+
+# --- cache ------------------------------------------------------------------------------------
+
+def cache_path(dataset: ImageDataset, extractor: Extractor) -> Path:
+    safe_id = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in extractor.id)
+    return (oodml_home() / "features" / dataset.name /
+            f"{dataset.fingerprint[:16]}-{safe_id}-{extractor.weights_hash[:12]}.parquet")
+
+
+def extract_features(dataset: ImageDataset, extractor: Extractor, *, device: str = "auto", batch_size: int = 128,
+                     workers: int = 0, precision: str = "fp32", use_cache: bool = True) -> np.ndarray:
+    """Features of every image of ``dataset``, float32 (N, d), in dataset order.
+
+    Cached as Parquet (columns ``sample_id``, ``feature``) under
+    ``$OODML_HOME/features/<dataset>/`` keyed by (dataset fingerprint,
+    extractor id, weights hash); a cache whose sample ids do not match is rebuilt.
+    """
+    path = cache_path(dataset, extractor)
+    if use_cache and path.exists():
+        try:
+            table = pq.read_table(path)
+            if table.column("sample_id").to_pylist() == dataset.sample_ids:
+                return np.asarray(table.column("feature").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                                  dtype=np.float32).reshape(len(dataset), -1)
+        except (pa.ArrowException, OSError, KeyError, ValueError):
+            pass  # unreadable or stale cache: rebuild it below
+    feats = embed(dataset, extractor.build(), extractor.preprocessing, device=device, batch_size=batch_size,
+                  workers=workers, precision=precision, desc=f"features {extractor.id}")
+    if use_cache:
+        column = pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel(), pa.float32()), feats.shape[1])
+        table = pa.table({"sample_id": pa.array(dataset.sample_ids, pa.string()), "feature": column})
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+    return feats

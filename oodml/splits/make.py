@@ -1,0 +1,49 @@
+"""``make_splits``: dataset -> features -> levels -> published manifest (the I/O edge of split generation)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+from .. import __version__
+from ..datasets import dataset_spec, load_dataset
+from ..features import extract_features, get_extractor
+from .build import SplitConfig, build_levels
+from .manifest import SplitSet, check_version_name, write_split_set
+
+
+def make_splits(dataset: str, *, root: str | Path | None = None, options: dict | None = None,
+                extractor: str | None = None, weights: str | None = None, config: SplitConfig | None = None,
+                version: str = "v1", out: str | Path = "splits", device: str = "auto",
+                batch_size: int = 128) -> SplitSet:
+    """Build and publish ``out/<dataset>/<version>/``; returns the verified :class:`SplitSet`.
+
+    ``extractor`` defaults to the dataset's registered split extractor
+    (``resnet50``; ``pixels`` for glyphs).  Publishing identical content again
+    is a no-op; different content under an existing version is refused.
+    """
+    check_version_name(version)
+    config = config or SplitConfig()
+    ds = load_dataset(dataset, root=root, **(options or {}))
+    ext = get_extractor(extractor or dataset_spec(dataset).split_extractor, weights)
+    features = extract_features(ds, ext, device=device, batch_size=batch_size)
+    levels, info = build_levels(ds, features, config)
+    metadata = {
+        "dataset_fingerprint": ds.fingerprint,
+        "dataset_layout": ds.layout,
+        "num_classes": len(ds.classes),
+        "num_images": len(ds),
+        "extractor": ext.id,
+        "weights_hash": ext.weights_hash,
+        "feature_dim": int(features.shape[1]),
+        "mode": config.mode,
+        "distance": config.distance,
+        "algorithm": config.algorithm,
+        "parameters": dataclasses.asdict(config),
+        "seed": config.seed,
+        "default_distance": info["default_distance"],
+        "oodml_version": __version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return write_split_set(Path(out), dataset, version, levels, metadata)

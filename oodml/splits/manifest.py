@@ -1,0 +1,306 @@
+"""Versioned split manifests: Parquet tables plus metadata, content-hashed and verified on load.
+
+A split set lives in ``splits/<dataset>/<version>/``::
+
+    metadata.json      schema version, dataset and fingerprint, extractor, distance, algorithm
+                       and all its parameters, seed, oodml version, creation time
+    levels.parquet     level, distance, ci_low, ci_high, kind, class and image counts
+    classes.parquet    level, class, role (train/test), tuning (train/val; null for test)
+    episodes.parquet   level, shots, episode, class, sample_id (the support set)
+    checksums.json     sha256 of every file above, and the overall digest
+
+The *digest* identifies the content: sha256 over the canonical rows of the
+three tables and the metadata without its volatile keys (creation time, oodml
+version).  It does not depend on the Parquet writer's bytes, so re-running the
+same generation gives the same digest; the per-file sha256 sums catch any
+change to the files themselves.  A published version is immutable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .._fs import atomic_path
+from ..errors import OodmlError
+from .levels import Episode, Level
+
+SCHEMA_VERSION = 1
+TABLES = ("levels", "classes", "episodes")
+FILES = ("metadata.json", "levels.parquet", "classes.parquet", "episodes.parquet")
+CHECKSUMS = "checksums.json"
+VOLATILE_METADATA = ("created_at", "oodml_version")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+LEVEL_SCHEMA = pa.schema([("level", pa.int32()), ("distance", pa.float64()), ("ci_low", pa.float64()),
+                          ("ci_high", pa.float64()), ("kind", pa.string()), ("n_train_classes", pa.int32()),
+                          ("n_test_classes", pa.int32()), ("n_train_images", pa.int64()),
+                          ("n_test_images", pa.int64())])
+CLASS_SCHEMA = pa.schema([("level", pa.int32()), ("class", pa.string()), ("role", pa.string()),
+                          ("tuning", pa.string())])
+EPISODE_SCHEMA = pa.schema([("level", pa.int32()), ("shots", pa.int32()), ("episode", pa.int32()),
+                            ("class", pa.string()), ("sample_id", pa.string())])
+
+
+@dataclass(frozen=True)
+class SplitSet:
+    """A loaded, verified split set.
+
+    Attributes:
+        dataset, version: where it was published.
+        levels: :class:`Level` records, easiest first.
+        metadata: the generation record (see module docstring).
+        digest: content digest (hex sha256).
+        path: the directory it was read from (None when built in memory).
+    """
+
+    dataset: str
+    version: str
+    levels: tuple[Level, ...]
+    metadata: dict
+    digest: str
+    path: Path | None = None
+
+    def level(self, index: int) -> Level:
+        for lv in self.levels:
+            if lv.index == index:
+                return lv
+        raise OodmlError(f"{self.dataset}@{self.version} has no level {index}; levels 1..{len(self.levels)}")
+
+    def __repr__(self) -> str:
+        return f"SplitSet({self.dataset}@{self.version}, levels={len(self.levels)}, digest={self.digest[:12]})"
+
+
+# --- tables <-> levels --------------------------------------------------------------------
+
+def levels_to_tables(levels: tuple[Level, ...]) -> dict[str, pa.Table]:
+    lv_rows = {name: [] for name in LEVEL_SCHEMA.names}
+    cls_rows = {name: [] for name in CLASS_SCHEMA.names}
+    ep_rows = {name: [] for name in EPISODE_SCHEMA.names}
+    for lv in levels:
+        for name, value in zip(LEVEL_SCHEMA.names, (lv.index, lv.distance, lv.ci_low, lv.ci_high, lv.kind,
+                                                    len(lv.train_classes), len(lv.test_classes),
+                                                    lv.n_train_images, lv.n_test_images), strict=True):
+            lv_rows[name].append(value)
+        val = set(lv.val_classes)
+        for role, classes in (("train", lv.train_classes), ("test", lv.test_classes)):
+            for c in classes:
+                tuning = ("val" if c in val else "train") if role == "train" else None
+                for name, value in zip(CLASS_SCHEMA.names, (lv.index, c, role, tuning), strict=True):
+                    cls_rows[name].append(value)
+        for shots in lv.shots:
+            for ep in lv.episodes(shots):
+                for c, ids in ep.support.items():
+                    for sid in ids:
+                        for name, value in zip(EPISODE_SCHEMA.names, (lv.index, shots, ep.index, c, sid),
+                                               strict=True):
+                            ep_rows[name].append(value)
+    return {"levels": pa.table(lv_rows, schema=LEVEL_SCHEMA),
+            "classes": pa.table(cls_rows, schema=CLASS_SCHEMA),
+            "episodes": pa.table(ep_rows, schema=EPISODE_SCHEMA)}
+
+
+def tables_to_levels(tables: dict[str, pa.Table]) -> tuple[Level, ...]:
+    classes = tables["classes"].to_pydict()
+    episodes = tables["episodes"].to_pydict()
+    members: dict[int, dict[str, list[str]]] = {}
+    for lv, c, role, tuning in zip(classes["level"], classes["class"], classes["role"], classes["tuning"],
+                                   strict=True):
+        side = members.setdefault(lv, {"train": [], "test": [], "val": []})
+        side[role].append(c)
+        if tuning == "val":
+            side["val"].append(c)
+    support: dict[tuple[int, int, int], dict[str, list[str]]] = {}
+    for lv, shots, ep, c, sid in zip(*(episodes[k] for k in EPISODE_SCHEMA.names), strict=True):
+        support.setdefault((lv, shots, ep), {}).setdefault(c, []).append(sid)
+    out = []
+    for row in tables["levels"].to_pylist():
+        idx = row["level"]
+        eps: dict[int, list[Episode]] = {}
+        for (lv, shots, ep), sup in sorted(support.items()):
+            if lv == idx:
+                eps.setdefault(shots, []).append(Episode(shots, ep, {c: tuple(v) for c, v in sup.items()}))
+        side = members.get(idx, {"train": [], "test": [], "val": []})
+        out.append(Level(idx, row["distance"], row["ci_low"], row["ci_high"], row["kind"], tuple(side["train"]),
+                         tuple(side["test"]), tuple(side["val"]), row["n_train_images"], row["n_test_images"],
+                         {s: tuple(e) for s, e in eps.items()}))
+    return tuple(out)
+
+
+# --- hashing --------------------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_digest(tables: dict[str, pa.Table], metadata: dict) -> str:
+    """sha256 over canonical JSON of the table rows and the non-volatile metadata."""
+    h = hashlib.sha256()
+    stable = {k: v for k, v in metadata.items() if k not in VOLATILE_METADATA}
+    h.update(json.dumps(stable, sort_keys=True, separators=(",", ":")).encode())
+    for name in TABLES:
+        h.update(f"\n{name}\n".encode())
+        columns = tables[name].to_pydict()
+        for row in zip(*(columns[c] for c in tables[name].column_names), strict=True):
+            h.update(json.dumps(row, separators=(",", ":")).encode())
+            h.update(b"\n")
+    return h.hexdigest()
+
+
+# --- writing --------------------------------------------------------------------------------
+
+def check_version_name(version: str) -> None:
+    if not _VERSION_RE.match(version):
+        raise OodmlError(f"version name {version!r} must be letters, digits, '.', '_' or '-', not starting "
+                         "with a punctuation mark")
+
+
+def write_split_set(out: Path, dataset: str, version: str, levels: tuple[Level, ...], metadata: dict) -> SplitSet:
+    """Publish a split set under ``out/<dataset>/<version>/``, atomically.
+
+    Publishing identical content (same digest) again is a no-op; different
+    content under an existing version is refused.
+
+    Returns:
+        The published :class:`SplitSet` (as read back and verified).
+    """
+    check_version_name(version)
+    metadata = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "version": version, **metadata}
+    tables = levels_to_tables(levels)
+    digest = content_digest(tables, metadata)
+    dest = Path(out) / dataset / version
+    if dest.exists():
+        existing = read_split_set(dest)
+        if existing.digest == digest:
+            return existing
+        raise OodmlError(f"{dataset}@{version} is already published at {dest} with different content "
+                         f"(digest {existing.digest[:12]} vs {digest[:12]}); published versions are immutable, "
+                         "choose a new --version")
+    with atomic_path(dest) as tmp:
+        tmp.mkdir()
+        for name in TABLES:
+            pq.write_table(tables[name], tmp / f"{name}.parquet", compression="zstd")
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        sums = {"schema_version": SCHEMA_VERSION, "digest": digest,
+                "files": {name: sha256_file(tmp / name) for name in FILES}}
+        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
+    return read_split_set(dest)
+
+
+# --- reading --------------------------------------------------------------------------------
+
+def read_split_set(path: Path) -> SplitSet:
+    """Read and verify a split set directory; any tampered, missing or foreign file is an error."""
+    path = Path(path)
+    where = f"split set {path}"
+    try:
+        sums = json.loads((path / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        raise OodmlError(f"{where}: missing {CHECKSUMS}; not a published split set") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OodmlError(f"{where}: {CHECKSUMS} is not valid JSON ({exc})") from None
+    if not isinstance(sums, dict) or not isinstance(sums.get("files"), dict) or "digest" not in sums:
+        raise OodmlError(f"{where}: {CHECKSUMS} lacks 'files' and 'digest'")
+    if sums.get("schema_version", 0) > SCHEMA_VERSION:
+        raise OodmlError(f"{where}: schema version {sums['schema_version']} is newer than this oodml understands "
+                         f"({SCHEMA_VERSION}); upgrade oodml")
+    present = {p.name for p in path.iterdir()} - {CHECKSUMS}
+    foreign = sorted(present - set(FILES))
+    if foreign:
+        raise OodmlError(f"{where}: foreign file {foreign[0]!r} is not part of the manifest; remove it")
+    for name in FILES:
+        if name not in present:
+            raise OodmlError(f"{where}: missing file {name}")
+        expected = sums["files"].get(name)
+        if expected is None or sha256_file(path / name) != expected:
+            raise OodmlError(f"{where}: {name} does not match its sha256 in {CHECKSUMS}; the file was modified "
+                             "or corrupted (restore it from version control)")
+    try:
+        metadata = json.loads((path / "metadata.json").read_text())
+        tables = {name: pq.read_table(path / f"{name}.parquet") for name in TABLES}
+    except (OSError, json.JSONDecodeError, pa.ArrowException) as exc:
+        raise OodmlError(f"{where}: cannot read it: {exc}") from None
+    for name, schema in zip(TABLES, (LEVEL_SCHEMA, CLASS_SCHEMA, EPISODE_SCHEMA), strict=True):
+        if not tables[name].schema.equals(schema):
+            raise OodmlError(f"{where}: {name}.parquet has columns {tables[name].schema.names}, "
+                             f"expected {schema.names}")
+    digest = content_digest(tables, metadata)
+    if digest != sums["digest"]:
+        raise OodmlError(f"{where}: content digest {digest[:12]} does not match the recorded {sums['digest'][:12]}")
+    return SplitSet(metadata.get("dataset", path.parent.name), metadata.get("version", path.name),
+                    tables_to_levels(tables), metadata, digest, path)
+
+
+def search_paths() -> list[Path]:
+    """Where published split sets are looked for: ``$OODML_SPLITS`` (os.pathsep-separated), then the project's ``splits/``."""
+    paths = [Path(p) for p in os.environ.get("OODML_SPLITS", "").split(os.pathsep) if p]
+    project = Path(__file__).resolve().parents[2] / "splits"
+    if project.is_dir():
+        paths.append(project)
+    return paths
+
+
+def iter_published(dataset: str | None = None) -> Iterator[tuple[str, str, Path]]:
+    """``(dataset, version, path)`` of every published split set found on the search paths."""
+    seen = set()
+    for base in search_paths():
+        for ds_dir in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
+            if dataset is not None and ds_dir.name != dataset:
+                continue
+            for v_dir in sorted(p for p in ds_dir.iterdir() if (p / CHECKSUMS).exists()):
+                if (ds_dir.name, v_dir.name) not in seen:
+                    seen.add((ds_dir.name, v_dir.name))
+                    yield ds_dir.name, v_dir.name, v_dir
+
+
+def _natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def load(dataset: str, version: str | None = None) -> SplitSet:
+    """Load and verify a published split set (the latest version when ``version`` is None).
+
+    "Latest" is the most recently created (``created_at`` in the metadata),
+    ties broken by natural order of the version names.
+    """
+    found = [(v, p) for _, v, p in iter_published(dataset)]
+    if version is not None:
+        for v, p in found:
+            if v == version:
+                return read_split_set(p)
+        known = ", ".join(v for v, _ in found) or "none"
+        raise OodmlError(f"no published split set {dataset}@{version}; published versions: {known} "
+                         f"(searched {', '.join(map(str, search_paths())) or 'nothing'}; set $OODML_SPLITS)")
+    if not found:
+        raise OodmlError(f"no published split set for {dataset!r} (searched "
+                         f"{', '.join(map(str, search_paths())) or 'nothing'}); run `oodml make-splits {dataset}`")
+
+    def created(item: tuple[str, Path]) -> tuple:
+        try:
+            stamp = json.loads((item[1] / "metadata.json").read_text()).get("created_at", "")
+        except (OSError, json.JSONDecodeError):
+            stamp = ""
+        return stamp, _natural_key(item[0])
+
+    return read_split_set(max(found, key=created)[1])
+
+
+def level_arrays(split_set: SplitSet) -> dict[str, np.ndarray]:
+    """Per-level distances and CIs as arrays (for plots and tables)."""
+    return {"level": np.array([lv.index for lv in split_set.levels]),
+            "distance": np.array([lv.distance for lv in split_set.levels]),
+            "ci_low": np.array([lv.ci_low for lv in split_set.levels]),
+            "ci_high": np.array([lv.ci_high for lv in split_set.levels])}

@@ -1,0 +1,71 @@
+"""Human-readable views of a split set: the level table and the distance plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .._fs import atomic_path
+from .manifest import SplitSet
+
+
+def _num(x: float, digits: int = 3) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def _count(n: int) -> str:
+    return "?" if n < 0 else str(n)
+
+
+def format_levels(split_set: SplitSet) -> str:
+    """A plain-text table: one row per level with distance, CI, kind, class and image counts."""
+    meta = split_set.metadata
+    head = [f"{split_set.dataset}@{split_set.version}  digest {split_set.digest[:16]}  "
+            f"{meta.get('distance', '?')} on {meta.get('mode', '?')} {meta.get('extractor', '?')} features, "
+            f"algorithm {meta.get('algorithm', '?')}"]
+    if meta.get("default_distance") is not None:
+        head.append(f"default (seeded random) split distance: {_num(meta['default_distance'], 4)}")
+    rows = [("level", "distance", "95% CI", "kind", "train cls", "test cls", "val cls", "train img", "test img")]
+    for lv in split_set.levels:
+        rows.append((str(lv.index), _num(lv.distance, 4), f"{_num(lv.ci_low)}..{_num(lv.ci_high)}", lv.kind,
+                     str(len(lv.train_classes)), str(len(lv.test_classes)), str(len(lv.val_classes)),
+                     _count(lv.n_train_images), _count(lv.n_test_images)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(head + lines)
+
+
+def plot_levels(split_set: SplitSet, out_prefix: str | Path) -> list[Path]:
+    """Plot distance per level with its CI (and the default split's distance) to ``<prefix>.png`` and ``.svg``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = split_set.levels
+    x = [lv.index for lv in levels]
+    y = [lv.distance for lv in levels]
+    err = [[max(lv.distance - lv.ci_low, 0) if not math.isnan(lv.ci_low) else 0 for lv in levels],
+           [max(lv.ci_high - lv.distance, 0) if not math.isnan(lv.ci_high) else 0 for lv in levels]]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    colours = ["tab:blue" if lv.kind == "swap" else "tab:red" for lv in levels]
+    ax.errorbar(x, y, yerr=err, fmt="none", ecolor="grey", capsize=3, zorder=1)
+    ax.scatter(x, y, c=colours, zorder=2)
+    ax.plot(x, y, color="tab:blue", alpha=0.4, zorder=0)
+    default = split_set.metadata.get("default_distance")
+    if default is not None:
+        ax.axhline(default, ls="--", color="black", lw=1, label="default (random) split")
+        ax.legend(loc="upper left", frameon=False)
+    ax.set_xlabel("level (blue: class swaps, red: class removal)")
+    ax.set_ylabel(f"train-test {split_set.metadata.get('distance', 'distance')}")
+    ax.set_title(f"{split_set.dataset}@{split_set.version}")
+    ax.set_xticks(x)
+    fig.tight_layout()
+    written = []
+    for ext in ("png", "svg"):
+        dest = Path(f"{out_prefix}.{ext}")
+        with atomic_path(dest) as tmp:
+            fig.savefig(tmp, format=ext)
+        written.append(dest)
+    plt.close(fig)
+    return written
