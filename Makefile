@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/oodml datasets list
 	$(BIN)/oodml datasets info glyphs
+	$(BIN)/oodml make-splits glyphs --out build/demo-splits
+	$(BIN)/oodml splits verify
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -129,7 +129,19 @@ def cmd_make_splits(args: argparse.Namespace) -> int:
                             device=args.device, batch_size=args.batch_size)
     print(format_levels(split_set))
     print(f"published {split_set.path}")
+    _compare_with_published(split_set)
     return 0
+
+
+def _compare_with_published(split_set) -> None:
+    """Say whether a freshly built split set reproduces the one published under the same name elsewhere."""
+    from .splits import iter_published, read_split_set
+
+    for dataset, version, path in iter_published(split_set.dataset):
+        if version == split_set.version and path.resolve() != split_set.path.resolve():
+            other = read_split_set(path)
+            verdict = "reproduces" if other.digest == split_set.digest else "DIFFERS from"
+            print(f"{verdict} the published {dataset}@{version} at {path} (digest {other.digest[:16]})")
 
 
 def _parse_ref(ref: str) -> tuple[str, str | None]:

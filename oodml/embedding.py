@@ -33,6 +33,10 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):  # JSON gives lists; keep records comparable and hashable
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+
     def transform(self) -> Callable:
         steps = []
         if self.resize:

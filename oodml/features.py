@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -182,7 +183,9 @@ def torchscript_extractor(path: Path) -> Extractor:
 
     def load() -> torch.jit.ScriptModule:
         try:
-            return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated; it still loads
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except (RuntimeError, ValueError) as exc:
             raise OodmlError(f"{path} is not a loadable TorchScript file ({str(exc).splitlines()[0]}); export "
                              "one with torch.jit.script(model).save(PATH)") from None

@@ -74,3 +74,34 @@ def test_bad_input_is_one_line_exit_2_no_traceback(argv, message, tmp_path):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("oodml: error: ") and message in lines[0]
+
+
+def _break_labels(base):
+    p = base / "image_class_labels.txt"
+    p.write_text(p.read_text().replace("\n4 2\n", "\n4 999\n"))
+
+
+def _escape_path(base):
+    p = base / "images.txt"
+    p.write_text(p.read_text().replace("2 001.", "2 ../../001.", 1))
+
+
+def _truncate_image(base):
+    victim = sorted((base / "images").rglob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:50])
+
+
+@pytest.mark.parametrize("damage, command, message", [
+    (lambda b: (b / "classes.txt").unlink(), "info", "missing .*classes.txt"),
+    (_break_labels, "info", "class id 999 is not in classes.txt"),
+    (_escape_path, "info", "escapes the dataset root"),
+    (_truncate_image, "verify", "cannot read image .*Black_footed_Albatross_0000.jpg"),
+])
+def test_cli_reports_each_bad_annotation(damage, command, message, tmp_path, capsys):
+    import re
+
+    build_cub(tmp_path)
+    damage(tmp_path / "CUB_200_2011")
+    assert main(["-q", "datasets", command, "cub200", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err

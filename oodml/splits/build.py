@@ -32,7 +32,7 @@ class SplitConfig:
     episodes: int = 10
     bootstrap: int = 200
     val_fraction: float = 0.25
-    shortlist: int = 6
+    shortlist: int = 4
     floor: float = 0.5
     # ooDML procedure only
     iterations: int = 25
@@ -59,8 +59,8 @@ def _oodml_states(cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig, r
     perm = np.random.default_rng(rng_seed).permutation(len(classes))
     half = len(classes) // 2
     index = {c: i for i, c in enumerate(classes)}
-    train = sorted((classes[i] for i in perm[:half]))
-    test = sorted((classes[i] for i in perm[half:2 * half]))
+    train = sorted(classes[i] for i in perm[:half])
+    test = sorted(classes[i] for i in perm[half:2 * half])
     states = swap_progression(train, cf.means[[index[c] for c in train]], test, cf.means[[index[c] for c in test]],
                               iterations=cfg.iterations, swaps_per_iteration=cfg.swaps_per_iteration,
                               history=cfg.history)

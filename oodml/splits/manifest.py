@@ -245,7 +245,8 @@ def read_split_set(path: Path) -> SplitSet:
 
 
 def search_paths() -> list[Path]:
-    """Where published split sets are looked for: ``$OODML_SPLITS`` (os.pathsep-separated), then the project's ``splits/``."""
+    """Where published split sets are looked for: ``$OODML_SPLITS`` (os.pathsep-separated), then the
+    project's ``splits/``."""
     paths = [Path(p) for p in os.environ.get("OODML_SPLITS", "").split(os.pathsep) if p]
     project = Path(__file__).resolve().parents[2] / "splits"
     if project.is_dir():

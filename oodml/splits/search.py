@@ -231,7 +231,7 @@ class SearchResult:
 
 
 def greedy_levels(scorer: MeanFID | GenericScorer, num_classes: int, *, levels: int = 8, removal_levels: int = 2,
-                  seed: int = 0, shortlist: int = 6, floor: float = 0.5,
+                  seed: int = 0, shortlist: int = 4, floor: float = 0.5,
                   start: tuple[Sequence[int], Sequence[int]] | None = None) -> SearchResult:
     """Build ``levels`` splits with distances spread evenly from the easiest reachable to the hardest.
 

@@ -1,0 +1,133 @@
+"""Split search: the ooDML procedure as specified, and the greedy levels' guarantees."""
+
+import numpy as np
+import pytest
+
+from oodml import OodmlError
+from oodml.shift import ClassFeatures, frechet_distance
+from oodml.splits import greedy_levels, removal_continuation, swap_progression
+from oodml.splits.scoring import GenericScorer, MeanFID
+
+
+def clustered_means(seed=0, classes=60, dim=40, clusters=6):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)) * 2
+    return centres[np.arange(classes) % clusters] + rng.normal(size=(classes, dim))
+
+
+def literal_oodml(train, test, means, iterations, swaps, history, inverse=False):
+    """The procedure exactly as the issue words it, written plainly as an oracle."""
+    train, test = list(train), list(test)
+    hist_t, hist_s, out = [], [], []
+    for _ in range(iterations):
+        x_t = np.array([means[c] for c in train])
+        x_s = np.array([means[c] for c in test])
+        out.append((list(train), list(test), frechet_distance(x_t, x_s)))
+        m_t, m_s = x_t.mean(0), x_s.mean(0)
+        r_t = sorted(range(len(train)), key=lambda p: (np.linalg.norm(x_t[p] - m_s) - np.linalg.norm(x_t[p] - m_t), p))
+        r_s = sorted(range(len(test)), key=lambda q: (np.linalg.norm(x_s[q] - m_t) - np.linalg.norm(x_s[q] - m_s), q))
+        if inverse:
+            r_t, r_s = r_t[::-1], r_s[::-1]
+        for k in range(swaps):
+            p = next(p for p in r_t[k:] if p not in hist_t[-history:])
+            q = next(q for q in r_s[k:] if q not in hist_s[-history:])
+            hist_t.append(p)
+            hist_s.append(q)
+            train[p], test[q] = test[q], train[p]
+    return out
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_swap_progression_follows_the_ooDML_procedure(inverse):
+    means = clustered_means()
+    names = [f"class{i:02d}" for i in range(60)]
+    by_name = dict(zip(names, means, strict=True))
+    train, test = sorted(names[:30]), sorted(names[30:])
+    states = swap_progression(train, [by_name[c] for c in train], test, [by_name[c] for c in test],
+                              iterations=12, swaps_per_iteration=2, history=5, inverse=inverse)
+    expected = literal_oodml(train, test, by_name, 12, 2, 5, inverse)
+    assert len(states) == 12
+    for it, (state, (tr, te, dist)) in enumerate(zip(states, expected, strict=True)):
+        assert list(state.train) == tr and list(state.test) == te
+        assert state.distance == pytest.approx(dist, rel=1e-12)
+        assert state.swaps == (-1 if inverse else 1) * 2 * it
+
+
+def test_swap_progression_is_deterministic_on_identical_features():
+    means = clustered_means(seed=3)
+    names = [f"c{i}" for i in range(60)]
+    run = lambda: swap_progression(names[:30], means[:30], names[30:], means[30:])  # noqa: E731
+    assert [(s.train, s.test) for s in run()] == [(s.train, s.test) for s in run()]
+
+
+def test_first_swap_moves_the_most_test_like_train_class():
+    # 1-D: train {0, 1, 9}, test {10, 11, 2}; 9 is the train class nearest the test side, 2 the converse.
+    names, values = ["a", "b", "c", "d", "e", "f"], [0.0, 1.0, 9.0, 10.0, 11.0, 2.0]
+    states = swap_progression(names[:3], np.c_[values[:3]], names[3:], np.c_[values[3:]], iterations=2,
+                              swaps_per_iteration=1, history=1)
+    assert states[1].train == ("a", "b", "f") and states[1].test == ("d", "e", "c")
+    assert states[1].distance > states[0].distance
+
+
+def test_removal_continuation_removes_when_swaps_stop_helping():
+    means = clustered_means(seed=1)
+    names = [f"c{i}" for i in range(60)]
+    by_name = dict(zip(names, means, strict=True))
+    states = swap_progression(names[:30], means[:30], names[30:], means[30:], iterations=25)
+    more = removal_continuation(max(states, key=lambda s: s.distance), by_name, iterations=4)
+    assert len(more) == 4
+    removals = [s for s in more if s.kind == "removal"]
+    assert removals, "after the ooDML maximum, swaps stop increasing the distance"
+    assert all(len(s.train) < 30 and len(s.train) == len(s.test) for s in removals)
+    assert set(removals[-1].removed).isdisjoint(removals[-1].train + removals[-1].test)
+
+
+def test_greedy_levels_are_graded_balanced_and_deterministic():
+    means = clustered_means(seed=2)
+    scorer = MeanFID(means)
+    result = greedy_levels(scorer, 60, levels=6, removal_levels=1, seed=7)
+    dist = [s.distance for s in result.levels]
+    assert len(dist) == 6 and dist == sorted(dist)
+    assert dist[0] <= result.default.distance <= dist[-2]          # easier than the default split, and harder
+    assert all(len(s.train) == len(s.test) for s in result.levels)
+    assert [s.kind for s in result.levels] == ["swap"] * 5 + ["removal"]
+    assert len(result.levels[-1].train) >= 15                       # never below the floor of half
+    for s in result.levels:
+        assert s.distance == pytest.approx(frechet_distance(means[list(s.train)], means[list(s.test)]), rel=1e-8)
+        assert set(s.train).isdisjoint(s.test)
+    again = greedy_levels(scorer, 60, levels=6, removal_levels=1, seed=7)
+    assert [(s.train, s.test) for s in again.levels] == [(s.train, s.test) for s in result.levels]
+    other = greedy_levels(scorer, 60, levels=6, removal_levels=1, seed=8)
+    assert other.default.train != result.default.train
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hardest_swap_level_reaches_at_least_the_ooDML_procedure(seed):
+    means = clustered_means(seed=seed, classes=80)
+    result = greedy_levels(MeanFID(means), 80, levels=8, removal_levels=0, seed=seed)
+    train, test = list(result.default.train), list(result.default.test)
+    reference = swap_progression(train, means[train], test, means[test], iterations=25)
+    assert result.levels[-1].distance >= max(s.distance for s in reference) - 1e-9
+
+
+def test_mean_fid_scorer_matches_direct_computation_in_batches():
+    means = clustered_means(seed=4)
+    scorer = MeanFID(means)
+    rng = np.random.default_rng(0)
+    parts = [(rng.choice(60, 20, replace=False), rng.choice(60, n, replace=False)) for n in (20, 25, 20)]
+    batch = scorer.distances(parts)
+    for (tr, te), value in zip(parts, batch, strict=True):
+        assert value == pytest.approx(frechet_distance(means[tr], means[te]), rel=1e-8)
+
+
+def test_generic_scorer_runs_the_same_search_for_w2():
+    means = clustered_means(seed=5, classes=32, dim=8)
+    cf = ClassFeatures(means, np.arange(32))
+    result = greedy_levels(GenericScorer(cf, "w2", "class-mean"), 32, levels=4, removal_levels=0, shortlist=3)
+    dist = [s.distance for s in result.levels]
+    assert dist == sorted(dist) and dist[-1] > dist[0]
+
+
+def test_too_few_classes_for_the_levels():
+    with pytest.raises(OodmlError, match="too few for 8 levels"):
+        greedy_levels(MeanFID(clustered_means(classes=12)), 12, levels=8)
