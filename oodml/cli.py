@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -263,6 +265,135 @@ def _add_splits(commands) -> None:
     imp.set_defaults(func=cmd_splits_import)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, parse_levels
+
+    results = evaluate(args.model, args.dataset, args.splits, root=args.root, levels=parse_levels(args.levels),
+                       fewshot=args.fewshot or (), adapt=args.adapt, episodes=args.episodes, device=args.device,
+                       precision=args.precision, batch_size=args.batch_size, workers=args.workers,
+                       clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label)
+    written = results.save(args.out, metric=args.metric)
+    print(results.format_table())
+    embedded = results.meta.get("images_embedded")
+    if embedded is not None:
+        print(f"{embedded} distinct images embedded once for {len(results.levels)} levels")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    for name in list_models(args.pattern):
+        print(name)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .evaluate import Results, plot_curves
+
+    runs = []
+    for path in args.results:
+        p = Path(path)
+        runs.append(Results.from_parquet(p / "results.parquet" if p.is_dir() else p))
+    for written in plot_curves(runs, args.out, metric=args.metric):
+        print(f"wrote {written}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .datasets import load_dataset
+    from .evaluate import parse_levels
+    from .splits import load, read_split_set
+    from .train import TrainConfig, train
+
+    split_set = read_split_set(Path(args.splits)) if args.splits and Path(args.splits).is_dir() else \
+        load(args.dataset, args.splits)
+    if args.sec is not None and args.l2_reg is not None:
+        raise OodmlError("--sec and --l2-reg are alternatives; give one")
+    regulariser, eta = ("sec", args.sec) if args.sec is not None else ("l2", args.l2_reg) \
+        if args.l2_reg is not None else (None, 0.0)
+    config = TrainConfig(loss=args.loss, arch=args.arch, embed_dim=args.embed_dim, iterations=args.iterations,
+                         batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr,
+                         regulariser=regulariser, eta=eta, seed=args.seed)
+    ds = load_dataset(args.dataset, root=args.root)
+    levels = parse_levels(args.level) or [lv.index for lv in split_set.levels]
+    for level in levels:
+        _, provenance = train(ds, split_set, level, config, out=args.out, device=args.device, workers=args.workers)
+        print(f"level {level}: best val recall@1 {provenance['best_val_recall@1']:.4f} -> {args.out}/level{level}.pt")
+    return 0
+
+
+def _add_train(commands) -> None:
+    from .losses import LOSSES
+    from .models import list_models
+
+    p = commands.add_parser("train", help="train a DML model per split level (selected on the val classes)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root")
+    p.add_argument("--splits", help="split set version or manifest directory (default: latest published)")
+    p.add_argument("--level", default="all", help="all, 1,3,5 or 2-4")
+    p.add_argument("--loss", choices=sorted(LOSSES), default="multi-similarity")
+    p.add_argument("--sec", type=float, metavar="ETA", help="spherical embedding constraint with weight ETA")
+    p.add_argument("--l2-reg", type=float, metavar="ETA", help="L2 norm regularisation with weight ETA")
+    p.add_argument("--arch", choices=list_models(), default="glyph-cnn")
+    p.add_argument("--embed-dim", type=int)
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--samples-per-class", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--out", required=True, help="directory for level<N>.pt checkpoints")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(commands) -> None:
+    from .evaluate import ADAPTATIONS
+
+    p = commands.add_parser("evaluate", help="score a model on every level of a split set")
+    p.add_argument("model", help="registered model, model file (.pt checkpoint / TorchScript, .pt2), or per-level "
+                   "template 'runs/level{level}.pt' / directory of level<N>.pt")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", help="dataset directory")
+    p.add_argument("--splits", help="split set version or manifest directory (default: latest published)")
+    p.add_argument("--levels", default="all", help="all, 1,3,5 or 2-4")
+    p.add_argument("--fewshot", type=_int_list, help="shots to evaluate with the manifest's episodes, e.g. 2,5")
+    p.add_argument("--adapt", choices=ADAPTATIONS, default="prototypes")
+    p.add_argument("--episodes", type=int, help="use only the first N episodes")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--no-clustering", action="store_true", help="skip NMI/AMI (k-means)")
+    p.add_argument("--shard-size", type=int, default=2048, help="images per embedding-cache shard (resume unit)")
+    p.add_argument("--metric", default="recall@1", help="metric of the degradation curve plot")
+    p.add_argument("--label", help="name of this run in plots")
+    p.add_argument("--out", default="results", help="output directory (default ./results)")
+    p.set_defaults(func=cmd_evaluate)
+
+    models = commands.add_parser("models", help="registered embedding models")
+    sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lst = sub.add_parser("list", help="registered model names")
+    lst.add_argument("pattern", nargs="?", default="*")
+    lst.set_defaults(func=cmd_models_list)
+
+    plot = commands.add_parser("plot", help="overlay the degradation curves of several evaluation runs")
+    plot.add_argument("results", nargs="+", help="results directories or results.parquet files")
+    plot.add_argument("--metric", default="recall@1")
+    plot.add_argument("--out", default="curves", help="output prefix (PNG and SVG)")
+    plot.set_defaults(func=cmd_plot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oodml",
                                      description="Out-of-distribution benchmark for deep metric learning.")
@@ -286,13 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(func=cmd_datasets_download)
     _add_make_splits(commands)
     _add_splits(commands)
+    _add_evaluate(commands)
+    _add_train(commands)
     return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"oodml: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quiet:
         set_quiet(True)
+    warnings.showwarning = _one_line_warning
     try:
         return args.func(args)
     except OodmlError as exc:

@@ -7,13 +7,20 @@ memory, channels-last tensors, and autocast at the requested precision on GPU.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torchvision import transforms as T
 
+from ._fs import atomic_path, oodml_home
 from .datasets import ImageDataset
 from .errors import OodmlError
 from .progress import progress
@@ -130,9 +137,80 @@ def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preproce
             raise OodmlError(f"the model returned {shape} for a batch of {batch.shape[0]} images; expected "
                              "(batch, dimensions)")
         result = result.float().cpu()
+        if out and result.shape[1] != out[0].shape[1]:
+            raise OodmlError(f"the model returned {result.shape[1]}-d embeddings after {out[0].shape[1]}-d ones; "
+                             "its output width must be constant")
         if not torch.isfinite(result).all():
-            raise OodmlError("the model returned NaN or inf embeddings; check its weights and input preprocessing")
+            rows = int((~torch.isfinite(result)).any(1).sum())
+            raise OodmlError(f"the model returned NaN or inf embeddings for {rows} of {result.shape[0]} images in a "
+                             "batch; check its weights and input preprocessing")
         out.append(result.numpy())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+# --- cached embeddings, written in shards so that an interrupted run resumes ---------------------
+
+def _prep_hash(preprocessing: Preprocessing) -> str:
+    return hashlib.sha256(json.dumps(preprocessing.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def embedding_cache_dir(dataset: ImageDataset, model_digest: str, preprocessing: Preprocessing) -> Path:
+    """``$OODML_HOME/embeddings/<dataset>/<fingerprint>-<model digest>-<preprocessing hash>/``."""
+    return (oodml_home() / "embeddings" / dataset.name /
+            f"{dataset.fingerprint[:16]}-{model_digest[:16]}-{_prep_hash(preprocessing)}")
+
+
+def read_shards(directory: Path) -> dict[str, np.ndarray]:
+    """Every cached embedding under ``directory``, by sample id; unreadable shards are skipped."""
+    found: dict[str, np.ndarray] = {}
+    for shard in sorted(directory.glob("shard-*.parquet")) if directory.is_dir() else []:
+        try:
+            table = pq.read_table(shard)
+            ids = table.column("sample_id").to_pylist()
+            values = np.asarray(table.column("embedding").combine_chunks().flatten().to_numpy(
+                zero_copy_only=False), dtype=np.float32).reshape(len(ids), -1)
+        except (pa.ArrowException, OSError, KeyError, ValueError):
+            continue  # written atomically, so only foreign damage gets here; it is recomputed
+        found.update(zip(ids, values, strict=True))
+    return found
+
+
+def write_shard(directory: Path, sample_ids: Sequence[str], values: np.ndarray) -> Path:
+    """One shard, written to a unique temporary name and renamed, so concurrent writers never collide."""
+    column = pa.FixedSizeListArray.from_arrays(pa.array(values.astype(np.float32).ravel()), values.shape[1])
+    dest = directory / f"shard-{uuid.uuid4().hex}.parquet"
+    with atomic_path(dest) as tmp:
+        pq.write_table(pa.table({"sample_id": pa.array(list(sample_ids), pa.string()), "embedding": column}), tmp)
+    return dest
+
+
+def embed_cached(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preprocessing, model_digest: str,
+                 indices: Sequence[int], *, shard_size: int = 2048, use_cache: bool = True,
+                 **embed_options) -> np.ndarray:
+    """Embeddings of ``dataset[indices]`` (len(indices), d), each image embedded at most once per model.
+
+    Cached under :func:`embedding_cache_dir`; missing images are embedded in
+    shards of ``shard_size`` and each shard is written as soon as it is done,
+    so a killed run loses at most one shard of work.  ``embed_options`` go to :func:`embed`.
+    """
+    indices = list(indices)
+    if not use_cache:
+        return embed(dataset, model, preprocessing, indices=indices, **embed_options)
+    directory = embedding_cache_dir(dataset, model_digest, preprocessing)
+    cached = read_shards(directory)
+    missing = [i for i in dict.fromkeys(indices) if dataset.sample_ids[i] not in cached]
+    for start in range(0, len(missing), shard_size):
+        block = missing[start:start + shard_size]
+        values = embed(dataset, model, preprocessing, indices=block, **embed_options)
+        ids = [dataset.sample_ids[i] for i in block]
+        write_shard(directory, ids, values)
+        cached.update(zip(ids, values, strict=True))
+    if not indices:
+        return np.zeros((0, 0), dtype=np.float32)
+    widths = {cached[dataset.sample_ids[i]].shape[0] for i in indices}
+    if len(widths) != 1:
+        raise OodmlError(f"the model's embeddings have inconsistent widths {sorted(widths)} across batches; "
+                         f"clear {directory} if the cache is stale")
+    return np.stack([cached[dataset.sample_ids[i]] for i in indices])

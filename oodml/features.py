@@ -14,7 +14,8 @@ and the sha256 of its weights.  The registry holds:
   all of glyphs on a CPU, and its class means are average glyph shapes, which
   cluster by script (tested: the hardest levels separate the script groups).
 
-Any TorchScript file is also an extractor (``get_extractor("path/model.pt")``);
+Features go through the embedding engine (:mod:`oodml.embedding`) and are
+cached there as Parquet shards.  Any TorchScript file is also an extractor (``get_extractor("path/model.pt")``);
 its preprocessing is read from an extra file ``preprocessing.json`` saved with
 it, else ImageNet's.
 """
@@ -30,13 +31,10 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from ._fs import atomic_path, oodml_home
 from .datasets import ImageDataset
-from .embedding import IMAGENET, Preprocessing, embed
+from .embedding import IMAGENET, Preprocessing, embed_cached, embedding_cache_dir
 from .errors import OodmlError
 
 
@@ -202,34 +200,23 @@ def torchscript_extractor(path: Path) -> Extractor:
 
 # --- cache ------------------------------------------------------------------------------------
 
-def cache_path(dataset: ImageDataset, extractor: Extractor) -> Path:
-    safe_id = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in extractor.id)
-    return (oodml_home() / "features" / dataset.name /
-            f"{dataset.fingerprint[:16]}-{safe_id}-{extractor.weights_hash[:12]}.parquet")
+def extractor_digest(extractor: Extractor) -> str:
+    """The key of an extractor's cached features: its id and weights hash."""
+    return hashlib.sha256(f"{extractor.id}|{extractor.weights_hash}".encode()).hexdigest()
+
+
+def cache_dir(dataset: ImageDataset, extractor: Extractor) -> Path:
+    """Where the features of ``dataset`` by ``extractor`` are cached (Parquet shards)."""
+    return embedding_cache_dir(dataset, extractor_digest(extractor), extractor.preprocessing)
 
 
 def extract_features(dataset: ImageDataset, extractor: Extractor, *, device: str = "auto", batch_size: int = 128,
                      workers: int = 0, precision: str = "fp32", use_cache: bool = True) -> np.ndarray:
     """Features of every image of ``dataset``, float32 (N, d), in dataset order.
 
-    Cached as Parquet (columns ``sample_id``, ``feature``) under
-    ``$OODML_HOME/features/<dataset>/`` keyed by (dataset fingerprint,
-    extractor id, weights hash); a cache whose sample ids do not match is rebuilt.
+    Computed by the embedding engine and cached as Parquet shards keyed by
+    (dataset fingerprint, extractor id, weights hash); see :func:`cache_dir`.
     """
-    path = cache_path(dataset, extractor)
-    if use_cache and path.exists():
-        try:
-            table = pq.read_table(path)
-            if table.column("sample_id").to_pylist() == dataset.sample_ids:
-                return np.asarray(table.column("feature").combine_chunks().flatten().to_numpy(zero_copy_only=False),
-                                  dtype=np.float32).reshape(len(dataset), -1)
-        except (pa.ArrowException, OSError, KeyError, ValueError):
-            pass  # unreadable or stale cache: rebuild it below
-    feats = embed(dataset, extractor.build(), extractor.preprocessing, device=device, batch_size=batch_size,
-                  workers=workers, precision=precision, desc=f"features {extractor.id}")
-    if use_cache:
-        column = pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel(), pa.float32()), feats.shape[1])
-        table = pa.table({"sample_id": pa.array(dataset.sample_ids, pa.string()), "feature": column})
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
-    return feats
+    return embed_cached(dataset, extractor.build(), extractor.preprocessing, extractor_digest(extractor),
+                        range(len(dataset)), use_cache=use_cache, device=device, batch_size=batch_size,
+                        workers=workers, precision=precision, desc=f"features {extractor.id}")

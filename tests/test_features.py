@@ -10,7 +10,7 @@ from fixtures import build_cub
 from oodml import OodmlError
 from oodml.datasets import load_dataset
 from oodml.embedding import IMAGENET, Preprocessing, embed, resolve_device
-from oodml.features import cache_path, extract_features, get_extractor, list_extractors
+from oodml.features import cache_dir, extract_features, get_extractor, list_extractors
 
 
 @pytest.fixture
@@ -30,11 +30,10 @@ def test_pixels_extractor_and_cache(cub):
     feats = extract_features(cub, ext, device="cpu")
     assert feats.shape == (9, 256) and feats.dtype == np.float32
     assert feats.min() >= 0 and feats.max() <= 1
-    path = cache_path(cub, ext)
-    assert path.exists()
-    mtime = path.stat().st_mtime_ns
+    shards = sorted(cache_dir(cub, ext).glob("shard-*.parquet"))
+    assert len(shards) == 1
     np.testing.assert_array_equal(extract_features(cub, ext, device="cpu"), feats)
-    assert path.stat().st_mtime_ns == mtime  # served from the cache
+    assert sorted(cache_dir(cub, ext).glob("shard-*.parquet")) == shards  # served from the cache
 
 
 def test_resnet50_offline_error_names_the_file_and_place(tmp_path, monkeypatch):

@@ -1,0 +1,396 @@
+"""The evaluation harness: score an embedding model on every level of a split set.
+
+Two protocols:
+
+* *zero-shot*: one model, evaluated on the test classes of every level;
+* *per-level*: one checkpoint per level (a template such as
+  ``runs/margin/level{level}.pt``, or a directory of ``level<N>.pt``), as in the
+  ooDML study.  A checkpoint whose provenance shows it saw a level's test
+  classes in training is refused for that level.
+
+Each distinct image is embedded once per model (the union over the requested
+levels), through the shared embedding engine and its resumable cache.  Few-shot
+results use the manifest's episodes: ``prototypes`` classifies each query by
+its nearest class prototype (mean of the normalised support embeddings), beside
+``none``, the unadapted model's nearest-support-image classification and
+retrieval on the same queries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from . import __version__
+from ._fs import atomic_path
+from .datasets import ImageDataset, load_dataset
+from .embedding import embed_cached
+from .errors import OodmlError
+from .metrics import retrieval_metrics
+from .models import LoadedModel, load_model
+from .splits import Level, SplitSet, load, read_split_set
+
+ADAPTATIONS = ("prototypes",)
+RESULT_COLUMNS = ("model", "model_digest", "dataset", "split_digest", "level", "distance", "protocol",
+                  "adaptation", "shots", "episode", "metric", "value")
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval of ``values`` (the interval is NaN for fewer than 2)."""
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=np.float64)
+    mean = float(arr.mean())
+    if len(arr) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr)))
+    return mean, mean - half, mean + half
+
+
+def curve_summary(distance: Sequence[float], value: Sequence[float]) -> dict:
+    """Degradation-curve summary of one metric over levels.
+
+    Returns the mean over levels, the area under metric-versus-distance with the
+    distance axis scaled to [0, 1] (trapezoids, levels sorted by distance), the
+    least-squares slope on that scaled axis, and the relative drop from the
+    first (easiest) to the last level.
+    """
+    d, v = np.asarray(distance, np.float64), np.asarray(value, np.float64)
+    order = np.argsort(d, kind="stable")
+    d, v = d[order], v[order]
+    span = d[-1] - d[0]
+    x = (d - d[0]) / span if span > 0 else np.zeros_like(d)
+    auc = float(np.sum((x[1:] - x[:-1]) * (v[1:] + v[:-1]) / 2)) if len(d) > 1 and span > 0 else float(v.mean())
+    slope = float(np.polyfit(x, v, 1)[0]) if len(d) > 1 and span > 0 else 0.0
+    drop = float((v[0] - v[-1]) / v[0]) if v[0] != 0 else float("nan")
+    return {"mean": float(v.mean()), "auc": auc, "slope": slope, "relative_drop": drop}
+
+
+@dataclass
+class Results:
+    """Tidy results of one evaluation run.
+
+    Attributes:
+        rows: one dict per (level, adaptation, shots, episode, metric), columns ``RESULT_COLUMNS``.
+        levels: per level: ``{"level", "distance", "ci_low", "ci_high"}``.
+        meta: model, digests, dataset, split set, protocol, settings, oodml version.
+    """
+
+    rows: list[dict]
+    levels: list[dict]
+    meta: dict = field(default_factory=dict)
+
+    def table(self) -> pa.Table:
+        return pa.table({c: [r[c] for r in self.rows] for c in RESULT_COLUMNS})
+
+    def to_parquet(self, path: str | Path) -> Path:
+        path = Path(path)
+        table = self.table().replace_schema_metadata({"oodml": json.dumps({"meta": self.meta,
+                                                                             "levels": self.levels})})
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return path
+
+    @classmethod
+    def from_parquet(cls, path: str | Path) -> Results:
+        try:
+            table = pq.read_table(path)
+            extra = json.loads(table.schema.metadata[b"oodml"])
+        except (OSError, KeyError, TypeError, ValueError, pa.ArrowException) as exc:
+            raise OodmlError(f"{path}: not an oodml results file ({exc})") from None
+        return cls(table.to_pylist(), extra["levels"], extra["meta"])
+
+    def zero_shot(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(distance, value) per level for the unadapted full-test-set metric."""
+        pairs = sorted((r["distance"], r["value"]) for r in self.rows
+                       if r["metric"] == metric and r["adaptation"] == "none" and r["shots"] == 0)
+        return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+
+    def summary(self) -> dict:
+        """Per metric: per-level values, mean, AUC on the [0, 1] distance axis, slope, relative drop;
+        and few-shot means with 95% t-intervals over episodes."""
+        out: dict = {"meta": self.meta, "levels": self.levels, "metrics": {}, "fewshot": {}}
+        for metric in sorted({r["metric"] for r in self.rows if r["shots"] == 0}):
+            d, v = self.zero_shot(metric)
+            if len(d):
+                out["metrics"][metric] = {"per_level": v.tolist(), **curve_summary(d, v)}
+        groups: dict[tuple, list[float]] = {}
+        for r in self.rows:
+            if r["shots"] > 0:
+                groups.setdefault((r["level"], r["shots"], r["adaptation"], r["metric"]), []).append(r["value"])
+        for (level, shots, adaptation, metric), values in sorted(groups.items()):
+            mean, lo, hi = t_interval(values)
+            out["fewshot"].setdefault(f"{shots}-shot", {}).setdefault(adaptation, {}).setdefault(metric, []).append(
+                {"level": level, "mean": mean, "ci_low": lo, "ci_high": hi, "episodes": len(values)})
+        return out
+
+    def format_table(self, metrics: Sequence[str] = ("recall@1", "map@r", "nmi")) -> str:
+        """The per-level table printed at the end of a run."""
+        by_level: dict[int, dict[str, float]] = {}
+        for r in self.rows:
+            if r["shots"] == 0 and r["adaptation"] == "none":
+                by_level.setdefault(r["level"], {})[r["metric"]] = r["value"]
+        shown = [m for m in metrics if any(m in v for v in by_level.values())]
+        fewshot = self.summary()["fewshot"]
+        extra = [(shots, adaptation) for shots, by in fewshot.items() for adaptation in by]
+        header = ["level", "distance", *shown, *[f"{s} {a} acc" for s, a in extra]]
+        rows = [header]
+        for lv in self.levels:
+            cells = [str(lv["level"]), f"{lv['distance']:.4g}"]
+            cells += [f"{by_level.get(lv['level'], {}).get(m, float('nan')):.4f}" for m in shown]
+            for shots, adaptation in extra:
+                entry = next((e for e in fewshot[shots][adaptation].get("accuracy", []) if e["level"] == lv["level"]),
+                             None)
+                cells.append("-" if entry is None else f"{entry['mean']:.3f}±{(entry['ci_high'] - entry['mean']):.3f}"
+                             if not math.isnan(entry["ci_high"]) else f"{entry['mean']:.3f}")
+            rows.append(cells)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+    def plot(self, out_prefix: str | Path, metric: str = "recall@1") -> list[Path]:
+        return plot_curves([self], out_prefix, metric=metric)
+
+    def save(self, out_dir: str | Path, metric: str = "recall@1") -> list[Path]:
+        """Write ``results.parquet``, ``summary.json`` and the degradation curve (PNG and SVG) into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = [self.to_parquet(out / "results.parquet")]
+        with atomic_path(out / "summary.json") as tmp:
+            tmp.write_text(json.dumps(self.summary(), indent=2, default=float) + "\n")
+        written.append(out / "summary.json")
+        written += self.plot(out / f"curve-{metric.replace('@', '_at_')}", metric=metric)
+        return written
+
+
+def plot_curves(results: Sequence[Results], out_prefix: str | Path, *, metric: str = "recall@1") -> list[Path]:
+    """Overlay the degradation curves (metric against measured distance, with the distance CIs) of several runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4), dpi=120)
+    for res in results:
+        d, v = res.zero_shot(metric)
+        if not len(d):
+            raise OodmlError(f"{res.meta.get('model', 'a run')} has no zero-shot {metric!r}; available: "
+                             f"{', '.join(sorted({r['metric'] for r in res.rows}))}")
+        ci = {lv["distance"]: (lv["ci_low"], lv["ci_high"]) for lv in res.levels}
+        xerr = np.array([[max(x - ci[x][0], 0) if not math.isnan(ci[x][0]) else 0 for x in d],
+                         [max(ci[x][1] - x, 0) if not math.isnan(ci[x][1]) else 0 for x in d]])
+        ax.errorbar(d, v, xerr=xerr, marker="o", capsize=2, label=res.meta.get("label") or res.meta.get("model"))
+    first = results[0].meta
+    ax.set_xlabel(f"train-test {first.get('distance', 'distance')} ({first.get('dataset')}@{first.get('splits')})")
+    ax.set_ylabel(metric)
+    ax.set_title("degradation under class shift")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    written = []
+    for ext in ("png", "svg"):
+        dest = Path(f"{out_prefix}.{ext}")
+        with atomic_path(dest) as tmp:
+            fig.savefig(tmp, format=ext)
+        written.append(dest)
+    plt.close(fig)
+    return written
+
+
+# --- protocol helpers -------------------------------------------------------------------------------
+
+def _per_level_path(model: str, level: int) -> Path | None:
+    if "{level}" in model:
+        return Path(model.format(level=level))
+    if Path(model).is_dir():
+        return Path(model) / f"level{level}.pt"
+    return None
+
+
+def check_leak(loaded: LoadedModel, level: Level, split_set: SplitSet) -> None:
+    """Refuse a checkpoint whose recorded training classes include this level's test classes."""
+    prov = loaded.provenance
+    trained: set[str] = set(prov.get("train_classes") or [])
+    if not trained and prov.get("split_digest") == split_set.digest and prov.get("level") is not None:
+        trained = set(split_set.level(int(prov["level"])).train_classes)
+    leaked = trained & set(level.test_classes)
+    if leaked:
+        raise OodmlError(f"{loaded.source} was trained on {len(leaked)} of level {level.index}'s test classes "
+                         f"(e.g. {sorted(leaked)[0]!r}); a per-level checkpoint must come from that level's "
+                         "train classes")
+
+
+def _resolve_splits(splits: SplitSet | str | Path | None, dataset: str) -> SplitSet:
+    if isinstance(splits, SplitSet):
+        return splits
+    if splits is not None and Path(splits).is_dir():
+        return read_split_set(Path(splits))
+    return load(dataset, None if splits is None else str(splits))
+
+
+def _check_fingerprint(ds: ImageDataset, split_set: SplitSet) -> None:
+    expected = split_set.metadata.get("dataset_fingerprint")
+    if expected and expected != ds.fingerprint:
+        raise OodmlError(f"splits {split_set.dataset}@{split_set.version} were made from data with fingerprint "
+                         f"{expected[:16]}; yours is {ds.fingerprint[:16]} (different files or labels under "
+                         f"{ds.root})")
+
+
+def _level_indices(ds: ImageDataset, classes: Sequence[str]) -> np.ndarray:
+    wanted = {ds.classes.index(c) for c in classes if c in ds.classes}
+    missing = [c for c in classes if c not in ds.classes]
+    if missing:
+        raise OodmlError(f"class {missing[0]!r} of the split set is not in the dataset ({len(missing)} missing); "
+                         "the split set belongs to other data")
+    return np.flatnonzero(np.isin(ds.labels, list(wanted)))
+
+
+def _fewshot_rows(emb: dict[str, np.ndarray], ds: ImageDataset, level: Level, shots: int, episodes: int | None,
+                  base: dict) -> list[dict]:
+    """Prototype and nearest-support accuracy plus query retrieval, per episode."""
+    rows = []
+    by_class: dict[str, list[str]] = {}
+    class_of = {sid: ds.classes[label] for sid, label in zip(ds.sample_ids, ds.labels, strict=True)}
+    for c in level.test_classes:
+        by_class[c] = []
+    for sid, c in class_of.items():
+        if c in by_class:
+            by_class[c].append(sid)
+    for ep in level.episodes(shots)[:episodes]:
+        unknown = [sid for ids in ep.support.values() for sid in ids if sid not in emb]
+        if unknown:
+            raise OodmlError(f"episode support image {unknown[0]!r} is not in the dataset; these episodes refer to "
+                             "another layout of the data and cannot be matched")
+        classes = sorted(ep.support)
+        support = {c: set(ep.support[c]) for c in classes}
+        query_ids = [sid for c in classes for sid in by_class[c] if sid not in support[c]]
+        query_labels = np.array([classes.index(class_of[sid]) for sid in query_ids])
+        q = torch.nn.functional.normalize(torch.tensor(np.stack([emb[s] for s in query_ids])), dim=1)
+        sup = [torch.nn.functional.normalize(torch.tensor(np.stack([emb[s] for s in ep.support[c]])), dim=1)
+               for c in classes]
+        protos = torch.nn.functional.normalize(torch.stack([s.mean(0) for s in sup]), dim=1)
+        proto_acc = float((torch.argmax(q @ protos.T, 1).numpy() == query_labels).mean())
+        flat = torch.cat(sup)
+        flat_labels = np.repeat(np.arange(len(classes)), [len(s) for s in sup])
+        nn_acc = float((flat_labels[torch.argmax(q @ flat.T, 1).numpy()] == query_labels).mean())
+        retrieval = retrieval_metrics(q.numpy(), query_labels, ks=(1,), clustering=False)
+        common = {**base, "shots": shots, "episode": ep.index}
+        rows.append({**common, "adaptation": "prototypes", "metric": "accuracy", "value": proto_acc})
+        rows.append({**common, "adaptation": "none", "metric": "accuracy", "value": nn_acc})
+        for metric in ("recall@1", "map@r"):
+            rows.append({**common, "adaptation": "none", "metric": metric, "value": retrieval[metric]})
+    return rows
+
+
+# --- the harness ------------------------------------------------------------------------------------
+
+def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, splits: SplitSet | str | Path | None = None,
+             *, root: str | Path | None = None, levels: Sequence[int] | None = None, fewshot: Sequence[int] = (),
+             adapt: str = "prototypes", episodes: int | None = None, ks: Sequence[int] = (1, 2, 4, 8),
+             clustering: bool = True, device: str = "auto", precision: str = "fp32", batch_size: int = 128,
+             workers: int = 0, use_cache: bool = True, shard_size: int = 2048, label: str | None = None) -> Results:
+    """Score ``model`` on every requested level of ``splits``.
+
+    Args:
+        model: a registered name, a model file, a :class:`LoadedModel`, or for the
+            per-level protocol a template containing ``{level}`` or a directory of ``level<N>.pt``.
+        dataset: a dataset name (loaded from ``root``) or a loaded dataset.
+        splits: a :class:`SplitSet`, a version of ``dataset``'s published split sets, or a
+            manifest directory (default: the latest published version).
+        levels: level numbers (default all).
+        fewshot: shots to evaluate with the manifest's episodes (e.g. ``(2, 5)``).
+        adapt: the few-shot adaptation (``prototypes``).
+        episodes: use only the first ``episodes`` episodes (default all).
+        shard_size: images per embedding-cache shard (an interrupted run loses at most one shard).
+
+    Returns:
+        :class:`Results`.
+    """
+    if adapt not in ADAPTATIONS:
+        raise OodmlError(f"unknown adaptation {adapt!r}; available now: {', '.join(ADAPTATIONS)}")
+    ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root)
+    split_set = _resolve_splits(splits, ds.name)
+    _check_fingerprint(ds, split_set)
+    chosen = [split_set.level(k) for k in levels] if levels else list(split_set.levels)
+    per_level = isinstance(model, (str, Path)) and _per_level_path(str(model), chosen[0].index) is not None
+    protocol = "per-level" if per_level else "zero-shot"
+
+    def level_model(level: Level) -> LoadedModel:
+        if isinstance(model, LoadedModel):
+            return model
+        if per_level:
+            path = _per_level_path(str(model), level.index)
+            if not path.exists():
+                raise OodmlError(f"per-level checkpoint {path} for level {level.index} does not exist")
+            return load_model(path)
+        return load_model(model)
+
+    shared = None if per_level else level_model(chosen[0])
+    if shared is not None and shared.provenance.get("dataset") == ds.name:
+        warnings.warn(f"{shared.source} declares training on {ds.name}; zero-shot results on its test classes may "
+                      "be optimistic", stacklevel=2)
+    rows: list[dict] = []
+    union = np.unique(np.concatenate([_level_indices(ds, lv.test_classes) for lv in chosen]))
+    options = dict(use_cache=use_cache, shard_size=shard_size, device=device, precision=precision,
+                   batch_size=batch_size, workers=workers)
+
+    def embed_by_id(loaded: LoadedModel, indices: np.ndarray, desc: str) -> dict[str, np.ndarray]:
+        values = embed_cached(ds, loaded.module, loaded.preprocessing, loaded.digest, indices, desc=desc, **options)
+        return dict(zip((ds.sample_ids[i] for i in indices), values, strict=True))
+
+    # Zero-shot: every distinct image of every requested level is embedded once.
+    shared_embeddings = embed_by_id(shared, union, "embed") if shared is not None else None
+    for level in chosen:
+        indices = _level_indices(ds, level.test_classes)
+        if shared is not None:
+            loaded, embeddings = shared, shared_embeddings
+        else:
+            loaded = level_model(level)
+            check_leak(loaded, level, split_set)
+            embeddings = embed_by_id(loaded, indices, f"embed level {level.index}")
+        emb = np.stack([embeddings[ds.sample_ids[i]] for i in indices])
+        base = {"model": loaded.source, "model_digest": loaded.digest, "dataset": ds.name,
+                "split_digest": split_set.digest, "level": level.index, "distance": level.distance,
+                "protocol": protocol}
+        metrics = retrieval_metrics(emb, ds.labels[indices], ks=ks, clustering=clustering)
+        metrics.pop("queries")
+        rows += [{**base, "adaptation": "none", "shots": 0, "episode": -1, "metric": m, "value": v}
+                 for m, v in metrics.items()]
+        for shots in fewshot:
+            rows += _fewshot_rows(embeddings, ds, level, shots, episodes, base)
+    meta = {"model": str(model if not isinstance(model, LoadedModel) else model.source), "label": label,
+            "protocol": protocol, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
+            "splits": f"{split_set.dataset}@{split_set.version}", "split_digest": split_set.digest,
+            "distance": split_set.metadata.get("distance"), "fewshot": list(fewshot),
+            "adapt": adapt if fewshot else None,
+            "images_embedded": int(len(union)) if shared is not None else None,
+            "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    level_info = [{"level": lv.index, "distance": lv.distance, "ci_low": lv.ci_low, "ci_high": lv.ci_high}
+                  for lv in chosen]
+    return Results(rows, level_info, meta)
+
+
+def parse_levels(text: str) -> list[int] | None:
+    """``all`` -> None; ``1,3,5`` or ``2-4`` -> level numbers."""
+    if text == "all":
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise OodmlError(f"--levels {text!r}: use all, a list like 1,3,5 or a range like 2-4")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        out += range(lo, hi + 1)
+    return out

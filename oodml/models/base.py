@@ -1,0 +1,40 @@
+"""The embedding model every oodml model is: a backbone, a linear embedding head, L2 normalisation.
+
+Its preprocessing travels with it, its head is reachable for adaptation
+(``model.head``), and it can return the embedding before normalisation
+(``model(x, normalize=False)``) for losses such as the spherical-embedding
+constraint that regularise embedding norms.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..embedding import Preprocessing
+
+
+class EmbeddingModel(torch.nn.Module):
+    """``backbone`` (B, 3, H, W) -> (B, F); ``head`` Linear F -> embed_dim; L2-normalised output.
+
+    Attributes:
+        arch: registry name of the architecture.
+        config: the keyword arguments that rebuild it with ``create_model(arch, **config)``.
+        preprocessing: how images must be prepared for it at test time.
+        augmentation: name of its training augmentation (a key of ``oodml.train.AUGMENTATIONS``).
+    """
+
+    def __init__(self, backbone: torch.nn.Module, features: int, embed_dim: int, *, arch: str, config: dict,
+                 preprocessing: Preprocessing, augmentation: str = "none"):
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(features, embed_dim)
+        self.arch, self.config, self.preprocessing = arch, dict(config), preprocessing
+        self.augmentation = augmentation
+
+    @property
+    def embed_dim(self) -> int:
+        return self.head.out_features
+
+    def forward(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        z = self.head(self.backbone(x))
+        return torch.nn.functional.normalize(z, dim=1) if normalize else z

@@ -1,0 +1,89 @@
+"""Built-in architectures: ``resnet50`` as in ooDML, and ``glyph-cnn``, small enough for CPU work on glyphs."""
+
+from __future__ import annotations
+
+import torch
+
+from ..embedding import IMAGENET, Preprocessing
+from ..errors import OodmlError
+from .base import EmbeddingModel
+from .registry import register_model
+
+
+class FrozenBatchNormResNet(torch.nn.Module):
+    """A torchvision ResNet trunk with global average pooling whose batch-norm layers stay in eval mode
+    with frozen affine parameters, as in ooDML (batch statistics of small DML batches are unreliable)."""
+
+    def __init__(self, resnet: torch.nn.Module):
+        super().__init__()
+        resnet.fc = torch.nn.Identity()
+        self.resnet = resnet
+        for module in self.resnet.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenBatchNormResNet:
+        super().train(mode)
+        for module in self.resnet.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resnet(x)
+
+
+@register_model("resnet50")
+def resnet50(embed_dim: int = 512, pretrained: bool = False, weights: str | None = None,
+             seed: int = 0) -> EmbeddingModel:
+    """ImageNet ResNet-50 (frozen batch norm, average pooling) + linear layer to ``embed_dim``, L2-normalised.
+
+    ``pretrained=True`` loads torchvision's ImageNet weights from the torch hub
+    cache or ``weights``; offline without them the error names the file.  The
+    randomly initialised parts come from ``seed`` without touching the global random state.
+    """
+    import torchvision
+
+    from ..features import resnet50_weights_path
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = torchvision.models.resnet50(weights=None)
+        if pretrained or weights:
+            path = resnet50_weights_path(weights)
+            try:
+                net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            except (RuntimeError, OSError, ValueError) as exc:
+                raise OodmlError(f"resnet50: cannot load weights {path}: {str(exc).splitlines()[0]}") from None
+        return EmbeddingModel(FrozenBatchNormResNet(net), 2048, embed_dim, arch="resnet50",
+                              config={"embed_dim": embed_dim, "seed": seed}, preprocessing=IMAGENET,
+                              augmentation="imagenet-crop-flip")
+
+
+GLYPH_PREPROCESSING = Preprocessing(resize=32, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def _block(cin: int, cout: int) -> torch.nn.Sequential:
+    return torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False), torch.nn.BatchNorm2d(cout),
+                               torch.nn.ReLU(inplace=True))
+
+
+@register_model("glyph-cnn")
+def glyph_cnn(embed_dim: int = 64, width: int = 32, seed: int = 0) -> EmbeddingModel:
+    """A 6-layer CNN for 32x32 inputs (about 0.3 M parameters): fast enough to train on glyphs on a CPU.
+
+    Initialised from ``seed`` without touching the global random state.
+    """
+    w = width
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        backbone = torch.nn.Sequential(
+            _block(3, w), _block(w, w), torch.nn.MaxPool2d(2),            # 16x16
+            _block(w, 2 * w), _block(2 * w, 2 * w), torch.nn.MaxPool2d(2),  # 8x8
+            _block(2 * w, 4 * w), _block(4 * w, 4 * w),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        model = EmbeddingModel(backbone, 4 * w, embed_dim, arch="glyph-cnn",
+                               config={"embed_dim": embed_dim, "width": w, "seed": seed},
+                               preprocessing=GLYPH_PREPROCESSING, augmentation="glyph-affine")
+    return model

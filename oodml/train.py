@@ -1,0 +1,187 @@
+"""Per-level DML training: train on a level's tuning-train classes, select on its val classes, save with provenance.
+
+``train(dataset, splits, level, loss=...)`` trains one model on the classes
+of one level's tuning split (``train`` minus ``val``), with a class-balanced
+sampler (P classes x K images), evaluates Recall@1 on the ``val`` classes
+periodically, keeps the best state, and writes an oodml checkpoint whose
+provenance (split digest, level, train classes, loss, hyper-parameters,
+seed, oodml version) lets the evaluation harness score it in the per-level
+protocol and refuse it on levels whose test classes it saw.  Test classes are
+never touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import transforms as T
+
+from . import __version__
+from .datasets import ImageDataset, load_dataset
+from .embedding import Preprocessing, embed, resolve_device
+from .errors import OodmlError
+from .losses import REGULARISERS, get_loss
+from .metrics import retrieval_metrics
+from .models import EmbeddingModel, create_model, save
+from .progress import progress
+from .splits import Level, SplitSet
+
+
+def _normalize(prep: Preprocessing) -> list:
+    return [T.ToTensor(), T.Normalize(prep.mean, prep.std)]
+
+
+#: training augmentation name -> builder from the model's test preprocessing
+AUGMENTATIONS: dict[str, Callable[[Preprocessing], Callable]] = {
+    "imagenet-crop-flip": lambda p: T.Compose([T.RandomResizedCrop(p.crop or 224), T.RandomHorizontalFlip(),
+                                               *_normalize(p)]),
+    # Characters must not be flipped (b/d, p/q): small affine jitter only.
+    "glyph-affine": lambda p: T.Compose([T.Resize(p.resize or 32), T.CenterCrop(p.crop or 32),
+                                         T.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.9, 1.1),
+                                                        fill=255), *_normalize(p)]),
+    "none": lambda p: p.transform(),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (recorded in the checkpoint's provenance).
+
+    ``None`` fields take the architecture's defaults (:data:`ARCH_DEFAULTS`).
+    """
+
+    loss: str = "multi-similarity"
+    arch: str = "glyph-cnn"
+    embed_dim: int | None = None
+    iterations: int | None = None
+    batch_size: int | None = None
+    samples_per_class: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    regulariser: str | None = None      # "sec" or "l2"
+    eta: float = 0.0                    # weight of the regulariser
+    eval_every: int | None = None
+    seed: int = 0
+
+    def resolved(self) -> TrainConfig:
+        defaults = ARCH_DEFAULTS.get(self.arch, ARCH_DEFAULTS["glyph-cnn"])
+        values = {k: (defaults.get(k) if v is None else v) for k, v in dataclasses.asdict(self).items()}
+        return TrainConfig(**values)
+
+
+#: ooDML's settings for resnet50; CPU-sized ones for the glyphs CNN
+ARCH_DEFAULTS: dict[str, dict] = {
+    "resnet50": {"embed_dim": 512, "iterations": 10_000, "batch_size": 112, "samples_per_class": 2, "lr": 1e-5,
+                 "weight_decay": 4e-4, "eval_every": 500},
+    "glyph-cnn": {"embed_dim": 64, "iterations": 600, "batch_size": 128, "samples_per_class": 4, "lr": 1e-3,
+                  "weight_decay": 1e-4, "eval_every": 150},
+}
+
+
+class _Train(torch.utils.data.Dataset):
+    def __init__(self, ds: ImageDataset, indices: np.ndarray, transform: Callable):
+        self.ds, self.indices, self.transform = ds, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image, label = self.ds[int(self.indices[i])]
+        return self.transform(image), label
+
+
+def class_indices(ds: ImageDataset, classes: tuple[str, ...]) -> np.ndarray:
+    wanted = [ds.classes.index(c) for c in classes]
+    return np.flatnonzero(np.isin(ds.labels, wanted))
+
+
+def validation_recall(model: EmbeddingModel, ds: ImageDataset, indices: np.ndarray, device: str) -> float:
+    emb = embed(ds, model, model.preprocessing, indices=indices, device=device, desc="validate")
+    return retrieval_metrics(emb, ds.labels[indices], ks=(1,), clustering=False)["recall@1"]
+
+
+def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: TrainConfig | None = None, *,
+          out: str | Path | None = None, root: str | Path | None = None, device: str = "auto",
+          workers: int = 0) -> tuple[EmbeddingModel, dict]:
+    """Train one model on one level; return it (best validation state) and its provenance.
+
+    With ``out``, also writes ``out/level{level}.pt``.
+    """
+    cfg = (config or TrainConfig()).resolved()
+    spec = get_loss(cfg.loss)
+    if cfg.regulariser is not None and cfg.regulariser not in REGULARISERS:
+        raise OodmlError(f"unknown regulariser {cfg.regulariser!r}; choose one of {', '.join(REGULARISERS)}")
+    ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root)
+    fingerprint = splits.metadata.get("dataset_fingerprint")
+    if fingerprint and fingerprint != ds.fingerprint:
+        raise OodmlError(f"splits {splits.dataset}@{splits.version} were made from data with fingerprint "
+                         f"{fingerprint[:16]}; yours is {ds.fingerprint[:16]}")
+    lv: Level = splits.level(level)
+    train_classes, val_classes = lv.tuning_train_classes, lv.val_classes
+    train_idx, val_idx = class_indices(ds, train_classes), class_indices(ds, val_classes)
+    dev = resolve_device(device)
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    model = create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed).to(dev)
+    # Labels inside the loss are the positions of the training classes.
+    remap = {ds.classes.index(c): k for k, c in enumerate(train_classes)}
+    loss_fn, miner = spec.build(len(train_classes), cfg.embed_dim)
+    loss_fn = loss_fn.to(dev)
+    params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+    if spec.has_params:
+        params.append({"params": loss_fn.parameters(), "lr": cfg.lr * 100})  # proxies learn faster, as usual
+    optimiser = torch.optim.Adam(params, weight_decay=cfg.weight_decay)
+
+    from pytorch_metric_learning.samplers import MPerClassSampler
+
+    train_labels = np.array([remap[int(y)] for y in ds.labels[train_idx]])
+    sampler = MPerClassSampler(train_labels, m=cfg.samples_per_class, batch_size=cfg.batch_size,
+                               length_before_new_iter=cfg.iterations * cfg.batch_size)
+    loader = torch.utils.data.DataLoader(_Train(ds, train_idx, AUGMENTATIONS[model.augmentation](model.preprocessing)),
+                                         batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+                                         drop_last=True, pin_memory=dev.type == "cuda")
+    regulariser = REGULARISERS.get(cfg.regulariser) if cfg.regulariser else None
+    label_map = torch.full((len(ds.classes),), -1, dtype=torch.long)
+    for original, k in remap.items():
+        label_map[original] = k
+    best, best_state, history = -1.0, None, []
+    model.train()
+    batches = progress(loader, f"train level {level} {cfg.loss}", total=cfg.iterations, unit="it")
+    for step, (images, labels) in enumerate(batches, start=1):
+        images, labels = images.to(dev), label_map[labels].to(dev)
+        raw = model(images, normalize=False)
+        pairs = miner(raw, labels) if miner is not None else None
+        loss = loss_fn(raw, labels, pairs) if pairs is not None else loss_fn(raw, labels)
+        if regulariser is not None and cfg.eta:
+            loss = loss + cfg.eta * regulariser(raw)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if step % cfg.eval_every == 0 or step == cfg.iterations:
+            recall = validation_recall(model, ds, val_idx, str(dev))
+            history.append({"iteration": step, "val_recall@1": recall, "loss": float(loss.detach())})
+            if recall > best:
+                best, best_state = recall, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            model.train()
+        if step >= cfg.iterations:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model = model.cpu().eval()
+    provenance = {
+        "dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "splits": f"{splits.dataset}@{splits.version}",
+        "split_digest": splits.digest, "level": level, "train_classes": list(train_classes),
+        "val_classes": list(val_classes), "selected_on": "val recall@1",
+        "best_val_recall@1": best, "history": history, "config": dataclasses.asdict(cfg),
+        "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if out is not None:
+        save(model, Path(out) / f"level{level}.pt", provenance=provenance)
+    return model, provenance

@@ -1,0 +1,163 @@
+"""The evaluation harness end to end on glyphs: protocols, one embedding per image, checks, resume, CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from oodml import OodmlError
+from oodml.cli import main
+from oodml.embedding import embedding_cache_dir
+from oodml.evaluate import Results, curve_summary, evaluate, parse_levels, t_interval
+from oodml.models import EmbeddingModel, create_model, load_model, save
+from oodml.splits import read_split_set
+
+SPLITS = Path(__file__).resolve().parents[1] / "splits" / "glyphs" / "v1"
+
+
+@pytest.fixture(scope="module")
+def split_set():
+    return read_split_set(SPLITS)
+
+
+def test_zero_shot_on_two_levels_with_fewshot(glyphs, split_set, tmp_path):
+    results = evaluate("glyph-cnn", glyphs, split_set, levels=[1, 8], fewshot=(2,), episodes=2, clustering=False,
+                       device="cpu")
+    metrics = {r["metric"] for r in results.rows if r["shots"] == 0}
+    assert {"recall@1", "recall@8", "map@r", "r_precision", "map@1000"} <= metrics
+    assert {r["level"] for r in results.rows} == {1, 8}
+    assert {r["protocol"] for r in results.rows} == {"zero-shot"}
+    fewshot = [r for r in results.rows if r["shots"] == 2]
+    assert {(r["adaptation"], r["metric"]) for r in fewshot} >= {("prototypes", "accuracy"), ("none", "accuracy")}
+    assert {r["episode"] for r in fewshot} == {0, 1}
+    summary = results.summary()
+    assert set(summary["metrics"]["recall@1"]) == {"per_level", "mean", "auc", "slope", "relative_drop"}
+    entry = summary["fewshot"]["2-shot"]["prototypes"]["accuracy"][0]
+    assert entry["episodes"] == 2 and entry["ci_low"] <= entry["mean"] <= entry["ci_high"]
+    written = results.save(tmp_path)
+    assert {p.name for p in written} == {"results.parquet", "summary.json", "curve-recall_at_1.png",
+                                         "curve-recall_at_1.svg"}
+    again = Results.from_parquet(tmp_path / "results.parquet")
+    assert again.rows == results.rows and again.meta["split_digest"] == split_set.digest
+    assert json.loads((tmp_path / "summary.json").read_text())["meta"]["protocol"] == "zero-shot"
+
+
+class Counting(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.images = inner, 0
+
+    def forward(self, x):
+        self.images += x.shape[0]
+        return self.inner(x)
+
+
+def test_each_image_is_embedded_once_for_all_levels(glyphs, split_set):
+    inner = create_model("glyph-cnn", embed_dim=8)
+    counting = Counting(inner)
+    loaded = load_model("glyph-cnn", embed_dim=8)
+    loaded.module = counting
+    results = evaluate(loaded, glyphs, split_set, clustering=False, device="cpu", use_cache=False)
+    distinct = len(set().union(*(lv.test_classes for lv in split_set.levels)))
+    assert counting.images == distinct * 32 == results.meta["images_embedded"]
+    per_level = sum(len(lv.test_classes) * 32 for lv in split_set.levels)
+    assert counting.images < per_level / 4
+
+
+def test_per_level_checkpoints_and_leak_refusal(glyphs, split_set, tmp_path):
+    from oodml.train import TrainConfig, train
+
+    cfg = TrainConfig(iterations=4, eval_every=4, batch_size=32)
+    for level in (1, 2):
+        train(glyphs, split_set, level, cfg, out=tmp_path, device="cpu")
+    results = evaluate(str(tmp_path / "level{level}.pt"), glyphs, split_set, levels=[1, 2], clustering=False,
+                       device="cpu")
+    assert {r["protocol"] for r in results.rows} == {"per-level"}
+    assert len({r["model_digest"] for r in results.rows}) == 2
+    leaky = tmp_path / "leaky"
+    leaky.mkdir()
+    (leaky / "level2.pt").write_bytes((tmp_path / "level1.pt").read_bytes())
+    with pytest.raises(OodmlError, match="trained on .* of level 2's test classes"):
+        evaluate(str(leaky), glyphs, split_set, levels=[2], clustering=False, device="cpu")
+
+
+def test_fingerprint_mismatch_is_named(split_set, tmp_path):
+    from fixtures import build_imagefolder
+
+    from oodml.datasets import load_dataset
+
+    build_imagefolder(tmp_path)
+    with pytest.raises(OodmlError, match="were made from data with fingerprint [0-9a-f]{16}; yours is"):
+        evaluate("glyph-cnn", load_dataset("imagefolder", root=tmp_path), split_set)
+
+
+def test_a_model_returning_nan_is_refused(glyphs, split_set, tmp_path):
+    class Broken(EmbeddingModel):
+        def forward(self, x, normalize=True):
+            return torch.full((x.shape[0], 4), float("nan"))
+
+    model = Broken(torch.nn.Flatten(), 1, 4, arch="broken", config={}, preprocessing=create_model(
+        "glyph-cnn").preprocessing)
+    loaded = load_model("glyph-cnn")
+    loaded.module = model
+    with pytest.raises(OodmlError, match="NaN or inf embeddings for 128 of 128 images"):
+        evaluate(loaded, glyphs, split_set, levels=[1], device="cpu", use_cache=False)
+
+
+def test_killed_run_resumes_from_its_cache(glyphs, split_set, tmp_path):
+    env = {**os.environ, "OODML_QUIET": "1"}
+    model_path = tmp_path / "m.pt"
+    save(create_model("glyph-cnn", embed_dim=8, seed=5), model_path)
+    loaded = load_model(model_path)
+    cache = embedding_cache_dir(glyphs, loaded.digest, loaded.preprocessing)
+    argv = [sys.executable, "-m", "oodml", "evaluate", str(model_path), "--dataset", "glyphs", "--levels", "1",
+            "--no-clustering", "--shard-size", "256", "--batch-size", "64", "--device", "cpu",
+            "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(cache.glob("shard-*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(cache.glob("shard-*.parquet")))
+    assert 2 <= done_before < 5280 / 256
+    assert not (tmp_path / "out" / "results.parquet").exists()
+    assert subprocess.run(argv, env=env, capture_output=True).returncode == 0
+    shards = list(cache.glob("shard-*.parquet"))
+    assert len(shards) == int(np.ceil((5280 - 256 * done_before) / 256)) + done_before
+    resumed = Results.from_parquet(tmp_path / "out" / "results.parquet")
+    fresh = evaluate(load_model(model_path), glyphs, split_set, levels=[1], clustering=False, device="cpu",
+                     use_cache=False)
+    assert {r["metric"]: r["value"] for r in resumed.rows} == pytest.approx(
+        {r["metric"]: r["value"] for r in fresh.rows}, abs=1e-6)
+
+
+def test_cli_evaluate_and_plot(glyphs, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["-q", "evaluate", "glyph-cnn", "--dataset", "glyphs", "--levels", "1,8", "--no-clustering",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "recall@1" in printed and "distinct images embedded once for 2 levels" in printed
+    assert main(["plot", str(out), str(out / "results.parquet"), "--out", str(tmp_path / "both")]) == 0
+    assert (tmp_path / "both.svg").exists()
+    assert main(["-q", "evaluate", "no-such-model", "--dataset", "glyphs"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_curve_summary_and_intervals_by_hand():
+    s = curve_summary([0.0, 1.0, 3.0], [0.9, 0.7, 0.3])
+    # x = 0, 1/3, 1: trapezoids (1/3)(0.8) + (2/3)(0.5) = 0.6
+    assert s["auc"] == pytest.approx(0.6) and s["mean"] == pytest.approx(0.6333333)
+    assert s["relative_drop"] == pytest.approx(2 / 3) and s["slope"] < 0
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2 and hi - mean == pytest.approx(4.302652729911275 * 1 / np.sqrt(3))
+    assert parse_levels("all") is None and parse_levels("1,3-5") == [1, 3, 4, 5]
+    with pytest.raises(OodmlError, match="--levels 'x'"):
+        parse_levels("x")
