@@ -276,7 +276,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, parse_levels
 
     results = evaluate(args.model, args.dataset, args.splits, root=args.root, levels=parse_levels(args.levels),
-                       fewshot=args.fewshot or (), adapt=args.adapt, episodes=args.episodes, device=args.device,
+                       fewshot=args.fewshot or (), adapt=args.adapt, episodes=args.episodes,
+                       adapt_iterations=args.adapt_iterations, device=args.device,
                        precision=args.precision, batch_size=args.batch_size, workers=args.workers,
                        clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label)
     written = results.save(args.out, metric=args.metric)
@@ -358,7 +359,7 @@ def _add_train(commands) -> None:
 
 
 def _add_evaluate(commands) -> None:
-    from .evaluate import ADAPTATIONS
+    from .adapt import ADAPTATIONS
 
     p = commands.add_parser("evaluate", help="score a model on every level of a split set")
     p.add_argument("model", help="registered model, model file (.pt checkpoint / TorchScript, .pt2), or per-level "
@@ -370,6 +371,7 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--fewshot", type=_int_list, help="shots to evaluate with the manifest's episodes, e.g. 2,5")
     p.add_argument("--adapt", choices=ADAPTATIONS, default="prototypes")
     p.add_argument("--episodes", type=int, help="use only the first N episodes")
+    p.add_argument("--adapt-iterations", type=int, help="fine-tuning iterations (default 1000 2-shot, 1500 5-shot)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--batch-size", type=int, default=128)

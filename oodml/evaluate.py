@@ -10,15 +10,16 @@ Two protocols:
 
 Each distinct image is embedded once per model (the union over the requested
 levels), through the shared embedding engine and its resumable cache.  Few-shot
-results use the manifest's episodes: ``prototypes`` classifies each query by
-its nearest class prototype (mean of the normalised support embeddings), beside
-``none``, the unadapted model's nearest-support-image classification and
-retrieval on the same queries.
+results use the manifest's episodes and an adaptation from :mod:`oodml.adapt`
+(``prototypes``, ``finetune-last``, ``finetune-all``), reported beside
+``none``: the unadapted model's nearest-support-image accuracy and retrieval
+on the same queries.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import re
@@ -34,6 +35,7 @@ import torch
 
 from . import __version__
 from ._fs import atomic_path
+from .adapt import ADAPTATIONS, check_adaptable, finetune_all, finetune_last
 from .datasets import ImageDataset, load_dataset
 from .embedding import embed_cached
 from .errors import OodmlError
@@ -41,7 +43,6 @@ from .metrics import retrieval_metrics
 from .models import LoadedModel, load_model
 from .splits import Level, SplitSet, load, read_split_set
 
-ADAPTATIONS = ("prototypes",)
 RESULT_COLUMNS = ("model", "model_digest", "dataset", "split_digest", "level", "distance", "protocol",
                   "adaptation", "shots", "episode", "metric", "value")
 
@@ -257,40 +258,77 @@ def _level_indices(ds: ImageDataset, classes: Sequence[str]) -> np.ndarray:
     return np.flatnonzero(np.isin(ds.labels, list(wanted)))
 
 
-def _fewshot_rows(emb: dict[str, np.ndarray], ds: ImageDataset, level: Level, shots: int, episodes: int | None,
-                  base: dict) -> list[dict]:
-    """Prototype and nearest-support accuracy plus query retrieval, per episode."""
-    rows = []
-    by_class: dict[str, list[str]] = {}
-    class_of = {sid: ds.classes[label] for sid, label in zip(ds.sample_ids, ds.labels, strict=True)}
-    for c in level.test_classes:
-        by_class[c] = []
-    for sid, c in class_of.items():
-        if c in by_class:
-            by_class[c].append(sid)
+@dataclass
+class _FewShotContext:
+    """Everything the few-shot loop needs besides the level: the model, its embeddings and (for
+    finetune-last) backbone features by sample id, and the adaptation settings."""
+
+    ds: ImageDataset
+    loaded: LoadedModel
+    embeddings: dict[str, np.ndarray]
+    features: dict[str, np.ndarray] | None
+    adapt: str
+    iterations: int | None
+    device: str
+    batch_size: int
+
+
+def _nearest_accuracy(queries: np.ndarray, query_labels: np.ndarray, refs: np.ndarray, ref_labels: np.ndarray,
+                      prototypes: bool) -> float:
+    """n-way accuracy: nearest class prototype, or nearest single support image (cosine)."""
+    q = torch.nn.functional.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=1)
+    r = torch.nn.functional.normalize(torch.as_tensor(refs, dtype=torch.float32), dim=1)
+    if prototypes:
+        r = torch.nn.functional.normalize(torch.stack([r[ref_labels == c].mean(0) for c in np.unique(ref_labels)]),
+                                          dim=1)
+        ref_labels = np.unique(ref_labels)
+    return float((ref_labels[torch.argmax(q @ r.T, 1).numpy()] == query_labels).mean())
+
+
+def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int | None, base: dict) -> list[dict]:
+    """Per episode: the unadapted model's nearest-support accuracy and query retrieval ('none'), and the
+    adapted model's prototype accuracy and (for fine-tuning) query retrieval."""
+    ds, rows = ctx.ds, []
+    index_of = {sid: i for i, sid in enumerate(ds.sample_ids)}
     for ep in level.episodes(shots)[:episodes]:
-        unknown = [sid for ids in ep.support.values() for sid in ids if sid not in emb]
+        unknown = [sid for ids in ep.support.values() for sid in ids if sid not in index_of]
         if unknown:
             raise OodmlError(f"episode support image {unknown[0]!r} is not in the dataset; these episodes refer to "
                              "another layout of the data and cannot be matched")
         classes = sorted(ep.support)
-        support = {c: set(ep.support[c]) for c in classes}
-        query_ids = [sid for c in classes for sid in by_class[c] if sid not in support[c]]
-        query_labels = np.array([classes.index(class_of[sid]) for sid in query_ids])
-        q = torch.nn.functional.normalize(torch.tensor(np.stack([emb[s] for s in query_ids])), dim=1)
-        sup = [torch.nn.functional.normalize(torch.tensor(np.stack([emb[s] for s in ep.support[c]])), dim=1)
-               for c in classes]
-        protos = torch.nn.functional.normalize(torch.stack([s.mean(0) for s in sup]), dim=1)
-        proto_acc = float((torch.argmax(q @ protos.T, 1).numpy() == query_labels).mean())
-        flat = torch.cat(sup)
-        flat_labels = np.repeat(np.arange(len(classes)), [len(s) for s in sup])
-        nn_acc = float((flat_labels[torch.argmax(q @ flat.T, 1).numpy()] == query_labels).mean())
-        retrieval = retrieval_metrics(q.numpy(), query_labels, ks=(1,), clustering=False)
+        label_of = {ds.classes.index(c): k for k, c in enumerate(classes)}
+        support = np.array([index_of[sid] for c in classes for sid in ep.support[c]])
+        support_labels = np.repeat(np.arange(len(classes)), [len(ep.support[c]) for c in classes])
+        chosen = set(support.tolist())
+        query = np.array([i for i in np.flatnonzero(np.isin(ds.labels, list(label_of))) if i not in chosen])
+        query_labels = np.array([label_of[int(ds.labels[i])] for i in query])
+
+        def stack(table: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+            return np.stack([table[ds.sample_ids[i]] for i in idx])
+
+        emb_s, emb_q = stack(ctx.embeddings, support), stack(ctx.embeddings, query)
         common = {**base, "shots": shots, "episode": ep.index}
-        rows.append({**common, "adaptation": "prototypes", "metric": "accuracy", "value": proto_acc})
-        rows.append({**common, "adaptation": "none", "metric": "accuracy", "value": nn_acc})
-        for metric in ("recall@1", "map@r"):
-            rows.append({**common, "adaptation": "none", "metric": metric, "value": retrieval[metric]})
+        before = retrieval_metrics(emb_q, query_labels, ks=(1,), clustering=False)
+        rows.append({**common, "adaptation": "none", "metric": "accuracy",
+                     "value": _nearest_accuracy(emb_q, query_labels, emb_s, support_labels, prototypes=False)})
+        rows += [{**common, "adaptation": "none", "metric": m, "value": before[m]} for m in ("recall@1", "map@r")]
+        if ctx.adapt == "prototypes":
+            adapted_s, adapted_q = emb_s, emb_q
+        else:
+            seed = (base["split_digest"], level.index, shots, ep.index)
+            if ctx.adapt == "finetune-last":
+                adapted = finetune_last(ctx.loaded.module, stack(ctx.features, support), support_labels,
+                                        stack(ctx.features, np.concatenate([support, query])), shots=shots,
+                                        iterations=ctx.iterations, seed=seed)
+            else:
+                adapted = finetune_all(ctx.loaded.module, ds, support, support_labels, np.concatenate([support, query]),
+                                       shots=shots, iterations=ctx.iterations, seed=seed, device=ctx.device,
+                                       batch_size=ctx.batch_size)
+            adapted_s, adapted_q = adapted[:len(support)], adapted[len(support):]
+            after = retrieval_metrics(adapted_q, query_labels, ks=(1,), clustering=False)
+            rows += [{**common, "adaptation": ctx.adapt, "metric": m, "value": after[m]} for m in ("recall@1", "map@r")]
+        rows.append({**common, "adaptation": ctx.adapt, "metric": "accuracy",
+                     "value": _nearest_accuracy(adapted_q, query_labels, adapted_s, support_labels, prototypes=True)})
     return rows
 
 
@@ -298,7 +336,8 @@ def _fewshot_rows(emb: dict[str, np.ndarray], ds: ImageDataset, level: Level, sh
 
 def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, splits: SplitSet | str | Path | None = None,
              *, root: str | Path | None = None, levels: Sequence[int] | None = None, fewshot: Sequence[int] = (),
-             adapt: str = "prototypes", episodes: int | None = None, ks: Sequence[int] = (1, 2, 4, 8),
+             adapt: str = "prototypes", episodes: int | None = None, adapt_iterations: int | None = None,
+             ks: Sequence[int] = (1, 2, 4, 8),
              clustering: bool = True, device: str = "auto", precision: str = "fp32", batch_size: int = 128,
              workers: int = 0, use_cache: bool = True, shard_size: int = 2048, label: str | None = None) -> Results:
     """Score ``model`` on every requested level of ``splits``.
@@ -313,13 +352,14 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
         fewshot: shots to evaluate with the manifest's episodes (e.g. ``(2, 5)``).
         adapt: the few-shot adaptation (``prototypes``).
         episodes: use only the first ``episodes`` episodes (default all).
+        adapt_iterations: override the fine-tuning iterations (default 1000 for 2-shot, 1500 for 5-shot).
         shard_size: images per embedding-cache shard (an interrupted run loses at most one shard).
 
     Returns:
         :class:`Results`.
     """
     if adapt not in ADAPTATIONS:
-        raise OodmlError(f"unknown adaptation {adapt!r}; available now: {', '.join(ADAPTATIONS)}")
+        raise OodmlError(f"unknown adaptation {adapt!r}; choose one of {', '.join(ADAPTATIONS)}")
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root)
     split_set = _resolve_splits(splits, ds.name)
     _check_fingerprint(ds, split_set)
@@ -338,6 +378,8 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
         return load_model(model)
 
     shared = None if per_level else level_model(chosen[0])
+    if fewshot and shared is not None:
+        check_adaptable(shared.module, adapt)
     if shared is not None and shared.provenance.get("dataset") == ds.name:
         warnings.warn(f"{shared.source} declares training on {ds.name}; zero-shot results on its test classes may "
                       "be optimistic", stacklevel=2)
@@ -359,6 +401,8 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
         else:
             loaded = level_model(level)
             check_leak(loaded, level, split_set)
+            if fewshot:
+                check_adaptable(loaded.module, adapt)
             embeddings = embed_by_id(loaded, indices, f"embed level {level.index}")
         emb = np.stack([embeddings[ds.sample_ids[i]] for i in indices])
         base = {"model": loaded.source, "model_digest": loaded.digest, "dataset": ds.name,
@@ -368,8 +412,15 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
         metrics.pop("queries")
         rows += [{**base, "adaptation": "none", "shots": 0, "episode": -1, "metric": m, "value": v}
                  for m, v in metrics.items()]
-        for shots in fewshot:
-            rows += _fewshot_rows(embeddings, ds, level, shots, episodes, base)
+        if fewshot:
+            features = None
+            if adapt == "finetune-last":  # frozen backbone: its features, once per image, through the cache
+                digest = hashlib.sha256(f"{loaded.digest}|backbone".encode()).hexdigest()
+                backbone = LoadedModel(loaded.module.backbone, loaded.preprocessing, digest, loaded.source)
+                features = embed_by_id(backbone, indices, f"backbone features level {level.index}")
+            ctx = _FewShotContext(ds, loaded, embeddings, features, adapt, adapt_iterations, device, batch_size)
+            for shots in fewshot:
+                rows += _fewshot_rows(ctx, level, shots, episodes, base)
     meta = {"model": str(model if not isinstance(model, LoadedModel) else model.source), "label": label,
             "protocol": protocol, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
             "splits": f"{split_set.dataset}@{split_set.version}", "split_digest": split_set.digest,

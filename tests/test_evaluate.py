@@ -161,3 +161,24 @@ def test_curve_summary_and_intervals_by_hand():
     assert parse_levels("all") is None and parse_levels("1,3-5") == [1, 3, 4, 5]
     with pytest.raises(OodmlError, match="--levels 'x'"):
         parse_levels("x")
+
+
+@pytest.mark.parametrize("adapt", ["finetune-last", "finetune-all"])
+def test_finetune_adaptations_report_beside_the_unadapted_model(glyphs, split_set, adapt):
+    results = evaluate("glyph-cnn", glyphs, split_set, levels=[3], fewshot=(2,), episodes=1, adapt=adapt,
+                       adapt_iterations=5, clustering=False, device="cpu")
+    values = {(r["adaptation"], r["metric"]): r["value"] for r in results.rows if r["shots"] == 2}
+    assert set(values) == {("none", "accuracy"), ("none", "recall@1"), ("none", "map@r"),
+                           (adapt, "accuracy"), (adapt, "recall@1"), (adapt, "map@r")}
+    assert all(0 <= v <= 1 for v in values.values())
+    assert values[(adapt, "recall@1")] != values[("none", "recall@1")] or values[(adapt, "map@r")] != values[
+        ("none", "map@r")]  # the model really changed
+
+
+def test_finetuning_needs_a_head(glyphs, split_set, tmp_path):
+    model = create_model("glyph-cnn", embed_dim=8).eval()
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "ts.pt"),
+                   _extra_files={"preprocessing.json": json.dumps(model.preprocessing.as_dict())})
+    with pytest.raises(OodmlError, match="finetune-last needs a model with a backbone and an embedding head"):
+        evaluate(str(tmp_path / "ts.pt"), glyphs, split_set, levels=[1], fewshot=(2,), adapt="finetune-last",
+                 clustering=False, device="cpu")
