@@ -5,7 +5,16 @@ The public API, one page:
 * ``oodml.datasets``: ``list_datasets()``, ``load_dataset(name, root=None, **options)``,
   ``register_dataset``, ``download_dataset``; every dataset is an ``ImageDataset``
   with ``sample_ids``, ``labels``, ``classes``, ``fingerprint`` and ``ds[i] -> (image, label)``.
+* ``oodml.shift``: ``frechet_distance``, ``frechet_distance_from_stats``, ``wasserstein_distance``.
+* ``oodml.splits``: ``make_splits``, ``load(dataset, version=None) -> SplitSet``,
+  ``swap_progression``, ``greedy_levels``, ``import_oodml`` (in ``oodml.splits.oodml_import``).
+* ``oodml.metrics``: ``retrieval_metrics(embeddings, labels) -> dict``.
+* ``oodml.models``: ``register_model``, ``list_models``, ``create_model``, ``load_model``, ``save``.
+* ``oodml.evaluate(model, dataset, splits, ...) -> Results`` (``.to_parquet()``, ``.summary()``, ``.plot()``).
+* ``oodml.train(dataset, splits, level, TrainConfig(...), out=DIR)`` -> (model, provenance).
 * ``oodml.OodmlError``: the one user-facing error type.
+
+Heavy modules load on first use, so ``import oodml`` stays fast.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -17,4 +26,16 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["OodmlError", "__version__"]
+__all__ = ["OodmlError", "__version__", "evaluate", "train"]
+
+
+def __getattr__(name: str):
+    if name == "evaluate":
+        from .evaluation import evaluate
+
+        return evaluate
+    if name == "train":
+        from .training import train
+
+        return train
+    raise AttributeError(f"module 'oodml' has no attribute {name!r}")

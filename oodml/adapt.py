@@ -71,7 +71,7 @@ def finetune_all(model: torch.nn.Module, dataset, support: np.ndarray, support_l
                  query: np.ndarray, *, shots: int, iterations: int | None, seed: tuple, device: str,
                  batch_size: int) -> np.ndarray:
     """Train a copy of the whole model on augmented support images; return normalised query embeddings."""
-    from .train import AUGMENTATIONS
+    from .training import AUGMENTATIONS
 
     tuned = copy.deepcopy(model).float().train()
     augment = AUGMENTATIONS[getattr(tuned, "augmentation", "none")](tuned.preprocessing)

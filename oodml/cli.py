@@ -273,7 +273,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, parse_levels
+    from .evaluation import evaluate, parse_levels
 
     results = evaluate(args.model, args.dataset, args.splits, root=args.root, levels=parse_levels(args.levels),
                        fewshot=args.fewshot or (), adapt=args.adapt, episodes=args.episodes,
@@ -299,7 +299,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .evaluate import Results, plot_curves
+    from .evaluation import Results, plot_curves
 
     runs = []
     for path in args.results:
@@ -312,9 +312,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .datasets import load_dataset
-    from .evaluate import parse_levels
+    from .evaluation import parse_levels
     from .splits import load, read_split_set
-    from .train import TrainConfig, train
+    from .training import TrainConfig, train
 
     split_set = read_split_set(Path(args.splits)) if args.splits and Path(args.splits).is_dir() else \
         load(args.dataset, args.splits)

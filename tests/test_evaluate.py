@@ -15,7 +15,7 @@ import torch
 from oodml import OodmlError
 from oodml.cli import main
 from oodml.embedding import embedding_cache_dir
-from oodml.evaluate import Results, curve_summary, evaluate, parse_levels, t_interval
+from oodml.evaluation import Results, curve_summary, evaluate, parse_levels, t_interval
 from oodml.models import EmbeddingModel, create_model, load_model, save
 from oodml.splits import read_split_set
 
@@ -72,7 +72,7 @@ def test_each_image_is_embedded_once_for_all_levels(glyphs, split_set):
 
 
 def test_per_level_checkpoints_and_leak_refusal(glyphs, split_set, tmp_path):
-    from oodml.train import TrainConfig, train
+    from oodml.training import TrainConfig, train
 
     cfg = TrainConfig(iterations=4, eval_every=4, batch_size=32)
     for level in (1, 2):
