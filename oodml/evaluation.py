@@ -41,6 +41,7 @@ from .embedding import embed_cached
 from .errors import OodmlError
 from .metrics import retrieval_metrics
 from .models import LoadedModel, load_model
+from .plotting import new_figure, save_figure
 from .splits import Level, SplitSet, load, read_split_set
 
 RESULT_COLUMNS = ("model", "model_digest", "dataset", "split_digest", "level", "distance", "protocol",
@@ -178,12 +179,7 @@ class Results:
 
 def plot_curves(results: Sequence[Results], out_prefix: str | Path, *, metric: str = "recall@1") -> list[Path]:
     """Overlay the degradation curves (metric against measured distance, with the distance CIs) of several runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4), dpi=120)
+    fig, ax = new_figure()
     for res in results:
         d, v = res.zero_shot(metric)
         if not len(d):
@@ -194,20 +190,12 @@ def plot_curves(results: Sequence[Results], out_prefix: str | Path, *, metric: s
                          [max(ci[x][1] - x, 0) if not math.isnan(ci[x][1]) else 0 for x in d]])
         ax.errorbar(d, v, xerr=xerr, marker="o", capsize=2, label=res.meta.get("label") or res.meta.get("model"))
     first = results[0].meta
-    ax.set_xlabel(f"train-test {first.get('distance', 'distance')} ({first.get('dataset')}@{first.get('splits')})")
+    ax.set_xlabel(f"train-test {first.get('distance', 'distance')} ({first.get('splits')})")
     ax.set_ylabel(metric)
     ax.set_title("degradation under class shift")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    written = []
-    for ext in ("png", "svg"):
-        dest = Path(f"{out_prefix}.{ext}")
-        with atomic_path(dest) as tmp:
-            fig.savefig(tmp, format=ext)
-        written.append(dest)
-    plt.close(fig)
-    return written
+    return save_figure(fig, out_prefix)
 
 
 # --- protocol helpers -------------------------------------------------------------------------------
@@ -249,15 +237,6 @@ def _check_fingerprint(ds: ImageDataset, split_set: SplitSet) -> None:
                          f"{ds.root})")
 
 
-def _level_indices(ds: ImageDataset, classes: Sequence[str]) -> np.ndarray:
-    wanted = {ds.classes.index(c) for c in classes if c in ds.classes}
-    missing = [c for c in classes if c not in ds.classes]
-    if missing:
-        raise OodmlError(f"class {missing[0]!r} of the split set is not in the dataset ({len(missing)} missing); "
-                         "the split set belongs to other data")
-    return np.flatnonzero(np.isin(ds.labels, list(wanted)))
-
-
 @dataclass
 class _FewShotContext:
     """Everything the few-shot loop needs besides the level: the model, its embeddings and (for
@@ -296,7 +275,7 @@ def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int 
             raise OodmlError(f"episode support image {unknown[0]!r} is not in the dataset; these episodes refer to "
                              "another layout of the data and cannot be matched")
         classes = sorted(ep.support)
-        label_of = {ds.classes.index(c): k for k, c in enumerate(classes)}
+        label_of = {ds.class_index[c]: k for k, c in enumerate(classes)}
         support = np.array([index_of[sid] for c in classes for sid in ep.support[c]])
         support_labels = np.repeat(np.arange(len(classes)), [len(ep.support[c]) for c in classes])
         chosen = set(support.tolist())
@@ -384,7 +363,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
         warnings.warn(f"{shared.source} declares training on {ds.name}; zero-shot results on its test classes may "
                       "be optimistic", stacklevel=2)
     rows: list[dict] = []
-    union = np.unique(np.concatenate([_level_indices(ds, lv.test_classes) for lv in chosen]))
+    union = np.unique(np.concatenate([ds.indices_of_classes(lv.test_classes) for lv in chosen]))
     options = dict(use_cache=use_cache, shard_size=shard_size, device=device, precision=precision,
                    batch_size=batch_size, workers=workers)
 
@@ -395,7 +374,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
     # Zero-shot: every distinct image of every requested level is embedded once.
     shared_embeddings = embed_by_id(shared, union, "embed") if shared is not None else None
     for level in chosen:
-        indices = _level_indices(ds, level.test_classes)
+        indices = ds.indices_of_classes(level.test_classes)
         if shared is not None:
             loaded, embeddings = shared, shared_embeddings
         else:

@@ -59,15 +59,25 @@ def _check(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Ten
 def _topk_lowest_index_ties(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest scores per row, ordered by score descending then index ascending.
 
-    ``torch.topk`` breaks ties arbitrarily; here the k-th value's ties are
-    resolved towards lower indices, so the result is fully determined.
+    ``torch.topk`` breaks ties arbitrarily.  Inside the top k, a stable sort by
+    index then score fixes the order; rows where the k-th value is tied with
+    values outside the top k (rare with float scores, common with duplicates)
+    are redone exactly, keeping the lowest indices.
     """
-    kth = torch.topk(scores, k, dim=1, sorted=False).values.min(1, keepdim=True).values
-    greater = scores > kth
-    equal = scores == kth
-    room = k - greater.sum(1, keepdim=True)
-    take = greater | (equal & (equal.cumsum(1) <= room))
-    idx = take.nonzero()[:, 1].view(scores.shape[0], k)          # ascending index within each row
+    extra = min(k + 1, scores.shape[1])
+    values, idx = torch.topk(scores, extra, dim=1, sorted=True)
+    kth = values[:, k - 1:k]
+    # The k-th value is tied outside the top k exactly when the (k+1)-th equals it.
+    boundary = (values[:, k] == values[:, k - 1] if extra > k
+                else torch.zeros(len(scores), dtype=torch.bool, device=scores.device))
+    idx = idx[:, :k]
+    if boundary.any():
+        rows = boundary.nonzero()[:, 0]
+        sub, sub_kth = scores[rows], kth[rows]
+        greater, equal = sub > sub_kth, sub == sub_kth
+        take = greater | (equal & (equal.cumsum(1) <= k - greater.sum(1, keepdim=True)))
+        idx[rows] = take.nonzero()[:, 1].view(len(rows), k)
+    idx = torch.sort(idx, dim=1).values
     order = torch.sort(-scores.gather(1, idx), dim=1, stable=True).indices
     return idx.gather(1, order)
 
@@ -103,7 +113,8 @@ def knn(embeddings: torch.Tensor, k: int, *, normalize: bool = True, chunk: int 
     return torch.cat([idx for _, idx in knn_chunks(embeddings, k, normalize=normalize, chunk=chunk)])
 
 
-def _per_query(hits: torch.Tensor, r: torch.Tensor, ks: Sequence[int]) -> dict[str, torch.Tensor]:
+def _per_query(hits: torch.Tensor, r: torch.Tensor, ks: Sequence[int],
+               map_depth: int | None) -> dict[str, torch.Tensor]:
     """Per-query values from a (Q, k) boolean hit matrix and each query's R (all R >= 1)."""
     k = hits.shape[1]
     ranks = torch.arange(1, k + 1, device=hits.device, dtype=torch.float64)
@@ -113,7 +124,8 @@ def _per_query(hits: torch.Tensor, r: torch.Tensor, ks: Sequence[int]) -> dict[s
     out = {f"recall@{kk}": hits[:, :kk].any(1).double() for kk in ks}
     out["r_precision"] = (hits & within_r).sum(1).double() / r64
     out["map@r"] = (precision_at_hit * within_r).sum(1) / r64
-    out[f"map@{MAP_DEPTH}"] = precision_at_hit[:, :MAP_DEPTH].sum(1) / r64
+    if map_depth:
+        out[f"map@{map_depth}"] = precision_at_hit[:, :map_depth].sum(1) / r64
     return out
 
 
@@ -141,7 +153,7 @@ def kmeans(x: torch.Tensor, clusters: int, *, iterations: int = 20, seed: int = 
 def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
                       ks: Sequence[int] = (1, 2, 4, 8), normalize: bool = True,
                       device: str | torch.device | None = None, clustering: bool = True,
-                      seed: int = 0) -> dict[str, float]:
+                      map_depth: int | None = MAP_DEPTH, seed: int = 0) -> dict[str, float]:
     """Retrieval metrics with every sample as a query against all others.
 
     Args:
@@ -151,6 +163,8 @@ def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray 
         normalize: L2-normalise rows (cosine retrieval); else Euclidean.
         device: where to run the search (default: the embeddings' device).
         clustering: also compute ``nmi`` and ``ami`` (k-means; the costly part at scale).
+        map_depth: depth of ``map@<depth>`` (default 1000); ``None`` skips it, so the
+            search needs only max(K, R) neighbours instead of 1000.
 
     Returns:
         ``{"recall@1": ..., "recall@2": ..., "r_precision": ..., "map@r": ...,
@@ -168,13 +182,13 @@ def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray 
     queries = r > 0
     if not queries.any():
         raise OodmlError("no class has two or more samples, so no query has a relevant neighbour")
-    k = min(x.shape[0] - 1, max(max(ks), int(r.max()), MAP_DEPTH))
+    k = min(x.shape[0] - 1, max(max(ks), int(r.max()), map_depth or 0))
     parts: dict[str, list[torch.Tensor]] = {}
     for start, neighbours in knn_chunks(x, k, normalize=normalize):
         rows = slice(start, start + neighbours.shape[0])
         keep = queries[rows]
         hits = y[neighbours[keep]] == y[rows][keep][:, None]
-        for name, values in _per_query(hits, r[rows][keep], ks).items():
+        for name, values in _per_query(hits, r[rows][keep], ks, map_depth).items():
             parts.setdefault(name, []).append(values)
     out: dict[str, float] = {name: float(torch.cat(v).mean()) for name, v in parts.items()}
     out["queries"] = int(queries.sum())

@@ -96,11 +96,6 @@ class _Train(torch.utils.data.Dataset):
         return self.transform(image), label
 
 
-def class_indices(ds: ImageDataset, classes: tuple[str, ...]) -> np.ndarray:
-    wanted = [ds.classes.index(c) for c in classes]
-    return np.flatnonzero(np.isin(ds.labels, wanted))
-
-
 def validation_recall(model: EmbeddingModel, ds: ImageDataset, indices: np.ndarray, device: str) -> float:
     emb = embed(ds, model, model.preprocessing, indices=indices, device=device, desc="validate")
     return retrieval_metrics(emb, ds.labels[indices], ks=(1,), clustering=False)["recall@1"]
@@ -124,14 +119,14 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
                          f"{fingerprint[:16]}; yours is {ds.fingerprint[:16]}")
     lv: Level = splits.level(level)
     train_classes, val_classes = lv.tuning_train_classes, lv.val_classes
-    train_idx, val_idx = class_indices(ds, train_classes), class_indices(ds, val_classes)
+    train_idx, val_idx = ds.indices_of_classes(train_classes), ds.indices_of_classes(val_classes)
     dev = resolve_device(device)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model = create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed).to(dev)
     # Labels inside the loss are the positions of the training classes.
-    remap = {ds.classes.index(c): k for k, c in enumerate(train_classes)}
+    remap = {ds.class_index[c]: k for k, c in enumerate(train_classes)}
     loss_fn, miner = spec.build(len(train_classes), cfg.embed_dim)
     loss_fn = loss_fn.to(dev)
     params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from oodml.datasets import load_dataset
@@ -41,8 +40,7 @@ def main() -> None:
     start = time.perf_counter()
     evaluate(loaded, ds, split_set, clustering=False, device="cpu", use_cache=False)
     ours_s = time.perf_counter() - start
-    per_level = sum(int(np.isin(ds.labels, [ds.classes.index(c) for c in lv.test_classes]).sum())
-                    for lv in split_set.levels)
+    per_level = sum(len(ds.indices_of_classes(lv.test_classes)) for lv in split_set.levels)
     distinct = len({c for lv in split_set.levels for c in lv.test_classes})
     print(f"levels: {len(split_set.levels)}; forward passes by oodml.evaluate: {counting.images} "
           f"(= distinct test images {distinct * 32}); per-level re-extraction: {per_level}; "
@@ -50,7 +48,7 @@ def main() -> None:
 
     start = time.perf_counter()
     for lv in split_set.levels:  # what per-level re-extraction costs in embedding time alone
-        idx = np.flatnonzero(np.isin(ds.labels, [ds.classes.index(c) for c in lv.test_classes]))
+        idx = ds.indices_of_classes(lv.test_classes)
         embed(ds, loaded.module.inner, loaded.preprocessing, indices=idx, device="cpu")
     ref_s = time.perf_counter() - start
     print(f"time: oodml.evaluate (embedding + all metrics) {ours_s:.1f} s; per-level re-extraction, embedding "

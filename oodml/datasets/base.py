@@ -122,6 +122,23 @@ class ImageDataset:
                                                        total=len(self), unit="file")]
         return fingerprint_of(self.sample_ids, [self.classes[k] for k in self.labels], sizes)
 
+    @cached_property
+    def class_index(self) -> dict[str, int]:
+        """Class name -> label."""
+        return {c: k for k, c in enumerate(self.classes)}
+
+    def indices_of_classes(self, names: Sequence[str]) -> np.ndarray:
+        """Sample indices (ascending) of every image of the named classes.
+
+        Raises:
+            OodmlError: naming the first class that this dataset does not have.
+        """
+        missing = [c for c in names if c not in self.class_index]
+        if missing:
+            raise OodmlError(f"{self.name}: class {missing[0]!r} is not in this dataset ({len(missing)} missing); "
+                             "the split set or checkpoint belongs to other data")
+        return np.flatnonzero(np.isin(self.labels, [self.class_index[c] for c in names]))
+
     def class_counts(self) -> np.ndarray:
         """Images per class, int64 array of shape ``(len(classes),)``."""
         return np.bincount(self.labels, minlength=len(self.classes))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .._fs import atomic_path
+from ..plotting import new_figure, save_figure
 from .manifest import SplitSet
 
 
@@ -37,17 +37,12 @@ def format_levels(split_set: SplitSet) -> str:
 
 def plot_levels(split_set: SplitSet, out_prefix: str | Path) -> list[Path]:
     """Plot distance per level with its CI (and the default split's distance) to ``<prefix>.png`` and ``.svg``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     levels = split_set.levels
     x = [lv.index for lv in levels]
     y = [lv.distance for lv in levels]
     err = [[max(lv.distance - lv.ci_low, 0) if not math.isnan(lv.ci_low) else 0 for lv in levels],
            [max(lv.ci_high - lv.distance, 0) if not math.isnan(lv.ci_high) else 0 for lv in levels]]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    fig, ax = new_figure(6, 3.6)
     colours = ["tab:blue" if lv.kind == "swap" else "tab:red" for lv in levels]
     ax.errorbar(x, y, yerr=err, fmt="none", ecolor="grey", capsize=3, zorder=1)
     ax.scatter(x, y, c=colours, zorder=2)
@@ -60,12 +55,4 @@ def plot_levels(split_set: SplitSet, out_prefix: str | Path) -> list[Path]:
     ax.set_ylabel(f"train-test {split_set.metadata.get('distance', 'distance')}")
     ax.set_title(f"{split_set.dataset}@{split_set.version}")
     ax.set_xticks(x)
-    fig.tight_layout()
-    written = []
-    for ext in ("png", "svg"):
-        dest = Path(f"{out_prefix}.{ext}")
-        with atomic_path(dest) as tmp:
-            fig.savefig(tmp, format=ext)
-        written.append(dest)
-    plt.close(fig)
-    return written
+    return save_figure(fig, out_prefix)
