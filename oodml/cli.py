@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .distributed import init_from_env, is_main_process
 from .errors import OodmlError
 from .progress import set_quiet
 
@@ -280,6 +282,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        adapt_iterations=args.adapt_iterations, device=args.device,
                        precision=args.precision, batch_size=args.batch_size, workers=args.workers,
                        clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label)
+    if not is_main_process():
+        return 0
     written = results.save(args.out, metric=args.metric)
     print(results.format_table())
     embedded = results.meta.get("images_embedded")
@@ -323,6 +327,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     regulariser, eta = ("sec", args.sec) if args.sec is not None else ("l2", args.l2_reg) \
         if args.l2_reg is not None else (None, 0.0)
     config = TrainConfig(loss=args.loss, arch=args.arch, embed_dim=args.embed_dim, iterations=args.iterations,
+                         epochs=args.epochs,
                          batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr,
                          regulariser=regulariser, eta=eta, seed=args.seed)
     ds = load_dataset(args.dataset, root=args.root)
@@ -347,7 +352,9 @@ def _add_train(commands) -> None:
     p.add_argument("--l2-reg", type=float, metavar="ETA", help="L2 norm regularisation with weight ETA")
     p.add_argument("--arch", choices=list_models(), default="glyph-cnn")
     p.add_argument("--embed-dim", type=int)
-    p.add_argument("--iterations", type=int)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--iterations", type=int)
+    group.add_argument("--epochs", type=float, help="passes over the level's training images")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--samples-per-class", type=int)
     p.add_argument("--lr", type=float)
@@ -432,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quiet:
         set_quiet(True)
+    if init_from_env() and not is_main_process():  # torchrun: one voice, one writer
+        set_quiet(True)
+        args.quiet, sys.stdout = True, open(os.devnull, "w")  # noqa: SIM115
     warnings.showwarning = _one_line_warning
     try:
         return args.func(args)

@@ -22,6 +22,7 @@ from torchvision import transforms as T
 
 from ._fs import atomic_path, oodml_home
 from .datasets import ImageDataset
+from .distributed import barrier, local_device_index, rank_world
 from .errors import OodmlError
 from .progress import progress
 
@@ -64,7 +65,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU; explicit names are checked for availability."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            local = local_device_index()  # under torchrun, each process takes its own GPU
+            return torch.device("cuda", local) if local is not None else torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -193,20 +195,28 @@ def embed_cached(dataset: ImageDataset, model: torch.nn.Module, preprocessing: P
 
     Cached under :func:`embedding_cache_dir`; missing images are embedded in
     shards of ``shard_size`` and each shard is written as soon as it is done,
-    so a killed run loses at most one shard of work.  ``embed_options`` go to :func:`embed`.
+    so a killed run loses at most one shard of work.  Under torch.distributed,
+    shard ``b`` of the missing images is embedded by rank ``b mod world`` and
+    every rank then reads the complete cache (which must be on a filesystem all
+    ranks share), so the result equals a single process's.  ``embed_options`` go to :func:`embed`.
     """
     indices = list(indices)
-    if not use_cache:
+    rank, world = rank_world()
+    if not use_cache and world == 1:
         return embed(dataset, model, preprocessing, indices=indices, **embed_options)
     directory = embedding_cache_dir(dataset, model_digest, preprocessing)
     cached = read_shards(directory)
+    barrier()  # everyone has seen the same cache before anyone adds to it
     missing = [i for i in dict.fromkeys(indices) if dataset.sample_ids[i] not in cached]
-    for start in range(0, len(missing), shard_size):
-        block = missing[start:start + shard_size]
+    blocks = [missing[start:start + shard_size] for start in range(0, len(missing), shard_size)]
+    for block in blocks[rank::world]:
         values = embed(dataset, model, preprocessing, indices=block, **embed_options)
         ids = [dataset.sample_ids[i] for i in block]
         write_shard(directory, ids, values)
         cached.update(zip(ids, values, strict=True))
+    if world > 1:
+        barrier()
+        cached = read_shards(directory)
     if not indices:
         return np.zeros((0, 0), dtype=np.float32)
     widths = {cached[dataset.sample_ids[i]].shape[0] for i in indices}

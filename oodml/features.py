@@ -23,8 +23,6 @@ it, else ImageNet's.
 from __future__ import annotations
 
 import hashlib
-import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -175,27 +173,13 @@ def pixels_extractor(weights: str | None = None) -> Extractor:
 
 
 def torchscript_extractor(path: Path) -> Extractor:
+    """A TorchScript (or ``torch.export``) file as an extractor, loaded by :func:`oodml.models.load_model`."""
+    from .models import load_model
+
     if not path.is_file():
         raise OodmlError(f"TorchScript extractor {path} does not exist")
-    extra = {"preprocessing.json": ""}
-
-    def load() -> torch.jit.ScriptModule:
-        try:
-            with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated; it still loads
-                warnings.simplefilter("ignore", FutureWarning)
-                return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except (RuntimeError, ValueError) as exc:
-            raise OodmlError(f"{path} is not a loadable TorchScript file ({str(exc).splitlines()[0]}); export "
-                             "one with torch.jit.script(model).save(PATH)") from None
-
-    load()  # fail early, and read the preprocessing record
-    prep = IMAGENET
-    if extra["preprocessing.json"]:
-        try:
-            prep = Preprocessing(**json.loads(extra["preprocessing.json"]))
-        except (TypeError, ValueError) as exc:
-            raise OodmlError(f"{path}: preprocessing.json is malformed ({exc})") from None
-    return Extractor(f"torchscript:{path.name}", file_sha256(path), prep, load)
+    loaded = load_model(path)
+    return Extractor(f"torchscript:{path.name}", file_sha256(path), loaded.preprocessing, lambda: loaded.module)
 
 
 # --- cache ------------------------------------------------------------------------------------

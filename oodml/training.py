@@ -60,6 +60,7 @@ class TrainConfig:
     arch: str = "glyph-cnn"
     embed_dim: int | None = None
     iterations: int | None = None
+    epochs: float | None = None         # alternative to iterations: passes over the training images
     batch_size: int | None = None
     samples_per_class: int | None = None
     lr: float | None = None
@@ -72,6 +73,8 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         defaults = ARCH_DEFAULTS.get(self.arch, ARCH_DEFAULTS["glyph-cnn"])
         values = {k: (defaults.get(k) if v is None else v) for k, v in dataclasses.asdict(self).items()}
+        if self.epochs is not None and self.iterations is not None:
+            raise OodmlError("give --iterations or --epochs, not both")
         return TrainConfig(**values)
 
 
@@ -120,6 +123,9 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     lv: Level = splits.level(level)
     train_classes, val_classes = lv.tuning_train_classes, lv.val_classes
     train_idx, val_idx = ds.indices_of_classes(train_classes), ds.indices_of_classes(val_classes)
+    if cfg.epochs is not None:
+        iterations = max(1, int(np.ceil(cfg.epochs * len(train_idx) / cfg.batch_size)))
+        cfg = dataclasses.replace(cfg, iterations=iterations, eval_every=min(cfg.eval_every, iterations))
     dev = resolve_device(device)
 
     torch.manual_seed(cfg.seed)

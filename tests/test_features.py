@@ -75,7 +75,7 @@ def test_torchscript_extractor_with_its_preprocessing(cub, tmp_path):
 def test_a_file_that_is_not_torchscript(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(2)}, path)
-    with pytest.raises(OodmlError, match="not a loadable TorchScript file"):
+    with pytest.raises(OodmlError, match="not an oodml checkpoint"):
         get_extractor(str(path))
 
 

@@ -57,3 +57,13 @@ def test_unknown_loss_and_regulariser(glyphs):
         train(glyphs, split_set, 1, TrainConfig(loss="npair"))
     with pytest.raises(OodmlError, match="unknown regulariser 'l1'"):
         train(glyphs, split_set, 1, TrainConfig(regulariser="l1"))
+
+
+def test_cli_trains_by_epochs(glyphs, tmp_path, capsys):
+    from oodml.cli import main
+
+    assert main(["-q", "train", "--dataset", "glyphs", "--splits", "v1", "--level", "1", "--epochs", "0.01",
+                 "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert "level 1: best val recall@1" in capsys.readouterr().out
+    config = load_model(tmp_path / "level1.pt").provenance["config"]
+    assert config["iterations"] == 2 and config["epochs"] == 0.01   # ceil(0.01 * 3968 / 32)

@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .._fs import atomic_path, oodml_home
+from ..distributed import barrier, is_main_process
 from ..progress import progress
 from ..seeding import rng_for
 from .base import ImageDataset
@@ -218,9 +219,10 @@ def cache_dir() -> Path:
 def load_glyphs(root: Path | None = None) -> ImageDataset:
     """Load (generating on first use) the glyphs dataset; ``root`` overrides the cache directory."""
     base = cache_dir() if root is None else Path(root)
-    if not (base / "classes.json").exists():
+    if not (base / "classes.json").exists() and is_main_process():
         with atomic_path(base) as tmp:
             generate(tmp)
+    barrier()  # under torchrun, rank 0 generates and the others wait for it
     meta = json.loads((base / "classes.json").read_text(encoding="utf-8"))
     sample_ids, labels, folders = scan_class_folders(base, "glyphs")
     by_folder = {m["folder"]: m for m in meta}

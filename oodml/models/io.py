@@ -93,6 +93,10 @@ def _refuse_pickle(path: Path) -> OodmlError:
 
 
 def _read_preprocessing(text: str, path: Path) -> Preprocessing:
+    if not text:
+        warnings.warn(f"{path} carries no preprocessing.json; assuming ImageNet preprocessing (resize 256, crop 224)",
+                      stacklevel=3)
+        return Preprocessing()
     try:
         return Preprocessing(**json.loads(text))
     except (TypeError, ValueError) as exc:
@@ -124,8 +128,7 @@ def load_model(spec: str | Path, **kwargs) -> LoadedModel:
                 module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except (RuntimeError, ValueError) as exc:
             raise OodmlError(f"{path}: not a loadable TorchScript file ({str(exc).splitlines()[0]})") from None
-        prep = _read_preprocessing(extra["preprocessing.json"], path) if extra["preprocessing.json"] else \
-            Preprocessing()
+        prep = _read_preprocessing(extra["preprocessing.json"], path)
         return LoadedModel(module, prep, model_digest(module), spec_text)
     if kind == "export":
         extra = {"preprocessing.json": ""}
@@ -134,8 +137,7 @@ def load_model(spec: str | Path, **kwargs) -> LoadedModel:
         except Exception as exc:  # torch.export raises many types for a bad archive
             raise OodmlError(f"{path}: not a loadable torch.export program ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-        prep = _read_preprocessing(extra["preprocessing.json"], path) if extra["preprocessing.json"] else \
-            Preprocessing()
+        prep = _read_preprocessing(extra["preprocessing.json"], path)
         module = program.module()
         return LoadedModel(module, prep, model_digest(module), spec_text)
     try:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from .. import __version__
 from ..datasets import dataset_spec, load_dataset
+from ..distributed import barrier, is_main_process
 from ..features import extract_features, get_extractor
 from .build import SplitConfig, build_levels
-from .manifest import SplitSet, check_version_name, write_split_set
+from .manifest import SplitSet, check_version_name, read_split_set, write_split_set
 
 
 def make_splits(dataset: str, *, root: str | Path | None = None, options: dict | None = None,
@@ -46,4 +47,7 @@ def make_splits(dataset: str, *, root: str | Path | None = None, options: dict |
         "oodml_version": __version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return write_split_set(Path(out), dataset, version, levels, metadata)
+    if is_main_process():
+        split_set = write_split_set(Path(out), dataset, version, levels, metadata)
+    barrier()  # under torchrun, the other ranks read what rank 0 published
+    return split_set if is_main_process() else read_split_set(Path(out) / dataset / version)
