@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .distributed import init_from_env, is_main_process
 from .errors import OodmlError
 from .progress import set_quiet
 
@@ -282,6 +281,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        adapt_iterations=args.adapt_iterations, device=args.device,
                        precision=args.precision, batch_size=args.batch_size, workers=args.workers,
                        clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label)
+    from .distributed import is_main_process
+
     if not is_main_process():
         return 0
     written = results.save(args.out, metric=args.metric)
@@ -317,11 +318,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .datasets import load_dataset
     from .evaluation import parse_levels
-    from .splits import load, read_split_set
+    from .splits import resolve
     from .training import TrainConfig, train
 
-    split_set = read_split_set(Path(args.splits)) if args.splits and Path(args.splits).is_dir() else \
-        load(args.dataset, args.splits)
+    split_set = resolve(args.dataset, args.splits)
     if args.sec is not None and args.l2_reg is not None:
         raise OodmlError("--sec and --l2-reg are alternatives; give one")
     regulariser, eta = ("sec", args.sec) if args.sec is not None else ("l2", args.l2_reg) \
@@ -439,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quiet:
         set_quiet(True)
+    from .distributed import init_from_env, is_main_process
+
     if init_from_env() and not is_main_process():  # torchrun: one voice, one writer
         set_quiet(True)
         args.quiet, sys.stdout = True, open(os.devnull, "w")  # noqa: SIM115

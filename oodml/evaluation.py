@@ -42,7 +42,7 @@ from .errors import OodmlError
 from .metrics import retrieval_metrics
 from .models import LoadedModel, load_model
 from .plotting import new_figure, save_figure
-from .splits import Level, SplitSet, load, read_split_set
+from .splits import Level, SplitSet, resolve
 
 RESULT_COLUMNS = ("model", "model_digest", "dataset", "split_digest", "level", "distance", "protocol",
                   "adaptation", "shots", "episode", "metric", "value")
@@ -221,14 +221,6 @@ def check_leak(loaded: LoadedModel, level: Level, split_set: SplitSet) -> None:
                          "train classes")
 
 
-def _resolve_splits(splits: SplitSet | str | Path | None, dataset: str) -> SplitSet:
-    if isinstance(splits, SplitSet):
-        return splits
-    if splits is not None and Path(splits).is_dir():
-        return read_split_set(Path(splits))
-    return load(dataset, None if splits is None else str(splits))
-
-
 def _check_fingerprint(ds: ImageDataset, split_set: SplitSet) -> None:
     expected = split_set.metadata.get("dataset_fingerprint")
     if expected and expected != ds.fingerprint:
@@ -340,7 +332,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
     if adapt not in ADAPTATIONS:
         raise OodmlError(f"unknown adaptation {adapt!r}; choose one of {', '.join(ADAPTATIONS)}")
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root)
-    split_set = _resolve_splits(splits, ds.name)
+    split_set = resolve(ds.name, splits)
     _check_fingerprint(ds, split_set)
     chosen = [split_set.level(k) for k in levels] if levels else list(split_set.levels)
     per_level = isinstance(model, (str, Path)) and _per_level_path(str(model), chosen[0].index) is not None

@@ -10,9 +10,9 @@
 from .build import ALGORITHMS, SplitConfig, build_levels
 from .levels import Episode, Level
 from .make import make_splits
-from .manifest import SplitSet, iter_published, load, read_split_set, write_split_set
+from .manifest import SplitSet, iter_published, load, read_split_set, resolve, write_split_set
 from .search import SplitState, greedy_levels, removal_continuation, swap_progression
 
 __all__ = ["ALGORITHMS", "Episode", "Level", "SplitConfig", "SplitSet", "SplitState", "build_levels",
            "greedy_levels", "iter_published", "load", "make_splits", "read_split_set", "removal_continuation",
-           "swap_progression", "write_split_set"]
+           "resolve", "swap_progression", "write_split_set"]

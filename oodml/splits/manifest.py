@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -299,9 +298,11 @@ def load(dataset: str, version: str | None = None) -> SplitSet:
     return read_split_set(max(found, key=created)[1])
 
 
-def level_arrays(split_set: SplitSet) -> dict[str, np.ndarray]:
-    """Per-level distances and CIs as arrays (for plots and tables)."""
-    return {"level": np.array([lv.index for lv in split_set.levels]),
-            "distance": np.array([lv.distance for lv in split_set.levels]),
-            "ci_low": np.array([lv.ci_low for lv in split_set.levels]),
-            "ci_high": np.array([lv.ci_high for lv in split_set.levels])}
+def resolve(dataset: str, ref: SplitSet | str | Path | None) -> SplitSet:
+    """A split set from what a user gave: a loaded one, a manifest directory, a version of ``dataset``'s
+    published split sets, or None for the latest."""
+    if isinstance(ref, SplitSet):
+        return ref
+    if ref is not None and Path(ref).is_dir():
+        return read_split_set(Path(ref))
+    return load(dataset, None if ref is None else str(ref))
