@@ -17,3 +17,9 @@ class OodmlError(Exception):
     def __str__(self) -> str:
         # One line, always: multi-line causes (e.g. from PIL) are folded.
         return " ".join(super().__str__().split())
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

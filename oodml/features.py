@@ -33,7 +33,7 @@ import torch
 
 from .datasets import ImageDataset
 from .embedding import IMAGENET, Preprocessing, embed_cached, embedding_cache_dir
-from .errors import OodmlError
+from .errors import OodmlError, first_line
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def resnet50_extractor(weights: str | None = None) -> Extractor:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except (RuntimeError, OSError, ValueError, KeyError) as exc:
-            raise OodmlError(f"resnet50: cannot load weights {path}: {str(exc).splitlines()[0]} (expected a "
+            raise OodmlError(f"resnet50: cannot load weights {path}: {first_line(exc)} (expected a "
                              "torchvision ResNet-50 state dict)") from None
         return GlobalPooledResNet(model)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pickle
 import warnings
 import zipfile
@@ -21,7 +22,7 @@ import torch
 
 from .._fs import atomic_path
 from ..embedding import Preprocessing
-from ..errors import OodmlError
+from ..errors import OodmlError, first_line
 from .base import EmbeddingModel
 from .registry import create_model, list_models
 
@@ -126,26 +127,34 @@ def load_model(spec: str | Path, **kwargs) -> LoadedModel:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except (RuntimeError, ValueError) as exc:
-            raise OodmlError(f"{path}: not a loadable TorchScript file ({str(exc).splitlines()[0]})") from None
+        except Exception as exc:  # a damaged archive can fail in many ways
+            raise OodmlError(f"{path}: not a loadable TorchScript file ({first_line(exc)})") from None
         prep = _read_preprocessing(extra["preprocessing.json"], path)
         return LoadedModel(module, prep, model_digest(module), spec_text)
     if kind == "export":
         extra = {"preprocessing.json": ""}
+        logger = logging.getLogger("torch.export")
+        previous = logger.level
+        logger.setLevel(logging.CRITICAL)  # it logs a traceback before raising
         try:
             program = torch.export.load(str(path), extra_files=extra)
         except Exception as exc:  # torch.export raises many types for a bad archive
             raise OodmlError(f"{path}: not a loadable torch.export program ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+                             f"{first_line(exc)})") from None
+        finally:
+            logger.setLevel(previous)
         prep = _read_preprocessing(extra["preprocessing.json"], path)
         module = program.module()
         return LoadedModel(module, prep, model_digest(module), spec_text)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise _refuse_pickle(path) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise OodmlError(f"{path}: cannot read it as a checkpoint ({str(exc).splitlines()[0]})") from None
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):  # a pickle naming classes or functions: refuse, never run it
+            raise _refuse_pickle(path) from None
+        raise OodmlError(f"{path}: cannot read it as a checkpoint (malformed or truncated file)") from None
+    except Exception as exc:  # torch.load raises anything from EOFError to IndexError on junk input
+        raise OodmlError(f"{path}: cannot read it as a checkpoint ({type(exc).__name__}: {first_line(exc)})") \
+            from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise OodmlError(f"{path}: not an oodml checkpoint (a bare state dict has no architecture; save with "
                          "oodml.models.save, or export TorchScript / torch.export)")
@@ -155,7 +164,7 @@ def load_model(spec: str | Path, **kwargs) -> LoadedModel:
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise OodmlError(f"{path}: weights do not fit {payload['arch']} ({str(exc).splitlines()[0]})") from None
+        raise OodmlError(f"{path}: weights do not fit {payload['arch']} ({first_line(exc)})") from None
     model.preprocessing = _read_preprocessing(payload["preprocessing"], path)
     return LoadedModel(model, model.preprocessing, model_digest(model), spec_text,
                        json.loads(payload.get("provenance") or "{}"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..embedding import IMAGENET, Preprocessing
-from ..errors import OodmlError
+from ..errors import OodmlError, first_line
 from .base import EmbeddingModel
 from .registry import register_model
 
@@ -55,7 +55,7 @@ def resnet50(embed_dim: int = 512, pretrained: bool = False, weights: str | None
             try:
                 net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             except (RuntimeError, OSError, ValueError) as exc:
-                raise OodmlError(f"resnet50: cannot load weights {path}: {str(exc).splitlines()[0]}") from None
+                raise OodmlError(f"resnet50: cannot load weights {path}: {first_line(exc)}") from None
         return EmbeddingModel(FrozenBatchNormResNet(net), 2048, embed_dim, arch="resnet50",
                               config={"embed_dim": embed_dim, "seed": seed}, preprocessing=IMAGENET,
                               augmentation="imagenet-crop-flip")
