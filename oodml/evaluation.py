@@ -321,7 +321,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             manifest directory (default: the latest published version).
         levels: level numbers (default all).
         fewshot: shots to evaluate with the manifest's episodes (e.g. ``(2, 5)``).
-        adapt: the few-shot adaptation (``prototypes``).
+        adapt: the few-shot adaptation: ``prototypes``, ``finetune-last`` or ``finetune-all``.
         episodes: use only the first ``episodes`` episodes (default all).
         adapt_iterations: override the fine-tuning iterations (default 1000 for 2-shot, 1500 for 5-shot).
         shard_size: images per embedding-cache shard (an interrupted run loses at most one shard).
@@ -355,7 +355,6 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
         warnings.warn(f"{shared.source} declares training on {ds.name}; zero-shot results on its test classes may "
                       "be optimistic", stacklevel=2)
     rows: list[dict] = []
-    union = np.unique(np.concatenate([ds.indices_of_classes(lv.test_classes) for lv in chosen]))
     options = dict(use_cache=use_cache, shard_size=shard_size, device=device, precision=precision,
                    batch_size=batch_size, workers=workers)
 
@@ -364,6 +363,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
         return dict(zip((ds.sample_ids[i] for i in indices), values, strict=True))
 
     # Zero-shot: every distinct image of every requested level is embedded once.
+    union = np.unique(np.concatenate([ds.indices_of_classes(lv.test_classes) for lv in chosen]))
     shared_embeddings = embed_by_id(shared, union, "embed") if shared is not None else None
     for level in chosen:
         indices = ds.indices_of_classes(level.test_classes)
