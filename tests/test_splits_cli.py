@@ -157,3 +157,36 @@ def test_make_splits_on_an_imagefolder_fixture(tmp_path, capsys):
     assert main([*argv[:-4], "--version", "toy2", "--out", str(out)]) == 2
     assert "need more than 4 images per test class" in capsys.readouterr().err
     assert not (out / "imagefolder" / "toy2").exists()
+
+
+def test_killed_feature_extraction_resumes(glyphs, tmp_path):
+    import json
+    import os
+    import signal
+    import time
+
+    import torch
+
+    from oodml.features import cache_dir, get_extractor
+    from oodml.models import create_model
+
+    model = create_model("glyph-cnn", embed_dim=16, seed=9).eval()
+    path = tmp_path / "extractor.pt"
+    torch.jit.save(torch.jit.script(model), str(path),
+                   _extra_files={"preprocessing.json": json.dumps(model.preprocessing.as_dict())})
+    shards = cache_dir(glyphs, get_extractor(str(path)))
+    argv = [sys.executable, "-m", "oodml", "-q", "make-splits", "glyphs", "--extractor", str(path), "--bootstrap",
+            "5", "--episodes", "1", "--device", "cpu", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "OODML_QUIET": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(shards.glob("shard-*.parquet")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = len(list(shards.glob("shard-*.parquet")))
+    assert 1 <= before < 6 and not (tmp_path / "out" / "glyphs").exists()
+    assert subprocess.run(argv, env=env, capture_output=True).returncode == 0
+    assert len(list(shards.glob("shard-*.parquet"))) == 6        # 10,560 images in shards of 2,048, none twice
+    split_set = read_split_set(tmp_path / "out" / "glyphs" / "v1")
+    assert split_set.metadata["extractor"] == "torchscript:extractor.pt"
