@@ -33,7 +33,7 @@ import torch
 
 from .datasets import ImageDataset
 from .embedding import IMAGENET, Preprocessing, embed_cached, embedding_cache_dir
-from .errors import OodmlError, first_line
+from .errors import OodmlError
 
 
 @dataclass(frozen=True)
@@ -102,18 +102,6 @@ def get_extractor(name: str, weights: str | None = None) -> Extractor:
                      "or give the path of a TorchScript file")
 
 
-class GlobalPooledResNet(torch.nn.Module):
-    """ResNet trunk with global average pooling: (B, 3, H, W) -> (B, 2048)."""
-
-    def __init__(self, resnet: torch.nn.Module):
-        super().__init__()
-        resnet.fc = torch.nn.Identity()
-        self.resnet = resnet
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.resnet(x)
-
-
 RESNET50_FILE = "resnet50-0676ba61.pth"  # torchvision's IMAGENET1K_V1 release
 
 
@@ -135,19 +123,13 @@ def resnet50_weights_path(weights: str | None) -> Path:
 
 @register_extractor("resnet50")
 def resnet50_extractor(weights: str | None = None) -> Extractor:
+    """The pooled 2048-d trunk of the ``resnet50`` embedding model, with ImageNet weights."""
     path = resnet50_weights_path(weights)
 
     def build() -> torch.nn.Module:
-        import torchvision
+        from .models import create_model
 
-        model = torchvision.models.resnet50(weights=None)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except (RuntimeError, OSError, ValueError, KeyError) as exc:
-            raise OodmlError(f"resnet50: cannot load weights {path}: {first_line(exc)} (expected a "
-                             "torchvision ResNet-50 state dict)") from None
-        return GlobalPooledResNet(model)
+        return create_model("resnet50", weights=str(path)).backbone
 
     return Extractor("resnet50", file_sha256(path), IMAGENET, build)
 

@@ -54,8 +54,9 @@ def resnet50(embed_dim: int = 512, pretrained: bool = False, weights: str | None
             path = resnet50_weights_path(weights)
             try:
                 net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            except (RuntimeError, OSError, ValueError) as exc:
-                raise OodmlError(f"resnet50: cannot load weights {path}: {first_line(exc)}") from None
+            except Exception as exc:  # torch.load / load_state_dict fail in many ways on a wrong file
+                raise OodmlError(f"resnet50: cannot load weights {path}: {first_line(exc)} (expected a torchvision "
+                                 "ResNet-50 state dict)") from None
         return EmbeddingModel(FrozenBatchNormResNet(net), 2048, embed_dim, arch="resnet50",
                               config={"embed_dim": embed_dim, "seed": seed}, preprocessing=IMAGENET,
                               augmentation="imagenet-crop-flip")
