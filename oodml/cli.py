@@ -327,7 +327,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     regulariser, eta = ("sec", args.sec) if args.sec is not None else ("l2", args.l2_reg) \
         if args.l2_reg is not None else (None, 0.0)
     config = TrainConfig(loss=args.loss, arch=args.arch, embed_dim=args.embed_dim, iterations=args.iterations,
-                         epochs=args.epochs,
+                         epochs=args.epochs, eval_every=args.eval_every,
                          batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr,
                          regulariser=regulariser, eta=eta, seed=args.seed)
     ds = load_dataset(args.dataset, root=args.root)
@@ -357,6 +357,7 @@ def _add_train(commands) -> None:
     group.add_argument("--epochs", type=float, help="passes over the level's training images")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--samples-per-class", type=int)
+    p.add_argument("--eval-every", type=int, help="iterations between validations (and resumable states)")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from torchvision import transforms as T
 
 from . import __version__
+from ._fs import atomic_path
 from .datasets import ImageDataset, load_dataset
 from .embedding import Preprocessing, embed, resolve_device
 from .errors import OodmlError
@@ -109,7 +111,10 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
           workers: int = 0) -> tuple[EmbeddingModel, dict]:
     """Train one model on one level; return it (best validation state) and its provenance.
 
-    With ``out``, also writes ``out/level{level}.pt``.
+    With ``out``, also writes ``out/level{level}.pt``, and at every evaluation
+    point ``out/level{level}.state.pt`` (model, optimiser, loss parameters, best
+    state, random state), from which a killed run of the same configuration
+    resumes and ends with the same weights; the state file is removed at the end.
     """
     cfg = (config or TrainConfig()).resolved()
     spec = get_loss(cfg.loss)
@@ -142,20 +147,33 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
 
     from pytorch_metric_learning.samplers import MPerClassSampler
 
+    # Resume a killed run of the same configuration from its last evaluation point.
+    state_path = Path(out) / f"level{level}.state.pt" if out is not None else None
+    identity = {"config": dataclasses.asdict(cfg), "split_digest": splits.digest, "level": level}
+    state = _read_state(state_path, identity)
+    done = state["step"] if state else 0
+
     train_labels = np.array([remap[int(y)] for y in ds.labels[train_idx]])
     sampler = MPerClassSampler(train_labels, m=cfg.samples_per_class, batch_size=cfg.batch_size,
                                length_before_new_iter=cfg.iterations * cfg.batch_size)
     loader = torch.utils.data.DataLoader(_Train(ds, train_idx, AUGMENTATIONS[model.augmentation](model.preprocessing)),
-                                         batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
-                                         drop_last=True, pin_memory=dev.type == "cuda")
+                                         batch_size=cfg.batch_size, sampler=_Skip(sampler, done * cfg.batch_size),
+                                         num_workers=workers, drop_last=True, pin_memory=dev.type == "cuda")
     regulariser = REGULARISERS.get(cfg.regulariser) if cfg.regulariser else None
     label_map = torch.full((len(ds.classes),), -1, dtype=torch.long)
     for original, k in remap.items():
         label_map[original] = k
     best, best_state, history = -1.0, None, []
     model.train()
-    batches = progress(loader, f"train level {level} {cfg.loss}", total=cfg.iterations, unit="it")
-    for step, (images, labels) in enumerate(batches, start=1):
+    loader_iter = iter(loader)  # draws the loader's seed from the global generator, now
+    batches = progress(loader_iter, f"train level {level} {cfg.loss}", total=cfg.iterations - done, unit="it")
+    if state:  # after the loader has drawn its seed, so the random stream continues exactly where it stopped
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        optimiser.load_state_dict(state["optimiser"])
+        best, best_state, history = state["best"], state["best_state"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+    for step, (images, labels) in enumerate(batches, start=done + 1):
         images, labels = images.to(dev), label_map[labels].to(dev)
         raw = model(images, normalize=False)
         pairs = miner(raw, labels) if miner is not None else None
@@ -171,6 +189,11 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
             if recall > best:
                 best, best_state = recall, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             model.train()
+            if state_path is not None and step < cfg.iterations:
+                _write_state(state_path, {**identity, "step": step, "model": model.state_dict(),
+                                          "loss": loss_fn.state_dict(), "optimiser": optimiser.state_dict(),
+                                          "best": best, "best_state": best_state, "history": history,
+                                          "torch_rng": torch.get_rng_state()})
         if step >= cfg.iterations:
             break
     if best_state is not None:
@@ -185,4 +208,36 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     }
     if out is not None:
         save(model, Path(out) / f"level{level}.pt", provenance=provenance)
+        state_path.unlink(missing_ok=True)
     return model, provenance
+
+
+class _Skip(torch.utils.data.Sampler):
+    """A sampler without its first ``skip`` indices (the batches a resumed run already trained on)."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+
+def _read_state(path: Path | None, identity: dict) -> dict | None:
+    """The saved training state at ``path`` if it belongs to this very run (same config, split set, level)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged state file only costs the restart
+        return None
+    if not isinstance(state, dict) or any(state.get(k) != v for k, v in identity.items()):
+        return None
+    return state
+
+
+def _write_state(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)

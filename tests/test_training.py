@@ -67,3 +67,33 @@ def test_cli_trains_by_epochs(glyphs, tmp_path, capsys):
     assert "level 1: best val recall@1" in capsys.readouterr().out
     config = load_model(tmp_path / "level1.pt").provenance["config"]
     assert config["iterations"] == 2 and config["epochs"] == 0.01   # ceil(0.01 * 3968 / 32)
+
+
+def test_killed_training_resumes_to_the_same_weights(glyphs, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = [sys.executable, "-m", "oodml", "-q", "train", "--dataset", "glyphs", "--splits", "v1", "--level", "1",
+            "--iterations", "8", "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path)]
+    env = {**os.environ, "OODML_QUIET": "1"}
+    state = tmp_path / "level1.state.pt"
+    proc = subprocess.Popen([*argv, "--eval-every", "2"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists() and not (tmp_path / "level1.pt").exists()
+    interrupted_at = torch.load(state, weights_only=True)["step"]
+    assert interrupted_at in (2, 4, 6)
+    assert subprocess.run([*argv, "--eval-every", "2"], env=env, capture_output=True).returncode == 0
+    assert not state.exists()
+    resumed = load_model(tmp_path / "level1.pt").module
+    straight, _ = train(glyphs, read_split_set(SPLITS), 1,
+                        TrainConfig(iterations=8, eval_every=2, batch_size=32), device="cpu")
+    for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
