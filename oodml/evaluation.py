@@ -221,14 +221,6 @@ def check_leak(loaded: LoadedModel, level: Level, split_set: SplitSet) -> None:
                          "train classes")
 
 
-def _check_fingerprint(ds: ImageDataset, split_set: SplitSet) -> None:
-    expected = split_set.metadata.get("dataset_fingerprint")
-    if expected and expected != ds.fingerprint:
-        raise OodmlError(f"splits {split_set.dataset}@{split_set.version} were made from data with fingerprint "
-                         f"{expected[:16]}; yours is {ds.fingerprint[:16]} (different files or labels under "
-                         f"{ds.root})")
-
-
 @dataclass
 class _FewShotContext:
     """Everything the few-shot loop needs besides the level: the model, its embeddings and (for
@@ -333,7 +325,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
         raise OodmlError(f"unknown adaptation {adapt!r}; choose one of {', '.join(ADAPTATIONS)}")
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root)
     split_set = resolve(ds.name, splits)
-    _check_fingerprint(ds, split_set)
+    split_set.check_dataset(ds.fingerprint, ds.root)
     chosen = [split_set.level(k) for k in levels] if levels else list(split_set.levels)
     per_level = isinstance(model, (str, Path)) and _per_level_path(str(model), chosen[0].index) is not None
     protocol = "per-level" if per_level else "zero-shot"

@@ -121,10 +121,7 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     if cfg.regulariser is not None and cfg.regulariser not in REGULARISERS:
         raise OodmlError(f"unknown regulariser {cfg.regulariser!r}; choose one of {', '.join(REGULARISERS)}")
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root)
-    fingerprint = splits.metadata.get("dataset_fingerprint")
-    if fingerprint and fingerprint != ds.fingerprint:
-        raise OodmlError(f"splits {splits.dataset}@{splits.version} were made from data with fingerprint "
-                         f"{fingerprint[:16]}; yours is {ds.fingerprint[:16]}")
+    splits.check_dataset(ds.fingerprint, ds.root)
     lv: Level = splits.level(level)
     train_classes, val_classes = lv.tuning_train_classes, lv.val_classes
     train_idx, val_idx = ds.indices_of_classes(train_classes), ds.indices_of_classes(val_classes)

@@ -75,6 +75,14 @@ class SplitSet:
                 return lv
         raise OodmlError(f"{self.dataset}@{self.version} has no level {index}; levels 1..{len(self.levels)}")
 
+    def check_dataset(self, fingerprint: str, root: object = None) -> None:
+        """Refuse data other than what the split set was made from (when it recorded a fingerprint)."""
+        expected = self.metadata.get("dataset_fingerprint")
+        if expected and expected != fingerprint:
+            where = f" (different files or labels under {root})" if root is not None else ""
+            raise OodmlError(f"splits {self.dataset}@{self.version} were made from data with fingerprint "
+                             f"{expected[:16]}; yours is {fingerprint[:16]}{where}")
+
     def __repr__(self) -> str:
         return f"SplitSet({self.dataset}@{self.version}, levels={len(self.levels)}, digest={self.digest[:12]})"
 
