@@ -128,6 +128,12 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     if cfg.epochs is not None:
         iterations = max(1, int(np.ceil(cfg.epochs * len(train_idx) / cfg.batch_size)))
         cfg = dataclasses.replace(cfg, iterations=iterations, eval_every=min(cfg.eval_every, iterations))
+    _check_batches(cfg, ds.labels[train_idx], len(train_classes))
+    identity = {"config": dataclasses.asdict(cfg), "split_digest": splits.digest, "level": level}
+    if out is not None:
+        finished = finished_checkpoint(Path(out) / f"level{level}.pt", identity)
+        if finished is not None:
+            return finished
     dev = resolve_device(device)
 
     torch.manual_seed(cfg.seed)
@@ -146,7 +152,6 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
 
     # Resume a killed run of the same configuration from its last evaluation point.
     state_path = Path(out) / f"level{level}.state.pt" if out is not None else None
-    identity = {"config": dataclasses.asdict(cfg), "split_digest": splits.digest, "level": level}
     state = _read_state(state_path, identity)
     done = state["step"] if state else 0
 
@@ -177,6 +182,11 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
         loss = loss_fn(raw, labels, pairs) if pairs is not None else loss_fn(raw, labels)
         if regulariser is not None and cfg.eta:
             loss = loss + cfg.eta * regulariser(raw)
+        if not torch.isfinite(loss):
+            last = f"the last good state (iteration {history[-1]['iteration']}) is in {state_path}" \
+                if history and state_path is not None else "no checkpoint was written"
+            raise OodmlError(f"training diverged on level {level}: the loss is {float(loss)} at iteration {step}; "
+                             f"{last}. Lower --lr or the regulariser's weight")
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -207,6 +217,43 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
         save(model, Path(out) / f"level{level}.pt", provenance=provenance)
         state_path.unlink(missing_ok=True)
     return model, provenance
+
+
+def _check_batches(cfg: TrainConfig, labels: np.ndarray, num_classes: int) -> None:
+    """Refuse a P x K batch layout that the training classes cannot fill."""
+    k, batch = cfg.samples_per_class, cfg.batch_size
+    if k < 1 or batch < 2 * k or batch % k:
+        raise OodmlError(f"--batch-size {batch} must be a multiple of --samples-per-class {k} and hold at least "
+                         "two classes")
+    if batch // k > num_classes:
+        raise OodmlError(f"a batch of {batch} images with {k} per class needs {batch // k} classes, but this level "
+                         f"trains on {num_classes}; lower --batch-size")
+    smallest = int(np.unique(labels, return_counts=True)[1].min())
+    if k > smallest:
+        raise OodmlError(f"--samples-per-class {k} exceeds the smallest training class ({smallest} images); "
+                         f"use at most {smallest}")
+
+
+def finished_checkpoint(path: Path, identity: dict) -> tuple[EmbeddingModel, dict] | None:
+    """The model and provenance at ``path`` if it is the finished result of this very run, else ``None``.
+
+    Raises:
+        OodmlError: ``path`` holds a checkpoint of another split set or configuration (it is never overwritten).
+    """
+    if not path.exists():
+        return None
+    from .models import load_model
+
+    loaded = load_model(path)
+    prov = loaded.provenance
+    if prov.get("split_digest") != identity["split_digest"]:
+        raise OodmlError(f"{path} was trained on split digest {str(prov.get('split_digest'))[:12]}, not "
+                         f"{identity['split_digest'][:12]}; choose another --out")
+    if prov.get("config") != identity["config"] or prov.get("level") != identity["level"]:
+        changed = sorted(k for k in identity["config"] if (prov.get("config") or {}).get(k) != identity["config"][k])
+        raise OodmlError(f"{path} holds a model trained with other settings ({', '.join(changed) or 'level'}); "
+                         "choose another --out or delete it")
+    return loaded.module, prov
 
 
 class _Skip(torch.utils.data.Sampler):
