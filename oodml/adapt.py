@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .embedding import embed
+from .embedding import embed, resolve_device
 from .errors import OodmlError
 from .seeding import rng_for
 
@@ -33,7 +33,8 @@ BATCH_CLASSES, PER_CLASS = 56, 2
 
 def _margin_training(params: list[torch.nn.Parameter], forward: Callable[[np.ndarray], torch.Tensor],
                      support_labels: np.ndarray, iterations: int, seed: tuple) -> None:
-    """Margin loss (0.2, beta 1.2 fixed) with distance-weighted mining on 56-class x 2-image batches."""
+    """Train ``params``; ``forward(rows)`` embeds the support rows on the parameters' device."""
+    # Margin loss (0.2, beta 1.2 fixed) with distance-weighted mining on 56-class x 2-image batches.
     from pytorch_metric_learning import losses, miners
 
     loss_fn = losses.MarginLoss(margin=0.2, beta=1.2, learn_beta=False)
@@ -45,8 +46,8 @@ def _margin_training(params: list[torch.nn.Parameter], forward: Callable[[np.nda
     for _ in range(iterations):
         chosen = rng.choice(classes, size=min(BATCH_CLASSES, len(classes)), replace=False)
         rows = np.concatenate([rng.choice(rows_of[c], size=PER_CLASS, replace=True) for c in chosen])
-        labels = torch.as_tensor(support_labels[rows])
         raw = forward(rows)
+        labels = torch.as_tensor(support_labels[rows], device=raw.device)
         loss = loss_fn(raw, labels, miner(raw, labels))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -54,17 +55,19 @@ def _margin_training(params: list[torch.nn.Parameter], forward: Callable[[np.nda
 
 
 def finetune_last(model: torch.nn.Module, support_features: np.ndarray, support_labels: np.ndarray,
-                  query_features: np.ndarray, *, shots: int, iterations: int | None, seed: tuple) -> np.ndarray:
+                  query_features: np.ndarray, *, shots: int, iterations: int | None, seed: tuple,
+                  device: str = "cpu") -> np.ndarray:
     """Train a copy of ``model.head`` on backbone features; return normalised query embeddings."""
-    head = copy.deepcopy(model.head).float().train()
-    feats = torch.as_tensor(support_features, dtype=torch.float32)
+    dev = resolve_device(device)
+    head = copy.deepcopy(model.head).float().to(dev).train()
+    feats = torch.as_tensor(support_features, dtype=torch.float32, device=dev)
     with torch.random.fork_rng():
         torch.manual_seed(int(rng_for(*seed).integers(2**31)))
         _margin_training(list(head.parameters()), lambda rows: head(feats[rows]), support_labels,
                          iterations or FINETUNE_ITERATIONS.get(shots, 1000), seed)
     with torch.no_grad():
-        out = head.eval()(torch.as_tensor(query_features, dtype=torch.float32))
-    return torch.nn.functional.normalize(out, dim=1).numpy()
+        out = head.eval()(torch.as_tensor(query_features, dtype=torch.float32, device=dev))
+    return torch.nn.functional.normalize(out, dim=1).cpu().numpy()
 
 
 def finetune_all(model: torch.nn.Module, dataset, support: np.ndarray, support_labels: np.ndarray,
@@ -73,12 +76,13 @@ def finetune_all(model: torch.nn.Module, dataset, support: np.ndarray, support_l
     """Train a copy of the whole model on augmented support images; return normalised query embeddings."""
     from .training import AUGMENTATIONS
 
-    tuned = copy.deepcopy(model).float().train()
+    dev = resolve_device(device)
+    tuned = copy.deepcopy(model).float().to(dev).train()
     augment = AUGMENTATIONS[getattr(tuned, "augmentation", "none")](tuned.preprocessing)
     images = [dataset.load_image(int(i)) for i in support]
 
     def forward(rows: np.ndarray) -> torch.Tensor:
-        return tuned(torch.stack([augment(images[r]) for r in rows]), normalize=False)
+        return tuned(torch.stack([augment(images[r]) for r in rows]).to(dev), normalize=False)
 
     with torch.random.fork_rng():
         torch.manual_seed(int(rng_for(*seed).integers(2**31)))

@@ -329,7 +329,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(loss=args.loss, arch=args.arch, embed_dim=args.embed_dim, iterations=args.iterations,
                          epochs=args.epochs, eval_every=args.eval_every,
                          batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr,
-                         regulariser=regulariser, eta=eta, seed=args.seed)
+                         regulariser=regulariser, eta=eta, precision=args.precision, seed=args.seed)
     ds = load_dataset(args.dataset, root=args.root)
     levels = parse_levels(args.level) or [lv.index for lv in split_set.levels]
     for level in levels:
@@ -361,6 +361,8 @@ def _add_train(commands) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast for the forward pass (fp16 with loss scaling, GPU only)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--out", required=True, help="directory for level<N>.pt checkpoints")
     p.set_defaults(func=cmd_train)

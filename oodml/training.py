@@ -26,7 +26,8 @@ from torchvision import transforms as T
 from . import __version__
 from ._fs import atomic_path
 from .datasets import ImageDataset, load_dataset
-from .embedding import Preprocessing, embed, resolve_device
+from .distributed import barrier, rank_world
+from .embedding import PRECISIONS, Preprocessing, embed, resolve_device
 from .errors import OodmlError
 from .losses import REGULARISERS, get_loss
 from .metrics import retrieval_metrics
@@ -70,6 +71,7 @@ class TrainConfig:
     regulariser: str | None = None      # "sec" or "l2"
     eta: float = 0.0                    # weight of the regulariser
     eval_every: int | None = None
+    precision: str = "fp32"             # bf16 / fp16: autocast for the model's forward pass (fp16 needs a GPU)
     seed: int = 0
 
     def resolved(self) -> TrainConfig:
@@ -84,7 +86,7 @@ class TrainConfig:
 ARCH_DEFAULTS: dict[str, dict] = {
     "resnet50": {"embed_dim": 512, "iterations": 10_000, "batch_size": 112, "samples_per_class": 2, "lr": 1e-5,
                  "weight_decay": 4e-4, "eval_every": 500},
-    "glyph-cnn": {"embed_dim": 64, "iterations": 600, "batch_size": 128, "samples_per_class": 4, "lr": 1e-3,
+    "glyph-cnn": {"embed_dim": 32, "iterations": 400, "batch_size": 128, "samples_per_class": 4, "lr": 1e-3,
                   "weight_decay": 1e-4, "eval_every": 150},
 }
 
@@ -128,13 +130,18 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     if cfg.epochs is not None:
         iterations = max(1, int(np.ceil(cfg.epochs * len(train_idx) / cfg.batch_size)))
         cfg = dataclasses.replace(cfg, iterations=iterations, eval_every=min(cfg.eval_every, iterations))
-    _check_batches(cfg, ds.labels[train_idx], len(train_classes))
+    if cfg.precision not in PRECISIONS:
+        raise OodmlError(f"unknown precision {cfg.precision!r}; use {', '.join(PRECISIONS)}")
+    rank, world = rank_world()
+    _check_batches(cfg, ds.labels[train_idx], len(train_classes), world)
     identity = {"config": dataclasses.asdict(cfg), "split_digest": splits.digest, "level": level}
     if out is not None:
         finished = finished_checkpoint(Path(out) / f"level{level}.pt", identity)
         if finished is not None:
             return finished
     dev = resolve_device(device)
+    if cfg.precision == "fp16" and dev.type != "cuda":
+        raise OodmlError("fp16 training needs a CUDA device; use --precision bf16 or fp32 here")
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -155,13 +162,20 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     state = _read_state(state_path, identity)
     done = state["step"] if state else 0
 
+    # Every process draws the same global P x K batches (same seed) and trains on its own slice of each.
     train_labels = np.array([remap[int(y)] for y in ds.labels[train_idx]])
     sampler = MPerClassSampler(train_labels, m=cfg.samples_per_class, batch_size=cfg.batch_size,
                                length_before_new_iter=cfg.iterations * cfg.batch_size)
+    sampler = _RankSlice(_Skip(sampler, done * cfg.batch_size), cfg.batch_size, rank, world)
     loader = torch.utils.data.DataLoader(_Train(ds, train_idx, AUGMENTATIONS[model.augmentation](model.preprocessing)),
-                                         batch_size=cfg.batch_size, sampler=_Skip(sampler, done * cfg.batch_size),
-                                         num_workers=workers, drop_last=True, pin_memory=dev.type == "cuda")
+                                         batch_size=cfg.batch_size // world, sampler=sampler, num_workers=workers,
+                                         drop_last=True, pin_memory=dev.type == "cuda")
     regulariser = REGULARISERS.get(cfg.regulariser) if cfg.regulariser else None
+    objective = _Objective(model, loss_fn, miner, regulariser if cfg.eta else None, cfg.eta, PRECISIONS[cfg.precision])
+    if world > 1:  # synchronises the gradients of the model and of the loss's own parameters
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[dev.index] if dev.type == "cuda" and dev.index is not None else None)
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
     label_map = torch.full((len(ds.classes),), -1, dtype=torch.long)
     for original, k in remap.items():
         label_map[original] = k
@@ -175,22 +189,19 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
         optimiser.load_state_dict(state["optimiser"])
         best, best_state, history = state["best"], state["best_state"], state["history"]
         torch.set_rng_state(state["torch_rng"])
+    main = rank == 0
     for step, (images, labels) in enumerate(batches, start=done + 1):
-        images, labels = images.to(dev), label_map[labels].to(dev)
-        raw = model(images, normalize=False)
-        pairs = miner(raw, labels) if miner is not None else None
-        loss = loss_fn(raw, labels, pairs) if pairs is not None else loss_fn(raw, labels)
-        if regulariser is not None and cfg.eta:
-            loss = loss + cfg.eta * regulariser(raw)
-        if not torch.isfinite(loss):
+        loss = objective(images.to(dev), label_map[labels].to(dev))
+        if not _finite_everywhere(loss, world):
             last = f"the last good state (iteration {history[-1]['iteration']}) is in {state_path}" \
                 if history and state_path is not None else "no checkpoint was written"
             raise OodmlError(f"training diverged on level {level}: the loss is {float(loss)} at iteration {step}; "
                              f"{last}. Lower --lr or the regulariser's weight")
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if step % cfg.eval_every == 0 or step == cfg.iterations:
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        if main and (step % cfg.eval_every == 0 or step == cfg.iterations):
             recall = validation_recall(model, ds, val_idx, str(dev))
             history.append({"iteration": step, "val_recall@1": recall, "loss": float(loss.detach())})
             if recall > best:
@@ -213,18 +224,73 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
         "best_val_recall@1": best, "history": history, "config": dataclasses.asdict(cfg),
         "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if out is not None:
+    if out is not None and main:
         save(model, Path(out) / f"level{level}.pt", provenance=provenance)
         state_path.unlink(missing_ok=True)
+    barrier()
     return model, provenance
 
 
-def _check_batches(cfg: TrainConfig, labels: np.ndarray, num_classes: int) -> None:
-    """Refuse a P x K batch layout that the training classes cannot fill."""
+class _Objective(torch.nn.Module):
+    """Model, metric loss (with its proxies or margins) and regulariser as one module, so that
+    DistributedDataParallel synchronises every trained parameter.  ``forward(images, labels)`` returns
+    the batch loss; the model runs under autocast at ``dtype`` (None: fp32), the loss in fp32."""
+
+    def __init__(self, model: EmbeddingModel, loss_fn: torch.nn.Module, miner: torch.nn.Module | None,
+                 regulariser: Callable | None, eta: float, dtype: torch.dtype | None):
+        super().__init__()
+        self.model, self.loss_fn, self.miner = model, loss_fn, miner
+        self.regulariser, self.eta, self.dtype = regulariser, eta, dtype
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(images.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            raw = self.model(images, normalize=False)
+        raw = raw.float()
+        pairs = self.miner(raw, labels) if self.miner is not None else None
+        loss = self.loss_fn(raw, labels, pairs) if pairs is not None else self.loss_fn(raw, labels)
+        if self.regulariser is not None:
+            loss = loss + self.eta * self.regulariser(raw)
+        return loss
+
+
+def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
+    """Whether the loss is finite on every process (all stop together, none waits forever)."""
+    finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    if world > 1:
+        import torch.distributed as dist
+
+        finite = finite.to(loss.device)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+class _RankSlice(torch.utils.data.Sampler):
+    """This process's share of every global batch: the ``rank``-th of ``world`` contiguous slices.
+
+    The class-balanced sampler emits K images of a class in a row, so slices of a
+    multiple of K images keep every class whole inside one process.
+    """
+
+    def __init__(self, sampler: torch.utils.data.Sampler, batch_size: int, rank: int, world: int):
+        self.sampler, self.batch_size, self.rank, self.world = sampler, batch_size, rank, world
+
+    def __iter__(self):
+        share = self.batch_size // self.world
+        it = iter(self.sampler)
+        while batch := list(itertools.islice(it, self.batch_size)):
+            yield from batch[self.rank * share:(self.rank + 1) * share]
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.world
+
+
+def _check_batches(cfg: TrainConfig, labels: np.ndarray, num_classes: int, world: int = 1) -> None:
+    """Refuse a P x K batch layout that the training classes (and ``world`` processes) cannot fill."""
     k, batch = cfg.samples_per_class, cfg.batch_size
-    if k < 1 or batch < 2 * k or batch % k:
-        raise OodmlError(f"--batch-size {batch} must be a multiple of --samples-per-class {k} and hold at least "
-                         "two classes")
+    if k < 1 or batch < 2 * k * world or batch % (k * world):
+        per = f" x {world} processes" if world > 1 else ""
+        raise OodmlError(f"--batch-size {batch} must be a multiple of --samples-per-class {k}{per} and give every "
+                         "process at least two classes")
     if batch // k > num_classes:
         raise OodmlError(f"a batch of {batch} images with {k} per class needs {batch // k} classes, but this level "
                          f"trains on {num_classes}; lower --batch-size")
@@ -249,8 +315,10 @@ def finished_checkpoint(path: Path, identity: dict) -> tuple[EmbeddingModel, dic
     if prov.get("split_digest") != identity["split_digest"]:
         raise OodmlError(f"{path} was trained on split digest {str(prov.get('split_digest'))[:12]}, not "
                          f"{identity['split_digest'][:12]}; choose another --out")
-    if prov.get("config") != identity["config"] or prov.get("level") != identity["level"]:
-        changed = sorted(k for k in identity["config"] if (prov.get("config") or {}).get(k) != identity["config"][k])
+    # A field an older checkpoint does not record had its default value then.
+    recorded = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | (prov.get("config") or {})
+    changed = sorted(k for k, v in identity["config"].items() if recorded.get(k) != v)
+    if changed or prov.get("level") != identity["level"]:
         raise OodmlError(f"{path} holds a model trained with other settings ({', '.join(changed) or 'level'}); "
                          "choose another --out or delete it")
     return loaded.module, prov

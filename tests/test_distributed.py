@@ -57,3 +57,23 @@ def test_torchrun_evaluate_matches_a_single_process(glyphs, tmp_path):
     two = {r["metric"]: r["value"] for r in Results.from_parquet(tmp_path / "two" / "results.parquet").rows}
     single = evaluate("glyph-cnn", glyphs, "v1", levels=[1], clustering=False, device="cpu", use_cache=False)
     assert two == pytest.approx({r["metric"]: r["value"] for r in single.rows}, abs=1e-6)
+
+
+def test_torchrun_trains_with_distributed_data_parallel(glyphs, tmp_path):
+    import subprocess
+    import sys
+
+    from oodml.models import load_model as load
+
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "oodml",
+            "-q", "train", "--dataset", "glyphs", "--splits", "v1", "--level", "1", "--iterations", "4",
+            "--eval-every", "2", "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path)]
+    run = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("level 1: best val recall@1") == 1         # one voice
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["level1.pt"]  # one writer, no state left
+    assert [h["iteration"] for h in load(tmp_path / "level1.pt").provenance["history"]] == [2, 4]
+    # 32 images per global batch is 16 per process: 2 processes x 4 classes x 4 images
+    bad = subprocess.run(argv[:-6] + ["--batch-size", "20", "--device", "cpu", "--out", str(tmp_path / "bad")],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert bad.returncode != 0 and "multiple of --samples-per-class 4 x 2 processes" in bad.stderr

@@ -1,7 +1,9 @@
 """Per-level training: every loss trains, SEC and L2 regularisers, selection on val, provenance."""
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,3 +99,70 @@ def test_killed_training_resumes_to_the_same_weights(glyphs, tmp_path):
                         TrainConfig(iterations=8, eval_every=2, batch_size=32), device="cpu")
     for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_each_process_trains_on_its_slice_of_the_global_batch_with_classes_whole():
+    from pytorch_metric_learning.samplers import MPerClassSampler
+
+    from oodml.training import _RankSlice
+
+    labels = np.repeat(np.arange(10), 6)
+
+    def batches(rank, world):
+        np.random.seed(0)
+        sampler = MPerClassSampler(labels, m=2, batch_size=8, length_before_new_iter=24)
+        return np.array(list(_RankSlice(sampler, 8, rank, world))).reshape(-1, 8 // world)
+
+    whole, first, second = batches(0, 1), batches(0, 2), batches(1, 2)
+    np.testing.assert_array_equal(np.hstack([first, second]), whole)
+    for part in (first, second):                     # 2 classes x 2 images per process and batch
+        assert all(sorted(np.unique(labels[b], return_counts=True)[1]) == [2, 2] for b in part)
+
+
+def test_bf16_autocast_trains(glyphs, tmp_path):
+    cfg = TrainConfig(iterations=2, eval_every=2, batch_size=16, precision="bf16")
+    _, provenance = train(glyphs, read_split_set(SPLITS), 1, cfg, device="cpu")
+    assert provenance["config"]["precision"] == "bf16" and np.isfinite(provenance["history"][-1]["loss"])
+    with pytest.raises(OodmlError, match="fp16 training needs a CUDA device"):
+        train(glyphs, read_split_set(SPLITS), 1, TrainConfig(precision="fp16"), device="cpu")
+
+
+@pytest.mark.parametrize(("batch", "k", "message"), [
+    (30, 4, "must be a multiple of --samples-per-class 4"),
+    (4, 4, "at least two classes"),
+    (80, 40, "exceeds the smallest training class"),
+    (4096, 4, "needs 1024 classes, but this level trains on"),
+])
+def test_batches_the_training_classes_cannot_fill_are_refused(glyphs, batch, k, message):
+    with pytest.raises(OodmlError, match=message):
+        train(glyphs, read_split_set(SPLITS), 1, TrainConfig(batch_size=batch, samples_per_class=k))
+
+
+def test_a_finished_level_is_kept_and_a_foreign_one_refused(glyphs, tmp_path):
+    split_set = read_split_set(SPLITS)
+    cfg = TrainConfig(iterations=2, eval_every=2, batch_size=16)
+    _, first = train(glyphs, split_set, 1, cfg, out=tmp_path, device="cpu")
+    _, again = train(glyphs, split_set, 1, cfg, out=tmp_path, device="cpu")
+    assert again["created_at"] == first["created_at"]              # not retrained
+    with pytest.raises(OodmlError, match=r"level1.pt holds a model trained with other settings \(lr\)"):
+        train(glyphs, split_set, 1, dataclasses.replace(cfg, lr=0.5), out=tmp_path, device="cpu")
+    other = dataclasses.replace(split_set, digest="f" * 64)
+    with pytest.raises(OodmlError, match="was trained on split digest .* not ffffffffffff; choose another --out"):
+        train(glyphs, other, 1, cfg, out=tmp_path, device="cpu")
+
+
+def test_a_diverging_run_stops_naming_the_iteration(glyphs, tmp_path, monkeypatch):
+    from oodml.losses import LossSpec
+
+    class ExplodesAtThree(torch.nn.Module):
+        calls = 0
+
+        def forward(self, raw, labels):
+            ExplodesAtThree.calls += 1
+            return raw.sum() * (float("nan") if ExplodesAtThree.calls == 3 else 0.0)
+
+    monkeypatch.setitem(LOSSES, "explodes", LossSpec(lambda c, d: (ExplodesAtThree(), None), False, "test"))
+    cfg = TrainConfig(loss="explodes", iterations=5, eval_every=2, batch_size=16)
+    with pytest.raises(OodmlError, match=r"loss is nan at iteration 3; the last good state \(iteration 2\) is in"):
+        train(glyphs, read_split_set(SPLITS), 1, cfg, out=tmp_path, device="cpu")
+    assert (tmp_path / "level1.state.pt").exists() and not (tmp_path / "level1.pt").exists()
