@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in one run (a few minutes on one H100/H200):
+# CUDA embedding/training/metrics throughput (tools/bench_gpu.py), per-level
+# training on CUDA at bf16 and fp16, and evaluation with fine-tuning adaptation
+# on CUDA.  Writes its logs to ${OUT:-build/gpu-checks}.
+#
+#   tools/gpu_checks.sh            (with oodml and its dependencies importable by python3)
+#
+# GLYPHS_ROOT=DIR uses glyph images rendered elsewhere: the published glyphs/v1
+# splits pin the data's fingerprint, and another matplotlib/freetype renders
+# slightly different files.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-build/gpu-checks}
+mkdir -p "$OUT"
+export OODML_QUIET=1 PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+ROOT=(${GLYPHS_ROOT:+--root "$GLYPHS_ROOT"})
+status=0
+run() {  # NAME COMMAND...: run, log, time, remember failures
+    local name=$1; shift
+    echo "== $name: $*"
+    local start=$SECONDS
+    if "$@" > "$OUT/$name.log" 2>&1; then echo "   ok in $((SECONDS - start)) s"; else echo "   FAILED"; status=1; fi
+    tail -n 12 "$OUT/$name.log"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+run glyphs $PY -m oodml datasets info glyphs "${ROOT[@]}"
+run train-bf16 $PY -m oodml -q train --dataset glyphs "${ROOT[@]}" --splits v1 --level 1,8 --iterations 400 --device cuda \
+    --precision bf16 --workers 4 --out "$OUT/train-bf16"
+run train-fp16 $PY -m oodml -q train --dataset glyphs "${ROOT[@]}" --splits v1 --level 1 --iterations 200 --device cuda \
+    --precision fp16 --workers 4 --out "$OUT/train-fp16"
+run evaluate $PY -m oodml -q evaluate "$OUT/train-bf16/level{level}.pt" --dataset glyphs "${ROOT[@]}" --splits v1 --levels 1,8 \
+    --fewshot 2 --episodes 1 --adapt finetune-last --device cuda --precision bf16 --out "$OUT/evaluate"
+run evaluate-all $PY -m oodml -q evaluate "$OUT/train-bf16/level{level}.pt" --dataset glyphs "${ROOT[@]}" \
+    --splits v1 --levels 8 --fewshot 2 --episodes 1 --adapt finetune-all --adapt-iterations 100 --device cuda \
+    --out "$OUT/evaluate-all"
+[ "${BENCH:-1}" = 1 ] && run bench $PY tools/bench_gpu.py --images 8192
+exit $status
