@@ -280,7 +280,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        fewshot=args.fewshot or (), adapt=args.adapt, episodes=args.episodes,
                        adapt_iterations=args.adapt_iterations, device=args.device,
                        precision=args.precision, batch_size=args.batch_size, workers=args.workers,
-                       clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label)
+                       clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label,
+                       save_embeddings=args.save_embeddings)
     from .distributed import is_main_process
 
     if not is_main_process():
@@ -379,7 +380,8 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--splits", help="split set version or manifest directory (default: latest published)")
     p.add_argument("--levels", default="all", help="all, 1,3,5 or 2-4")
     p.add_argument("--fewshot", type=_int_list, help="shots to evaluate with the manifest's episodes, e.g. 2,5")
-    p.add_argument("--adapt", choices=ADAPTATIONS, default="prototypes")
+    p.add_argument("--adapt", choices=ADAPTATIONS, nargs="+", default=["prototypes"],
+                   help="few-shot adaptation(s), e.g. --adapt prototypes finetune-last")
     p.add_argument("--episodes", type=int, help="use only the first N episodes")
     p.add_argument("--adapt-iterations", type=int, help="fine-tuning iterations (default 1000 2-shot, 1500 5-shot)")
     p.add_argument("--device", default="auto")
@@ -390,6 +392,8 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--shard-size", type=int, default=2048, help="images per embedding-cache shard (resume unit)")
     p.add_argument("--metric", default="recall@1", help="metric of the degradation curve plot")
     p.add_argument("--label", help="name of this run in plots")
+    p.add_argument("--save-embeddings", action="store_true",
+                   help="also write the embeddings (OUT/embeddings/), for `oodml leaderboard submit`")
     p.add_argument("--out", default="results", help="output directory (default ./results)")
     p.set_defaults(func=cmd_evaluate)
 

@@ -164,16 +164,51 @@ def embedding_cache_dir(dataset: ImageDataset, model_digest: str, preprocessing:
             f"{dataset.fingerprint[:16]}-{model_digest[:16]}-{_prep_hash(preprocessing)}")
 
 
+def write_embedding_table(path: Path, sample_ids: Sequence[str], values: np.ndarray,
+                          dtype: type = np.float32) -> Path:
+    """Write embeddings as Parquet (``sample_id`` string, ``embedding`` fixed-size list of ``dtype``), atomically.
+
+    The one on-disk format for embeddings: cache shards (float32), saved
+    evaluation embeddings and leaderboard submissions (float16).
+    """
+    values = np.asarray(values)
+    arrow_type = pa.float16() if np.dtype(dtype) == np.float16 else pa.float32()
+    flat = pa.array(values.astype(dtype).ravel(), arrow_type)
+    column = pa.FixedSizeListArray.from_arrays(flat, values.shape[1] if values.ndim == 2 else 0)
+    with atomic_path(Path(path)) as tmp:
+        pq.write_table(pa.table({"sample_id": pa.array(list(sample_ids), pa.string()), "embedding": column}), tmp)
+    return Path(path)
+
+
+def read_embedding_table(path: Path) -> tuple[list[str], np.ndarray]:
+    """``(sample ids, float32 (N, d) array)`` from :func:`write_embedding_table`'s format.
+
+    Raises:
+        OodmlError: not Parquet, missing or mistyped columns, null entries (the file may be untrusted).
+    """
+    try:
+        table = pq.read_table(path)
+        ids_column, values_column = table.column("sample_id"), table.column("embedding").combine_chunks()
+    except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
+        raise OodmlError(f"{path}: not an embedding table (Parquet with sample_id and embedding: {exc})") from None
+    if not pa.types.is_string(ids_column.type) or not pa.types.is_fixed_size_list(values_column.type) or \
+            not pa.types.is_floating(values_column.type.value_type):
+        raise OodmlError(f"{path}: sample_id must be strings and embedding a fixed-size list of floats, got "
+                         f"{ids_column.type} and {values_column.type}")
+    if ids_column.null_count or values_column.null_count or values_column.flatten().null_count:
+        raise OodmlError(f"{path}: null sample ids or embedding values")
+    ids = ids_column.to_pylist()
+    values = np.asarray(values_column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    return ids, values.reshape(len(ids), values_column.type.list_size)
+
+
 def read_shards(directory: Path) -> dict[str, np.ndarray]:
     """Every cached embedding under ``directory``, by sample id; unreadable shards are skipped."""
     found: dict[str, np.ndarray] = {}
     for shard in sorted(directory.glob("shard-*.parquet")) if directory.is_dir() else []:
         try:
-            table = pq.read_table(shard)
-            ids = table.column("sample_id").to_pylist()
-            values = np.asarray(table.column("embedding").combine_chunks().flatten().to_numpy(
-                zero_copy_only=False), dtype=np.float32).reshape(len(ids), -1)
-        except (pa.ArrowException, OSError, KeyError, ValueError):
+            ids, values = read_embedding_table(shard)
+        except OodmlError:
             continue  # written atomically, so only foreign damage gets here; it is recomputed
         found.update(zip(ids, values, strict=True))
     return found
@@ -181,11 +216,7 @@ def read_shards(directory: Path) -> dict[str, np.ndarray]:
 
 def write_shard(directory: Path, sample_ids: Sequence[str], values: np.ndarray) -> Path:
     """One shard, written to a unique temporary name and renamed, so concurrent writers never collide."""
-    column = pa.FixedSizeListArray.from_arrays(pa.array(values.astype(np.float32).ravel()), values.shape[1])
-    dest = directory / f"shard-{uuid.uuid4().hex}.parquet"
-    with atomic_path(dest) as tmp:
-        pq.write_table(pa.table({"sample_id": pa.array(list(sample_ids), pa.string()), "embedding": column}), tmp)
-    return dest
+    return write_embedding_table(directory / f"shard-{uuid.uuid4().hex}.parquet", sample_ids, values)
 
 
 def embed_cached(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preprocessing, model_digest: str,

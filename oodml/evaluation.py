@@ -37,7 +37,7 @@ from . import __version__
 from ._fs import atomic_path
 from .adapt import ADAPTATIONS, check_adaptable, finetune_all, finetune_last
 from .datasets import ImageDataset, load_dataset
-from .embedding import embed_cached
+from .embedding import embed_cached, read_embedding_table, write_embedding_table
 from .errors import OodmlError
 from .metrics import retrieval_metrics
 from .models import LoadedModel, load_model
@@ -89,11 +89,14 @@ class Results:
         rows: one dict per (level, adaptation, shots, episode, metric), columns ``RESULT_COLUMNS``.
         levels: per level: ``{"level", "distance", "ci_low", "ci_high"}``.
         meta: model, digests, dataset, split set, protocol, settings, oodml version.
+        embeddings: with ``save_embeddings``: ``("test", level)`` and
+            ``("fewshot", level, shots, episode, adaptation)`` -> (sample ids, float32 (N, d) array).
     """
 
     rows: list[dict]
     levels: list[dict]
     meta: dict = field(default_factory=dict)
+    embeddings: dict | None = None
 
     def table(self) -> pa.Table:
         return pa.table({c: [r[c] for r in self.rows] for c in RESULT_COLUMNS})
@@ -166,15 +169,52 @@ class Results:
         return plot_curves([self], out_prefix, metric=metric)
 
     def save(self, out_dir: str | Path, metric: str = "recall@1") -> list[Path]:
-        """Write ``results.parquet``, ``summary.json`` and the degradation curve (PNG and SVG) into ``out_dir``."""
+        """Write ``results.parquet``, ``summary.json`` and the degradation curve (PNG and SVG) into ``out_dir``,
+        and the saved embeddings, if any, under ``out_dir/embeddings/`` (see :func:`read_saved_embeddings`)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        written = [self.to_parquet(out / "results.parquet")]
+        written = []
+        for key, (ids, values) in (self.embeddings or {}).items():
+            (out / "embeddings").mkdir(exist_ok=True)
+            written.append(write_embedding_table(out / "embeddings" / embedding_file_name(key), ids, values))
+        written.append(self.to_parquet(out / "results.parquet"))
         with atomic_path(out / "summary.json") as tmp:
             tmp.write_text(json.dumps(self.summary(), indent=2, default=float) + "\n")
         written.append(out / "summary.json")
         written += self.plot(out / f"curve-{metric.replace('@', '_at_')}", metric=metric)
         return written
+
+
+def embedding_file_name(key: tuple) -> str:
+    """``level3.parquet`` for ``("test", 3)``; ``level3-2shot-episode0-finetune-last.parquet`` for few-shot."""
+    if key[0] == "test":
+        return f"level{key[1]}.parquet"
+    _, level, shots, episode, adaptation = key
+    return f"level{level}-{shots}shot-episode{episode}-{adaptation}.parquet"
+
+
+_EMBEDDING_FILE = re.compile(r"level(\d+)(?:-(\d+)shot-episode(\d+)-([a-z-]+))?\.parquet")
+
+
+def parse_embedding_file_name(name: str) -> tuple | None:
+    """The key :func:`embedding_file_name` made ``name`` from, or None for any other name."""
+    m = _EMBEDDING_FILE.fullmatch(name)
+    if m is None:
+        return None
+    if m.group(2) is None:
+        return ("test", int(m.group(1)))
+    return ("fewshot", int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4))
+
+
+def read_saved_embeddings(out_dir: str | Path) -> dict:
+    """The embeddings an evaluation run saved (``--save-embeddings``), keyed as in ``Results.embeddings``."""
+    folder = Path(out_dir) / "embeddings"
+    found = {}
+    for path in sorted(folder.glob("*.parquet")):
+        key = parse_embedding_file_name(path.name)
+        if key is not None:
+            found[key] = read_embedding_table(path)
+    return found
 
 
 def plot_curves(results: Sequence[Results], out_prefix: str | Path, *, metric: str = "recall@1") -> list[Path]:
@@ -230,10 +270,11 @@ class _FewShotContext:
     loaded: LoadedModel
     embeddings: dict[str, np.ndarray]
     features: dict[str, np.ndarray] | None
-    adapt: str
+    adaptations: tuple[str, ...]
     iterations: int | None
     device: str
     batch_size: int
+    saved: dict | None = None   # (level, shots, episode, adaptation) -> (sample ids, adapted embeddings)
 
 
 def _nearest_accuracy(queries: np.ndarray, query_labels: np.ndarray, refs: np.ndarray, ref_labels: np.ndarray,
@@ -275,23 +316,28 @@ def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int 
         rows.append({**common, "adaptation": "none", "metric": "accuracy",
                      "value": _nearest_accuracy(emb_q, query_labels, emb_s, support_labels, prototypes=False)})
         rows += [{**common, "adaptation": "none", "metric": m, "value": before[m]} for m in ("recall@1", "map@r")]
-        if ctx.adapt == "prototypes":
-            adapted_s, adapted_q = emb_s, emb_q
-        else:
-            seed = (base["split_digest"], level.index, shots, ep.index)
-            if ctx.adapt == "finetune-last":
-                adapted = finetune_last(ctx.loaded.module, stack(ctx.features, support), support_labels,
-                                        stack(ctx.features, np.concatenate([support, query])), shots=shots,
-                                        iterations=ctx.iterations, seed=seed)
+        both = np.concatenate([support, query])
+        for adapt in ctx.adaptations:
+            if adapt == "prototypes":
+                adapted_s, adapted_q = emb_s, emb_q
             else:
-                adapted = finetune_all(ctx.loaded.module, ds, support, support_labels, np.concatenate([support, query]),
-                                       shots=shots, iterations=ctx.iterations, seed=seed, device=ctx.device,
-                                       batch_size=ctx.batch_size)
-            adapted_s, adapted_q = adapted[:len(support)], adapted[len(support):]
-            after = retrieval_metrics(adapted_q, query_labels, ks=(1,), clustering=False)
-            rows += [{**common, "adaptation": ctx.adapt, "metric": m, "value": after[m]} for m in ("recall@1", "map@r")]
-        rows.append({**common, "adaptation": ctx.adapt, "metric": "accuracy",
-                     "value": _nearest_accuracy(adapted_q, query_labels, adapted_s, support_labels, prototypes=True)})
+                seed = (base["split_digest"], level.index, shots, ep.index)
+                if adapt == "finetune-last":
+                    adapted = finetune_last(ctx.loaded.module, stack(ctx.features, support), support_labels,
+                                            stack(ctx.features, both), shots=shots, iterations=ctx.iterations,
+                                            seed=seed, device=ctx.device)
+                else:
+                    adapted = finetune_all(ctx.loaded.module, ds, support, support_labels, both, shots=shots,
+                                           iterations=ctx.iterations, seed=seed, device=ctx.device,
+                                           batch_size=ctx.batch_size)
+                adapted_s, adapted_q = adapted[:len(support)], adapted[len(support):]
+                after = retrieval_metrics(adapted_q, query_labels, ks=(1,), clustering=False)
+                rows += [{**common, "adaptation": adapt, "metric": m, "value": after[m]} for m in ("recall@1", "map@r")]
+                if ctx.saved is not None:
+                    ctx.saved[(level.index, shots, ep.index, adapt)] = ([ds.sample_ids[i] for i in both], adapted)
+            rows.append({**common, "adaptation": adapt, "metric": "accuracy",
+                         "value": _nearest_accuracy(adapted_q, query_labels, adapted_s, support_labels,
+                                                    prototypes=True)})
     return rows
 
 
@@ -299,10 +345,11 @@ def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int 
 
 def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, splits: SplitSet | str | Path | None = None,
              *, root: str | Path | None = None, levels: Sequence[int] | None = None, fewshot: Sequence[int] = (),
-             adapt: str = "prototypes", episodes: int | None = None, adapt_iterations: int | None = None,
-             ks: Sequence[int] = (1, 2, 4, 8),
+             adapt: str | Sequence[str] = "prototypes", episodes: int | None = None,
+             adapt_iterations: int | None = None, ks: Sequence[int] = (1, 2, 4, 8),
              clustering: bool = True, device: str = "auto", precision: str = "fp32", batch_size: int = 128,
-             workers: int = 0, use_cache: bool = True, shard_size: int = 2048, label: str | None = None) -> Results:
+             workers: int = 0, use_cache: bool = True, shard_size: int = 2048, label: str | None = None,
+             save_embeddings: bool = False) -> Results:
     """Score ``model`` on every requested level of ``splits``.
 
     Args:
@@ -313,16 +360,21 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             manifest directory (default: the latest published version).
         levels: level numbers (default all).
         fewshot: shots to evaluate with the manifest's episodes (e.g. ``(2, 5)``).
-        adapt: the few-shot adaptation: ``prototypes``, ``finetune-last`` or ``finetune-all``.
+        adapt: the few-shot adaptation(s): ``prototypes``, ``finetune-last``, ``finetune-all``, or several.
         episodes: use only the first ``episodes`` episodes (default all).
         adapt_iterations: override the fine-tuning iterations (default 1000 for 2-shot, 1500 for 5-shot).
         shard_size: images per embedding-cache shard (an interrupted run loses at most one shard).
+        save_embeddings: keep the embeddings in the results (``Results.embeddings``; written by
+            ``Results.save``): every level's test images, and per episode the fine-tuned embeddings of
+            its support and query images, for a leaderboard submission.
 
     Returns:
         :class:`Results`.
     """
-    if adapt not in ADAPTATIONS:
-        raise OodmlError(f"unknown adaptation {adapt!r}; choose one of {', '.join(ADAPTATIONS)}")
+    adaptations = (adapt,) if isinstance(adapt, str) else tuple(dict.fromkeys(adapt))
+    for name in adaptations:
+        if name not in ADAPTATIONS:
+            raise OodmlError(f"unknown adaptation {name!r}; choose one of {', '.join(ADAPTATIONS)}")
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root)
     split_set = resolve(ds.name, splits)
     split_set.check_dataset(ds.fingerprint, ds.root)
@@ -342,11 +394,13 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
 
     shared = None if per_level else level_model(chosen[0])
     if fewshot and shared is not None:
-        check_adaptable(shared.module, adapt)
+        for name in adaptations:
+            check_adaptable(shared.module, name)
     if shared is not None and shared.provenance.get("dataset") == ds.name:
         warnings.warn(f"{shared.source} declares training on {ds.name}; zero-shot results on its test classes may "
                       "be optimistic", stacklevel=2)
     rows: list[dict] = []
+    saved: dict = {}
     options = dict(use_cache=use_cache, shard_size=shard_size, device=device, precision=precision,
                    batch_size=batch_size, workers=workers)
 
@@ -365,9 +419,12 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             loaded = level_model(level)
             check_leak(loaded, level, split_set)
             if fewshot:
-                check_adaptable(loaded.module, adapt)
+                for name in adaptations:
+                    check_adaptable(loaded.module, name)
             embeddings = embed_by_id(loaded, indices, f"embed level {level.index}")
         emb = np.stack([embeddings[ds.sample_ids[i]] for i in indices])
+        if save_embeddings:
+            saved[("test", level.index)] = ([ds.sample_ids[i] for i in indices], emb)
         base = {"model": loaded.source, "model_digest": loaded.digest, "dataset": ds.name,
                 "split_digest": split_set.digest, "level": level.index, "distance": level.distance,
                 "protocol": protocol}
@@ -377,23 +434,26 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
                  for m, v in metrics.items()]
         if fewshot:
             features = None
-            if adapt == "finetune-last":  # frozen backbone: its features, once per image, through the cache
+            if "finetune-last" in adaptations:  # frozen backbone: its features, once per image, through the cache
                 digest = hashlib.sha256(f"{loaded.digest}|backbone".encode()).hexdigest()
                 backbone = LoadedModel(loaded.module.backbone, loaded.preprocessing, digest, loaded.source)
                 features = embed_by_id(backbone, indices, f"backbone features level {level.index}")
-            ctx = _FewShotContext(ds, loaded, embeddings, features, adapt, adapt_iterations, device, batch_size)
+            ctx = _FewShotContext(ds, loaded, embeddings, features, adaptations, adapt_iterations, device,
+                                  batch_size, {} if save_embeddings else None)
             for shots in fewshot:
                 rows += _fewshot_rows(ctx, level, shots, episodes, base)
+            if ctx.saved:
+                saved.update({("fewshot", *key): value for key, value in ctx.saved.items()})
     meta = {"model": str(model if not isinstance(model, LoadedModel) else model.source), "label": label,
             "protocol": protocol, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
             "splits": f"{split_set.dataset}@{split_set.version}", "split_digest": split_set.digest,
             "distance": split_set.metadata.get("distance"), "fewshot": list(fewshot),
-            "adapt": adapt if fewshot else None,
+            "adapt": list(adaptations) if fewshot else None, "episodes": episodes,
             "images_embedded": int(len(union)) if shared is not None else None,
             "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     level_info = [{"level": lv.index, "distance": lv.distance, "ci_low": lv.ci_low, "ci_high": lv.ci_high}
                   for lv in chosen]
-    return Results(rows, level_info, meta)
+    return Results(rows, level_info, meta, saved if save_embeddings else None)
 
 
 def parse_levels(text: str) -> list[int] | None:

@@ -182,3 +182,21 @@ def test_finetuning_needs_a_head(glyphs, split_set, tmp_path):
     with pytest.raises(OodmlError, match="finetune-last needs a model with a backbone and an embedding head"):
         evaluate(str(tmp_path / "ts.pt"), glyphs, split_set, levels=[1], fewshot=(2,), adapt="finetune-last",
                  clustering=False, device="cpu")
+
+
+def test_several_adaptations_in_one_run_and_saved_embeddings(glyphs, split_set, tmp_path):
+    from oodml.evaluation import read_saved_embeddings
+
+    results = evaluate("glyph-cnn", glyphs, split_set, levels=[2], fewshot=(2,), episodes=1, clustering=False,
+                       adapt=["prototypes", "finetune-last"], adapt_iterations=3, device="cpu",
+                       save_embeddings=True)
+    assert {r["adaptation"] for r in results.rows if r["shots"] == 2} == {"none", "prototypes", "finetune-last"}
+    test_ids = [glyphs.sample_ids[i] for i in glyphs.indices_of_classes(split_set.level(2).test_classes)]
+    assert results.embeddings[("test", 2)][0] == test_ids
+    ids, adapted = results.embeddings[("fewshot", 2, 2, 0, "finetune-last")]
+    assert sorted(ids) == sorted(test_ids) and adapted.shape == (len(test_ids), 64)  # support first, then queries
+    assert ("fewshot", 2, 2, 0, "prototypes") not in results.embeddings              # nothing new to save
+    results.save(tmp_path)
+    again = read_saved_embeddings(tmp_path)
+    assert again.keys() == results.embeddings.keys()
+    np.testing.assert_array_equal(again[("test", 2)][1], results.embeddings[("test", 2)][1])
