@@ -410,6 +410,83 @@ def _add_evaluate(commands) -> None:
     plot.set_defaults(func=cmd_plot)
 
 
+def cmd_leaderboard_submit(args: argparse.Namespace) -> int:
+    from .leaderboard import submit
+
+    out = submit(args.results, name=args.name, method=args.method, description=args.description or "",
+                 authors=args.authors or [], paper=args.paper, code=args.code,
+                 training_data=args.training_data or "", baseline=args.baseline, adaptations=args.adapt,
+                 episodes=args.episodes, root=args.root, data_root=args.data_root, replace=args.replace)
+    print(f"wrote {out}; check it with `oodml leaderboard verify {out}`")
+    return 0
+
+
+def cmd_leaderboard_verify(args: argparse.Namespace) -> int:
+    from .leaderboard import iter_entries, verify
+
+    paths = [Path(p) for p in args.paths] or iter_entries(args.root)
+    if not paths:
+        print(f"no entries under {args.root}/submissions")
+        return 0
+    failed = 0
+    for path in paths:
+        result = verify(path, data_root=args.data_root)
+        if result.ok:
+            curve = result.scores.curve("recall@1")
+            print(f"ok      {path}: mean recall@1 {curve['mean']:.4f}, AUC {curve['auc']:.4f}")
+        else:
+            failed += 1
+            print(f"FAILED  {path}")
+            for problem in result.problems:
+                print(f"  {problem}")
+    if failed:
+        raise OodmlError(f"{failed} of {len(paths)} entries did not verify (problems above)")
+    return 0
+
+
+def cmd_leaderboard_build(args: argparse.Namespace) -> int:
+    from .leaderboard import build
+
+    written, rejected = build(args.root, data_root=args.data_root)
+    for path in written:
+        print(f"wrote {path}")
+    if rejected:
+        for v in rejected:
+            print(f"not rendered: {v.problems[0]}", file=sys.stderr)
+        raise OodmlError(f"{len(rejected)} entries did not verify and were left off the board")
+    return 0
+
+
+def _add_leaderboard(commands) -> None:
+    from .adapt import ADAPTATIONS
+
+    board = commands.add_parser("leaderboard", help="package, verify and render leaderboard entries")
+    sub = board.add_subparsers(dest="action", required=True, metavar="ACTION")
+    submit = sub.add_parser("submit", help="package evaluation runs (--save-embeddings) as an entry")
+    submit.add_argument("results", nargs="+", help="results folders: the submitted run first, then other seeds")
+    submit.add_argument("--name", required=True, help="entry name (folder), e.g. my-method")
+    submit.add_argument("--method", help="display name (default: --name)")
+    submit.add_argument("--description")
+    submit.add_argument("--authors", nargs="+")
+    submit.add_argument("--paper", help="paper URL")
+    submit.add_argument("--code", help="code URL")
+    submit.add_argument("--training-data", help="what the model was trained on")
+    submit.add_argument("--baseline", action="store_true", help="mark as a reference baseline")
+    submit.add_argument("--adapt", nargs="+", choices=ADAPTATIONS, help="few-shot adaptations to include "
+                        "(default: those evaluated)")
+    submit.add_argument("--episodes", type=int, help="episodes per shot to score (default: as evaluated)")
+    submit.add_argument("--replace", action="store_true", help="overwrite an existing entry of that name")
+    submit.set_defaults(func=cmd_leaderboard_submit)
+    verify = sub.add_parser("verify", help="check entries and recompute every number from their embeddings")
+    verify.add_argument("paths", nargs="*", help="entry folders (default: all under --root)")
+    verify.set_defaults(func=cmd_leaderboard_verify)
+    build = sub.add_parser("build", help="verify all entries and write README.md and index.html")
+    build.set_defaults(func=cmd_leaderboard_build)
+    for p in (submit, verify, build):
+        p.add_argument("--root", default="leaderboard", help="leaderboard folder (default ./leaderboard)")
+        p.add_argument("--data-root", help="dataset folder, for datasets that need one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oodml",
                                      description="Out-of-distribution benchmark for deep metric learning.")
@@ -435,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_splits(commands)
     _add_evaluate(commands)
     _add_train(commands)
+    _add_leaderboard(commands)
     return parser
 
 

@@ -42,7 +42,7 @@ from .errors import OodmlError
 from .metrics import retrieval_metrics
 from .models import LoadedModel, load_model
 from .plotting import new_figure, save_figure
-from .splits import Level, SplitSet, resolve
+from .splits import Episode, Level, SplitSet, resolve
 
 RESULT_COLUMNS = ("model", "model_digest", "dataset", "split_digest", "level", "distance", "protocol",
                   "adaptation", "shots", "episode", "metric", "value")
@@ -277,8 +277,8 @@ class _FewShotContext:
     saved: dict | None = None   # (level, shots, episode, adaptation) -> (sample ids, adapted embeddings)
 
 
-def _nearest_accuracy(queries: np.ndarray, query_labels: np.ndarray, refs: np.ndarray, ref_labels: np.ndarray,
-                      prototypes: bool) -> float:
+def nearest_accuracy(queries: np.ndarray, query_labels: np.ndarray, refs: np.ndarray, ref_labels: np.ndarray,
+                     prototypes: bool) -> float:
     """n-way accuracy: nearest class prototype, or nearest single support image (cosine)."""
     q = torch.nn.functional.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=1)
     r = torch.nn.functional.normalize(torch.as_tensor(refs, dtype=torch.float32), dim=1)
@@ -289,23 +289,37 @@ def _nearest_accuracy(queries: np.ndarray, query_labels: np.ndarray, refs: np.nd
     return float((ref_labels[torch.argmax(q @ r.T, 1).numpy()] == query_labels).mean())
 
 
+def episode_split(ds: ImageDataset, episode: Episode,
+                  index_of: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One episode as dataset rows: ``(support, support labels, query, query labels)``.
+
+    The support is the manifest's k images per class (classes in sorted order,
+    labelled 0..n-1); the queries are every other image of those classes, in
+    dataset order.  ``index_of`` (sample id -> row) can be passed to save its
+    construction across episodes.
+    """
+    index_of = index_of if index_of is not None else {sid: i for i, sid in enumerate(ds.sample_ids)}
+    unknown = [sid for ids in episode.support.values() for sid in ids if sid not in index_of]
+    if unknown:
+        raise OodmlError(f"episode support image {unknown[0]!r} is not in the dataset; these episodes refer to "
+                         "another layout of the data and cannot be matched")
+    classes = sorted(episode.support)
+    label_of = {ds.class_index[c]: k for k, c in enumerate(classes)}
+    support = np.array([index_of[sid] for c in classes for sid in episode.support[c]])
+    support_labels = np.repeat(np.arange(len(classes)), [len(episode.support[c]) for c in classes])
+    chosen = set(support.tolist())
+    query = np.array([i for i in np.flatnonzero(np.isin(ds.labels, list(label_of))) if i not in chosen])
+    query_labels = np.array([label_of[int(ds.labels[i])] for i in query])
+    return support, support_labels, query, query_labels
+
+
 def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int | None, base: dict) -> list[dict]:
     """Per episode: the unadapted model's nearest-support accuracy and query retrieval ('none'), and the
     adapted model's prototype accuracy and (for fine-tuning) query retrieval."""
     ds, rows = ctx.ds, []
     index_of = {sid: i for i, sid in enumerate(ds.sample_ids)}
     for ep in level.episodes(shots)[:episodes]:
-        unknown = [sid for ids in ep.support.values() for sid in ids if sid not in index_of]
-        if unknown:
-            raise OodmlError(f"episode support image {unknown[0]!r} is not in the dataset; these episodes refer to "
-                             "another layout of the data and cannot be matched")
-        classes = sorted(ep.support)
-        label_of = {ds.class_index[c]: k for k, c in enumerate(classes)}
-        support = np.array([index_of[sid] for c in classes for sid in ep.support[c]])
-        support_labels = np.repeat(np.arange(len(classes)), [len(ep.support[c]) for c in classes])
-        chosen = set(support.tolist())
-        query = np.array([i for i in np.flatnonzero(np.isin(ds.labels, list(label_of))) if i not in chosen])
-        query_labels = np.array([label_of[int(ds.labels[i])] for i in query])
+        support, support_labels, query, query_labels = episode_split(ds, ep, index_of)
 
         def stack(table: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
             return np.stack([table[ds.sample_ids[i]] for i in idx])
@@ -314,7 +328,7 @@ def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int 
         common = {**base, "shots": shots, "episode": ep.index}
         before = retrieval_metrics(emb_q, query_labels, ks=(1,), clustering=False)
         rows.append({**common, "adaptation": "none", "metric": "accuracy",
-                     "value": _nearest_accuracy(emb_q, query_labels, emb_s, support_labels, prototypes=False)})
+                     "value": nearest_accuracy(emb_q, query_labels, emb_s, support_labels, prototypes=False)})
         rows += [{**common, "adaptation": "none", "metric": m, "value": before[m]} for m in ("recall@1", "map@r")]
         both = np.concatenate([support, query])
         for adapt in ctx.adaptations:
@@ -336,7 +350,7 @@ def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int 
                 if ctx.saved is not None:
                     ctx.saved[(level.index, shots, ep.index, adapt)] = ([ds.sample_ids[i] for i in both], adapted)
             rows.append({**common, "adaptation": adapt, "metric": "accuracy",
-                         "value": _nearest_accuracy(adapted_q, query_labels, adapted_s, support_labels,
+                         "value": nearest_accuracy(adapted_q, query_labels, adapted_s, support_labels,
                                                     prototypes=True)})
     return rows
 

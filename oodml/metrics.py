@@ -150,6 +150,35 @@ def kmeans(x: torch.Tensor, clusters: int, *, iterations: int = 20, seed: int = 
     return assign.cpu().numpy()
 
 
+def per_query_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
+                      ks: Sequence[int] = (1, 2, 4, 8), normalize: bool = True,
+                      device: str | torch.device | None = None,
+                      map_depth: int | None = MAP_DEPTH) -> dict[str, np.ndarray]:
+    """The retrieval metrics of every query, for confidence intervals and per-class breakdowns.
+
+    Returns ``{"query": int64 row indices of the queries (R >= 1), "recall@1": float64 values, ...}``,
+    every array of length Q; :func:`retrieval_metrics` is their mean.  Arguments as there.
+    """
+    x, y = _check(embeddings, labels)
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    _, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
+    r = counts[inverse] - 1
+    queries = r > 0
+    if not queries.any():
+        raise OodmlError("no class has two or more samples, so no query has a relevant neighbour")
+    k = min(x.shape[0] - 1, max(max(ks), int(r.max()), map_depth or 0))
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start, neighbours in knn_chunks(x, k, normalize=normalize):
+        rows = slice(start, start + neighbours.shape[0])
+        keep = queries[rows]
+        hits = y[neighbours[keep]] == y[rows][keep][:, None]
+        for name, values in _per_query(hits, r[rows][keep], ks, map_depth).items():
+            parts.setdefault(name, []).append(values)
+    out = {name: torch.cat(v).cpu().numpy() for name, v in parts.items()}
+    return {"query": torch.nonzero(queries).flatten().cpu().numpy(), **out}
+
+
 def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
                       ks: Sequence[int] = (1, 2, 4, 8), normalize: bool = True,
                       device: str | torch.device | None = None, clustering: bool = True,
@@ -174,29 +203,19 @@ def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray 
     Raises:
         OodmlError: for a non-2-D or non-float input, NaN/inf rows, label/row mismatch.
     """
-    x, y = _check(embeddings, labels)
-    if device is not None:
-        x, y = x.to(device), y.to(device)
-    _, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
-    r = counts[inverse] - 1
-    queries = r > 0
-    if not queries.any():
-        raise OodmlError("no class has two or more samples, so no query has a relevant neighbour")
-    k = min(x.shape[0] - 1, max(max(ks), int(r.max()), map_depth or 0))
-    parts: dict[str, list[torch.Tensor]] = {}
-    for start, neighbours in knn_chunks(x, k, normalize=normalize):
-        rows = slice(start, start + neighbours.shape[0])
-        keep = queries[rows]
-        hits = y[neighbours[keep]] == y[rows][keep][:, None]
-        for name, values in _per_query(hits, r[rows][keep], ks, map_depth).items():
-            parts.setdefault(name, []).append(values)
-    out: dict[str, float] = {name: float(torch.cat(v).mean()) for name, v in parts.items()}
-    out["queries"] = int(queries.sum())
+    per_query = per_query_metrics(embeddings, labels, ks=ks, normalize=normalize, device=device,
+                                  map_depth=map_depth)
+    queries = per_query.pop("query")
+    out: dict[str, float] = {name: float(values.mean()) for name, values in per_query.items()}
+    out["queries"] = int(len(queries))
     if clustering:
         from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
+        x, y = _check(embeddings, labels)
+        if device is not None:
+            x, y = x.to(device), y.to(device)
         points = torch.nn.functional.normalize(x.float(), dim=1) if normalize else x.float()
-        assign = kmeans(points, len(counts), seed=seed)
+        assign = kmeans(points, len(torch.unique(y)), seed=seed)
         truth = y.cpu().numpy()
         out["nmi"] = float(normalized_mutual_info_score(truth, assign))
         out["ami"] = float(adjusted_mutual_info_score(truth, assign))

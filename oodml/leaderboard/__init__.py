@@ -1,0 +1,15 @@
+"""The leaderboard: entries re-scored from their submitted embeddings, and the board rendered from them.
+
+* :func:`submit` packages ``oodml evaluate --save-embeddings`` runs as an entry
+  (format: :mod:`oodml.leaderboard.submission`);
+* :func:`verify` checks an entry and recomputes all its numbers;
+* :func:`build` renders ``leaderboard/README.md`` and ``leaderboard/index.html``.
+"""
+
+from .board import build, rank_entries
+from .scoring import Scores, Verification, iter_entries, verify
+from .submission import SCHEMA_VERSION, Submission, read_submission
+from .submit import entry_path, submit
+
+__all__ = ["SCHEMA_VERSION", "Scores", "Submission", "Verification", "build", "entry_path", "iter_entries",
+           "rank_entries", "read_submission", "submit", "verify"]

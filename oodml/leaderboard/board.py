@@ -1,0 +1,350 @@
+"""The rendered board: ``leaderboard/README.md`` and ``leaderboard/index.html``, generated from verified entries.
+
+One board per published split set and protocol.  Entries are ranked by mean
+Recall@1 over levels; a paired bootstrap over test classes (the same classes
+resampled for every entry, per level) gives each entry's 95% interval and the
+interval of its difference from the entry ranked above: when that interval
+holds 0 the two share a rank.  Unverified entries are never rendered.  Output
+is deterministic (no build time, hand-written SVG), so CI can check that the
+committed board is the one the committed entries produce.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._fs import atomic_path
+from ..splits import iter_published
+from .scoring import Verification, iter_entries, verify
+
+DRAWS = 2000
+STEPS = """1. Evaluate your model with embeddings saved: `oodml evaluate MODEL --dataset D --splits V --fewshot 2,5 \
+--save-embeddings --out results/my-method` (for the per-level protocol, MODEL is `runs/level{level}.pt`).
+2. Package it: `oodml leaderboard submit results/my-method --name my-method --description "..." \
+--authors "..." --code URL --training-data "..."` (add more results folders, one per seed, to record the spread).
+3. Check it as CI will: `oodml leaderboard verify leaderboard/submissions/D/V/my-method`.
+4. Render the board: `oodml leaderboard build`.
+5. Open a pull request with the entry folder and the regenerated `leaderboard/README.md` and `index.html`."""
+
+
+@dataclass
+class Ranked:
+    """One entry on a board: its verification, rank, bootstrap interval and the difference from the one above."""
+
+    verification: Verification
+    rank: int
+    mean: float
+    ci: tuple[float, float]
+    gap_ci: tuple[float, float] | None   # interval of (entry above - this entry)
+
+    @property
+    def meta(self) -> dict:
+        return self.verification.submission.meta
+
+
+def bootstrap_means(class_hits: Sequence[dict[int, tuple[np.ndarray, np.ndarray]]], draws: int = DRAWS,
+                    seed: int = 0) -> np.ndarray:
+    """Paired bootstrap of mean Recall@1 over levels: (entries, draws).
+
+    Each draw resamples every level's test classes with replacement, the same
+    classes for every entry, and recomputes each level's Recall@1 as hits over
+    queries of the drawn classes.
+    """
+    rng = np.random.default_rng(seed)
+    levels = sorted(class_hits[0])
+    total = np.zeros((len(class_hits), draws))
+    for level in levels:
+        counts = class_hits[0][level][1]
+        idx = rng.integers(0, len(counts), size=(draws, len(counts)))
+        queries = counts[idx].sum(1)
+        for e, hits in enumerate(class_hits):
+            total[e] += hits[level][0][idx].sum(1) / queries
+    return total / len(levels)
+
+
+def rank_entries(verified: Sequence[Verification], draws: int = DRAWS) -> list[Ranked]:
+    """Rank by mean Recall@1; an entry whose gap to the one above has a 95% interval holding 0 shares its rank."""
+    if not verified:
+        return []
+    samples = bootstrap_means([v.scores.class_hits for v in verified], draws)
+    means = [v.scores.curve("recall@1")["mean"] for v in verified]
+    order = sorted(range(len(verified)), key=lambda i: (-means[i], verified[i].submission.meta["entry"]))
+    ranked: list[Ranked] = []
+    for pos, i in enumerate(order):
+        ci = tuple(float(x) for x in np.percentile(samples[i], [2.5, 97.5]))
+        if pos == 0:
+            ranked.append(Ranked(verified[i], 1, means[i], ci, None))
+            continue
+        above = order[pos - 1]
+        gap = tuple(float(x) for x in np.percentile(samples[above] - samples[i], [2.5, 97.5]))
+        rank = ranked[-1].rank if gap[0] <= 0 else pos + 1
+        ranked.append(Ranked(verified[i], rank, means[i], ci, gap))
+    return ranked
+
+
+def _fewshot_cells(ranked: Ranked) -> dict[str, tuple[float, float, str]]:
+    """Per shot: (accuracy without adaptation, best adapted accuracy, its adaptation), means over levels."""
+    out = {}
+    for shots, by in ranked.verification.scores.fewshot.items():
+        base = float(np.mean(list(by["none"].values())))
+        adapted = {a: float(np.mean(list(v.values()))) for a, v in by.items() if a != "none"}
+        if adapted:
+            best = max(adapted, key=adapted.get)
+            out[shots] = (base, adapted[best], best)
+    return out
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}"
+
+
+def _board_rows(ranked: list[Ranked]) -> tuple[list[str], list[list[tuple[str, float | str]]]]:
+    """Header and rows of cells ``(text, sort value)`` shared by the Markdown and HTML renderings."""
+    levels = [lv["level"] for lv in ranked[0].verification.scores.levels]
+    shots = sorted({s for r in ranked for s in _fewshot_cells(r)}, key=lambda s: int(s.split("-")[0]))
+    header = ["rank", "method", "mean R@1 [95% CI]", "gap to above [95% CI]", "AUC R@1", "MAP@R",
+              *[f"L{k} R@1" for k in levels], *[f"{s} gain" for s in shots]]
+    rows = []
+    for r in ranked:
+        scores = r.verification.scores
+        rank = f"{r.rank}" + (" (tie)" if r.gap_ci is not None and r.gap_ci[0] <= 0 else "")
+        gap = "" if r.gap_ci is None else f"[{r.gap_ci[0]:+.4f}, {r.gap_ci[1]:+.4f}]"
+        cells = [(rank, r.rank), (r.meta["method"] + (" (baseline)" if r.meta["baseline"] else ""),
+                                  r.meta["method"]),
+                 (f"{_fmt(r.mean)} [{_fmt(r.ci[0])}, {_fmt(r.ci[1])}]", r.mean),
+                 (gap, r.gap_ci[0] if r.gap_ci else 0.0),
+                 (_fmt(scores.curve("recall@1")["auc"]), scores.curve("recall@1")["auc"]),
+                 (_fmt(scores.curve("map@r")["mean"]), scores.curve("map@r")["mean"])]
+        cells += [(_fmt(lv["recall@1"]), lv["recall@1"]) for lv in scores.levels]
+        few = _fewshot_cells(r)
+        for s in shots:
+            if s in few:
+                base, best, how = few[s]
+                cells.append((f"{best - base:+.4f} ({how}: {_fmt(base)} -> {_fmt(best)})", best - base))
+            else:
+                cells.append(("-", float("-inf")))
+        rows.append(cells)
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[tuple[str, object]]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(text.replace("|", "\\|") for text, _ in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+
+
+def curves_svg(ranked: list[Ranked], width: int = 640, height: int = 360) -> str:
+    """Recall@1 against level distance, one polyline per entry, as a standalone SVG element."""
+    left, right, top, bottom = 56, 170, 16, 44
+    series = [(r.meta["method"], [(lv["distance"], lv["recall@1"]) for lv in r.verification.scores.levels])
+              for r in ranked]
+    xs = [x for _, pts in series for x, _ in pts]
+    ys = [y for _, pts in series for _, y in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = max(0.0, np.floor(min(ys) * 20) / 20), min(1.0, np.ceil(max(ys) * 20) / 20)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 0.05)
+    pw, ph = width - left - right, height - top - bottom
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def py(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="curves" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="Recall@1 against train-test distance">',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>']
+    for k in range(6):
+        yv = y0 + (y1 - y0) * k / 5
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{py(yv):.1f}" y2="{py(yv):.1f}" stroke="#eee"/>'
+                     f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" text-anchor="end" font-size="11">{yv:.2f}</text>')
+        xv = x0 + (x1 - x0) * k / 5
+        parts.append(f'<text x="{px(xv):.1f}" y="{top + ph + 16}" text-anchor="middle" font-size="11">'
+                     f'{xv:.2f}</text>')
+    parts.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" font-size="12">'
+                 'train-test distance of the level</text>')
+    parts.append(f'<text x="14" y="{top + ph / 2:.1f}" text-anchor="middle" font-size="12" '
+                 f'transform="rotate(-90 14 {top + ph / 2:.1f})">Recall@1</text>')
+    for k, (name, pts) in enumerate(series):
+        color = PALETTE[k % len(PALETTE)]
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in sorted(pts))
+        parts.append(f'<polyline class="curve" fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
+        parts += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{color}"/>' for x, y in pts]
+        ly = top + 12 + 16 * k
+        parts.append(f'<line x1="{left + pw + 10}" x2="{left + pw + 28}" y1="{ly - 4}" y2="{ly - 4}" '
+                     f'stroke="{color}" stroke-width="2"/><text x="{left + pw + 32}" y="{ly}" font-size="11">'
+                     f'{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+@dataclass
+class Board:
+    dataset: str
+    version: str
+    protocol: str | None      # None: no entry yet
+    ranked: list[Ranked]
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset} @ {self.version}" + (f", {self.protocol} protocol" if self.protocol else "")
+
+    @property
+    def anchor(self) -> str:
+        return f"{self.dataset}-{self.version}-{self.protocol or 'empty'}".replace(".", "-").replace("+", "-")
+
+
+EMPTY = "No entry yet: this board fills when the first submission verifies (see How to submit)."
+
+
+def collect_boards(root: str | Path, verifications: Sequence[Verification]) -> list[Board]:
+    """One board per published split set and protocol (an empty one where no entry exists)."""
+    boards = []
+    for dataset, version, _ in sorted(set(iter_published())):
+        mine = [v for v in verifications if v.ok and (v.submission.meta["dataset"], v.submission.meta[
+            "split_version"]) == (dataset, version)]
+        protocols = sorted({v.submission.meta["protocol"] for v in mine})
+        if not protocols:
+            boards.append(Board(dataset, version, None, []))
+        for protocol in protocols:
+            boards.append(Board(dataset, version, protocol,
+                                rank_entries([v for v in mine if v.submission.meta["protocol"] == protocol])))
+    return boards
+
+
+def first_problem(v: Verification) -> str:
+    """An entry's first problem with its folder's path left out (the board must not depend on where it is built)."""
+    return v.problems[0].replace(f"{v.path}/", "").replace(f"{v.path}: ", "")
+
+
+def render_markdown(boards: list[Board], rejected: Sequence[Verification]) -> str:
+    out = ["# oodml leaderboard", "",
+           "<!-- generated by `oodml leaderboard build`; do not edit by hand -->", "",
+           "Every number here is recomputed from the submitted embeddings by `oodml leaderboard verify` "
+           "(CI runs it on every entry); self-reported numbers are only checked against it. Ranks come from mean "
+           "Recall@1 over the levels of the split set; the intervals are 95% paired bootstrap intervals over test "
+           f"classes ({DRAWS} draws), and an entry whose gap to the entry above has an interval holding 0 shares "
+           "its rank (a tie). AUC is the area under Recall@1 against the level distance scaled to [0, 1]. "
+           "Few-shot gain: mean over levels of the episodes' n-way accuracy with the entry's best adaptation, "
+           "minus nearest-support-image accuracy without adaptation. The sortable page with the degradation "
+           "curves is `index.html`.", "", "## How to submit", "", STEPS, "",
+           "The format (schema version 1) is described in `oodml/leaderboard/submission.py` and checked by "
+           "`oodml leaderboard verify`: `submission.json` plus float16 Parquet embeddings of every level's test "
+           "images (and, for fine-tuned few-shot adaptation, of each episode's images after adaptation).", ""]
+    for board in boards:
+        out += [f"## {board.title}", ""]
+        if not board.ranked:
+            out += [EMPTY, ""]
+            continue
+        header, rows = _board_rows(board.ranked)
+        out += [_markdown_table(header, rows), ""]
+        spread = [(r.meta["method"], r.meta["seeds"]) for r in board.ranked if r.meta["seeds"].get("sd_mean_recall@1")]
+        if spread:
+            out += ["Spread over seeds (mean Recall@1 of each run; the submitted run is the first): " + "; ".join(
+                f"{m}: " + ", ".join(_fmt(x) for x in s["mean_recall@1"]) for m, s in spread) + ".", ""]
+    if rejected:
+        out += ["## Entries that did not verify (not shown)", ""]
+        out += [f"- `{v.path.name}`: {first_problem(v)}" for v in rejected] + [""]
+    return "\n".join(out)
+
+
+_SCRIPT = """
+function sortTable(table, col, dir) {
+  const body = table.tBodies[0];
+  const rows = Array.from(body.rows);
+  rows.sort((a, b) => {
+    const x = a.cells[col].dataset.value, y = b.cells[col].dataset.value;
+    const nx = parseFloat(x), ny = parseFloat(y);
+    const c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : String(x).localeCompare(String(y));
+    return dir === "asc" ? c : -c;
+  });
+  rows.forEach(r => body.appendChild(r));
+  Array.from(table.tHead.rows[0].cells).forEach((th, i) => th.setAttribute("aria-sort",
+    i === col ? (dir === "asc" ? "ascending" : "descending") : "none"));
+}
+document.querySelectorAll("table.board").forEach(table => {
+  Array.from(table.tHead.rows[0].cells).forEach((th, col) => th.addEventListener("click", () =>
+    sortTable(table, col, th.getAttribute("aria-sort") === "descending" ? "asc" : "desc")));
+});
+// #sort=<table id>:<column>:<asc|desc> opens the page sorted (shareable, and used by the browser test)
+const m = location.hash.match(/^#sort=([^:]+):(\\d+):(asc|desc)$/);
+if (m && document.getElementById(m[1])) sortTable(document.getElementById(m[1]), parseInt(m[2]), m[3]);
+"""
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table.board { border-collapse: collapse; font-size: 13px; margin: 1em 0; }
+table.board th, table.board td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+table.board th { background: #f3f3f3; cursor: pointer; user-select: none; }
+table.board th[aria-sort=ascending]::after { content: " \\25B2"; }
+table.board th[aria-sort=descending]::after { content: " \\25BC"; }
+table.board td:nth-child(2) { text-align: left; }
+details { margin: 0.3em 0; font-size: 13px; }
+code { font-size: 12px; }
+"""
+
+
+def render_html(boards: list[Board], rejected: Sequence[Verification]) -> str:
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>oodml leaderboard</title>",
+             f"<style>{_STYLE}</style></head><body>", "<h1>oodml leaderboard</h1>",
+             "<p>Generated by <code>oodml leaderboard build</code> from verified entries only: every number is "
+             "recomputed from the submitted embeddings. Click a column to sort. Intervals are 95% paired bootstrap "
+             "intervals over test classes; entries whose gap to the entry above holds 0 share a rank.</p>"]
+    for board in boards:
+        parts.append(f'<h2 id="{board.anchor}">{html.escape(board.title)}</h2>')
+        if not board.ranked:
+            parts.append(f'<p class="empty">{html.escape(EMPTY)}</p>')
+            continue
+        header, rows = _board_rows(board.ranked)
+        parts.append(f'<table class="board" id="board-{board.anchor}"><thead><tr>' +
+                     "".join(f'<th aria-sort="none">{html.escape(h)}</th>' for h in header) + "</tr></thead><tbody>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f'<td data-value="{html.escape(str(v))}">{html.escape(t)}</td>'
+                                          for t, v in row) + "</tr>")
+        parts.append("</tbody></table>")
+        parts.append(curves_svg(board.ranked))
+        for r in board.ranked:
+            m = r.meta
+            links = " ".join(f'<a href="{html.escape(u)}">{k}</a>' for k, u in (("paper", m["paper"]),
+                                                                                ("code", m["code"])) if u)
+            parts.append(f"<details><summary>{html.escape(m['method'])}</summary><p>{html.escape(m['description'])}"
+                         f"</p><p>authors: {html.escape(', '.join(m['authors']) or '-')} {links}</p>"
+                         f"<p>training data: {html.escape(m['training_data'])}</p><p>adaptations: "
+                         f"{html.escape(', '.join(m['adaptations']) or 'none')}; seeds: "
+                         f"{html.escape(', '.join(_fmt(x) for x in m['seeds'].get('mean_recall@1', [])))}</p>"
+                         f"<p>split digest <code>{m['split_digest'][:16]}</code>, oodml "
+                         f"{html.escape(m['oodml_version'])}, submitted {html.escape(m['date'])}</p></details>")
+    if rejected:
+        parts.append("<h2>Entries that did not verify (not shown)</h2><ul>" + "".join(
+            f"<li><code>{html.escape(v.path.name)}</code>: {html.escape(first_problem(v))}</li>" for v in rejected)
+            + "</ul>")
+    parts.append(f"<script>{_SCRIPT}</script></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def build(root: str | Path = "leaderboard", *, data_root: str | Path | None = None,
+          verifications: Sequence[Verification] | None = None) -> tuple[list[Path], list[Verification]]:
+    """Verify every entry under ``root`` and write ``root/README.md`` and ``root/index.html``.
+
+    Returns the files written and the entries that did not verify (they are listed, never rendered).
+    """
+    root = Path(root)
+    if verifications is None:
+        verifications = [verify(path, data_root=data_root) for path in iter_entries(root)]
+    rejected = [v for v in verifications if not v.ok]
+    boards = collect_boards(root, verifications)
+    written = []
+    for name, text in (("README.md", render_markdown(boards, rejected)), ("index.html", render_html(boards, rejected))):
+        with atomic_path(root / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        written.append(root / name)
+    return written, rejected

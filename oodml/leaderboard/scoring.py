@@ -1,0 +1,243 @@
+"""Re-scoring: every number of an entry is recomputed from its embeddings, never taken from it.
+
+:func:`score` checks the content of a structurally valid submission against the
+published split set and the dataset (each level's test images exactly once,
+finite values, one width; each fine-tuned episode's support and query images
+exactly once) and computes, per level, the retrieval metrics, the per-class
+Recall@1 hit counts the board's paired bootstrap resamples, and the few-shot
+accuracies of the manifest's episodes.  :func:`verify` runs the whole check
+and compares the numbers the entry claims.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import ImageDataset, load_dataset
+from ..embedding import read_embedding_table
+from ..errors import OodmlError
+from ..evaluation import curve_summary, episode_split, nearest_accuracy
+from ..metrics import per_query_metrics
+from ..splits import SplitSet, load
+from .submission import FINETUNED, Submission, parse_file_name, read_submission
+
+RETRIEVAL = ("recall@1", "recall@2", "recall@4", "recall@8", "r_precision", "map@r")
+#: claimed numbers must match the recomputed ones to this absolute difference
+TOLERANCE = 1e-6
+
+
+@dataclass
+class Scores:
+    """Recomputed numbers of one entry.
+
+    Attributes:
+        levels: per level ``{"level", "distance", "recall@1", ..., "map@r"}``.
+        class_hits: level -> (Recall@1 hits per test class, queries per test class), classes
+            in the order of ``Level.test_classes``; the unit the paired bootstrap resamples.
+        fewshot: ``"<k>-shot"`` -> adaptation (``none`` = nearest support image) -> level -> mean
+            accuracy over the episodes.
+    """
+
+    levels: list[dict]
+    class_hits: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    fewshot: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
+
+    def curve(self, metric: str = "recall@1") -> dict:
+        """Mean, AUC on the [0, 1] distance axis, slope and relative drop of ``metric`` over levels."""
+        return curve_summary([lv["distance"] for lv in self.levels], [lv[metric] for lv in self.levels])
+
+    def claims(self) -> dict:
+        """The numbers an entry declares in ``submission.json`` (``claimed``), as recomputed here."""
+        return {"levels": {str(lv["level"]): {m: lv[m] for m in RETRIEVAL} for lv in self.levels},
+                "fewshot": {shots: {a: {str(k): v for k, v in by.items()} for a, by in adaptations.items()}
+                            for shots, adaptations in self.fewshot.items()}}
+
+
+@dataclass
+class Verification:
+    """The outcome of :func:`verify`: problems (one line each; none means verified) and the scores."""
+
+    path: Path
+    submission: Submission | None
+    scores: Scores | None
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.scores is not None
+
+
+def _table(sub: Submission, name: str, width: int) -> tuple[list[str], np.ndarray] | str:
+    """An embedding table of the entry, or the problem with it."""
+    try:
+        ids, values = read_embedding_table(sub.file(name))
+    except OodmlError as exc:
+        return str(exc)
+    if values.shape[1] != width:
+        return f"{sub.file(name)}: embeddings are {values.shape[1]}-d, but embedding_dim is {width}"
+    bad = ~np.isfinite(values).all(1)
+    if bad.any():
+        return f"{sub.file(name)}: {int(bad.sum())} rows hold NaN or inf (first: {ids[int(np.argmax(bad))]!r})"
+    return ids, values
+
+
+def _id_problems(where: Path, ids: list[str], expected: list[str]) -> list[str]:
+    problems = []
+    duplicates = [sid for sid, n in Counter(ids).items() if n > 1]
+    if duplicates:
+        problems.append(f"{where}: {len(duplicates)} duplicate sample ids (first: {duplicates[0]!r})")
+    missing = sorted(set(expected) - set(ids))
+    if missing:
+        problems.append(f"{where}: {len(missing)} expected images missing (first: {missing[0]!r})")
+    extra = sorted(set(ids) - set(expected))
+    if extra:
+        problems.append(f"{where}: {len(extra)} sample ids that do not belong here (first: {extra[0]!r})")
+    return problems
+
+
+def score(sub: Submission, split_set: SplitSet, ds: ImageDataset) -> tuple[Scores | None, list[str]]:
+    """Recompute every number of ``sub`` from its files; return the scores (None on problems) and problems."""
+    meta, width = sub.meta, sub.meta["embedding_dim"]
+    problems: list[str] = []
+    index_of = {sid: i for i, sid in enumerate(ds.sample_ids)}
+    shots_list, episodes = meta["fewshot"].get("shots", []), meta["fewshot"].get("episodes", 0)
+    finetuned = [a for a in meta["adaptations"] if a in FINETUNED]
+    expected_files = {sub.test_file(lv.index) for lv in split_set.levels} | {
+        sub.fewshot_file(lv.index, k, ep.index, a) for lv in split_set.levels for k in shots_list
+        for ep in lv.episodes(k)[:episodes] for a in finetuned}
+    levels, class_hits = [], {}
+    fewshot: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for level in split_set.levels:
+        name = sub.test_file(level.index)
+        if name not in meta["files"]:
+            problems.append(f"{sub.path}: level {level.index} has no {name}")
+            continue
+        table = _table(sub, name, width)
+        if isinstance(table, str):
+            problems.append(table)
+            continue
+        ids, values = table
+        rows = ds.indices_of_classes(level.test_classes)
+        expected = [ds.sample_ids[i] for i in rows]
+        id_problems = _id_problems(sub.file(name), ids, expected)
+        if id_problems:
+            problems += id_problems
+            continue
+        position = {sid: k for k, sid in enumerate(ids)}
+        emb = values[[position[sid] for sid in expected]]
+        labels = ds.labels[rows]
+        per_query = per_query_metrics(emb, labels, map_depth=None)
+        levels.append({"level": level.index, "distance": level.distance,
+                       **{m: float(per_query[m].mean()) for m in RETRIEVAL}})
+        class_pos = {ds.class_index[c]: k for k, c in enumerate(level.test_classes)}
+        query_class = np.array([class_pos[int(y)] for y in labels[per_query["query"]]])
+        n = len(level.test_classes)
+        class_hits[level.index] = (np.bincount(query_class, weights=per_query["recall@1"], minlength=n),
+                                   np.bincount(query_class, minlength=n).astype(np.float64))
+        row_of = {int(i): k for k, i in enumerate(rows)}
+        for shots in shots_list:
+            for ep in level.episodes(shots)[:episodes]:
+                support, support_labels, query, query_labels = episode_split(ds, ep, index_of)
+                emb_s, emb_q = emb[[row_of[int(i)] for i in support]], emb[[row_of[int(i)] for i in query]]
+                accuracies = {"none": nearest_accuracy(emb_q, query_labels, emb_s, support_labels, prototypes=False)}
+                if "prototypes" in meta["adaptations"]:
+                    accuracies["prototypes"] = nearest_accuracy(emb_q, query_labels, emb_s, support_labels,
+                                                                prototypes=True)
+                for adaptation in finetuned:
+                    file = sub.fewshot_file(level.index, shots, ep.index, adaptation)
+                    if file not in meta["files"]:
+                        problems.append(f"{sub.path}: {adaptation} is declared but {file} is missing")
+                        continue
+                    table = _table(sub, file, width)
+                    if isinstance(table, str):
+                        problems.append(table)
+                        continue
+                    ep_ids, ep_values = table
+                    wanted = [ds.sample_ids[i] for i in np.concatenate([support, query])]
+                    id_problems = _id_problems(sub.file(file), ep_ids, wanted)
+                    if id_problems:
+                        problems += id_problems
+                        continue
+                    at = {sid: k for k, sid in enumerate(ep_ids)}
+                    adapted_s = ep_values[[at[ds.sample_ids[i]] for i in support]]
+                    adapted_q = ep_values[[at[ds.sample_ids[i]] for i in query]]
+                    accuracies[adaptation] = nearest_accuracy(adapted_q, query_labels, adapted_s, support_labels,
+                                                              prototypes=True)
+                for adaptation, value in accuracies.items():
+                    fewshot.setdefault(f"{shots}-shot", {}).setdefault(adaptation, {}).setdefault(
+                        level.index, []).append(value)
+    for name in sorted(set(meta["files"]) - expected_files):
+        key = parse_file_name(name)
+        problems.append(f"{sub.file(name)}: not part of this entry's protocol (level {key[1]} "
+                        f"{'test set' if key[0] == 'test' else 'episode'} beyond what the split set and "
+                        "submission.json declare)")
+    if problems:
+        return None, problems
+    means = {shots: {a: {lv: float(np.mean(v)) for lv, v in by.items()} for a, by in adaptations.items()}
+             for shots, adaptations in fewshot.items()}
+    return Scores(levels, class_hits, means), []
+
+
+def _compare_claims(sub: Submission, scores: Scores) -> list[str]:
+    """Problems where a claimed number differs from the recomputed one, or names nothing recomputed."""
+    problems, actual = [], scores.claims()
+
+    def walk(claimed: object, real: object, path: tuple[str, ...]) -> None:
+        if isinstance(claimed, dict):
+            if not isinstance(real, dict):
+                problems.append(f"{sub.path}: claims {'/'.join(path)}, which oodml does not compute")
+                return
+            for key, value in claimed.items():
+                if key not in real:
+                    problems.append(f"{sub.path}: claims {'/'.join((*path, key))}, which oodml does not compute")
+                else:
+                    walk(value, real[key], (*path, key))
+        elif not isinstance(claimed, (int, float)) or isinstance(claimed, bool) or \
+                not abs(float(claimed) - float(real)) <= TOLERANCE:
+            problems.append(f"{sub.path}: claims {'/'.join(path)} = {claimed!r}, but its embeddings give "
+                            f"{float(real):.6f}")
+
+    walk(sub.meta["claimed"], actual, ())
+    return problems
+
+
+def verify(path: str | Path, *, data_root: str | Path | None = None,
+           dataset: ImageDataset | None = None) -> Verification:
+    """Verify one entry folder end to end: structure, split digest, content, recomputed numbers, claims.
+
+    ``dataset`` (or ``data_root`` for a dataset that needs one) supplies the
+    images' ids and labels; the split set is the published one the entry names.
+    """
+    path = Path(path)
+    sub, problems = read_submission(path)
+    if sub is None:
+        return Verification(path, None, None, problems)
+    meta = sub.meta
+    try:
+        split_set = load(meta["dataset"], meta["split_version"])
+    except OodmlError as exc:
+        return Verification(path, sub, None, [f"{path}: {exc}"])
+    if split_set.digest != meta["split_digest"]:
+        return Verification(path, sub, None, [
+            f"{path}: split digest {meta['split_digest'][:12]} is not that of the published "
+            f"{meta['dataset']}@{meta['split_version']} ({split_set.digest[:12]}); re-evaluate on the published "
+            "split set"])
+    try:
+        ds = dataset if dataset is not None else load_dataset(meta["dataset"], root=data_root)
+        split_set.check_dataset(ds.fingerprint, ds.root)
+    except OodmlError as exc:
+        return Verification(path, sub, None, [f"{path}: cannot verify without the dataset: {exc}"])
+    scores, problems = score(sub, split_set, ds)
+    if scores is None:
+        return Verification(path, sub, None, problems)
+    return Verification(path, sub, scores, _compare_claims(sub, scores))
+
+
+def iter_entries(root: str | Path) -> list[Path]:
+    """Every entry folder under ``root/submissions/<dataset>/<version>/``, sorted."""
+    base = Path(root) / "submissions"
+    return sorted(p for p in base.glob("*/*/*") if p.is_dir()) if base.is_dir() else []

@@ -1,0 +1,119 @@
+"""Package evaluation runs (``oodml evaluate --save-embeddings``) as a leaderboard entry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from .._fs import atomic_path
+from ..datasets import load_dataset
+from ..embedding import write_embedding_table
+from ..errors import OodmlError
+from ..evaluation import Results, read_saved_embeddings
+from ..splits import load
+from .scoring import score
+from .submission import ADAPTATIONS, FINETUNED, NAME_RE, SCHEMA_VERSION, Submission, file_record
+
+
+def entry_path(root: str | Path, dataset: str, version: str, name: str) -> Path:
+    return Path(root) / "submissions" / dataset / version / name
+
+
+def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None = None, description: str = "",
+           authors: Sequence[str] = (), paper: str | None = None, code: str | None = None,
+           training_data: str = "", baseline: bool = False, adaptations: Sequence[str] | None = None,
+           episodes: int | None = None, root: str | Path = "leaderboard", data_root: str | Path | None = None,
+           replace: bool = False) -> Path:
+    """Write ``root/submissions/<dataset>/<version>/<name>/`` from one or more evaluation runs.
+
+    The first run is the one submitted (its embeddings, as float16); the others
+    (other seeds of the same method) only contribute the spread of mean Recall@1
+    recorded under ``seeds``.  The claimed numbers are computed from the float16
+    files exactly as ``verify`` will recompute them.
+
+    Args:
+        results_dirs: output folders of ``oodml evaluate --save-embeddings``.
+        adaptations: few-shot adaptations to include (default: those evaluated; fine-tuned ones need
+            their saved episode embeddings).
+        episodes: how many of the manifest's episodes per shot are scored (default: as evaluated).
+        replace: overwrite an existing entry of the same name.
+
+    Returns:
+        The entry folder.
+    """
+    if not NAME_RE.fullmatch(name):
+        raise OodmlError(f"entry name {name!r}: use letters, digits, '.', '_', '+' or '-' (at most 64)")
+    if not results_dirs:
+        raise OodmlError("give at least one results folder")
+    runs = []
+    for folder in map(Path, results_dirs):
+        if not (folder / "results.parquet").exists():
+            raise OodmlError(f"{folder} holds no results.parquet; run `oodml evaluate ... --out {folder}` first")
+        runs.append(Results.from_parquet(folder / "results.parquet"))
+    first = runs[0]
+    for folder, run in zip(results_dirs[1:], runs[1:], strict=True):
+        if (run.meta["split_digest"], run.meta["protocol"]) != (first.meta["split_digest"], first.meta["protocol"]):
+            raise OodmlError(f"{folder} was evaluated on another split set or protocol than {results_dirs[0]}")
+    saved = read_saved_embeddings(results_dirs[0])
+    if not any(key[0] == "test" for key in saved):
+        raise OodmlError(f"{results_dirs[0]} holds no embeddings; rerun `oodml evaluate` with --save-embeddings")
+    dataset, digest = first.meta["dataset"], first.meta["split_digest"]
+    split_set = load(dataset, first.meta["splits"].split("@", 1)[1])
+    if split_set.digest != digest:
+        raise OodmlError(f"{results_dirs[0]} was evaluated on split digest {digest[:12]}, not on the published "
+                         f"{dataset}@{split_set.version} ({split_set.digest[:12]}); re-evaluate")
+    evaluated = first.meta.get("adapt") or []
+    chosen = list(evaluated if adaptations is None else adaptations)
+    unknown = [a for a in chosen if a not in ADAPTATIONS or a not in evaluated]
+    if unknown:
+        raise OodmlError(f"adaptation {unknown[0]!r} was not evaluated in {results_dirs[0]} "
+                         f"(evaluated: {', '.join(evaluated) or 'none'})")
+    shots = list(first.meta.get("fewshot") or []) if chosen else []
+    n_episodes = episodes if episodes is not None else first.meta.get("episodes") or (
+        len(split_set.levels[0].episodes(shots[0])) if shots else 0)
+
+    files: dict[str, np.ndarray | tuple] = {}
+    for key, (ids, values) in saved.items():
+        if key[0] == "test" or (key[4] in chosen and key[4] in FINETUNED and key[2] in shots
+                                and key[3] < n_episodes):
+            files[key] = (ids, values)
+    widths = {values.shape[1] for _, values in files.values()}
+    if len(widths) != 1:
+        raise OodmlError(f"{results_dirs[0]}: embeddings of different widths {sorted(widths)}")
+    out = entry_path(root, dataset, split_set.version, name)
+    if out.exists() and not replace:
+        raise OodmlError(f"{out} exists; choose another --name or pass --replace")
+    level_digests = {str(r["level"]): r["model_digest"] for r in first.rows}
+    means = [run.summary()["metrics"]["recall@1"]["mean"] for run in runs]
+    meta = {
+        "schema_version": SCHEMA_VERSION, "entry": name, "method": method or name, "description": description,
+        "authors": list(authors), "paper": paper, "code": code, "protocol": first.meta["protocol"],
+        "adaptations": chosen, "fewshot": {"shots": shots, "episodes": n_episodes},
+        "training_data": training_data, "baseline": baseline, "dataset": dataset,
+        "split_version": split_set.version, "split_digest": digest, "model_digests": level_digests,
+        "embedding_dim": widths.pop(), "oodml_version": __version__,
+        "date": dt.datetime.now(dt.timezone.utc).date().isoformat(),
+        "seeds": {"runs": [Path(d).name for d in results_dirs], "submitted": Path(results_dirs[0]).name,
+                  "mean_recall@1": means, "sd_mean_recall@1": float(np.std(means, ddof=1)) if len(means) > 1
+                  else None},
+        "claimed": {}, "files": {},
+    }
+    ds = load_dataset(dataset, root=data_root)
+    with atomic_path(out) as tmp:
+        (tmp / "embeddings").mkdir(parents=True)
+        for key, (ids, values) in files.items():
+            sub_name = Submission(tmp, meta).test_file(key[1]) if key[0] == "test" else \
+                Submission(tmp, meta).fewshot_file(*key[1:])
+            write_embedding_table(tmp / sub_name, ids, values, dtype=np.float16)
+            meta["files"][sub_name] = file_record(tmp / sub_name)
+        scores, problems = score(Submission(tmp, meta), split_set, ds)
+        if scores is None:
+            raise OodmlError(f"the results cannot make a valid entry: {problems[0]}")
+        meta["claimed"] = scores.claims()
+        (tmp / "submission.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return out

@@ -1,0 +1,188 @@
+"""Leaderboard: submit, verify and build end to end; every kind of tampering fails verification."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oodml.cli import main
+from oodml.embedding import read_embedding_table, write_embedding_table
+from oodml.evaluation import evaluate
+from oodml.leaderboard import build, iter_entries, rank_entries, read_submission, submit, verify
+from oodml.leaderboard.submission import file_record
+from oodml.models import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def entry(glyphs, tmp_path_factory):
+    """A small real entry: an untrained 8-d glyph-cnn, zero-shot, 2-shot prototypes and finetune-last."""
+    base = tmp_path_factory.mktemp("board")
+    results = evaluate(load_model("glyph-cnn", embed_dim=8, seed=1), glyphs, "v1", fewshot=(2,), episodes=1,
+                       adapt=["prototypes", "finetune-last"], adapt_iterations=2, clustering=False, device="cpu",
+                       save_embeddings=True)
+    results.save(base / "results")
+    path = submit([base / "results"], name="tiny", description="untrained 8-d CNN", authors=["tests"],
+                  training_data="none", root=base / "leaderboard")
+    return path
+
+
+def copy_of(entry: Path, tmp_path: Path, name: str = "tiny") -> Path:
+    dest = tmp_path / "leaderboard" / "submissions" / "glyphs" / "v1" / name
+    shutil.copytree(entry, dest)
+    if name != "tiny":
+        edit_json(dest, entry=name, method=name)
+    return dest
+
+
+def edit_json(path: Path, **changes) -> None:
+    spec = path / "submission.json"
+    meta = json.loads(spec.read_text())
+    meta.update(changes)
+    spec.write_text(json.dumps(meta))
+
+
+def rewrite(path: Path, name: str, ids, values) -> None:
+    """Replace one embedding file and fix its recorded hash, as a careful cheat would."""
+    write_embedding_table(path / name, ids, values, dtype=np.float16)
+    meta = json.loads((path / "submission.json").read_text())
+    meta["files"][name] = file_record(path / name)
+    (path / "submission.json").write_text(json.dumps(meta))
+
+
+def test_submit_verify_build_end_to_end(entry, tmp_path, capsys):
+    result = verify(entry)
+    assert result.ok, result.problems
+    meta = result.submission.meta
+    assert meta["adaptations"] == ["prototypes", "finetune-last"] and meta["embedding_dim"] == 8
+    assert set(result.scores.fewshot["2-shot"]) == {"none", "prototypes", "finetune-last"}
+    assert len(result.scores.levels) == 8 and meta["claimed"] == result.scores.claims()
+    assert main(["leaderboard", "verify", str(entry)]) == 0
+    root = entry.parents[3]
+    assert main(["leaderboard", "build", "--root", str(root)]) == 0
+    readme = (root / "README.md").read_text()
+    assert "| 1 | tiny |" in readme and "## cars196 @ oodml-v1" in readme and "No entry yet" in readme
+    page = (root / "index.html").read_text()
+    assert page.count("<polyline") == 1 and "board-glyphs-v1-zero-shot" in page
+
+
+@pytest.mark.parametrize(("tamper", "message"), [
+    (lambda p: edit_json(p, claimed={"levels": {"3": {"recall@1": 0.99}}}),
+     r"claims levels/3/recall@1 = 0.99, but its embeddings give"),
+    (lambda p: edit_json(p, claimed={"levels": {"3": {"nmi": 0.5}}}), "claims levels/3/nmi, which oodml does not"),
+    (lambda p: edit_json(p, split_digest="0" * 64), "is not that of the published glyphs@v1"),
+    (lambda p: edit_json(p, schema_version=2), "schema version 2 is newer than this oodml reads"),
+    (lambda p: edit_json(p, protocol="transductive"), "protocol 'transductive' is not one of"),
+    (lambda p: edit_json(p, entry="other"), "declares glyphs/v1/other but lives in glyphs/v1/tiny"),
+    (lambda p: edit_json(p, embedding_dim="8"), "field 'embedding_dim' must be int"),
+    (lambda p: (p / "embeddings" / "level2.parquet").write_bytes(b"junk"), "does not match the sha256"),
+    (lambda p: (p / "notes.txt").write_text("hi"), "notes.txt: not listed in submission.json"),
+    (lambda p: edit_json(p, files={**json.loads((p / "submission.json").read_text())["files"],
+                                   "../../escape.parquet": {"sha256": "0", "bytes": 1}}),
+     "file name '../../escape.parquet' is not allowed"),
+])
+def test_tampered_metadata_fails(entry, tmp_path, tamper, message):
+    path = copy_of(entry, tmp_path)
+    tamper(path)
+    result = verify(path)
+    assert not result.ok
+    assert any(__import__("re").search(message, p) for p in result.problems), result.problems
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda ids, v: (ids[1:], v[1:]), "1 expected images missing"),
+    (lambda ids, v: (ids + ids[:1], np.vstack([v, v[:1]])), "1 duplicate sample ids"),
+    (lambda ids, v: (ids + ["U+0041/evil.png"], np.vstack([v, v[:1]])), "1 sample ids that do not belong here"),
+    (lambda ids, v: (ids, np.where(np.arange(len(v))[:, None] == 5, np.nan, v)), "1 rows hold NaN or inf"),
+    (lambda ids, v: (ids, v[:, :4]), "embeddings are 4-d, but embedding_dim is 8"),
+])
+def test_tampered_embeddings_fail(entry, tmp_path, edit, message):
+    path = copy_of(entry, tmp_path)
+    ids, values = read_embedding_table(path / "embeddings" / "level3.parquet")
+    rewrite(path, "embeddings/level3.parquet", *edit(ids, values))
+    result = verify(path)
+    assert not result.ok and any(message in p for p in result.problems), result.problems
+
+
+def test_better_embeddings_without_new_claims_are_caught(entry, tmp_path, glyphs):
+    """Swapping in better embeddings (a perfect oracle) contradicts the claimed numbers."""
+    path = copy_of(entry, tmp_path)
+    ids, _ = read_embedding_table(path / "embeddings" / "level4.parquet")
+    labels = glyphs.labels[[glyphs.sample_ids.index(s) for s in ids]]
+    oracle = np.eye(8)[labels % 8] + 0.01 * np.eye(8)[(labels // 8) % 8]
+    rewrite(path, "embeddings/level4.parquet", ids, oracle)
+    assert any("claims levels/4/recall@1" in p for p in verify(path).problems)
+
+
+def test_links_and_oversized_files_are_refused(entry, tmp_path, monkeypatch):
+    import oodml.leaderboard.submission as submission
+
+    path = copy_of(entry, tmp_path)
+    target = path / "embeddings" / "level2.parquet"
+    moved = tmp_path / "elsewhere.parquet"
+    target.rename(moved)
+    target.symlink_to(moved)
+    assert any("a link; submissions hold regular files only" in p for p in read_submission(path)[1])
+    monkeypatch.setattr(submission, "MAX_FILE_BYTES", 1000)
+    assert any("more than the 1000 allowed per file" in p for p in read_submission(copy_of(entry, tmp_path, "b"))[1])
+
+
+def test_build_renders_only_verified_entries(entry, tmp_path, capsys):
+    good = copy_of(entry, tmp_path, "good")
+    bad = copy_of(entry, tmp_path, "bad")
+    edit_json(bad, claimed={"levels": {"1": {"recall@1": 1.0}}})
+    root = tmp_path / "leaderboard"
+    assert [p.name for p in iter_entries(root)] == ["bad", "good"]
+    assert main(["leaderboard", "build", "--root", str(root)]) == 2
+    readme = (root / "README.md").read_text()
+    assert "| 1 | good |" in readme and "| bad |" not in readme
+    assert "- `bad`: " in readme and "did not verify" in capsys.readouterr().err
+    assert good.exists()
+    assert main(["leaderboard", "verify", "--root", str(root)]) == 2
+    out = capsys.readouterr().out
+    assert "ok      " in out and "FAILED  " in out and "claims levels/1/recall@1 = 1.0" in out
+
+
+def test_identical_entries_tie_and_a_clearly_better_one_ranks_alone(entry, tmp_path, glyphs):
+    a, b = verify(copy_of(entry, tmp_path, "a")), verify(copy_of(entry, tmp_path, "b"))
+    better = verify(copy_of(entry, tmp_path, "c"))
+    for hits, counts in better.scores.class_hits.values():
+        hits[:] = counts                      # every query right: far above the others
+    for level in better.scores.levels:
+        level["recall@1"] = 1.0
+    ranked = rank_entries([a, b, better])
+    assert [r.meta["entry"] for r in ranked] == ["c", "a", "b"]
+    assert [r.rank for r in ranked] == [1, 2, 2]         # a and b are the same model: a tie
+    assert ranked[1].gap_ci[0] > 0 and ranked[2].gap_ci == (0.0, 0.0)
+
+
+def test_submit_refuses_results_without_embeddings(glyphs, tmp_path):
+    from oodml import OodmlError
+
+    results = evaluate(load_model("glyph-cnn", embed_dim=8), glyphs, "v1", levels=[1], clustering=False,
+                       device="cpu")
+    results.save(tmp_path / "r")
+    with pytest.raises(OodmlError, match="holds no embeddings; rerun `oodml evaluate` with --save-embeddings"):
+        submit([tmp_path / "r"], name="x", root=tmp_path / "lb")
+    with pytest.raises(OodmlError, match="entry name '../x'"):
+        submit([tmp_path / "r"], name="../x", root=tmp_path / "lb")
+
+
+def test_committed_entries_verify_and_the_committed_board_is_current(glyphs, tmp_path):
+    """CI re-scores every committed entry, and the committed board is exactly what they produce."""
+    root = REPO / "leaderboard"
+    entries = iter_entries(root)
+    assert entries, "the glyphs baselines should be committed under leaderboard/submissions/"
+    results = [verify(path, dataset=glyphs) for path in entries]
+    assert [str(r.path) for r in results if not r.ok] == []
+    shutil.copytree(root, tmp_path / "board", ignore=shutil.ignore_patterns("submissions"))
+    (tmp_path / "board" / "submissions").symlink_to(root / "submissions")
+    build(tmp_path / "board", verifications=results)
+    for name in ("README.md", "index.html"):
+        assert (tmp_path / "board" / name).read_text() == (root / name).read_text(), \
+            f"leaderboard/{name} is stale: run `oodml leaderboard build`"
+    sizes = sum(f.stat().st_size for f in (root / "submissions" / "glyphs").rglob("*") if f.is_file())
+    assert sizes < 30e6
