@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,16 @@ $(DEMO_RUN)/level8.pt: $(STAMP)
 	$(BIN)/oodml train --dataset glyphs --splits v1 --level all --loss multi-similarity \
 		--iterations 100 --out $(DEMO_RUN)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The leaderboard page is tested in a real headless browser: install Debian's chromium when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		echo "installing chromium for the leaderboard browser test"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+		( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium ) \
+			>/dev/null 2>&1 || echo "warning: could not install chromium; the browser test will be skipped"; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check oodml tests tools

@@ -132,8 +132,15 @@ def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preproce
         batch = batch.to(dev, non_blocking=True)
         if dev.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
-            result = model(batch)
+        try:
+            with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+                result = model(batch)
+        except torch.cuda.OutOfMemoryError:
+            raise OodmlError(f"out of GPU memory embedding a batch of {batch.shape[0]} images; lower "
+                             "--batch-size") from None
+        except Exception as exc:  # a foreign model can fail in any way: one line, no traceback
+            raise OodmlError(f"the model raised {type(exc).__name__} on a batch of shape {tuple(batch.shape)}: "
+                             f"{_model_error(exc)}") from None
         if not isinstance(result, torch.Tensor) or result.ndim != 2 or result.shape[0] != batch.shape[0]:
             shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
             raise OodmlError(f"the model returned {shape} for a batch of {batch.shape[0]} images; expected "
@@ -150,6 +157,14 @@ def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preproce
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _model_error(exc: BaseException) -> str:
+    """The informative line of a model's exception (for TorchScript, the last line: the original error)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return "(no message)"
+    return lines[-1] if "TorchScript" in lines[0] else lines[0]
 
 
 # --- cached embeddings, written in shards so that an interrupted run resumes ---------------------

@@ -30,3 +30,20 @@ def glyphs():
     from oodml.datasets import load_dataset
 
     return load_dataset("glyphs")
+
+
+@pytest.fixture(scope="session")
+def leaderboard_entry(glyphs, tmp_path_factory):
+    """A small real leaderboard entry: an untrained 8-d glyph-cnn on glyphs@v1, zero-shot, with 2-shot
+    prototypes and finetune-last (one episode); returns its folder."""
+    from oodml.evaluation import evaluate
+    from oodml.leaderboard import submit
+    from oodml.models import load_model
+
+    base = tmp_path_factory.mktemp("board")
+    results = evaluate(load_model("glyph-cnn", embed_dim=8, seed=1), glyphs, "v1", fewshot=(2,), episodes=1,
+                       adapt=["prototypes", "finetune-last"], adapt_iterations=2, clustering=False, device="cpu",
+                       save_embeddings=True)
+    results.save(base / "results")
+    return submit([base / "results"], name="tiny", description="untrained 8-d CNN", authors=["tests"],
+                  training_data="none", root=base / "leaderboard")

@@ -111,6 +111,27 @@ def test_a_model_returning_nan_is_refused(glyphs, split_set, tmp_path):
         evaluate(loaded, glyphs, split_set, levels=[1], device="cpu", use_cache=False)
 
 
+class _RaisesOnBigBatches(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            raise RuntimeError("boom: this model only takes one image at a time")
+        return x.flatten(1)[:, :8]
+
+
+@pytest.mark.parametrize("shape_model", [False, True])
+def test_a_torchscript_model_that_raises_or_returns_a_wrong_shape(glyphs, tmp_path, capsys, shape_model):
+    scripted = torch.jit.script(_RaisesOnBigBatches() if not shape_model else torch.nn.Flatten(0))
+    prep = json.dumps(create_model("glyph-cnn").preprocessing.as_dict())
+    scripted.save(str(tmp_path / "model.pt"), _extra_files={"preprocessing.json": prep})
+    code = main(["-q", "evaluate", str(tmp_path / "model.pt"), "--dataset", "glyphs", "--levels", "1",
+                 "--no-clustering", "--device", "cpu", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    expected = r"returned \(393216,\) for a batch of 128 images" if shape_model else \
+        "the model raised .*Error on a batch of shape \\(128, 3, 32, 32\\): .*boom: this model only takes one image"
+    assert __import__("re").search(expected, err), err
+
+
 def test_killed_run_resumes_from_its_cache(glyphs, split_set, tmp_path):
     env = {**os.environ, "OODML_QUIET": "1"}
     model_path = tmp_path / "m.pt"

@@ -16,6 +16,8 @@ from oodml.splits.oodml_import import read_oodml_pickle
 
 SPLITS = Path(__file__).resolve().parents[1] / "splits" / "glyphs" / "v1"
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# verifying an entry rescores all its levels: fewer examples keep the suite's budget
+FUZZ_ENTRY = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @FUZZ
@@ -63,3 +65,74 @@ def test_random_bytes_as_a_model_file(tmp_path_factory, data, suffix):
     path.write_bytes(data)
     with pytest.raises(OodmlError):
         load_model(path)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                max_size=4), max_leaves=12)
+
+
+@FUZZ
+@given(field=st.sampled_from(["schema_version", "entry", "protocol", "adaptations", "fewshot", "embedding_dim",
+                              "files", "claimed", "seeds", "split_digest", "model_digests", "authors", "extra"]),
+       value=JSON)
+def test_submission_json_with_junk_fields(leaderboard_entry, tmp_path_factory, field, value):
+    """Any value in any field gives problems or a valid entry, never an exception; unsafe file names never load."""
+    import json
+
+    from oodml.leaderboard import read_submission, verify
+
+    copy = tmp_path_factory.mktemp("entry") / "submissions" / "glyphs" / "v1" / "tiny"
+    shutil.copytree(leaderboard_entry, copy)
+    meta = json.loads((copy / "submission.json").read_text())
+    meta[field] = value
+    (copy / "submission.json").write_text(json.dumps(meta))
+    sub, problems = read_submission(copy)
+    assert (sub is None) == bool(problems)
+    if field in ("claimed", "seeds") and isinstance(value, dict):
+        verify(copy)                                  # content checks run; only claims can disagree
+
+
+@FUZZ_ENTRY
+@given(data=st.binary(max_size=4096), keep=st.integers(0, 20000),
+       name=st.sampled_from(["submission.json", "embeddings/level1.parquet"]))
+def test_submission_files_replaced_by_junk_or_truncated(leaderboard_entry, tmp_path_factory, data, keep, name):
+    import json
+
+    from oodml.leaderboard import verify
+    from oodml.leaderboard.submission import file_record
+
+    copy = tmp_path_factory.mktemp("entry") / "submissions" / "glyphs" / "v1" / "tiny"
+    shutil.copytree(leaderboard_entry, copy)
+    original = (copy / name).read_bytes()
+    (copy / name).write_bytes(original[:keep] + data)
+    if name != "submission.json":                     # a cheat who also fixes the hash
+        meta = json.loads((copy / "submission.json").read_text())
+        meta["files"][name] = file_record(copy / name)
+        (copy / "submission.json").write_text(json.dumps(meta))
+    if (copy / name).read_bytes() == original:
+        return
+    result = verify(copy)
+    assert not result.ok and all(isinstance(p, str) and "\n" not in p for p in result.problems)
+
+
+@FUZZ_ENTRY
+@given(ids=st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=20))
+def test_hostile_sample_ids_are_named_never_opened(leaderboard_entry, tmp_path_factory, ids):
+    """Sample ids like ../../etc/passwd are compared as strings only."""
+    import json
+
+    import numpy as np
+
+    from oodml.embedding import write_embedding_table
+    from oodml.leaderboard import verify
+    from oodml.leaderboard.submission import file_record
+
+    copy = tmp_path_factory.mktemp("entry") / "submissions" / "glyphs" / "v1" / "tiny"
+    shutil.copytree(leaderboard_entry, copy)
+    write_embedding_table(copy / "embeddings" / "level2.parquet", ids, np.zeros((len(ids), 8)), dtype=np.float16)
+    meta = json.loads((copy / "submission.json").read_text())
+    meta["files"]["embeddings/level2.parquet"] = file_record(copy / "embeddings" / "level2.parquet")
+    (copy / "submission.json").write_text(json.dumps(meta))
+    problems = verify(copy).problems
+    assert any("expected images missing" in p for p in problems)
