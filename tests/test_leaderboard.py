@@ -87,7 +87,7 @@ def test_tampered_metadata_fails(entry, tmp_path, tamper, message):
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda ids, v: (ids[1:], v[1:]), "1 expected images missing"),
     (lambda ids, v: (ids + ids[:1], np.vstack([v, v[:1]])), "1 duplicate sample ids"),
-    (lambda ids, v: (ids + ["U+0041/evil.png"], np.vstack([v, v[:1]])), "1 sample ids that do not belong here"),
+    (lambda ids, v: (ids + ["../../etc/passwd"], np.vstack([v, v[:1]])), "1 sample ids that do not belong here"),
     (lambda ids, v: (ids, np.where(np.arange(len(v))[:, None] == 5, np.nan, v)), "1 rows hold NaN or inf"),
     (lambda ids, v: (ids, v[:, :4]), "embeddings are 4-d, but embedding_dim is 8"),
 ])

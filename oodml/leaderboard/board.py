@@ -206,7 +206,7 @@ class Board:
 EMPTY = "No entry yet: this board fills when the first submission verifies (see How to submit)."
 
 
-def collect_boards(root: str | Path, verifications: Sequence[Verification]) -> list[Board]:
+def collect_boards(verifications: Sequence[Verification]) -> list[Board]:
     """One board per published split set and protocol (an empty one where no entry exists)."""
     boards = []
     for dataset, version, _ in sorted(set(iter_published())):
@@ -341,7 +341,7 @@ def build(root: str | Path = "leaderboard", *, data_root: str | Path | None = No
     if verifications is None:
         verifications = [verify(path, data_root=data_root) for path in iter_entries(root)]
     rejected = [v for v in verifications if not v.ok]
-    boards = collect_boards(root, verifications)
+    boards = collect_boards(verifications)
     written = []
     for name, text in (("README.md", render_markdown(boards, rejected)), ("index.html", render_html(boards, rejected))):
         with atomic_path(root / name) as tmp:

@@ -77,7 +77,7 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
     n_episodes = episodes if episodes is not None else first.meta.get("episodes") or (
         len(split_set.levels[0].episodes(shots[0])) if shots else 0)
 
-    files: dict[str, np.ndarray | tuple] = {}
+    files: dict[tuple, tuple[list[str], np.ndarray]] = {}
     for key, (ids, values) in saved.items():
         if key[0] == "test" or (key[4] in chosen and key[4] in FINETUNED and key[2] in shots
                                 and key[3] < n_episodes):
