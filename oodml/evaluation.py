@@ -326,7 +326,7 @@ def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int 
 
         emb_s, emb_q = stack(ctx.embeddings, support), stack(ctx.embeddings, query)
         common = {**base, "shots": shots, "episode": ep.index}
-        before = retrieval_metrics(emb_q, query_labels, ks=(1,), clustering=False)
+        before = retrieval_metrics(emb_q, query_labels, ks=(1,), clustering=False, map_depth=None)
         rows.append({**common, "adaptation": "none", "metric": "accuracy",
                      "value": nearest_accuracy(emb_q, query_labels, emb_s, support_labels, prototypes=False)})
         rows += [{**common, "adaptation": "none", "metric": m, "value": before[m]} for m in ("recall@1", "map@r")]
@@ -345,7 +345,7 @@ def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int 
                                            iterations=ctx.iterations, seed=seed, device=ctx.device,
                                            batch_size=ctx.batch_size)
                 adapted_s, adapted_q = adapted[:len(support)], adapted[len(support):]
-                after = retrieval_metrics(adapted_q, query_labels, ks=(1,), clustering=False)
+                after = retrieval_metrics(adapted_q, query_labels, ks=(1,), clustering=False, map_depth=None)
                 rows += [{**common, "adaptation": adapt, "metric": m, "value": after[m]} for m in ("recall@1", "map@r")]
                 if ctx.saved is not None:
                     ctx.saved[(level.index, shots, ep.index, adapt)] = ([ds.sample_ids[i] for i in both], adapted)
