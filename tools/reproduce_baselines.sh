@@ -15,8 +15,8 @@
 #   Adam 1e-3, selection on the level's val classes every 150 iterations;
 #   SEC weight eta = 1.0, the official SEC implementation's default;
 #   few-shot (2 and 5 shots): prototypes on all 10 episodes of the manifest,
-#   finetune-last (1000 / 1500 iterations, the ooDML protocol) on the first 2,
-#   finetune-all (100 iterations) on the first 1 and for seed 0 only (adapting
+#   finetune-last (1000 / 1500 iterations, the ooDML protocol) on the first
+#   episode, finetune-all (100 iterations) on it for seed 0 only (adapting
 #   every weight costs ~5 s per episode on 2 cores).
 # Outputs: build/baselines/ (checkpoints, evaluation results), the entries in
 # leaderboard/submissions/glyphs/v1/, the board, and docs/baselines-glyphs.md.
@@ -55,8 +55,8 @@ evaluate_one() {  # NAME SEED [--sec ETA]
     # zero-shot retrieval and prototypes on all 10 episodes (cheap; these embeddings are the entry)
     "$OODML" -q evaluate "$run/level{level}.pt" "${common[@]}" --adapt prototypes --save-embeddings \
         --label "$name" --out "$results/seed$seed" > "$log"
-    # the ooDML fine-tuning of the embedding head (1000 / 1500 iterations) on the first 2 episodes
-    "$OODML" -q evaluate "$run/level{level}.pt" "${common[@]}" --adapt finetune-last --episodes 2 \
+    # the ooDML fine-tuning of the embedding head (1000 / 1500 iterations) on the first episode
+    "$OODML" -q evaluate "$run/level{level}.pt" "${common[@]}" --adapt finetune-last --episodes 1 \
         --label "$name" --out "$results/seed$seed-finetune-last" >> "$log"
     if [ "$seed" = 0 ]; then  # adapting every weight: seed 0, 1 episode, 100 iterations
         "$OODML" -q evaluate "$run/level{level}.pt" "${common[@]}" --adapt finetune-all --episodes 1 \
