@@ -49,6 +49,29 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_stale_temporaries(directory: Path, older_than_s: float = 6 * 3600) -> int:
+    """Delete what killed writers left behind: :func:`atomic_path` temporaries (``.<name>.*.tmp``)
+    in ``directory`` untouched for ``older_than_s`` seconds (a live writer touches its own far sooner).
+
+    Returns how many were removed.
+    """
+    import time
+
+    removed = 0
+    for tmp in directory.glob(".*.tmp") if directory.is_dir() else []:
+        try:
+            if time.time() - tmp.stat().st_mtime <= older_than_s:
+                continue
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed += 1
+        except OSError:  # another process removed it first
+            continue
+    return removed
+
+
 def safe_relative(rel: str, *, source: str) -> str:
     """Check that an annotation's relative path stays inside its root.
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 from torchvision import transforms as T
 
-from ._fs import atomic_path, oodml_home
+from ._fs import atomic_path, oodml_home, remove_stale_temporaries
 from .datasets import ImageDataset
 from .distributed import barrier, local_device_index, rank_world
 from .errors import OodmlError
@@ -251,6 +251,8 @@ def embed_cached(dataset: ImageDataset, model: torch.nn.Module, preprocessing: P
     if not use_cache and world == 1:
         return embed(dataset, model, preprocessing, indices=indices, **embed_options)
     directory = embedding_cache_dir(dataset, model_digest, preprocessing)
+    if rank == 0:
+        remove_stale_temporaries(directory)
     cached = read_shards(directory)
     barrier()  # everyone has seen the same cache before anyone adds to it
     missing = [i for i in dict.fromkeys(indices) if dataset.sample_ids[i] not in cached]

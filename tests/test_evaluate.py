@@ -150,7 +150,12 @@ def test_killed_run_resumes_from_its_cache(glyphs, split_set, tmp_path):
     done_before = len(list(cache.glob("shard-*.parquet")))
     assert 2 <= done_before < 5280 / 256
     assert not (tmp_path / "out" / "results.parquet").exists()
+    stale, live = cache / ".shard-dead.parquet.x1.tmp", cache / ".shard-busy.parquet.x2.tmp"
+    for leftover in (stale, live):                      # what killed and running writers leave
+        leftover.mkdir()
+    os.utime(stale, (time.time() - 86400, time.time() - 86400))
     assert subprocess.run(argv, env=env, capture_output=True).returncode == 0
+    assert not stale.exists() and live.exists()
     shards = list(cache.glob("shard-*.parquet"))
     assert len(shards) == int(np.ceil((5280 - 256 * done_before) / 256)) + done_before
     resumed = Results.from_parquet(tmp_path / "out" / "results.parquet")
