@@ -422,15 +422,14 @@ def cmd_leaderboard_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard_verify(args: argparse.Namespace) -> int:
-    from .leaderboard import iter_entries, verify
+    from .leaderboard import iter_entries, verify_entries
 
     paths = [Path(p) for p in args.paths] or iter_entries(args.root)
     if not paths:
         print(f"no entries under {args.root}/submissions")
         return 0
     failed = 0
-    for path in paths:
-        result = verify(path, data_root=args.data_root)
+    for path, result in zip(paths, verify_entries(paths, data_root=args.data_root), strict=True):
         if result.ok:
             curve = result.scores.curve("recall@1")
             print(f"ok      {path}: mean recall@1 {curve['mean']:.4f}, AUC {curve['auc']:.4f}")

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._fs import atomic_path
 from ..splits import iter_published
-from .scoring import Verification, iter_entries, verify
+from .scoring import Verification, iter_entries, verify_entries
 
 DRAWS = 2000
 STEPS = """1. Evaluate your model with embeddings saved: `oodml evaluate MODEL --dataset D --splits V --fewshot 2,5 \
@@ -142,9 +142,9 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf")
 
 
-def curves_svg(ranked: list[Ranked], width: int = 640, height: int = 360) -> str:
+def curves_svg(ranked: list[Ranked], width: int = 780, height: int = 380) -> str:
     """Recall@1 against level distance, one polyline per entry, as a standalone SVG element."""
-    left, right, top, bottom = 56, 170, 16, 44
+    left, right, top, bottom = 56, 250, 16, 44
     series = [(r.meta["method"], [(lv["distance"], lv["recall@1"]) for lv in r.verification.scores.levels])
               for r in ranked]
     xs = [x for _, pts in series for x, _ in pts]
@@ -339,7 +339,7 @@ def build(root: str | Path = "leaderboard", *, data_root: str | Path | None = No
     """
     root = Path(root)
     if verifications is None:
-        verifications = [verify(path, data_root=data_root) for path in iter_entries(root)]
+        verifications = verify_entries(iter_entries(root), data_root=data_root)
     rejected = [v for v in verifications if not v.ok]
     boards = collect_boards(verifications)
     written = []

@@ -11,6 +11,7 @@ and compares the numbers the entry claims.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +236,20 @@ def verify(path: str | Path, *, data_root: str | Path | None = None,
     if scores is None:
         return Verification(path, sub, None, problems)
     return Verification(path, sub, scores, _compare_claims(sub, scores))
+
+
+def verify_entries(paths: list[Path], *, data_root: str | Path | None = None) -> list[Verification]:
+    """:func:`verify` for several entries, loading each dataset once."""
+    loaded: dict[str, ImageDataset] = {}
+    results = []
+    for path in paths:
+        sub, _ = read_submission(Path(path))
+        name = sub.meta["dataset"] if sub is not None else None
+        if name is not None and name not in loaded:
+            with contextlib.suppress(OodmlError):  # verify reports it for the entry
+                loaded[name] = load_dataset(name, root=data_root)
+        results.append(verify(path, data_root=data_root, dataset=loaded.get(name)))
+    return results
 
 
 def iter_entries(root: str | Path) -> list[Path]:
