@@ -195,8 +195,8 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
         if not _finite_everywhere(loss, world):
             last = f"the last good state (iteration {history[-1]['iteration']}) is in {state_path}" \
                 if history and state_path is not None else "no checkpoint was written"
-            raise OodmlError(f"training diverged on level {level}: the loss is {float(loss)} at iteration {step}; "
-                             f"{last}. Lower --lr or the regulariser's weight")
+            raise OodmlError(f"training diverged on level {level}: the loss is {float(loss.detach())} at iteration "
+                             f"{step}; {last}. Lower --lr or the regulariser's weight")
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
