@@ -8,7 +8,7 @@
 # step is resumable: finished checkpoints and evaluations are kept, so rerunning
 # the script after an interruption only does what is missing.
 #
-# Cost on a 2-core CPU (measured): training about 70 minutes, evaluation about 40.
+# Cost on a 2-core CPU (measured): training about 70 minutes, evaluation about 45.
 # Settings (all fixed before the study was run, none tuned on test classes):
 #   glyph-cnn (width 16, 32-d: leaderboard entries stay small), 400 iterations,
 #   batch 128 = 32 classes x 4,
