@@ -11,7 +11,6 @@ and compares the numbers the entry claims.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +99,19 @@ def _id_problems(where: Path, ids: list[str], expected: list[str]) -> list[str]:
     return problems
 
 
+def _rows_in_order(sub: Submission, name: str, width: int, expected: list[str]) -> np.ndarray | list[str]:
+    """The embeddings of file ``name`` in the order of ``expected`` sample ids, or the problems with it."""
+    table = _table(sub, name, width)
+    if isinstance(table, str):
+        return [table]
+    ids, values = table
+    problems = _id_problems(sub.file(name), ids, expected)
+    if problems:
+        return problems
+    position = {sid: k for k, sid in enumerate(ids)}
+    return values[[position[sid] for sid in expected]]
+
+
 def score(sub: Submission, split_set: SplitSet, ds: ImageDataset) -> tuple[Scores | None, list[str]]:
     """Recompute every number of ``sub`` from its files; return the scores (None on problems) and problems."""
     meta, width = sub.meta, sub.meta["embedding_dim"]
@@ -117,19 +129,11 @@ def score(sub: Submission, split_set: SplitSet, ds: ImageDataset) -> tuple[Score
         if name not in meta["files"]:
             problems.append(f"{sub.path}: level {level.index} has no {name}")
             continue
-        table = _table(sub, name, width)
-        if isinstance(table, str):
-            problems.append(table)
-            continue
-        ids, values = table
         rows = ds.indices_of_classes(level.test_classes)
-        expected = [ds.sample_ids[i] for i in rows]
-        id_problems = _id_problems(sub.file(name), ids, expected)
-        if id_problems:
-            problems += id_problems
+        emb = _rows_in_order(sub, name, width, [ds.sample_ids[i] for i in rows])
+        if isinstance(emb, list):
+            problems += emb
             continue
-        position = {sid: k for k, sid in enumerate(ids)}
-        emb = values[[position[sid] for sid in expected]]
         labels = ds.labels[rows]
         per_query = per_query_metrics(emb, labels, map_depth=None)
         levels.append({"level": level.index, "distance": level.distance,
@@ -153,19 +157,12 @@ def score(sub: Submission, split_set: SplitSet, ds: ImageDataset) -> tuple[Score
                     if file not in meta["files"]:
                         problems.append(f"{sub.path}: {adaptation} is declared but {file} is missing")
                         continue
-                    table = _table(sub, file, width)
-                    if isinstance(table, str):
-                        problems.append(table)
+                    adapted = _rows_in_order(sub, file, width,
+                                             [ds.sample_ids[i] for i in np.concatenate([support, query])])
+                    if isinstance(adapted, list):
+                        problems += adapted
                         continue
-                    ep_ids, ep_values = table
-                    wanted = [ds.sample_ids[i] for i in np.concatenate([support, query])]
-                    id_problems = _id_problems(sub.file(file), ep_ids, wanted)
-                    if id_problems:
-                        problems += id_problems
-                        continue
-                    at = {sid: k for k, sid in enumerate(ep_ids)}
-                    adapted_s = ep_values[[at[ds.sample_ids[i]] for i in support]]
-                    adapted_q = ep_values[[at[ds.sample_ids[i]] for i in query]]
+                    adapted_s, adapted_q = adapted[:len(support)], adapted[len(support):]
                     accuracies[adaptation] = nearest_accuracy(adapted_q, query_labels, adapted_s, support_labels,
                                                               prototypes=True)
                 for adaptation, value in accuracies.items():
@@ -206,12 +203,13 @@ def _compare_claims(sub: Submission, scores: Scores) -> list[str]:
     return problems
 
 
-def verify(path: str | Path, *, data_root: str | Path | None = None,
-           dataset: ImageDataset | None = None) -> Verification:
+def verify(path: str | Path, *, data_root: str | Path | None = None, dataset: ImageDataset | None = None,
+           datasets: dict[str, ImageDataset] | None = None) -> Verification:
     """Verify one entry folder end to end: structure, split digest, content, recomputed numbers, claims.
 
     ``dataset`` (or ``data_root`` for a dataset that needs one) supplies the
-    images' ids and labels; the split set is the published one the entry names.
+    images' ids and labels; ``datasets`` (name -> dataset) keeps the datasets
+    loaded across calls.  The split set is the published one the entry names.
     """
     path = Path(path)
     sub, problems = read_submission(path)
@@ -228,7 +226,12 @@ def verify(path: str | Path, *, data_root: str | Path | None = None,
             f"{meta['dataset']}@{meta['split_version']} ({split_set.digest[:12]}); re-evaluate on the published "
             "split set"])
     try:
-        ds = dataset if dataset is not None else load_dataset(meta["dataset"], root=data_root)
+        ds = dataset
+        if ds is None:
+            cache = datasets if datasets is not None else {}
+            if meta["dataset"] not in cache:
+                cache[meta["dataset"]] = load_dataset(meta["dataset"], root=data_root)
+            ds = cache[meta["dataset"]]
         split_set.check_dataset(ds.fingerprint, ds.root)
     except OodmlError as exc:
         return Verification(path, sub, None, [f"{path}: cannot verify without the dataset: {exc}"])
@@ -240,16 +243,8 @@ def verify(path: str | Path, *, data_root: str | Path | None = None,
 
 def verify_entries(paths: list[Path], *, data_root: str | Path | None = None) -> list[Verification]:
     """:func:`verify` for several entries, loading each dataset once."""
-    loaded: dict[str, ImageDataset] = {}
-    results = []
-    for path in paths:
-        sub, _ = read_submission(Path(path))
-        name = sub.meta["dataset"] if sub is not None else None
-        if name is not None and name not in loaded:
-            with contextlib.suppress(OodmlError):  # verify reports it for the entry
-                loaded[name] = load_dataset(name, root=data_root)
-        results.append(verify(path, data_root=data_root, dataset=loaded.get(name)))
-    return results
+    datasets: dict[str, ImageDataset] = {}
+    return [verify(path, data_root=data_root, datasets=datasets) for path in paths]
 
 
 def iter_entries(root: str | Path) -> list[Path]:
