@@ -11,7 +11,7 @@ from oodml.cli import main
 from oodml.embedding import read_embedding_table, write_embedding_table
 from oodml.evaluation import evaluate
 from oodml.leaderboard import build, iter_entries, rank_entries, read_submission, submit, verify
-from oodml.leaderboard.submission import file_record
+from oodml.leaderboard.submission import file_record, parse_file_name
 from oodml.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,3 +178,17 @@ def test_committed_entries_verify_and_the_committed_board_is_current(glyphs, tmp
             f"leaderboard/{name} is stale: run `oodml leaderboard build`"
     sizes = sum(f.stat().st_size for f in (root / "submissions" / "glyphs").rglob("*") if f.is_file())
     assert sizes < 30e6
+
+
+@pytest.mark.parametrize("name, key", [
+    ("embeddings/level3.parquet", ("test", 3)),
+    ("embeddings/level8-2shot-episode0-finetune-last.parquet", ("fewshot", 8, 2, 0, "finetune-last")),
+    ("embeddings/level03.parquet", None),                                   # not the name evaluate writes
+    ("embeddings/level\u0663.parquet", None),                               # an Arabic-Indic digit three
+    ("embeddings/level1000.parquet", None),
+    ("embeddings/level1-2shot-episode0-prototypes.parquet", None),          # prototypes are recomputed
+    ("embeddings/level1-2shot-episode10000-finetune-all.parquet", None),
+    ("level3.parquet", None), ("embeddings/../level3.parquet", None), ("embeddings/level3.parquet/x", None),
+])
+def test_entry_files_are_the_names_evaluate_writes(name, key):
+    assert parse_file_name(name) == key

@@ -6,7 +6,8 @@ import pytest
 from oodml import OodmlError
 from oodml.shift import ClassFeatures, frechet_distance
 from oodml.splits import greedy_levels, removal_continuation, swap_progression
-from oodml.splits.scoring import GenericScorer, MeanFID
+from oodml.splits.scoring import GenericScorer, MeanFID, Move
+from oodml.splits.search import _shortlist
 
 
 def clustered_means(seed=0, classes=60, dim=40, clusters=6):
@@ -118,6 +119,63 @@ def test_mean_fid_scorer_matches_direct_computation_in_batches():
     batch = scorer.distances(parts)
     for (tr, te), value in zip(parts, batch, strict=True):
         assert value == pytest.approx(frechet_distance(means[tr], means[te]), rel=1e-8)
+
+
+@pytest.mark.parametrize("classes, dim", [(60, 40), (120, 8)])   # Gram form (<= d per side), moment form (> d)
+def test_moves_are_scored_as_the_partitions_they_make(classes, dim):
+    means = clustered_means(seed=6, classes=classes, dim=dim)
+    scorer = MeanFID(means)
+    rng = np.random.default_rng(1)
+    order = rng.permutation(classes)
+    train, test = order[: classes // 2], order[classes // 2:]
+    moves = [Move(np.array([3]), np.array([5])), Move(np.array([0, 7, 9]), np.array([2, 4, 1])),
+             Move(np.array([6]), np.array([], dtype=int), swap=False),
+             Move(np.array([1, 2]), np.array([8, 3]), swap=False)]
+    values = scorer.move_distances(train, test, moves)
+    for move, value in zip(moves, values, strict=True):
+        tr, te = move.apply(train, test)
+        assert value == pytest.approx(frechet_distance(means[tr], means[te]), rel=1e-8)
+        assert len(tr) + len(te) == classes - (0 if move.swap else len(move.train_out) + len(move.test_out))
+    # duplicated classes (bootstrap draws) are scored too
+    draw = (rng.choice(train, len(train)), rng.choice(test, len(test)))
+    assert scorer.distances([draw])[0] == pytest.approx(frechet_distance(means[draw[0]], means[draw[1]]), rel=1e-8)
+
+
+def test_shortlist_ranks_like_the_maxima_of_the_full_swap_grid():
+    rng = np.random.default_rng(2)
+    gains = (rng.integers(0, 5, 40) / 3.0, rng.integers(0, 5, 30) / 7.0)   # many ties
+    for direction in (1, -1):
+        grid = direction * (-(-gains[0][:, None] + -gains[1][None, :]))    # the grid the screen stands for
+        rows, cols = _shortlist(gains, 6, direction)
+        assert list(rows) == list(np.argsort(-grid.max(1), kind="stable")[:6])
+        assert list(cols) == list(np.argsort(-grid.max(0), kind="stable")[:6])
+
+
+class CountingMeanFID(MeanFID):
+    evaluated = 0
+
+    def move_distances(self, train, test, moves):
+        self.evaluated += len(moves)
+        return super().move_distances(train, test, moves)
+
+
+def test_several_swaps_per_step_reach_the_same_range_with_far_fewer_evaluations():
+    means = clustered_means(seed=7, classes=400, dim=16, clusters=8)   # 200 classes per side > 16 dims: moment form
+    single, several = CountingMeanFID(means), CountingMeanFID(means)
+    one = greedy_levels(single, 400, levels=6, removal_levels=1, batch=1)
+    many = greedy_levels(several, 400, levels=6, removal_levels=1, batch=16)
+    assert several.evaluated < single.evaluated / 2
+    span = one.path[-1].distance - one.path[0].distance
+    assert many.path[-1].distance == pytest.approx(one.path[-1].distance, abs=0.02 * span)
+    assert many.path[0].distance == pytest.approx(one.path[0].distance, abs=0.02 * span)
+    swap_levels = [s.distance for s in many.levels if s.kind == "swap"]
+    targets = np.linspace(many.path[0].distance, many.path[-1].distance, len(swap_levels))
+    assert np.abs(np.array(swap_levels) - targets).max() < 0.02 * span   # partial steps keep levels on target
+    assert many.levels[-1].kind == "removal" and many.levels[-1].distance > swap_levels[-1]
+    assert all(len(s.train) == len(s.test) >= 100 for s in many.levels)
+    for s in many.levels:
+        assert s.distance == pytest.approx(frechet_distance(means[list(s.train)], means[list(s.test)]), rel=1e-8)
+        assert set(s.train).isdisjoint(s.test)
 
 
 def test_generic_scorer_runs_the_same_search_for_w2():

@@ -13,6 +13,8 @@ from oodml.shift import (
     frechet_distance,
     frechet_distance_from_stats,
     split_distance,
+    trace_sqrt_of_product,
+    trace_sqrt_product,
     wasserstein_distance,
 )
 
@@ -62,6 +64,19 @@ def test_from_stats_reuses_the_cached_square_root():
                                              np.cov(other, rowvar=False))
         assert frechet_distance_from_stats(g, None, other.mean(0), np.cov(other, rowvar=False)) == direct
     assert "sqrt_cov" in g.__dict__
+
+
+def test_cholesky_trace_term_matches_the_symmetric_square_root_and_survives_a_singular_side():
+    rng = np.random.default_rng(4)
+    a, b = correlated(rng, 300, 12), correlated(rng, 300, 12, shift=1.0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    symmetric = trace_sqrt_product(Gaussian(a.mean(0), s1), s2)
+    assert trace_sqrt_of_product(s1, s2) == pytest.approx(symmetric, rel=1e-10)
+    singular = np.cov(a[:, :6] @ rng.normal(size=(6, 12)), rowvar=False)  # rank 6 of 12: no Cholesky factor
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(singular)
+    expected = np.trace(scipy.linalg.sqrtm(singular @ s2).real)  # the textbook oracle
+    assert trace_sqrt_of_product(singular, s2) == pytest.approx(expected, rel=1e-6)
 
 
 def test_identical_sets_are_at_distance_zero_never_negative():

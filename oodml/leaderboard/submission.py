@@ -31,7 +31,7 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..evaluation import embedding_file_name
+from ..evaluation import embedding_file_name, parse_embedding_file_name
 from ..splits.manifest import sha256_file
 
 SCHEMA_VERSION = 1
@@ -42,9 +42,6 @@ PROTOCOLS = ("per-level", "zero-shot")
 FINETUNED = ("finetune-last", "finetune-all")
 ADAPTATIONS = ("prototypes", *FINETUNED)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-FILE_RE = re.compile(r"embeddings/level(\d{1,3})(?:-(\d{1,3})shot-episode(\d{1,4})-(finetune-last|finetune-all))?"
-                     r"\.parquet")
-
 _NONE = types.NoneType
 FIELDS: dict[str, tuple[type, ...]] = {
     "schema_version": (int,), "entry": (str,), "method": (str,), "description": (str,), "authors": (list,),
@@ -77,13 +74,20 @@ class Submission:
 
 
 def parse_file_name(name: str) -> tuple | None:
-    """``("test", level)`` or ``("fewshot", level, shots, episode, adaptation)`` for an allowed name, else None."""
-    m = FILE_RE.fullmatch(name)
-    if m is None:
+    """``("test", level)`` or ``("fewshot", level, shots, episode, adaptation)`` for an allowed name, else None.
+
+    Allowed: ``embeddings/<file>`` where ``<file>`` is exactly what
+    ``oodml evaluate --save-embeddings`` writes for that key (no leading zeros),
+    levels and shots below 1000, episodes below 10000, and few-shot files only
+    for fine-tuned adaptations (prototypes are recomputed from the test set).
+    """
+    folder, _, file = name.partition("/")
+    key = parse_embedding_file_name(file) if folder == "embeddings" else None
+    if key is None or embedding_file_name(key) != file or key[1] >= 1000:
         return None
-    if m.group(2) is None:
-        return ("test", int(m.group(1)))
-    return ("fewshot", int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4))
+    if key[0] == "fewshot" and (key[2] >= 1000 or key[3] >= 10_000 or key[4] not in FINETUNED):
+        return None
+    return key
 
 
 def read_submission(path: Path) -> tuple[Submission | None, list[str]]:

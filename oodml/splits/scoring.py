@@ -1,111 +1,228 @@
 """Scoring train/test class partitions fast enough to search over swaps.
 
 A *partition* is a pair of int arrays (train class indices, test class
-indices).  A scorer gives the exact distance of a partition, the exact
-distances of a batch of candidate partitions, and a cheap screen that ranks
-all single swaps so that only a shortlist needs exact evaluation.  The screen
-is the ooDML centroid heuristic: on synthetic class means its swap gains
-correlate with the exact ones at 0.97-0.99, while a first-order expansion of
-the nuclear norm managed only about 0.4 (a swap replaces a whole row and
-column of the cross matrix, which is no small perturbation).
+indices) and a :class:`Move` changes one: some positions leave each side and
+either change sides or are removed.  A scorer gives the exact distance of
+partitions, the exact distances of a batch of moves from one partition, and a
+cheap screen that ranks all single swaps so that only a shortlist needs exact
+evaluation.  The screen is the ooDML centroid heuristic: on synthetic class
+means its swap gains correlate with the exact ones at 0.97-0.99, while a
+first-order expansion of the nuclear norm managed only about 0.4 (a swap
+replaces a whole row and column of the cross matrix, which is no small
+perturbation).
 
-:class:`MeanFID` is the fast path (class-mean mode, Fréchet distance): every
-quantity is read off the Gram matrix of the class means, so one evaluation
-costs an ``n_train x n_test`` SVD, whatever the feature width.
-:class:`GenericScorer` serves every other distance and mode through
-:func:`oodml.shift.split_distance`.
+:class:`MeanFID` is the fast path (class-mean mode, Fréchet distance).  It
+takes whichever exact form is cheaper: with at most ``d`` classes on a side,
+every quantity is read off the Gram matrix of the class means (an
+``n_train x n_test`` SVD per partition, whatever the feature width); with more,
+each side is summarised by its class count, sum and ``d x d`` second moment,
+which a move updates by a low-rank correction, so a candidate costs one
+``d x d`` Cholesky factorisation and one symmetric eigenvalue problem however
+many classes there are.  :class:`GenericScorer` serves every other distance and
+mode through :func:`oodml.shift.split_distance`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from ..shift import ClassFeatures, split_distance
+from ..errors import OodmlError
+from ..shift import ClassFeatures, split_distance, trace_sqrt_of_product
 
 Partition = tuple[np.ndarray, np.ndarray]
 
 
-def centroid_screen(means: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-    """The ooDML heuristic as a gain estimate for swapping train position p with test position q.
+@dataclass(frozen=True)
+class Move:
+    """A change to a partition, by positions in its two arrays.
 
-    Returns (n_train, n_test): larger means the swap should increase the shift
-    more (it moves a train class that sits near the test centroid to the test
-    side, and a test class near the train centroid to the train side).
+    The classes at ``train_out`` leave the train side and those at ``test_out``
+    the test side.  With ``swap`` (equal lengths) the k-th of each takes the
+    other's position; otherwise both are removed from the split.
+    """
+
+    train_out: np.ndarray
+    test_out: np.ndarray
+    swap: bool = True
+
+    def first(self, k: int) -> Move:
+        """The move made of the first ``k`` positions of each side (a swap's first ``k`` pairs)."""
+        return Move(self.train_out[:k], self.test_out[:k], self.swap)
+
+    def sizes(self, n_train: int, n_test: int) -> tuple[int, int]:
+        """Class counts of the two sides after the move."""
+        if self.swap:
+            return n_train, n_test
+        return n_train - len(self.train_out), n_test - len(self.test_out)
+
+    def apply(self, train: np.ndarray, test: np.ndarray) -> Partition:
+        """The partition after the move (new arrays)."""
+        if not self.swap:
+            return np.delete(train, self.train_out), np.delete(test, self.test_out)
+        new_train, new_test = train.copy(), test.copy()
+        new_train[self.train_out], new_test[self.test_out] = test[self.test_out], train[self.train_out]
+        return new_train, new_test
+
+
+def centroid_screen(means: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ooDML heuristic as separable swap gain estimates.
+
+    Returns ``(train_gain (n_train,), test_gain (n_test,))``: the estimated gain
+    of swapping train position p with test position q is
+    ``train_gain[p] + test_gain[q]``, larger meaning the swap should increase
+    the shift more (it moves a train class that sits near the test centroid to
+    the test side, and a test class near the train centroid to the train side).
     """
     m_train, m_test = means[train].mean(0), means[test].mean(0)
     score_train = np.linalg.norm(means[train] - m_test, axis=1) - np.linalg.norm(means[train] - m_train, axis=1)
     score_test = np.linalg.norm(means[test] - m_train, axis=1) - np.linalg.norm(means[test] - m_test, axis=1)
-    return -(score_train[:, None] + score_test[None, :])
+    return -score_train, -score_test
 
 
-class MeanFID:
-    """Exact class-mean Fréchet distance of any partition, from the Gram matrix of class means.
+class Scorer:
+    """What the split search needs of a distance (subclasses implement :meth:`distances`).
+
+    Attributes:
+        means: (C, d) class means, for the centroid screen.
+    """
+
+    means: np.ndarray
+
+    def distances(self, partitions: Sequence[Partition]) -> np.ndarray:
+        """Exact distances of several partitions, (len(partitions),)."""
+        raise NotImplementedError
+
+    def distance(self, train: np.ndarray, test: np.ndarray) -> float:
+        return float(self.distances([(train, test)])[0])
+
+    def move_distances(self, train: np.ndarray, test: np.ndarray, moves: Sequence[Move]) -> np.ndarray:
+        """Exact distances of the partitions that ``moves`` make from ``(train, test)``."""
+        return self.distances([move.apply(train, test) for move in moves])
+
+    def screen(self, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Separable swap gain estimates, as :func:`centroid_screen`."""
+        return centroid_screen(self.means, train, test)
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One side of a partition in the moment form: class count, sum (d,) and second moment X^T X (d, d)."""
+
+    n: int
+    total: np.ndarray
+    moment: np.ndarray
+
+    @classmethod
+    def of(cls, rows: np.ndarray) -> _Side:
+        return cls(len(rows), rows.sum(0), rows.T @ rows)
+
+    def plus(self, rows: np.ndarray) -> _Side:
+        return _Side(self.n + len(rows), self.total + rows.sum(0), self.moment + rows.T @ rows)
+
+    def minus(self, rows: np.ndarray) -> _Side:
+        return _Side(self.n - len(rows), self.total - rows.sum(0), self.moment - rows.T @ rows)
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.total / self.n
+        return mean, (self.moment - np.outer(self.total, mean)) / (self.n - 1)
+
+
+def _fid_of_sides(a: _Side, b: _Side) -> float:
+    (mu1, cov1), (mu2, cov2) = a.mean_cov(), b.mean_cov()
+    diff = mu1 - mu2
+    value = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt_of_product(cov1, cov2)
+    return max(float(value), 0.0)
+
+
+class MeanFID(Scorer):
+    """Exact class-mean Fréchet distance of any partition, in the cheaper of two exact forms.
 
     Args:
         means: (C, d) class means.
 
-    With ``G = X X^T`` (X the globally centred means, which leaves the distance
-    unchanged), the mean term, both covariance traces and the cross term
+    Gram form (a side has at most ``d`` classes): with ``G = X X^T`` (X the
+    globally centred means, which leaves the distance unchanged), the mean
+    term, both covariance traces and the cross term
     ``||H G[T, S] H||_* / sqrt((n1-1)(n2-1))`` (H: centring) need only ``G``.
+    Moment form (both sides have more than ``d`` classes): each side's count,
+    sum and ``X^T X``; a move subtracts and adds the rows that change sides.
     """
 
     def __init__(self, means: np.ndarray):
         x = np.asarray(means, dtype=np.float64)
-        x = x - x.mean(0)
-        self.means = x
-        self.gram = x @ x.T
-        self.diag = np.diag(self.gram).copy()
+        if not np.isfinite(x).all():
+            bad = int(np.flatnonzero(~np.isfinite(x).all(1))[0])
+            raise OodmlError(f"class means contain NaN or inf (first at class index {bad}); every class needs at "
+                             f"least one image with finite features")
+        self.means = x - x.mean(0)
+
+    @cached_property
+    def gram(self) -> np.ndarray:
+        return self.means @ self.means.T
+
+    def _gram_form(self, n1: int, n2: int) -> bool:
+        return min(n1, n2) <= self.means.shape[1]
 
     def _terms(self, train: np.ndarray, test: np.ndarray) -> tuple[float, np.ndarray]:
         g = self.gram
         n1, n2 = len(train), len(test)
         g_tt, g_ss, g_ts = g[np.ix_(train, train)], g[np.ix_(test, test)], g[np.ix_(train, test)]
         mean_term = g_tt.sum() / n1**2 + g_ss.sum() / n2**2 - 2 * g_ts.sum() / (n1 * n2)
-        tr1 = (self.diag[train].sum() - g_tt.sum() / n1) / (n1 - 1)
-        tr2 = (self.diag[test].sum() - g_ss.sum() / n2) / (n2 - 1)
+        diag = np.diagonal(g)
+        tr1 = (diag[train].sum() - g_tt.sum() / n1) / (n1 - 1)
+        tr2 = (diag[test].sum() - g_ss.sum() / n2) / (n2 - 1)
         centred = g_ts - g_ts.mean(0, keepdims=True) - g_ts.mean(1, keepdims=True) + g_ts.mean()
         return mean_term + tr1 + tr2, centred
 
-    def distance(self, train: np.ndarray, test: np.ndarray) -> float:
-        base, centred = self._terms(train, test)
-        cross = np.linalg.svd(centred, compute_uv=False).sum() / np.sqrt((len(train) - 1) * (len(test) - 1))
-        return max(float(base - 2 * cross), 0.0)
-
     def distances(self, partitions: Sequence[Partition]) -> np.ndarray:
-        """Exact distances of several partitions; same-shaped ones share one batched SVD."""
+        """Exact distances of several partitions; same-shaped Gram-form ones share one batched SVD."""
         out = np.empty(len(partitions))
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, (tr, te) in enumerate(partitions):
             by_shape.setdefault((len(tr), len(te)), []).append(i)
         for (n1, n2), idx in by_shape.items():
+            if not self._gram_form(n1, n2):
+                x = self.means
+                out[idx] = [_fid_of_sides(_Side.of(x[partitions[i][0]]), _Side.of(x[partitions[i][1]])) for i in idx]
+                continue
             terms = [self._terms(*partitions[i]) for i in idx]
             sv = np.linalg.svd(np.stack([c for _, c in terms]), compute_uv=False).sum(1)
             out[idx] = np.maximum(np.array([b for b, _ in terms]) - 2 * sv / np.sqrt((n1 - 1) * (n2 - 1)), 0)
         return out
 
-    def screen(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        return centroid_screen(self.means, train, test)
+    def move_distances(self, train: np.ndarray, test: np.ndarray, moves: Sequence[Move]) -> np.ndarray:
+        """As :meth:`Scorer.move_distances`; in the moment form each move costs a low-rank update, not a rebuild."""
+        if any(self._gram_form(*move.sizes(len(train), len(test))) for move in moves):
+            return super().move_distances(train, test, moves)
+        x = self.means
+        side_train, side_test = _Side.of(x[train]), _Side.of(x[test])
+        out = np.empty(len(moves))
+        for i, move in enumerate(moves):
+            leaving_train, leaving_test = x[train[move.train_out]], x[test[move.test_out]]
+            a, b = side_train.minus(leaving_train), side_test.minus(leaving_test)
+            if move.swap:
+                a, b = a.plus(leaving_test), b.plus(leaving_train)
+            out[i] = _fid_of_sides(a, b)
+        return out
 
 
-class GenericScorer:
+class GenericScorer(Scorer):
     """Any distance and mode, by direct evaluation; swaps screened by the centroid heuristic."""
 
     def __init__(self, cf: ClassFeatures, distance: str, mode: str):
         self.cf, self.distance_name, self.mode = cf, distance, mode
-
-    def distance(self, train: np.ndarray, test: np.ndarray) -> float:
-        return split_distance(self.cf, train, test, distance=self.distance_name, mode=self.mode)
+        self.means = cf.means
 
     def distances(self, partitions: Sequence[Partition]) -> np.ndarray:
-        return np.array([self.distance(tr, te) for tr, te in partitions])
-
-    def screen(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        return centroid_screen(self.cf.means, train, test)
+        return np.array([split_distance(self.cf, tr, te, distance=self.distance_name, mode=self.mode)
+                         for tr, te in partitions])
 
 
-def make_scorer(cf: ClassFeatures, distance: str = "fid", mode: str = "class-mean") -> MeanFID | GenericScorer:
+def make_scorer(cf: ClassFeatures, distance: str = "fid", mode: str = "class-mean") -> Scorer:
     """The fastest exact scorer for a distance and mode."""
     if distance == "fid" and mode == "class-mean":
         return MeanFID(cf.means)
