@@ -24,6 +24,7 @@ never a blanket ``eps`` added to covariances; the result is clamped at 0.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -172,6 +173,11 @@ def get_distance(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
         raise OodmlError(f"unknown distance {name!r}; choose one of {', '.join(DISTANCES)}") from None
 
 
+def physical_memory() -> int:
+    """This machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 class ClassFeatures:
     """Features grouped by class, with per-class sufficient statistics.
 
@@ -205,7 +211,13 @@ class ClassFeatures:
 
     @cached_property
     def scatters(self) -> np.ndarray:
-        out = np.empty((self.num_classes, self.features.shape[1], self.features.shape[1]))
+        d = self.features.shape[1]
+        need, have = self.num_classes * d * d * 8, physical_memory()
+        if need > have / 2:
+            raise OodmlError(f"samples mode keeps a {d} x {d} scatter matrix per class: {self.num_classes} classes "
+                             f"need {need / 2**30:.1f} GiB, more than half of this machine's "
+                             f"{have / 2**30:.0f} GiB; use --mode class-mean or a narrower extractor")
+        out = np.empty((self.num_classes, d, d))
         for c in range(self.num_classes):
             centred = self.features[self.labels == c] - self.means[c]
             out[c] = centred.T @ centred

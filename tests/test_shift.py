@@ -144,6 +144,14 @@ def test_samples_mode_refuses_single_image_classes():
         split_distance(cf, [0], [1, 2], mode="samples")
 
 
+def test_samples_mode_says_when_the_scatter_matrices_would_not_fit(monkeypatch):
+    monkeypatch.setattr("oodml.shift.physical_memory", lambda: 2**30)
+    rng = np.random.default_rng(0)
+    cf = ClassFeatures(rng.normal(size=(600, 1024)), np.arange(600) % 300)   # 300 x 1024 x 1024 x 8 B = 2.3 GiB
+    with pytest.raises(OodmlError, match="need 2.3 GiB, more than half of this machine's 1 GiB; use --mode class-mean"):
+        split_distance(cf, range(150), range(150, 300), mode="samples")
+
+
 def test_unknown_distance_and_mode():
     cf = ClassFeatures(np.random.default_rng(0).normal(size=(8, 2)), np.repeat(np.arange(4), 2))
     with pytest.raises(OodmlError, match="unknown distance 'kl'"):
