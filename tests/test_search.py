@@ -141,6 +141,15 @@ def test_moves_are_scored_as_the_partitions_they_make(classes, dim):
     assert scorer.distances([draw])[0] == pytest.approx(frechet_distance(means[draw[0]], means[draw[1]]), rel=1e-8)
 
 
+@pytest.mark.parametrize("rank", [3, 7])
+def test_moment_form_on_rank_deficient_class_means_agrees_with_the_symmetric_form(rank):
+    rng = np.random.default_rng(rank)
+    means = rng.normal(size=(120, rank)) @ rng.normal(size=(rank, 8)) * 1e3 + 5   # 60 per side > 8 dims, rank < 8
+    train, test = np.arange(0, 120, 2), np.arange(1, 120, 2)
+    expected = frechet_distance(means[train], means[test])
+    assert MeanFID(means).distances([(train, test)])[0] == pytest.approx(expected, rel=1e-6)
+
+
 def test_shortlist_ranks_like_the_maxima_of_the_full_swap_grid():
     rng = np.random.default_rng(2)
     gains = (rng.integers(0, 5, 40) / 3.0, rng.integers(0, 5, 30) / 7.0)   # many ties
