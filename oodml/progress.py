@@ -32,3 +32,8 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
     """Wrap ``iterable`` in a tqdm bar on stderr unless progress is turned off."""
     return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=is_quiet(),
                      leave=False, dynamic_ncols=True))
+
+
+def counter(desc: str, unit: str = "step") -> tqdm:
+    """An open-ended bar (no total) for loops whose length is unknown; ``update()`` and ``set_postfix_str()`` it."""
+    return tqdm(desc=desc, unit=unit, disable=is_quiet(), leave=False, dynamic_ncols=True)

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..datasets import ImageDataset
 from ..errors import OodmlError
+from ..progress import progress
 from ..shift import MODES, ClassFeatures, get_distance, split_distance
 from .levels import Level, bootstrap_interval, draw_episodes, tuning_split
 from .scoring import make_scorer
@@ -109,7 +110,7 @@ def build_levels(dataset: ImageDataset, features: np.ndarray, cfg: SplitConfig) 
         samples_by_class[dataset.classes[label]].append(sid)
     counts = cf.n
     levels = []
-    for k, state in enumerate(states, start=1):
+    for k, state in enumerate(progress(states, "levels: intervals and episodes", unit="level"), start=1):
         train, test = np.array(state.train), np.array(state.test)
         distance = split_distance(cf, train, test, distance=cfg.distance, mode=cfg.mode)
         lo, hi = bootstrap_interval(scorer.distances, train, test, draws=cfg.bootstrap, seed=cfg.seed, level=k)

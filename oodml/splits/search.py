@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import OodmlError
+from ..progress import counter
 from ..shift import frechet_distance
 from .scoring import Move, Scorer
 
@@ -195,7 +196,10 @@ def _climb(scorer: Scorer, start: SplitState, direction: int, shortlist: int, ma
     while it improves.
     """
     state, path = start, []
+    bar = counter("search: easier splits" if direction < 0 else "search: harder splits")
     for _ in range(max_steps):
+        bar.set_postfix_str(f"distance {state.distance:.4g}", refresh=False)
+        bar.update()
         train, test = np.array(state.train), np.array(state.test)
         rows, cols = _shortlist(scorer.screen(train, test), max(shortlist, batch), direction)
         moves = [Move(np.array([p]), np.array([q])) for p in rows[:shortlist] for q in cols[:shortlist]]
@@ -207,6 +211,7 @@ def _climb(scorer: Scorer, start: SplitState, direction: int, shortlist: int, ma
         after = _after(state, moves[best], float(values[best]), direction)
         path.append((after, (state, moves[best], direction)))
         state = after
+    bar.close()
     return path
 
 
@@ -223,7 +228,11 @@ def _remove(scorer: Scorer, start: SplitState, target: float, min_per_side: int,
     """
     state, path = start, []
     none = np.array([], dtype=np.int64)
+    bar = counter("search: removal levels")
     while state.distance < target and min(len(state.train), len(state.test)) > min_per_side:
+        bar.set_postfix_str(f"distance {state.distance:.4g} of {target:.4g}, {len(state.train)} classes per side",
+                            refresh=False)
+        bar.update()
         train, test = np.array(state.train), np.array(state.test)
         rows, cols = _shortlist(scorer.screen(train, test), 4 * shortlist)
         singles = ([Move(np.array([p]), none, swap=False) for p in rows]
@@ -241,6 +250,7 @@ def _remove(scorer: Scorer, start: SplitState, target: float, min_per_side: int,
         after = _after(state, moves[better[-1]], float(values[better[-1]]))
         path.append((after, (state, moves[better[-1]], 1)))
         state = after
+    bar.close()
     return path
 
 
