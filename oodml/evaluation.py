@@ -193,7 +193,7 @@ def embedding_file_name(key: tuple) -> str:
     return f"level{level}-{shots}shot-episode{episode}-{adaptation}.parquet"
 
 
-_EMBEDDING_FILE = re.compile(r"level(\d+)(?:-(\d+)shot-episode(\d+)-([a-z-]+))?\.parquet")
+_EMBEDDING_FILE = re.compile(r"level([0-9]{1,9})(?:-([0-9]{1,9})shot-episode([0-9]{1,9})-([a-z-]+))?\.parquet")
 
 
 def parse_embedding_file_name(name: str) -> tuple | None:

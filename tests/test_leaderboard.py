@@ -185,7 +185,7 @@ def test_committed_entries_verify_and_the_committed_board_is_current(glyphs, tmp
     ("embeddings/level8-2shot-episode0-finetune-last.parquet", ("fewshot", 8, 2, 0, "finetune-last")),
     ("embeddings/level03.parquet", None),                                   # not the name evaluate writes
     ("embeddings/level\u0663.parquet", None),                               # an Arabic-Indic digit three
-    ("embeddings/level1000.parquet", None),
+    ("embeddings/level1000.parquet", None), ("embeddings/level" + "9" * 5000 + ".parquet", None),
     ("embeddings/level1-2shot-episode0-prototypes.parquet", None),          # prototypes are recomputed
     ("embeddings/level1-2shot-episode10000-finetune-all.parquet", None),
     ("level3.parquet", None), ("embeddings/../level3.parquet", None), ("embeddings/level3.parquet/x", None),
