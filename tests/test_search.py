@@ -187,6 +187,17 @@ def test_several_swaps_per_step_reach_the_same_range_with_far_fewer_evaluations(
         assert set(s.train).isdisjoint(s.test)
 
 
+def test_several_swaps_per_step_start_past_256_classes_per_side():
+    small = clustered_means(seed=8, classes=510, dim=16, clusters=8)          # 255 per side: single swaps
+    default, single = greedy_levels(MeanFID(small), 510), greedy_levels(MeanFID(small), 510, batch=1)
+    assert [(s.train, s.test) for s in default.levels] == [(s.train, s.test) for s in single.levels]
+    large = clustered_means(seed=8, classes=600, dim=16, clusters=8)          # 300 per side: up to 2 per step
+    default_scorer, single_scorer = CountingMeanFID(large), CountingMeanFID(large)
+    greedy_levels(default_scorer, 600)
+    greedy_levels(single_scorer, 600, batch=1)
+    assert default_scorer.evaluated != single_scorer.evaluated
+
+
 def test_generic_scorer_runs_the_same_search_for_w2():
     means = clustered_means(seed=5, classes=32, dim=8)
     cf = ClassFeatures(means, np.arange(32))
