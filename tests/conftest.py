@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(scope="session", autouse=True)
 def oodml_home(tmp_path_factory):
-    """A private $OODML_HOME for the whole session (the glyphs cache lives here)."""
+    """A private $OODML_HOME for the whole session (embedding caches live here), never the user's."""
     home = tmp_path_factory.mktemp("oodml_home")
     old = os.environ.get("OODML_HOME")
     os.environ["OODML_HOME"] = str(home)
@@ -26,7 +26,7 @@ def oodml_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def glyphs():
-    """The embedded dataset, generated once per test session."""
+    """The embedded dataset (shipped PNG bytes), loaded once per test session."""
     from oodml.datasets import load_dataset
 
     return load_dataset("glyphs")

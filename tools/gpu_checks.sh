@@ -6,9 +6,9 @@
 #
 #   tools/gpu_checks.sh            (with oodml and its dependencies importable by python3)
 #
-# GLYPHS_ROOT=DIR uses glyph images rendered elsewhere: the published glyphs/v1
-# splits pin the data's fingerprint, and another matplotlib/freetype renders
-# slightly different files.
+# GLYPHS_ROOT=DIR reads glyph folders from DIR instead of the bytes shipped in
+# oodml (tools/render_glyphs.py --folders writes them); only the shipped bytes
+# carry the fingerprint that the published glyphs/v1 splits pin.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-checks}

@@ -1,7 +1,7 @@
 """Datasets: a registry of adapters, each loading one layout into an :class:`ImageDataset`.
 
 >>> from oodml.datasets import load_dataset, list_datasets
->>> ds = load_dataset("glyphs")          # generated on first use, then cached
+>>> ds = load_dataset("glyphs")          # shipped inside oodml, no download
 >>> image, label = ds[0]                  # RGB PIL image, int label
 >>> ds.sample_ids[0], ds.classes[label], ds.fingerprint
 """
