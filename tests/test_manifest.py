@@ -33,7 +33,7 @@ def test_round_trip_keeps_every_field(published):
     assert lv.test_classes == ("c4", "c5", "c6", "c7") and lv.val_classes == ("c1",)
     assert lv.tuning_train_classes == ("c0", "c2", "c3")
     assert lv.episodes(2)[1].support["c5"] == ("c5/img0.png", "c5/img1.png")
-    assert split_set.metadata["schema_version"] == 1
+    assert split_set.metadata["schema_version"] == 2
     with pytest.raises(OodmlError, match="no 5-shot episodes; available: 2"):
         lv.episodes(5)
 
@@ -105,3 +105,55 @@ def test_nan_intervals_survive_the_round_trip(tmp_path):
                          lv.val_classes, -1, -1, {}) for lv in make_levels())
     split_set = write_split_set(tmp_path, "toy", "nan", levels, {})
     assert np.isnan(split_set.level(1).ci_low) and split_set.level(1).n_train_images == -1
+
+
+def test_a_level_without_test_classes_is_refused_before_anything_is_written(tmp_path):
+    lv = make_levels()[0]
+    empty = Level(lv.index, lv.distance, lv.ci_low, lv.ci_high, lv.kind, lv.train_classes, (), lv.val_classes,
+                  40, 0, {})
+    with pytest.raises(OodmlError, match="level 1 has 0 test classes"):
+        write_split_set(tmp_path, "toy", "v1", (empty, make_levels()[1]), {})
+    assert not (tmp_path / "toy").exists()
+
+
+def test_a_consistently_rehashed_malformed_split_set_fails_verify(published, capsys):
+    import pyarrow.parquet as pq
+
+    from oodml.cli import main
+    from oodml.splits.manifest import content_digest, levels_to_tables, sha256_file
+
+    lv = make_levels()[1]
+    overlap = Level(lv.index, lv.distance, lv.ci_low, lv.ci_high, lv.kind, lv.train_classes,
+                    lv.test_classes + ("c0",), lv.val_classes, 40, 40, {})
+    tables = levels_to_tables((make_levels()[0], overlap))
+    pq.write_table(tables["classes"], published / "classes.parquet")
+    pq.write_table(tables["episodes"], published / "episodes.parquet")
+    sums = json.loads((published / "checksums.json").read_text())
+    sums["files"] = {name: sha256_file(published / name) for name in sums["files"]}
+    sums["digest"] = content_digest({**tables, "levels": pq.read_table(published / "levels.parquet")},
+                                    json.loads((published / "metadata.json").read_text()))
+    (published / "checksums.json").write_text(json.dumps(sums))
+    assert main(["splits", "verify", str(published)]) == 2
+    assert "level 2 has class 'c0' on both sides" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["1", 1.0, True, None, [1], -1, 0])
+def test_checksums_with_a_malformed_schema_version_give_one_line(published, value):
+    sums = json.loads((published / "checksums.json").read_text())
+    sums["schema_version"] = value
+    (published / "checksums.json").write_text(json.dumps(sums))
+    with pytest.raises(OodmlError, match="expected a positive integer") as info:
+        read_split_set(published)
+    assert "\n" not in str(info.value)
+
+
+def test_measured_values_are_stored_to_six_significant_digits_and_left_out_of_the_digest(tmp_path):
+    a = write_split_set(tmp_path / "a", "toy", "v1", make_levels(shift=1e-9), {"default_distance": 0.1 + 1e-12})
+    b = write_split_set(tmp_path / "b", "toy", "v1", make_levels(), {"default_distance": 0.1})
+    assert a.level(1).distance == 1.0 and a.metadata["default_distance"] == 0.1
+    assert a.digest == b.digest
+    assert a.metadata["canonical_form"]["measured_values_significant_digits"] == 6
+    moved = tuple(Level(lv.index, lv.distance, lv.ci_low, lv.ci_high, lv.kind, lv.test_classes, lv.train_classes,
+                        (), 40, 40, {}) for lv in make_levels())
+    c = write_split_set(tmp_path / "c", "toy", "v1", moved, {"default_distance": 0.1})
+    assert c.digest != b.digest                       # classes are the identity

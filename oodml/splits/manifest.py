@@ -9,17 +9,37 @@ A split set lives in ``splits/<dataset>/<version>/``::
     episodes.parquet   level, shots, episode, class, sample_id (the support set)
     checksums.json     sha256 of every file above, and the overall digest
 
-The *digest* identifies the content: sha256 over the canonical rows of the
-three tables and the metadata without its volatile keys (creation time, oodml
-version).  It does not depend on the Parquet writer's bytes, so re-running the
-same generation gives the same digest; the per-file sha256 sums catch any
-change to the files themselves.  A published version is immutable.
+The *digest* identifies the benchmark a split set defines: sha256 over the
+canonical rows of the three tables and the metadata, leaving out
+
+* volatile metadata (creation time, oodml version), and
+* *measured* values: each level's ``distance``, ``ci_low`` and ``ci_high`` and
+  the metadata's ``default_distance``.
+
+What a model is evaluated on (class sets, tuning split, episodes, level kinds
+and counts) and how the split set was generated (dataset fingerprint,
+extractor, distance, parameters, seed) are in it; floating-point values whose
+last bits depend on the BLAS kernel, the thread count or the device are not, so
+the same generation on another machine gives the same digest.  Measured values
+are *stored* rounded to ``SIGNIFICANT_DIGITS`` significant digits and compared
+with a stated tolerance (:mod:`oodml.splits.compare`).  The rule is recorded in
+``metadata.json`` (``canonical_form``).
+
+This is schema 2.  Split sets published under schema 1 (``glyphs@v1``,
+``cars196@oodml-v1``) hashed the measured values as computed; they are
+immutable, so they keep their recorded digest and are verified under the rule
+they were published with.
+
+The digest does not depend on the Parquet writer's bytes; the per-file sha256
+sums catch any change to the files themselves.  A published version is
+immutable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -33,11 +53,21 @@ from .._fs import atomic_path
 from ..errors import OodmlError
 from .levels import Episode, Level
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)  # the digest rules this oodml can verify
 TABLES = ("levels", "classes", "episodes")
 FILES = ("metadata.json", "levels.parquet", "classes.parquet", "episodes.parquet")
 CHECKSUMS = "checksums.json"
 VOLATILE_METADATA = ("created_at", "oodml_version")
+#: Measured values: stored rounded, compared with a tolerance, not part of the digest (schema 2).
+MEASURED_COLUMNS = ("distance", "ci_low", "ci_high")
+MEASURED_METADATA = ("default_distance",)
+SIGNIFICANT_DIGITS = 6
+CANONICAL_FORM = {
+    "digest_excludes": ["created_at", "oodml_version", *MEASURED_METADATA,
+                        *(f"levels.{c}" for c in MEASURED_COLUMNS)],
+    "measured_values_significant_digits": SIGNIFICANT_DIGITS,
+}
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 LEVEL_SCHEMA = pa.schema([("level", pa.int32()), ("distance", pa.float64()), ("ci_low", pa.float64()),
@@ -83,18 +113,32 @@ class SplitSet:
             raise OodmlError(f"splits {self.dataset}@{self.version} were made from data with fingerprint "
                              f"{expected[:16]}; yours is {fingerprint[:16]}{where}")
 
+    @property
+    def schema_version(self) -> int:
+        """The manifest schema, which fixes the digest rule (see module docstring)."""
+        return int(self.metadata.get("schema_version", 1))
+
     def __repr__(self) -> str:
         return f"SplitSet({self.dataset}@{self.version}, levels={len(self.levels)}, digest={self.digest[:12]})"
+
+
+def canonical_float(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """``value`` rounded to ``digits`` significant digits (correctly rounded, so the same on every machine);
+    NaN and infinities unchanged."""
+    value = float(value)
+    return float(f"{value:.{digits}g}") if math.isfinite(value) else value
 
 
 # --- tables <-> levels --------------------------------------------------------------------
 
 def levels_to_tables(levels: tuple[Level, ...]) -> dict[str, pa.Table]:
+    """The three tables of ``levels``, measured values in canonical form (:func:`canonical_float`)."""
     lv_rows = {name: [] for name in LEVEL_SCHEMA.names}
     cls_rows = {name: [] for name in CLASS_SCHEMA.names}
     ep_rows = {name: [] for name in EPISODE_SCHEMA.names}
     for lv in levels:
-        for name, value in zip(LEVEL_SCHEMA.names, (lv.index, lv.distance, lv.ci_low, lv.ci_high, lv.kind,
+        measured = (canonical_float(lv.distance), canonical_float(lv.ci_low), canonical_float(lv.ci_high))
+        for name, value in zip(LEVEL_SCHEMA.names, (lv.index, *measured, lv.kind,
                                                     len(lv.train_classes), len(lv.test_classes),
                                                     lv.n_train_images, lv.n_test_images), strict=True):
             lv_rows[name].append(value)
@@ -153,15 +197,24 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def content_digest(tables: dict[str, pa.Table], metadata: dict) -> str:
-    """sha256 over canonical JSON of the table rows and the non-volatile metadata."""
+def content_digest(tables: dict[str, pa.Table], metadata: dict, schema_version: int = SCHEMA_VERSION) -> str:
+    """sha256 over canonical JSON of the table rows and the metadata, under ``schema_version``'s rule.
+
+    Schema 2 leaves out volatile metadata and measured values (module
+    docstring); schema 1, kept to verify what was published under it, left
+    out only the volatile metadata.
+    """
+    skip_meta, skip_cols = VOLATILE_METADATA, ()
+    if schema_version >= 2:
+        skip_meta, skip_cols = VOLATILE_METADATA + MEASURED_METADATA, MEASURED_COLUMNS
     h = hashlib.sha256()
-    stable = {k: v for k, v in metadata.items() if k not in VOLATILE_METADATA}
+    stable = {k: v for k, v in metadata.items() if k not in skip_meta}
     h.update(json.dumps(stable, sort_keys=True, separators=(",", ":")).encode())
     for name in TABLES:
         h.update(f"\n{name}\n".encode())
-        columns = tables[name].to_pydict()
-        for row in zip(*(columns[c] for c in tables[name].column_names), strict=True):
+        names = [c for c in tables[name].column_names if c not in skip_cols or name != "levels"]
+        columns = tables[name].select(names).to_pydict()
+        for row in zip(*(columns[c] for c in names), strict=True):
             h.update(json.dumps(row, separators=(",", ":")).encode())
             h.update(b"\n")
     return h.hexdigest()
@@ -175,33 +228,50 @@ def check_version_name(version: str) -> None:
                          "with a punctuation mark")
 
 
+def split_set_of(dataset: str, version: str, levels: tuple[Level, ...], metadata: dict) -> SplitSet:
+    """The split set that :func:`write_split_set` would publish, in memory (``path`` None): schema and
+    canonical-form keys added to ``metadata``, measured values in canonical form, digest computed."""
+    metadata = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "version": version,
+                "canonical_form": CANONICAL_FORM, **metadata}
+    metadata = json.loads(json.dumps(metadata))  # as metadata.json will read back (tuples become lists)
+    for key in MEASURED_METADATA:
+        if isinstance(metadata.get(key), float):
+            metadata[key] = canonical_float(metadata[key])
+    tables = levels_to_tables(levels)
+    return SplitSet(dataset, version, tables_to_levels(tables), metadata, content_digest(tables, metadata))
+
+
 def write_split_set(out: Path, dataset: str, version: str, levels: tuple[Level, ...], metadata: dict) -> SplitSet:
     """Publish a split set under ``out/<dataset>/<version>/``, atomically.
 
-    Publishing identical content (same digest) again is a no-op; different
-    content under an existing version is refused.
+    Publishing content that reproduces what is already there (same class sets
+    and episodes, measured values within :data:`oodml.splits.compare.RTOL`) is
+    a no-op that keeps the published files; different content under an
+    existing version is refused.
 
     Returns:
         The published :class:`SplitSet` (as read back and verified).
     """
     check_version_name(version)
-    metadata = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "version": version, **metadata}
-    tables = levels_to_tables(levels)
-    digest = content_digest(tables, metadata)
+    check_levels(levels, f"split set {dataset}@{version}")
+    new = split_set_of(dataset, version, levels, metadata)
     dest = Path(out) / dataset / version
     if dest.exists():
+        from .compare import compare
+
         existing = read_split_set(dest)
-        if existing.digest == digest:
+        if compare(existing, new).reproduces:
             return existing
         raise OodmlError(f"{dataset}@{version} is already published at {dest} with different content "
-                         f"(digest {existing.digest[:12]} vs {digest[:12]}); published versions are immutable, "
+                         f"(see `oodml splits diff {dest} ...`); published versions are immutable, "
                          "choose a new --version")
+    tables = levels_to_tables(new.levels)
     with atomic_path(dest) as tmp:
         tmp.mkdir()
         for name in TABLES:
             pq.write_table(tables[name], tmp / f"{name}.parquet", compression="zstd")
-        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        sums = {"schema_version": SCHEMA_VERSION, "digest": digest,
+        (tmp / "metadata.json").write_text(json.dumps(new.metadata, indent=2, sort_keys=True) + "\n")
+        sums = {"schema_version": SCHEMA_VERSION, "digest": new.digest,
                 "files": {name: sha256_file(tmp / name) for name in FILES}}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
     return read_split_set(dest)
@@ -219,10 +289,14 @@ def read_split_set(path: Path) -> SplitSet:
         raise OodmlError(f"{where}: missing {CHECKSUMS}; not a published split set") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise OodmlError(f"{where}: {CHECKSUMS} is not valid JSON ({exc})") from None
-    if not isinstance(sums, dict) or not isinstance(sums.get("files"), dict) or "digest" not in sums:
+    if not isinstance(sums, dict) or not isinstance(sums.get("files"), dict) or not isinstance(sums.get("digest"), str):
         raise OodmlError(f"{where}: {CHECKSUMS} lacks 'files' and 'digest'")
-    if sums.get("schema_version", 0) > SCHEMA_VERSION:
-        raise OodmlError(f"{where}: schema version {sums['schema_version']} is newer than this oodml understands "
+    rule = sums.get("schema_version")
+    if type(rule) is not int or rule < 1:
+        raise OodmlError(f"{where}: {CHECKSUMS} has schema_version {rule!r}, expected a positive integer; "
+                         "restore the file from version control")
+    if rule > SCHEMA_VERSION:
+        raise OodmlError(f"{where}: schema version {rule} is newer than this oodml understands "
                          f"({SCHEMA_VERSION}); upgrade oodml")
     present = {p.name for p in path.iterdir()} - {CHECKSUMS}
     foreign = sorted(present - set(FILES))
@@ -232,23 +306,53 @@ def read_split_set(path: Path) -> SplitSet:
         if name not in present:
             raise OodmlError(f"{where}: missing file {name}")
         expected = sums["files"].get(name)
-        if expected is None or sha256_file(path / name) != expected:
+        if not isinstance(expected, str) or sha256_file(path / name) != expected:
             raise OodmlError(f"{where}: {name} does not match its sha256 in {CHECKSUMS}; the file was modified "
                              "or corrupted (restore it from version control)")
     try:
         metadata = json.loads((path / "metadata.json").read_text())
         tables = {name: pq.read_table(path / f"{name}.parquet") for name in TABLES}
-    except (OSError, json.JSONDecodeError, pa.ArrowException) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, pa.ArrowException) as exc:
         raise OodmlError(f"{where}: cannot read it: {exc}") from None
+    if not isinstance(metadata, dict) or metadata.get("schema_version", 1) != rule:
+        raise OodmlError(f"{where}: metadata.json is not a schema-{rule} record")
     for name, schema in zip(TABLES, (LEVEL_SCHEMA, CLASS_SCHEMA, EPISODE_SCHEMA), strict=True):
         if not tables[name].schema.equals(schema):
             raise OodmlError(f"{where}: {name}.parquet has columns {tables[name].schema.names}, "
                              f"expected {schema.names}")
-    digest = content_digest(tables, metadata)
+    digest = content_digest(tables, metadata, rule)
     if digest != sums["digest"]:
         raise OodmlError(f"{where}: content digest {digest[:12]} does not match the recorded {sums['digest'][:12]}")
-    return SplitSet(metadata.get("dataset", path.parent.name), metadata.get("version", path.name),
-                    tables_to_levels(tables), metadata, digest, path)
+    levels = tables_to_levels(tables)
+    check_levels(levels, where)
+    return SplitSet(str(metadata.get("dataset", path.parent.name)), str(metadata.get("version", path.name)),
+                    levels, metadata, digest, path)
+
+
+def check_levels(levels: tuple[Level, ...], where: str) -> None:
+    """Refuse a split set no evaluation could use: levels not numbered 1..n, a level without train classes or
+    with fewer than 2 test classes, a class on both sides, validation classes outside train, or episode
+    support from classes other than the level's test classes."""
+    if not levels:
+        raise OodmlError(f"{where}: has no levels")
+    if [lv.index for lv in levels] != list(range(1, len(levels) + 1)):
+        raise OodmlError(f"{where}: levels are numbered {[lv.index for lv in levels][:10]}, expected 1..{len(levels)}")
+    for lv in levels:
+        train, test = set(lv.train_classes), set(lv.test_classes)
+        problem = None
+        if not train:
+            problem = "no train classes"
+        elif len(test) < 2:
+            problem = f"{len(test)} test classes (retrieval needs at least 2)"
+        elif train & test:
+            problem = f"class {sorted(train & test)[0]!r} on both sides"
+        elif not set(lv.val_classes) <= train:
+            problem = "validation classes that are not train classes"
+        elif any(not set(ep.support) <= test for eps in lv.episode_table.values() for ep in eps):
+            problem = "episode support from classes that are not test classes"
+        if problem:
+            raise OodmlError(f"{where}: level {lv.index} has {problem}; the split set is malformed, "
+                             "restore it from where it was published")
 
 
 def search_paths() -> list[Path]:
@@ -314,3 +418,17 @@ def resolve(dataset: str, ref: SplitSet | str | Path | None) -> SplitSet:
     if ref is not None and Path(ref).is_dir():
         return read_split_set(Path(ref))
     return load(dataset, None if ref is None else str(ref))
+
+
+def open_split_set(ref: SplitSet | str | Path) -> SplitSet:
+    """A split set from a reference: a loaded one, a manifest directory, or ``DATASET[@VERSION]`` (the latest
+    published version when no version is given)."""
+    if isinstance(ref, SplitSet):
+        return ref
+    if Path(ref).is_dir():
+        return read_split_set(Path(ref))
+    if isinstance(ref, Path) or "/" in str(ref) or os.sep in str(ref):
+        raise OodmlError(f"{ref}: no such split set directory; give a directory holding {CHECKSUMS} "
+                         "or DATASET@VERSION (see `oodml splits list`)")
+    dataset, _, version = str(ref).partition("@")
+    return load(dataset, version or None)
