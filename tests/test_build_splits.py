@@ -96,7 +96,7 @@ def test_fewer_classes_than_levels_need(tmp_path):
 
     build_imagefolder(tmp_path)
     ds = load_dataset("imagefolder", root=tmp_path)
-    with pytest.raises(OodmlError, match="3 classes are too few for 8 levels"):
+    with pytest.raises(OodmlError, match="3 classes are too few to split"):
         build_levels(ds, np.zeros((len(ds), 4)), SplitConfig())
 
 

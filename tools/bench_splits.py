@@ -12,9 +12,13 @@ Reports, each against the reference it names:
 4. the trace term tr (S1 S2)^(1/2) of two 2048 x 2048 covariances (the many-class search's unit of
    work): by a Cholesky factor vs the symmetric matrix square root;
 5. at SOP scale (11,318 classes, 2048-d): one class-mean FID (the ooDML progression's unit) and one
-   greedy candidate (the many-class search's unit), with the projected search times.
+   greedy candidate (the many-class search's unit), with the projected search times;
+6. the exhaustive search (every balanced split scored, used up to 21 classes) on the first 10, 16 and
+   20 of the synthetic class means: its time and the splits it scores, vs the greedy search on the same
+   classes (time ratio, and how far short of the true extremes greedy stops), and the vectorised
+   scoring vs scoring the splits one at a time.
 
-Run:  .venv/bin/python tools/bench_splits.py [--textbook-repeats N]
+Run:  .venv/bin/python tools/bench_splits.py [--textbook-repeats N] [--only-exhaustive]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import scipy.linalg
 
 from oodml.shift import ClassFeatures, Gaussian, frechet_distance, trace_sqrt_of_product, trace_sqrt_product
 from oodml.splits.scoring import MeanFID, Move
-from oodml.splits.search import greedy_levels, swap_progression
+from oodml.splits.search import balanced_splits, exhaustive_levels, greedy_levels, swap_progression
 
 
 def textbook_fid(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,6 +62,7 @@ def best_of(fn, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--textbook-repeats", type=int, default=1, help="timings of the slow reference (best of)")
+    parser.add_argument("--only-exhaustive", action="store_true", help="run section 6 alone")
     args = parser.parse_args()
 
     feats, labels = synthetic_features()
@@ -65,6 +70,9 @@ def main() -> None:
     cf = ClassFeatures(feats, labels)
     stats_s = time.perf_counter() - start
     means = cf.means
+    if args.only_exhaustive:
+        bench_exhaustive(means)
+        return
     train, test = means[:100], means[100:]
     print(f"synthetic features: {feats.shape[0]} images x {feats.shape[1]} dims, {cf.num_classes} classes "
           f"(class means in {stats_s:.2f} s)")
@@ -123,6 +131,31 @@ def main() -> None:
     print(f"[5] SOP scale, 11,318 classes x 2048: one class-mean FID {fid_s:.1f} s (the ooDML progression: 25 of "
           f"them, ~{25 * fid_s / 60:.0f} min); one greedy candidate {move_s:.2f} s (x 7,830 candidates as at 10,000 "
           f"classes: ~{7830 * move_s / 3600:.1f} h)")
+
+    bench_exhaustive(means)
+
+
+def bench_exhaustive(means: np.ndarray) -> None:
+    """[6] Exhaustive vs greedy search on the first 10, 16 and 20 class means (levels capped at n // 2 for greedy)."""
+    for n in (10, 16, 20):
+        scorer, levels = MeanFID(means[:n]), min(8, n // 2)
+        ex = exhaustive_levels(scorer, n, levels=levels, removal_levels=0)
+        gr = greedy_levels(scorer, n, levels=levels, removal_levels=0)
+        exhaustive_s = best_of(lambda: exhaustive_levels(scorer, n, levels=levels, removal_levels=0), 3)  # noqa: B023
+        greedy_s = best_of(lambda: greedy_levels(scorer, n, levels=levels, removal_levels=0), 3)  # noqa: B023
+        print(f"[6] {n} classes x {means.shape[1]}: exhaustive {exhaustive_s:.3f} s for "
+              f"{ex.search['partitions']:,} balanced splits ({exhaustive_s / ex.search['partitions'] * 1e6:.1f} us "
+              f"each); greedy {greedy_s:.3f} s, exhaustive/greedy time {exhaustive_s / greedy_s:.2g}x; "
+              f"{levels} swap levels span {ex.levels[0].distance:.0f}..{ex.levels[-1].distance:.0f} exhaustive vs "
+              f"{gr.levels[0].distance:.0f}..{gr.levels[-1].distance:.0f} greedy")
+    first, second = balanced_splits(np.arange(20))
+    scorer = MeanFID(means[:20])
+    stacked_s = best_of(lambda: scorer.stacked_distances(first, second), 3)
+    sample = 5000
+    one_s = best_of(lambda: scorer.distances(list(zip(first[:sample], second[:sample], strict=True))), 1)
+    one_s *= len(first) / sample
+    print(f"    scoring all {len(first):,} splits of 20 classes: vectorised {stacked_s:.2f} s vs one at a time "
+          f"~{one_s:.2f} s (timed on {sample:,}), ratio {one_s / stacked_s:.1f}x")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ episodes and confidence interval.  Pure computation; writing is in ``manifest``.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,8 +15,20 @@ from ..errors import OodmlError
 from ..progress import progress
 from ..shift import MODES, ClassFeatures, get_distance, split_distance
 from .levels import Level, bootstrap_interval, draw_episodes, tuning_split
-from .scoring import make_scorer
-from .search import SplitState, greedy_levels, removal_continuation, swap_progression
+from .scoring import Scorer, make_scorer
+from .search import (
+    MIN_CLASSES,
+    SearchResult,
+    SplitState,
+    balanced_split_count,
+    exhaustive_fits,
+    exhaustive_levels,
+    greedy_levels,
+    level_capacity,
+    oodml_parameters,
+    removal_continuation,
+    swap_progression,
+)
 
 ALGORITHMS = ("greedy", "oodml")
 
@@ -41,34 +55,83 @@ class SplitConfig:
     history: int = 5
 
     def validate(self, num_classes: int) -> None:
+        """Refuse values no search can use, in one line naming the command-line option (or the field)."""
         get_distance(self.distance)
         if self.mode not in MODES:
             raise OodmlError(f"unknown feature mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.algorithm not in ALGORITHMS:
             raise OodmlError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if num_classes < 2 * max(self.levels, 4):
-            raise OodmlError(f"{num_classes} classes are too few for {self.levels} levels; need at least "
-                             f"{2 * max(self.levels, 4)} (ask for fewer --levels)")
-        if any(k < 1 for k in self.shots) or self.episodes < 0:
-            raise OodmlError("--shots must be positive and --episodes non-negative")
+        problems = _problems(self)
+        if problems:
+            raise OodmlError(problems[0])
+        if num_classes < MIN_CLASSES:
+            raise OodmlError(f"{num_classes} classes are too few to split; need at least {MIN_CLASSES} (2 per side)")
+
+
+def _problems(cfg: SplitConfig) -> list[str]:
+    """What is wrong with the numeric parameters, one line each, in field order (empty when nothing is)."""
+    checks = [
+        (cfg.levels >= 2, f"--levels must be at least 2 (got {cfg.levels})"),
+        (cfg.removal_levels >= 0, f"--removal-levels must be non-negative (got {cfg.removal_levels})"),
+        (cfg.seed >= 0, f"--seed must be non-negative (got {cfg.seed})"),
+        (len(cfg.shots) > 0 and all(k >= 1 for k in cfg.shots),
+         f"--shots must be positive (got {' '.join(map(str, cfg.shots)) or 'none'})"),
+        (cfg.episodes >= 0, f"--episodes must be non-negative (got {cfg.episodes})"),
+        (cfg.bootstrap >= 0, f"--bootstrap must be non-negative; 0 skips the intervals (got {cfg.bootstrap})"),
+        # Fields with no command-line option: named as fields.
+        (0 < cfg.val_fraction < 1, f"SplitConfig.val_fraction must lie strictly between 0 and 1 "
+                                   f"(got {cfg.val_fraction})"),
+        (cfg.shortlist >= 1, f"SplitConfig.shortlist must be at least 1 (got {cfg.shortlist})"),
+        (0 < cfg.floor <= 1, f"SplitConfig.floor must lie in (0, 1] (got {cfg.floor})"),
+        (cfg.iterations >= 1, f"SplitConfig.iterations must be at least 1 (got {cfg.iterations})"),
+        (cfg.swaps_per_iteration >= 1,
+         f"SplitConfig.swaps_per_iteration must be at least 1 (got {cfg.swaps_per_iteration})"),
+        (cfg.history >= 0, f"SplitConfig.history must be non-negative (got {cfg.history})"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def fit_levels(cfg: SplitConfig, num_classes: int, exhaustive: bool) -> tuple[SplitConfig, str | None]:
+    """``cfg`` fitted to ``num_classes``, and a one-line note saying what changed (None if nothing).
+
+    ``levels`` is capped at :func:`level_capacity`, and ``removal_levels`` at
+    ``levels - 2`` so that at least two swap levels remain (the searches treat
+    removal levels as "up to" anyway: those removal cannot reach become swap levels).
+    """
+    cap = level_capacity(num_classes, exhaustive)
+    levels = min(cfg.levels, cap)
+    removal = min(cfg.removal_levels, levels - 2)
+    fitted = dataclasses.replace(cfg, levels=levels, removal_levels=removal)
+    also = f", {removal} by removal" if removal != cfg.removal_levels else ""
+    if levels < cfg.levels:
+        why = (f"have only {balanced_split_count(num_classes)} balanced splits" if exhaustive
+               else f"allow at most {cap} levels ({num_classes // 2} classes per side)")
+        return fitted, f"{num_classes} classes {why}: making {levels} levels{also}, not {cfg.levels} (--levels)"
+    if removal < cfg.removal_levels:
+        return fitted, (f"{levels} levels leave room for at most {removal} by class removal, not "
+                        f"{cfg.removal_levels} (--removal-levels)")
+    return cfg, None
 
 
 def _oodml_states(cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig, rng_seed: int) -> list[SplitState]:
     """ooDML progression from a seeded random half split (class names sorted within each side, as ooDML did),
     continued by class removal for ``removal_levels`` iterations; the chosen states as class indices, by
-    increasing distance.  (ooDML also ran the inverse progression for easier splits; this uses the forward one.)"""
+    increasing distance, each split once.  (ooDML also ran the inverse progression for easier splits; this
+    uses the forward one.)  Swaps per iteration and history shrink to what the sides allow
+    (:func:`oodml_parameters`); removal stops at half the classes per side, as the greedy search's does."""
     perm = np.random.default_rng(rng_seed).permutation(len(classes))
     half = len(classes) // 2
     index = {c: i for i, c in enumerate(classes)}
     train = sorted(classes[i] for i in perm[:half])
     test = sorted(classes[i] for i in perm[half:2 * half])
+    per_iteration, history = oodml_parameters(half, cfg.swaps_per_iteration, cfg.history)
     states = swap_progression(train, cf.means[[index[c] for c in train]], test, cf.means[[index[c] for c in test]],
-                              iterations=cfg.iterations, swaps_per_iteration=cfg.swaps_per_iteration,
-                              history=cfg.history)
+                              iterations=cfg.iterations, swaps_per_iteration=per_iteration, history=history)
     if cfg.removal_levels:
         means_by_name = {c: cf.means[i] for c, i in index.items()}
         states += removal_continuation(states[-1], means_by_name, iterations=cfg.removal_levels,
-                                       swaps_per_iteration=cfg.swaps_per_iteration, history=cfg.history)
+                                       swaps_per_iteration=per_iteration, history=history,
+                                       min_per_side=max(2, int(np.ceil(cfg.floor * half))))
     as_index = [SplitState(tuple(index[c] for c in s.train), tuple(index[c] for c in s.test), s.distance, s.swaps,
                            s.kind) for s in states]
     # Levels: evenly spaced along the swap states, then the removal states.
@@ -76,7 +139,46 @@ def _oodml_states(cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig, r
     removal = as_index[cfg.iterations:]
     n_swap = cfg.levels - len(removal)
     picks = np.unique(np.linspace(0, len(swaps) - 1, n_swap).round().astype(int))
-    return sorted([swaps[i] for i in picks] + removal, key=lambda s: s.distance)
+    chosen = sorted([swaps[i] for i in picks] + removal, key=lambda s: s.distance)
+    # A small class set's progression can come back to a split it visited; keep its first appearance.
+    seen: set[tuple[frozenset, frozenset]] = set()
+    unique = []
+    for state in chosen:
+        key = (frozenset(state.train), frozenset(state.test))
+        if key not in seen:
+            seen.add(key)
+            unique.append(state)
+    return unique
+
+
+def _search(scorer: Scorer, cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig
+            ) -> tuple[SearchResult, SplitConfig]:
+    """Find the levels' splits; returns them with ``cfg`` as used (``levels`` capped to the class count).
+
+    The greedy algorithm scores every balanced split when the scorer allows
+    (:func:`exhaustive_fits`: up to 21 classes for class-mean FID), else
+    searches by swaps.  A one-line warning says when ``--levels`` was capped or
+    fewer distinct levels exist than asked.
+    """
+    n = len(classes)
+    exhaustive = cfg.algorithm == "greedy" and exhaustive_fits(scorer, n)
+    cfg, note = fit_levels(cfg, n, exhaustive)
+    if note:
+        warnings.warn(note, stacklevel=3)
+    options = dict(levels=cfg.levels, removal_levels=cfg.removal_levels, seed=cfg.seed, shortlist=cfg.shortlist,
+                   floor=cfg.floor)
+    if exhaustive:
+        result = exhaustive_levels(scorer, n, **options)
+    elif cfg.algorithm == "greedy":
+        result = greedy_levels(scorer, n, **options)
+    else:
+        states = _oodml_states(cf, classes, cfg, cfg.seed)
+        result = SearchResult(states, states[0], states, {"method": "oodml"})
+    if len(result.levels) < cfg.levels:
+        made = len(result.levels)
+        warnings.warn(f"made {made} level{'s' * (made != 1)}, not {cfg.levels}: the search found no more splits "
+                      f"of distinct distance", stacklevel=3)
+    return result, cfg
 
 
 def build_levels(dataset: ImageDataset, features: np.ndarray, cfg: SplitConfig) -> tuple[tuple[Level, ...], dict]:
@@ -87,8 +189,11 @@ def build_levels(dataset: ImageDataset, features: np.ndarray, cfg: SplitConfig) 
         features: (N, d) features in dataset order.
 
     Returns:
-        ``(levels, info)``: levels easiest first, and facts for the metadata
-        (``default_distance``: distance of the seeded random split).
+        ``(levels, info)``: levels easiest first, and facts for the metadata:
+        ``default_distance`` (distance of the seeded random split), ``search``
+        (how the levels were found: ``{"method": "exhaustive", "partitions": P}``,
+        ``{"method": "greedy"}`` or ``{"method": "oodml"}``) and ``config`` (the
+        :class:`SplitConfig` used: ``cfg`` with ``levels`` capped to the class count).
     """
     if features.shape[0] != len(dataset):
         raise OodmlError(f"{features.shape[0]} feature rows for {len(dataset)} images")
@@ -97,20 +202,14 @@ def build_levels(dataset: ImageDataset, features: np.ndarray, cfg: SplitConfig) 
     if cfg.mode == "samples":
         cf.check_samples_mode(range(len(dataset.classes)))
     scorer = make_scorer(cf, cfg.distance, cfg.mode)
-    if cfg.algorithm == "greedy":
-        result = greedy_levels(scorer, len(dataset.classes), levels=cfg.levels, removal_levels=cfg.removal_levels,
-                               seed=cfg.seed, shortlist=cfg.shortlist, floor=cfg.floor)
-        states, default = result.levels, result.default
-    else:
-        states = _oodml_states(cf, dataset.classes, cfg, cfg.seed)
-        default = states[0]
+    result, cfg = _search(scorer, cf, dataset.classes, cfg)
 
     samples_by_class: dict[str, list[str]] = {c: [] for c in dataset.classes}
     for sid, label in zip(dataset.sample_ids, dataset.labels, strict=True):
         samples_by_class[dataset.classes[label]].append(sid)
     counts = cf.n
     levels = []
-    for k, state in enumerate(progress(states, "levels: intervals and episodes", unit="level"), start=1):
+    for k, state in enumerate(progress(result.levels, "levels: intervals and episodes", unit="level"), start=1):
         train, test = np.array(state.train), np.array(state.test)
         distance = split_distance(cf, train, test, distance=cfg.distance, mode=cfg.mode)
         lo, hi = bootstrap_interval(scorer.distances, train, test, draws=cfg.bootstrap, seed=cfg.seed, level=k)
@@ -121,6 +220,8 @@ def build_levels(dataset: ImageDataset, features: np.ndarray, cfg: SplitConfig) 
         levels.append(Level(k, distance, lo, hi, state.kind, train_names, test_names,
                             tuning_split(train_names, seed=cfg.seed, level=k, val_fraction=cfg.val_fraction),
                             int(counts[train].sum()), int(counts[test].sum()), episodes))
+    default = result.default
     info = {"default_distance": split_distance(cf, np.array(default.train), np.array(default.test),
-                                               distance=cfg.distance, mode=cfg.mode)}
+                                               distance=cfg.distance, mode=cfg.mode),
+            "search": dict(result.search), "config": cfg}
     return tuple(levels), info

@@ -23,6 +23,10 @@ def make_splits(dataset: str, *, root: str | Path | None = None, options: dict |
     ``extractor`` defaults to the dataset's registered split extractor
     (``resnet50``; ``pixels`` for glyphs).  Publishing identical content again
     is a no-op; different content under an existing version is refused.
+    With few classes the levels are chosen among every balanced split and
+    ``metadata["search"]`` says so (``build_levels``); ``levels`` is capped at
+    what the class count allows, with a warning, and ``parameters`` records
+    the levels made.
     """
     check_version_name(version)
     config = config or SplitConfig()
@@ -30,6 +34,7 @@ def make_splits(dataset: str, *, root: str | Path | None = None, options: dict |
     ext = get_extractor(extractor or dataset_spec(dataset).split_extractor, weights)
     features = extract_features(ds, ext, device=device, batch_size=batch_size)
     levels, info = build_levels(ds, features, config)
+    config = info["config"]  # --levels capped to what the class count allows
     metadata = {
         "dataset_fingerprint": ds.fingerprint,
         "dataset_layout": ds.layout,
@@ -47,6 +52,9 @@ def make_splits(dataset: str, *, root: str | Path | None = None, options: dict |
         "oodml_version": __version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if info["search"]["method"] == "exhaustive":
+        # Only for the exhaustive search: greedy-built split sets (glyphs@v1, every larger one) keep their metadata.
+        metadata["search"] = info["search"]
     if is_main_process():
         split_set = write_split_set(Path(out), dataset, version, levels, metadata)
     barrier()  # under torchrun, the other ranks read what rank 0 published

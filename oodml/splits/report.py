@@ -17,12 +17,24 @@ def _count(n: int) -> str:
     return "?" if n < 0 else str(n)
 
 
+def search_line(metadata: dict) -> str | None:
+    """How the levels were searched for, in one line (None for split sets not built by ``make-splits``)."""
+    search = metadata.get("search") or {}
+    if search.get("method") == "exhaustive":
+        return (f"search: exhaustive, all {search['partitions']:,} balanced splits scored; the easiest and hardest "
+                f"swap levels are the true extremes")
+    return {"greedy": "search: greedy swaps from the default split (the extremes are the best found, not proven)",
+            "oodml": "search: the ooDML swap procedure from the default split"}.get(metadata.get("algorithm"))
+
+
 def format_levels(split_set: SplitSet) -> str:
     """A plain-text table: one row per level with distance, CI, kind, class and image counts."""
     meta = split_set.metadata
     head = [f"{split_set.dataset}@{split_set.version}  digest {split_set.digest[:16]}  "
             f"{meta.get('distance', '?')} on {meta.get('mode', '?')} {meta.get('extractor', '?')} features, "
             f"algorithm {meta.get('algorithm', '?')}"]
+    if search_line(meta):
+        head.append(search_line(meta))
     if meta.get("default_distance") is not None:
         head.append(f"default (seeded random) split distance: {_num(meta['default_distance'], 4)}")
     rows = [("level", "distance", "95% CI", "kind", "train cls", "test cls", "val cls", "train img", "test img")]
