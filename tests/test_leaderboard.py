@@ -131,7 +131,8 @@ def test_build_renders_only_verified_entries(entry, tmp_path, capsys):
     assert main(["leaderboard", "build", "--root", str(root)]) == 2
     readme = (root / "README.md").read_text()
     assert "| 1 | good |" in readme and "| bad |" not in readme
-    assert "- `bad`: " in readme and "did not verify" in capsys.readouterr().err
+    assert "- bad: claims levels/1/recall@1 = 1.0" in readme
+    assert "not shown: " in capsys.readouterr().err
     assert good.exists()
     assert main(["leaderboard", "verify", "--root", str(root)]) == 2
     out = capsys.readouterr().out

@@ -4,15 +4,22 @@ One board per published split set and protocol.  Entries are ranked by mean
 Recall@1 over levels; a paired bootstrap over test classes (the same classes
 resampled for every entry, per level) gives each entry's 95% interval and the
 interval of its difference from the entry ranked above: when that interval
-holds 0 the two share a rank.  Unverified entries are never rendered.  Output
-is deterministic (no build time, hand-written SVG), so CI can check that the
-committed board is the one the committed entries produce.
+holds 0 the two share a rank.  Unverified entries are never rendered, only
+listed by name with their first problem.  Output is deterministic (no build
+time, hand-written SVG), so CI can check that the committed board is the one
+the committed entries produce.
+
+Every submitted string is text, never markup: the HTML page escapes it
+(attributes included) and shows only http(s) links; the Markdown page escapes
+what Markdown or inline HTML would read (``<``, ``&``, backslash, backtick,
+``*``, ``_``, ``~``, brackets and the table's ``|``) and folds it to one line.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +28,7 @@ import numpy as np
 from .._fs import atomic_path
 from ..splits import iter_published
 from .scoring import Verification, iter_entries, verify_entries
+from .submission import is_web_url, one_line
 
 DRAWS = 2000
 STEPS = """1. Evaluate your model with embeddings saved: `oodml evaluate MODEL --dataset D --splits V --fewshot 2,5 \
@@ -103,8 +111,35 @@ def _fmt(x: float) -> str:
     return f"{x:.4f}"
 
 
-def _board_rows(ranked: list[Ranked]) -> tuple[list[str], list[list[tuple[str, float | str]]]]:
-    """Header and rows of cells ``(text, sort value)`` shared by the Markdown and HTML renderings."""
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_~\[\]|])")
+
+
+def markdown_text(text: str) -> str:
+    """Submitted ``text`` as literal Markdown inline text, safe in a table cell.
+
+    Folded to one line (a newline would end the table row); ``&``, ``<`` and
+    ``>`` become HTML entities, so no tag (``<script>``, ``<img onerror>``)
+    can start; backslash, backtick, ``*``, ``_``, ``~``, brackets and ``|`` are
+    backslash-escaped, so no code span, emphasis, link (``[x](javascript:...)``)
+    or cell boundary can start.  Renders as exactly the original characters.
+    """
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(one_line(text), quote=False))
+
+
+def html_text(text: str) -> str:
+    """Submitted ``text`` as HTML text or attribute value: folded to one line, ``&<>"'`` escaped."""
+    return html.escape(one_line(text))
+
+
+Cell = tuple[str, float | str]
+
+
+def _board_rows(ranked: list[Ranked], text: Callable[[str], str]) -> tuple[list[str], list[list[Cell]]]:
+    """Header and rows of cells ``(text, sort value)`` shared by the Markdown and HTML renderings.
+
+    ``text`` turns a submitted string into the rendering's safe text
+    (:func:`markdown_text`; identity for HTML, which escapes every cell).
+    """
     levels = [lv["level"] for lv in ranked[0].verification.scores.levels]
     shots = sorted({s for r in ranked for s in _fewshot_cells(r)}, key=lambda s: int(s.split("-")[0]))
     header = ["rank", "method", "mean R@1 [95% CI]", "gap to above [95% CI]", "AUC R@1", "MAP@R",
@@ -114,7 +149,7 @@ def _board_rows(ranked: list[Ranked]) -> tuple[list[str], list[list[tuple[str, f
         scores = r.verification.scores
         rank = f"{r.rank}" + (" (tie)" if r.gap_ci is not None and r.gap_ci[0] <= 0 else "")
         gap = "" if r.gap_ci is None else f"[{r.gap_ci[0]:+.4f}, {r.gap_ci[1]:+.4f}]"
-        cells = [(rank, r.rank), (r.meta["method"] + (" (baseline)" if r.meta["baseline"] else ""),
+        cells = [(rank, r.rank), (text(r.meta["method"]) + (" (baseline)" if r.meta["baseline"] else ""),
                                   r.meta["method"]),
                  (f"{_fmt(r.mean)} [{_fmt(r.ci[0])}, {_fmt(r.ci[1])}]", r.mean),
                  (gap, r.gap_ci[0] if r.gap_ci else 0.0),
@@ -133,8 +168,9 @@ def _board_rows(ranked: list[Ranked]) -> tuple[list[str], list[list[tuple[str, f
 
 
 def _markdown_table(header: list[str], rows: list[list[tuple[str, object]]]) -> str:
+    """A GFM table of cells already made safe (submitted text through :func:`markdown_text`)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(text.replace("|", "\\|") for text, _ in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(text for text, _ in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -182,7 +218,7 @@ def curves_svg(ranked: list[Ranked], width: int = 780, height: int = 380) -> str
         ly = top + 12 + 16 * k
         parts.append(f'<line x1="{left + pw + 10}" x2="{left + pw + 28}" y1="{ly - 4}" y2="{ly - 4}" '
                      f'stroke="{color}" stroke-width="2"/><text x="{left + pw + 32}" y="{ly}" font-size="11">'
-                     f'{html.escape(name)}</text>')
+                     f'{html_text(name)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -223,7 +259,7 @@ def collect_boards(verifications: Sequence[Verification]) -> list[Board]:
 
 def first_problem(v: Verification) -> str:
     """An entry's first problem with its folder's path left out (the board must not depend on where it is built)."""
-    return v.problems[0].replace(f"{v.path}/", "").replace(f"{v.path}: ", "")
+    return v.reasons[0]
 
 
 def render_markdown(boards: list[Board], rejected: Sequence[Verification]) -> str:
@@ -245,15 +281,16 @@ def render_markdown(boards: list[Board], rejected: Sequence[Verification]) -> st
         if not board.ranked:
             out += [EMPTY, ""]
             continue
-        header, rows = _board_rows(board.ranked)
+        header, rows = _board_rows(board.ranked, markdown_text)
         out += [_markdown_table(header, rows), ""]
         spread = [(r.meta["method"], r.meta["seeds"]) for r in board.ranked if r.meta["seeds"].get("sd_mean_recall@1")]
         if spread:
             out += ["Spread over seeds (mean Recall@1 of each run; the submitted run is the first): " + "; ".join(
-                f"{m}: " + ", ".join(_fmt(x) for x in s["mean_recall@1"]) for m, s in spread) + ".", ""]
+                f"{markdown_text(m)}: " + ", ".join(_fmt(x) for x in s["mean_recall@1"]) for m, s in spread) + ".",
+                ""]
     if rejected:
         out += ["## Entries that did not verify (not shown)", ""]
-        out += [f"- `{v.path.name}`: {first_problem(v)}" for v in rejected] + [""]
+        out += [f"- {markdown_text(v.path.name)}: {markdown_text(first_problem(v))}" for v in rejected] + [""]
     return "\n".join(out)
 
 
@@ -293,6 +330,12 @@ code { font-size: 12px; }
 """
 
 
+def _links_html(meta: dict) -> str:
+    """The entry's paper and code links; a URL that is not http(s) is left out (submission checks refuse it too)."""
+    return " ".join(f'<a href="{html_text(url)}">{kind}</a>' for kind in ("paper", "code")
+                    if is_web_url(url := meta[kind]))
+
+
 def render_html(boards: list[Board], rejected: Sequence[Verification]) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>oodml leaderboard</title>",
              f"<style>{_STYLE}</style></head><body>", "<h1>oodml leaderboard</h1>",
@@ -304,28 +347,26 @@ def render_html(boards: list[Board], rejected: Sequence[Verification]) -> str:
         if not board.ranked:
             parts.append(f'<p class="empty">{html.escape(EMPTY)}</p>')
             continue
-        header, rows = _board_rows(board.ranked)
+        header, rows = _board_rows(board.ranked, str)
         parts.append(f'<table class="board" id="board-{board.anchor}"><thead><tr>' +
                      "".join(f'<th aria-sort="none">{html.escape(h)}</th>' for h in header) + "</tr></thead><tbody>")
         for row in rows:
-            parts.append("<tr>" + "".join(f'<td data-value="{html.escape(str(v))}">{html.escape(t)}</td>'
+            parts.append("<tr>" + "".join(f'<td data-value="{html_text(str(v))}">{html_text(t)}</td>'
                                           for t, v in row) + "</tr>")
         parts.append("</tbody></table>")
         parts.append(curves_svg(board.ranked))
         for r in board.ranked:
             m = r.meta
-            links = " ".join(f'<a href="{html.escape(u)}">{k}</a>' for k, u in (("paper", m["paper"]),
-                                                                                ("code", m["code"])) if u)
-            parts.append(f"<details><summary>{html.escape(m['method'])}</summary><p>{html.escape(m['description'])}"
-                         f"</p><p>authors: {html.escape(', '.join(m['authors']) or '-')} {links}</p>"
-                         f"<p>training data: {html.escape(m['training_data'])}</p><p>adaptations: "
-                         f"{html.escape(', '.join(m['adaptations']) or 'none')}; seeds: "
-                         f"{html.escape(', '.join(_fmt(x) for x in m['seeds'].get('mean_recall@1', [])))}</p>"
-                         f"<p>split digest <code>{m['split_digest'][:16]}</code>, oodml "
-                         f"{html.escape(m['oodml_version'])}, submitted {html.escape(m['date'])}</p></details>")
+            parts.append(f"<details><summary>{html_text(m['method'])}</summary><p>{html_text(m['description'])}"
+                         f"</p><p>authors: {html_text(', '.join(m['authors']) or '-')} {_links_html(m)}</p>"
+                         f"<p>training data: {html_text(m['training_data'])}</p><p>adaptations: "
+                         f"{html_text(', '.join(m['adaptations']) or 'none')}; seeds: "
+                         f"{html_text(', '.join(_fmt(x) for x in m['seeds'].get('mean_recall@1', [])))}</p>"
+                         f"<p>split digest <code>{html_text(m['split_digest'][:16])}</code>, oodml "
+                         f"{html_text(m['oodml_version'])}, submitted {html_text(m['date'])}</p></details>")
     if rejected:
         parts.append("<h2>Entries that did not verify (not shown)</h2><ul>" + "".join(
-            f"<li><code>{html.escape(v.path.name)}</code>: {html.escape(first_problem(v))}</li>" for v in rejected)
+            f"<li><code>{html_text(v.path.name)}</code>: {html_text(first_problem(v))}</li>" for v in rejected)
             + "</ul>")
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"

@@ -23,7 +23,7 @@ from ..errors import OodmlError
 from ..evaluation import curve_summary, episode_split, nearest_accuracy
 from ..metrics import per_query_metrics
 from ..splits import SplitSet, load
-from .submission import FINETUNED, Submission, parse_file_name, read_submission
+from .submission import FINETUNED, Submission, is_fraction, parse_file_name, read_submission, shown
 
 RETRIEVAL = ("recall@1", "recall@2", "recall@4", "recall@8", "r_precision", "map@r")
 #: claimed numbers must match the recomputed ones to this absolute difference
@@ -70,6 +70,11 @@ class Verification:
     def ok(self) -> bool:
         return not self.problems and self.scores is not None
 
+    @property
+    def reasons(self) -> list[str]:
+        """The problems with the entry's folder left out: shown after its name, and independent of where it is."""
+        return [p.replace(f"{self.path}/", "").replace(f"{self.path}: ", "") for p in self.problems]
+
 
 def _table(sub: Submission, name: str, width: int) -> tuple[list[str], np.ndarray] | str:
     """An embedding table of the entry, or the problem with it."""
@@ -112,10 +117,20 @@ def _rows_in_order(sub: Submission, name: str, width: int, expected: list[str]) 
     return values[[position[sid] for sid in expected]]
 
 
+def _shot_problems(sub: Submission, split_set: SplitSet) -> list[str]:
+    """The declared shots that some level of the split set has no episodes for."""
+    available = sorted(set.intersection(*(set(lv.shots) for lv in split_set.levels))) if split_set.levels else []
+    return [f"{sub.path}: fewshot declares {k}-shot episodes, but {split_set.dataset}@{split_set.version} has none "
+            f"(available: {', '.join(map(str, available)) or 'none'}); declare only those"
+            for k in sub.meta["fewshot"]["shots"] if k not in available]
+
+
 def score(sub: Submission, split_set: SplitSet, ds: ImageDataset) -> tuple[Scores | None, list[str]]:
     """Recompute every number of ``sub`` from its files; return the scores (None on problems) and problems."""
     meta, width = sub.meta, sub.meta["embedding_dim"]
-    problems: list[str] = []
+    problems = _shot_problems(sub, split_set)
+    if problems:
+        return None, problems
     index_of = {sid: i for i, sid in enumerate(ds.sample_ids)}
     shots_list, episodes = meta["fewshot"].get("shots", []), meta["fewshot"].get("episodes", 0)
     finetuned = [a for a in meta["adaptations"] if a in FINETUNED]
@@ -194,9 +209,9 @@ def _compare_claims(sub: Submission, scores: Scores) -> list[str]:
                     problems.append(f"{sub.path}: claims {'/'.join((*path, key))}, which oodml does not compute")
                 else:
                     walk(value, real[key], (*path, key))
-        elif not isinstance(claimed, (int, float)) or isinstance(claimed, bool) or \
-                not abs(float(claimed) - float(real)) <= TOLERANCE:
-            problems.append(f"{sub.path}: claims {'/'.join(path)} = {claimed!r}, but its embeddings give "
+        elif not is_fraction(claimed) or not abs(claimed - float(real)) <= TOLERANCE:
+            # read_submission admits only numbers in [0, 1]; checked again so no value can overflow here
+            problems.append(f"{sub.path}: claims {'/'.join(path)} = {shown(claimed)}, but its embeddings give "
                             f"{float(real):.6f}")
 
     walk(sub.meta["claimed"], actual, ())
@@ -210,8 +225,18 @@ def verify(path: str | Path, *, data_root: str | Path | None = None, dataset: Im
     ``dataset`` (or ``data_root`` for a dataset that needs one) supplies the
     images' ids and labels; ``datasets`` (name -> dataset) keeps the datasets
     loaded across calls.  The split set is the published one the entry names.
+    Never raises :class:`OodmlError`: whatever stops the check is the entry's
+    problem, so one bad entry cannot stop the others from being verified.
     """
     path = Path(path)
+    try:
+        return _verify(path, data_root, dataset, datasets)
+    except OodmlError as exc:
+        return Verification(path, None, None, [f"{path}: {exc}"])
+
+
+def _verify(path: Path, data_root: str | Path | None, dataset: ImageDataset | None,
+            datasets: dict[str, ImageDataset] | None) -> Verification:
     sub, problems = read_submission(path)
     if sub is None:
         return Verification(path, None, None, problems)
@@ -242,7 +267,7 @@ def verify(path: str | Path, *, data_root: str | Path | None = None, dataset: Im
 
 
 def verify_entries(paths: list[Path], *, data_root: str | Path | None = None) -> list[Verification]:
-    """:func:`verify` for several entries, loading each dataset once."""
+    """:func:`verify` for each entry on its own (one failing does not stop the others), loading each dataset once."""
     datasets: dict[str, ImageDataset] = {}
     return [verify(path, data_root=data_root, datasets=datasets) for path in paths]
 

@@ -17,7 +17,7 @@ from ..errors import OodmlError
 from ..evaluation import Results, read_saved_embeddings
 from ..splits import load
 from .scoring import score
-from .submission import ADAPTATIONS, FINETUNED, NAME_RE, SCHEMA_VERSION, Submission, file_record
+from .submission import ADAPTATIONS, FINETUNED, NAME_RE, SCHEMA_VERSION, Submission, file_record, schema_problems
 
 
 def entry_path(root: str | Path, dataset: str, version: str, name: str) -> Path:
@@ -103,6 +103,9 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
                   else None},
         "claimed": {}, "files": {},
     }
+    problems = schema_problems(meta)
+    if problems:
+        raise OodmlError(f"cannot make a valid entry: {problems[0]}")
     ds = load_dataset(dataset, root=data_root)
     with atomic_path(out) as tmp:
         (tmp / "embeddings").mkdir(parents=True)
