@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,17 +25,24 @@ from torchvision import transforms as T
 from ._fs import atomic_path, oodml_home, remove_stale_temporaries
 from .datasets import ImageDataset
 from .distributed import barrier, local_device_index, rank_world
-from .errors import OodmlError
+from .errors import OodmlError, brief
 from .progress import progress
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+MAX_SIDE = 4096  # pixels: a larger resize or crop is a typo, and would exhaust memory before it failed
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     """How images are turned into tensors: resize the short side, centre-crop, normalise.
 
-    ``resize``/``crop`` in pixels (``None`` skips the step); ``mean``/``std`` per RGB channel.
+    ``resize``/``crop`` in pixels, 1 to :data:`MAX_SIDE` (``None`` skips the step);
+    ``mean``/``std`` per RGB channel, three finite numbers each, ``std`` positive.
+
+    Raises:
+        OodmlError: on construction, naming the first field out of range or of the wrong type.
     """
 
     resize: int | None = 256
@@ -42,8 +51,35 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
+        for name in ("resize", "crop"):
+            side = getattr(self, name)
+            if side is not None and not (_is_integer(side) and 1 <= side <= MAX_SIDE):
+                raise OodmlError(f"preprocessing {name} must be a whole number of pixels from 1 to {MAX_SIDE}, or "
+                                 f"null to skip it, got {brief(side)}")
+            object.__setattr__(self, name, None if side is None else int(side))
         for name in ("mean", "std"):  # JSON gives lists; keep records comparable and hashable
-            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+            values = _channel_values(getattr(self, name), positive=name == "std")
+            if values is None:
+                rule = "positive finite numbers (dividing by 0 gives inf)" if name == "std" else "finite numbers"
+                raise OodmlError(f"preprocessing {name} must be 3 {rule}, one per RGB channel, got "
+                                 f"{brief(getattr(self, name))}")
+            object.__setattr__(self, name, values)
+
+    @classmethod
+    def from_dict(cls, record: object) -> Preprocessing:
+        """The inverse of :meth:`as_dict`, for records read from files (``preprocessing.json``).
+
+        Missing keys take the defaults (ImageNet's).
+
+        Raises:
+            OodmlError: not a dict, an unknown key, or a value out of range.
+        """
+        if not isinstance(record, dict):
+            raise OodmlError(f"a preprocessing record must be a JSON object, got {type(record).__name__}")
+        unknown = [key for key in record if key not in ("resize", "crop", "mean", "std")]
+        if unknown:
+            raise OodmlError(f"unknown preprocessing key {brief(unknown[0])}; the keys are resize, crop, mean, std")
+        return cls(**record)
 
     def transform(self) -> Callable:
         steps = []
@@ -56,6 +92,25 @@ class Preprocessing:
 
     def as_dict(self) -> dict:
         return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _channel_values(values: object, *, positive: bool) -> tuple[float, float, float] | None:
+    """Three finite floats (positive if asked) from a sequence of real numbers, else None."""
+    if not isinstance(values, list | tuple) or len(values) != 3:
+        return None
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+        return None
+    try:
+        floats = tuple(float(v) for v in values)
+    except OverflowError:  # an integer beyond float range
+        return None
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in floats):
+        return None
+    return floats
 
 
 IMAGENET = Preprocessing()
@@ -97,24 +152,27 @@ class _Images(torch.utils.data.Dataset):
 @torch.no_grad()
 def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preprocessing, *,
           indices: Sequence[int] | None = None, batch_size: int = 128, device: str = "auto",
-          precision: str = "fp32", workers: int = 0, desc: str = "embed") -> np.ndarray:
+          precision: str = "fp32", workers: int = 0, desc: str = "embed",
+          model_name: str = "the model") -> np.ndarray:
     """Embed images with ``model`` in eval mode.
 
     Args:
         dataset: the images.
-        model: maps a (B, 3, H, W) float batch to (B, d) embeddings.
+        model: maps a (B, 3, H, W) float batch to (B, d) embeddings, d >= 1.
         preprocessing: how to turn each image into a tensor.
         indices: which samples (default all), in this order.
         batch_size, workers: DataLoader settings.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast (GPU only; the CPU runs fp32).
+        desc: the progress bar's label.
+        model_name: how errors name the model (e.g. the file it was loaded from).
 
     Returns:
         float32 array (len(indices), d).
 
     Raises:
         OodmlError: bad device/precision, an unreadable image, or a model output
-            that is not (B, d) with finite values.
+            that is not (B, d) real values, d >= 1 and the same in every batch, all finite.
     """
     if precision not in PRECISIONS:
         raise OodmlError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
@@ -139,24 +197,40 @@ def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preproce
             raise OodmlError(f"out of GPU memory embedding a batch of {batch.shape[0]} images; lower "
                              "--batch-size") from None
         except Exception as exc:  # a foreign model can fail in any way: one line, no traceback
-            raise OodmlError(f"the model raised {type(exc).__name__} on a batch of shape {tuple(batch.shape)}: "
-                             f"{_model_error(exc)}") from None
-        if not isinstance(result, torch.Tensor) or result.ndim != 2 or result.shape[0] != batch.shape[0]:
-            shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
-            raise OodmlError(f"the model returned {shape} for a batch of {batch.shape[0]} images; expected "
-                             "(batch, dimensions)")
-        result = result.float().cpu()
-        if out and result.shape[1] != out[0].shape[1]:
-            raise OodmlError(f"the model returned {result.shape[1]}-d embeddings after {out[0].shape[1]}-d ones; "
-                             "its output width must be constant")
-        if not torch.isfinite(result).all():
-            rows = int((~torch.isfinite(result)).any(1).sum())
-            raise OodmlError(f"the model returned NaN or inf embeddings for {rows} of {result.shape[0]} images in a "
-                             "batch; check its weights and input preprocessing")
-        out.append(result.numpy())
+            raise OodmlError(f"{model_name} raised {type(exc).__name__} on a batch of shape "
+                             f"{tuple(batch.shape)}: {_model_error(exc)}") from None
+        problem = embedding_batch_problem(result, batch.shape[0], out[0].shape[1] if out else None)
+        if problem:
+            raise OodmlError(f"{model_name} {problem}")
+        out.append(result.float().cpu().numpy())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def embedding_batch_problem(result: object, images: int, width: int | None) -> str | None:
+    """What is wrong with a model's output for a batch of ``images`` images, else None.
+
+    A valid output is a real tensor (images, d), d >= 1 (and d == ``width``, the
+    width of the earlier batches, when given), with every value finite.  The
+    answer completes a sentence whose subject is the model.
+    """
+    if not isinstance(result, torch.Tensor) or result.ndim != 2 or result.shape[0] != images:
+        shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+        return f"returned {shape} for a batch of {images} images; expected (batch, dimensions)"
+    if result.shape[1] == 0:
+        return (f"returned zero-width embeddings {tuple(result.shape)} for a batch of {images} images; it must "
+                "return at least one dimension per image")
+    if width is not None and result.shape[1] != width:
+        return f"returned {result.shape[1]}-d embeddings after {width}-d ones; its output width must be constant"
+    if result.is_complex():
+        return f"returned complex embeddings ({result.dtype}); expected real numbers (e.g. float32)"
+    finite = torch.isfinite(result)
+    if not finite.all():
+        rows = int((~finite).any(1).sum())
+        return (f"returned NaN or inf embeddings for {rows} of {images} images in a batch; check its weights and "
+                "input preprocessing")
+    return None
 
 
 def _model_error(exc: BaseException) -> str:

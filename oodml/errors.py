@@ -23,3 +23,9 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when the message is empty."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for quoting values read from files (they can be any length)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -9,7 +9,8 @@
 
 from . import zoo  # noqa: F401  (registration)
 from .base import EmbeddingModel
-from .io import LoadedModel, load_model, model_digest, save
+from .digest import model_digest
+from .io import LoadedModel, load_model, save
 from .registry import create_model, list_models, register_model
 
 __all__ = ["EmbeddingModel", "LoadedModel", "create_model", "list_models", "load_model", "model_digest",

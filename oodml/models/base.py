@@ -11,10 +11,13 @@ from __future__ import annotations
 import torch
 
 from ..embedding import Preprocessing
+from ..errors import OodmlError, brief
 
 
 class EmbeddingModel(torch.nn.Module):
     """``backbone`` (B, 3, H, W) -> (B, F); ``head`` Linear F -> embed_dim; L2-normalised output.
+
+    Raises OodmlError for an ``embed_dim`` that is not a positive integer.
 
     Attributes:
         arch: registry name of the architecture.
@@ -26,6 +29,8 @@ class EmbeddingModel(torch.nn.Module):
     def __init__(self, backbone: torch.nn.Module, features: int, embed_dim: int, *, arch: str, config: dict,
                  preprocessing: Preprocessing, augmentation: str = "none"):
         super().__init__()
+        if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
+            raise OodmlError(f"{arch}: embed_dim must be a positive integer, got {brief(embed_dim)}")
         self.backbone = backbone
         self.head = torch.nn.Linear(features, embed_dim)
         self.arch, self.config, self.preprocessing = arch, dict(config), preprocessing

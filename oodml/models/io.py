@@ -9,7 +9,6 @@ it would run whatever code the file carries.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import pickle
@@ -22,12 +21,14 @@ import torch
 
 from .._fs import atomic_path
 from ..embedding import Preprocessing
-from ..errors import OodmlError, first_line
+from ..errors import OodmlError, brief, first_line
 from .base import EmbeddingModel
+from .digest import model_digest
 from .registry import create_model, list_models
 
 CHECKPOINT_FORMAT = "oodml-checkpoint"
 CHECKPOINT_VERSION = 1
+_RESAVE = "re-save the model with oodml.models.save(model, PATH)"
 
 
 @dataclass
@@ -37,7 +38,8 @@ class LoadedModel:
     Attributes:
         module: maps (B, 3, H, W) to (B, d).
         preprocessing: how images must be prepared.
-        digest: sha256 over the weights (names, dtypes, shapes and bytes), the cache key of its embeddings.
+        digest: :func:`~oodml.models.digest.model_digest` of module and preprocessing (code, attributes,
+            tensors, preprocessing), the cache key of its embeddings.
         source: the spec it was loaded from.
         provenance: what the checkpoint says about its training (split digest, level, ...), else empty.
     """
@@ -49,14 +51,23 @@ class LoadedModel:
     provenance: dict = field(default_factory=dict)
 
 
-def model_digest(module: torch.nn.Module) -> str:
-    """sha256 over the state dict, in name order: equal for equal weights, whatever the file format."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """The validated fields of an oodml checkpoint file.
+
+    Attributes:
+        arch: registered architecture name.
+        config: keyword arguments of ``create_model(arch, **config)``.
+        state_dict: parameter and buffer names -> dense tensors.
+        preprocessing: the saved preprocessing, or None to use the architecture's.
+        provenance: how the model was trained (free-form), else empty.
+    """
+
+    arch: str
+    config: dict
+    state_dict: dict[str, torch.Tensor]
+    preprocessing: Preprocessing | None
+    provenance: dict
 
 
 def save(model: EmbeddingModel, path: str | Path, *, provenance: dict | None = None) -> Path:
@@ -76,6 +87,33 @@ def save(model: EmbeddingModel, path: str | Path, *, provenance: dict | None = N
     return path
 
 
+def load_model(spec: str | Path, **kwargs) -> LoadedModel:
+    """Load a model from a registered name or a file; see the module docstring.
+
+    ``kwargs`` go to the factory of a registered name (e.g. ``embed_dim=128``).
+
+    Raises:
+        OodmlError: unknown name, missing file, full pickle, unreadable or malformed file (weights that do
+            not fit the architecture, an invalid preprocessing record, a TorchScript file without forward).
+    """
+    spec_text = str(spec)
+    path = Path(spec_text).expanduser()
+    if not path.exists():
+        if spec_text in list_models() or not any(ch in spec_text for ch in "/\\."):
+            model = create_model(spec_text, **kwargs)
+            preprocessing = _architecture_preprocessing(model, spec_text)
+            return LoadedModel(model, preprocessing, model_digest(model, preprocessing), spec_text)
+        raise OodmlError(f"model file {path} does not exist (and {spec_text!r} is not a registered model; "
+                         "see `oodml models list`)")
+    module, preprocessing, provenance = _LOADERS[_file_kind(path)](path)
+    try:
+        digest = model_digest(module, preprocessing)
+    except (RuntimeError, TypeError, ValueError) as exc:  # a foreign module can hold anything
+        raise OodmlError(f"{path}: cannot fingerprint the model for its embedding cache ({first_line(exc)}); "
+                         "save it with torch.jit.script(model).save(PATH) or oodml.models.save") from None
+    return LoadedModel(module, preprocessing, digest, spec_text, provenance)
+
+
 def _file_kind(path: Path) -> str:
     if path.suffix == ".pt2":
         return "export"
@@ -93,61 +131,69 @@ def _refuse_pickle(path: Path) -> OodmlError:
                       "torch.export.save(program, PATH)")
 
 
-def _read_preprocessing(text: str, path: Path) -> Preprocessing:
+def _load_torchscript(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict]:
+    """A TorchScript archive and its extra file ``preprocessing.json``; no provenance."""
+    extra = {"preprocessing.json": ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # a damaged archive can fail in many ways
+        raise OodmlError(f"{path}: not a loadable TorchScript file ({first_line(exc)})") from None
+    if not module._c._has_method("forward"):
+        raise OodmlError(f"{path}: the TorchScript module has no forward method to embed images with; script a "
+                         "module whose forward maps (B, 3, H, W) images to (B, d) embeddings")
+    return module, _read_preprocessing(extra["preprocessing.json"], path), {}
+
+
+def _load_export(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict]:
+    """A ``torch.export`` program (as the module it runs) and its extra file ``preprocessing.json``."""
+    extra = {"preprocessing.json": ""}
+    logger = logging.getLogger("torch.export")
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)  # it logs a traceback before raising
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+        module = program.module()
+    except Exception as exc:  # torch.export raises many types for a bad archive
+        raise OodmlError(f"{path}: not a loadable torch.export program ({type(exc).__name__}: "
+                         f"{first_line(exc)})") from None
+    finally:
+        logger.setLevel(previous)
+    return module, _read_preprocessing(extra["preprocessing.json"], path), {}
+
+
+def _load_checkpoint(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict]:
+    """An oodml checkpoint: the architecture rebuilt with its weights, its preprocessing and provenance."""
+    record = checkpoint_record(_read_checkpoint(path), path)
+    module = _build_checkpoint_model(record, path)
+    module.preprocessing = record.preprocessing or _architecture_preprocessing(module, record.arch)
+    return module, module.preprocessing, record.provenance
+
+
+def _read_preprocessing(text: str | bytes, path: Path, name: str = "preprocessing.json") -> Preprocessing:
+    """The preprocessing record ``name`` stored in a model file; ImageNet's, with a warning, when it is empty."""
     if not text:
         warnings.warn(f"{path} carries no preprocessing.json; assuming ImageNet preprocessing (resize 256, crop 224)",
-                      stacklevel=3)
+                      stacklevel=4)
         return Preprocessing()
     try:
-        return Preprocessing(**json.loads(text))
-    except (TypeError, ValueError) as exc:
-        raise OodmlError(f"{path}: preprocessing record is malformed ({exc})") from None
-
-
-def load_model(spec: str | Path, **kwargs) -> LoadedModel:
-    """Load a model from a registered name or a file; see the module docstring.
-
-    ``kwargs`` go to the factory of a registered name (e.g. ``embed_dim=128``).
-
-    Raises:
-        OodmlError: unknown name, missing file, full pickle, unreadable file.
-    """
-    spec_text = str(spec)
-    path = Path(spec_text).expanduser()
-    if not path.exists():
-        if spec_text in list_models() or not any(ch in spec_text for ch in "/\\."):
-            model = create_model(spec_text, **kwargs)
-            return LoadedModel(model, model.preprocessing, model_digest(model), spec_text)
-        raise OodmlError(f"model file {path} does not exist (and {spec_text!r} is not a registered model; "
-                         "see `oodml models list`)")
-    kind = _file_kind(path)
-    if kind == "torchscript":
-        extra = {"preprocessing.json": ""}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except Exception as exc:  # a damaged archive can fail in many ways
-            raise OodmlError(f"{path}: not a loadable TorchScript file ({first_line(exc)})") from None
-        prep = _read_preprocessing(extra["preprocessing.json"], path)
-        return LoadedModel(module, prep, model_digest(module), spec_text)
-    if kind == "export":
-        extra = {"preprocessing.json": ""}
-        logger = logging.getLogger("torch.export")
-        previous = logger.level
-        logger.setLevel(logging.CRITICAL)  # it logs a traceback before raising
-        try:
-            program = torch.export.load(str(path), extra_files=extra)
-        except Exception as exc:  # torch.export raises many types for a bad archive
-            raise OodmlError(f"{path}: not a loadable torch.export program ({type(exc).__name__}: "
-                             f"{first_line(exc)})") from None
-        finally:
-            logger.setLevel(previous)
-        prep = _read_preprocessing(extra["preprocessing.json"], path)
-        module = program.module()
-        return LoadedModel(module, prep, model_digest(module), spec_text)
+        record = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise OodmlError(f"{path}: {name} is not JSON ({first_line(exc)}); {_PREPROCESSING_HINT}") from None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return Preprocessing.from_dict(record)
+    except OodmlError as exc:
+        raise OodmlError(f"{path}: {name} is invalid: {exc}; {_PREPROCESSING_HINT}") from None
+
+
+_PREPROCESSING_HINT = f"write it like {json.dumps(Preprocessing().as_dict())}"
+
+
+def _read_checkpoint(path: Path) -> object:
+    """``torch.load(path, weights_only=True)``: tensors and plain Python values only, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc):  # a pickle naming classes or functions: refuse, never run it
             raise _refuse_pickle(path) from None
@@ -155,16 +201,124 @@ def load_model(spec: str | Path, **kwargs) -> LoadedModel:
     except Exception as exc:  # torch.load raises anything from EOFError to IndexError on junk input
         raise OodmlError(f"{path}: cannot read it as a checkpoint ({type(exc).__name__}: {first_line(exc)})") \
             from None
+
+
+def checkpoint_record(payload: object, path: str | Path) -> CheckpointRecord:
+    """Check what ``torch.load`` read from an oodml checkpoint, field by field.
+
+    Args:
+        payload: the loaded object (untrusted: any mix of dicts, lists, scalars and tensors).
+        path: the file, for messages.
+
+    Raises:
+        OodmlError: naming the first missing or malformed field.
+    """
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise OodmlError(f"{path}: not an oodml checkpoint (a bare state dict has no architecture; save with "
                          "oodml.models.save, or export TorchScript / torch.export)")
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
-        raise OodmlError(f"{path}: checkpoint version {payload['version']} is newer than this oodml; upgrade oodml")
-    model = create_model(payload["arch"], **payload["config"])
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise OodmlError(f"{path}: checkpoint version must be an integer, got {brief(version)}; {_RESAVE}")
+    if version > CHECKPOINT_VERSION:
+        raise OodmlError(f"{path}: checkpoint version {version} is newer than this oodml; upgrade oodml")
+    arch, config = payload.get("arch"), payload.get("config", {})
+    if not isinstance(arch, str):
+        raise OodmlError(f"{path}: checkpoint 'arch' must name a registered architecture (see `oodml models "
+                         f"list`), got {brief(arch)}; {_RESAVE}")
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise OodmlError(f"{path}: checkpoint 'config' must map {arch}'s argument names to values, got "
+                         f"{brief(config)}; {_RESAVE}")
+    state = payload.get("state_dict")
+    if state is None:
+        raise OodmlError(f"{path}: checkpoint has no state dict (the 'state_dict' entry with the weights); {_RESAVE}")
+    problem = _state_dict_problem(state)
+    if problem:
+        raise OodmlError(f"{path}: checkpoint 'state_dict' {problem}; {_RESAVE}")
+    return CheckpointRecord(arch, config, state, _checkpoint_preprocessing(payload.get("preprocessing"), path),
+                            _checkpoint_provenance(payload.get("provenance"), path))
+
+
+def _state_dict_problem(state: object) -> str | None:
+    """Why ``state`` is not a dict of names to dense tensors holding data, else None."""
+    if not isinstance(state, dict):
+        return f"must map parameter names to tensors, got {type(state).__name__}"
+    for key, value in state.items():
+        if not isinstance(key, str):
+            return f"has a non-string key {brief(key)}"
+        if not isinstance(value, torch.Tensor):
+            return f"entry {brief(key)} is {type(value).__name__}, not a tensor"
+        if value.layout != torch.strided or value.is_quantized or value.is_meta:
+            return f"entry {brief(key)} is not a dense tensor with data ({value.layout}, {value.dtype})"
+    return None
+
+
+def _checkpoint_preprocessing(value: object, path: str | Path) -> Preprocessing | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise OodmlError(f"{path}: checkpoint 'preprocessing' must be a JSON string, got {type(value).__name__}; "
+                         f"{_RESAVE}")
+    return _read_preprocessing(value, Path(path), "checkpoint 'preprocessing'")
+
+
+def _checkpoint_provenance(value: object, path: str | Path) -> dict:
+    if value is None or value == "":
+        return {}
     try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise OodmlError(f"{path}: weights do not fit {payload['arch']} ({first_line(exc)})") from None
-    model.preprocessing = _read_preprocessing(payload["preprocessing"], path)
-    return LoadedModel(model, model.preprocessing, model_digest(model), spec_text,
-                       json.loads(payload.get("provenance") or "{}"))
+        provenance = json.loads(value) if isinstance(value, str) else None
+    except (ValueError, RecursionError):
+        provenance = None
+    if not isinstance(provenance, dict):
+        raise OodmlError(f"{path}: checkpoint 'provenance' must be a JSON object in a string, got "
+                         f"{brief(value)}; re-save the model with oodml.models.save(model, PATH, provenance=...)")
+    return provenance
+
+
+def _build_checkpoint_model(record: CheckpointRecord, path: Path) -> torch.nn.Module:
+    """The architecture built from the record's config, with its weights.
+
+    It is first built on the meta device, which allocates nothing, so a config
+    that does not fit the weights (or asks for a huge model) fails before any memory is used.
+    """
+    if record.arch not in list_models():
+        raise OodmlError(f"{path}: checkpoint architecture {brief(record.arch)} is not registered in this oodml "
+                         f"(known: {', '.join(list_models())}); install the package that registers it")
+    config = f"{record.arch} with config {brief(record.config, 200)}"
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(record.arch, **record.config)
+    except OodmlError as exc:
+        raise OodmlError(f"{path}: checkpoint architecture cannot be built: {exc}; {_RESAVE}") from None
+    problem = _weights_mismatch(skeleton.state_dict(), record.state_dict)
+    if problem:
+        raise OodmlError(f"{path}: weights do not fit {config} ({problem}); {_RESAVE}")
+    model = create_model(record.arch, **record.config)
+    try:
+        model.load_state_dict(record.state_dict)
+    except (RuntimeError, NotImplementedError) as exc:
+        raise OodmlError(f"{path}: weights do not fit {config} ({first_line(exc)})") from None
+    return model
+
+
+def _weights_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
+    """The first difference in names or shapes between an architecture's state dict and a checkpoint's, else None."""
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    if missing:
+        return f"{len(missing)} missing, e.g. {missing[0]!r}"
+    if unexpected:
+        return f"{len(unexpected)} unexpected, e.g. {brief(unexpected[0])}"
+    for name in sorted(expected):
+        if given[name].shape != expected[name].shape:
+            return f"{name!r} has shape {tuple(given[name].shape)}, the architecture {tuple(expected[name].shape)}"
+    return None
+
+
+def _architecture_preprocessing(model: torch.nn.Module, name: str) -> Preprocessing:
+    preprocessing = getattr(model, "preprocessing", None)
+    if not isinstance(preprocessing, Preprocessing):
+        raise OodmlError(f"model {name!r} carries no preprocessing; its factory must set model.preprocessing to an "
+                         "oodml.embedding.Preprocessing")
+    return preprocessing
+
+
+_LOADERS = {"torchscript": _load_torchscript, "export": _load_export, "checkpoint": _load_checkpoint}

@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 
 import torch
 
-from ..errors import OodmlError
+from ..errors import OodmlError, brief, first_line
 
 Factory = Callable[..., torch.nn.Module]
 _MODELS: dict[str, Factory] = {}
@@ -59,7 +59,11 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def create_model(name: str, **kwargs) -> torch.nn.Module:
-    """Build a registered model; unknown names get a one-line error listing the close matches."""
+    """Build a registered model; unknown names get a one-line error listing the close matches.
+
+    Raises:
+        OodmlError: an unknown name, or arguments the factory rejects (a wrong name, type or value).
+    """
     _load_entry_points()
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.5)
@@ -67,5 +71,5 @@ def create_model(name: str, **kwargs) -> torch.nn.Module:
         raise OodmlError(f"unknown model {name!r}{hint}")
     try:
         return _MODELS[name](**kwargs)
-    except TypeError as exc:
-        raise OodmlError(f"model {name!r}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # torch rejects impossible sizes with these
+        raise OodmlError(f"model {name!r} cannot be built with {brief(kwargs, 200)}: {first_line(exc)}") from None

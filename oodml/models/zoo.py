@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..embedding import IMAGENET, Preprocessing
-from ..errors import OodmlError, first_line
+from ..errors import OodmlError, brief, first_line
 from .base import EmbeddingModel
 from .registry import register_model
 
@@ -76,6 +76,8 @@ def glyph_cnn(embed_dim: int = 64, width: int = 16, seed: int = 0) -> EmbeddingM
 
     Initialised from ``seed`` without touching the global random state.
     """
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise OodmlError(f"glyph-cnn: width must be a positive integer, got {brief(width)}")
     w = width
     with torch.random.fork_rng():
         torch.manual_seed(seed)
