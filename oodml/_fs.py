@@ -1,5 +1,5 @@
 """Filesystem helpers shared by every writer: the cache home, atomic writes,
-and paths that must stay inside a root."""
+destinations checked before any work, and paths that must stay inside a root."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from .errors import OodmlError
@@ -47,6 +47,98 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             os.replace(target, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` (made absolute) if it exists, else the closest folder above it that does."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: str | os.PathLike, *, option: str = "--out") -> None:
+    """Refuse, before any work, a destination folder this process could not write.
+
+    ``path`` must be a folder or not exist yet, and the folder that would
+    receive new entries (``path`` itself, else the nearest existing folder
+    above it) must accept them.  That is probed by creating and removing an
+    empty temporary folder, which also catches read-only mounts and rules that
+    permission bits do not show (and root's bypass of them).
+
+    Raises:
+        OodmlError: naming ``option``, the path, the reason and how to fix it.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OodmlError(f"{option} {path} is a file, not a folder; give a folder path (new or existing)")
+    folder = nearest_existing(path)
+    if not folder.is_dir():
+        raise OodmlError(f"{option} {path}: {folder} is a file, so no folder can be made under it; "
+                         f"choose another {option}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".oodml-write-test-", dir=folder))
+    except OSError as exc:
+        raise OodmlError(f"{option} {path}: cannot write into {folder} ({exc.strerror or exc}); "
+                         f"choose another {option} or make {folder} writable") from None
+
+
+def escaping_link(root: str | os.PathLike, rel_paths: Iterable[str]) -> tuple[Path, Path] | None:
+    """Find a symbolic link that takes a sample path out of its root.
+
+    Args:
+        root: the folder the paths are relative to.
+        rel_paths: relative sample paths (POSIX separators, no ``..``: see :func:`safe_relative`).
+
+    Returns:
+        ``(link, target)`` for the first path that leaves ``root`` once links
+        are followed: ``link`` is the file itself or the first folder on the
+        way to it that is such a link, ``target`` the real location it leads
+        to.  None when every path stays inside ``root`` (links within it are fine).
+
+    Each folder is resolved and listed once (the listing says which entries
+    are links, without a ``stat`` per file), so SOP's 120,000 files take about
+    0.05 s.  Missing files and folders are skipped: the dataset's fingerprint
+    names them.
+    """
+    root = os.path.abspath(root)
+    real_root = os.path.realpath(root)
+
+    def outside(real: str) -> bool:
+        return os.path.commonpath([real, real_root]) != real_root
+
+    escapes: dict[str, tuple[Path, Path] | None] = {}  # relative folder -> the link taking it out, if any
+    links: dict[str, set[str]] = {}                     # relative folder -> names of the links in it
+    for rel in rel_paths:
+        folder, _, name = rel.rpartition("/")
+        if folder not in escapes:
+            escapes[folder], links[folder] = _folder_links(root, folder, outside)
+        if escapes[folder] is not None:
+            return escapes[folder]
+        if name in links[folder]:
+            target = os.path.realpath(os.path.join(root, rel))
+            if outside(target):
+                return Path(root, rel), Path(target)
+    return None
+
+
+def _folder_links(root: str, folder: str,
+                  outside: Callable[[str], bool]) -> tuple[tuple[Path, Path] | None, set[str]]:
+    """For :func:`escaping_link`: the first step of ``root/folder`` that a link takes ``outside`` (with where it
+    leads), and the names of the links directly in that folder."""
+    escape = None
+    if outside(os.path.realpath(os.path.join(root, folder))):
+        step = root
+        for part in folder.split("/"):
+            step = os.path.join(step, part)
+            if outside(os.path.realpath(step)):
+                escape = (Path(step), Path(os.path.realpath(step)))
+                break
+    try:
+        with os.scandir(os.path.join(root, folder)) as entries:
+            return escape, {e.name for e in entries if e.is_symlink()}
+    except OSError:
+        return escape, set()
 
 
 def remove_stale_temporaries(directory: Path, older_than_s: float = 6 * 3600) -> int:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -137,29 +139,23 @@ def cmd_make_splits(args: argparse.Namespace) -> int:
 
 
 def _compare_with_published(split_set) -> None:
-    """Say whether a freshly built split set reproduces the one published under the same name elsewhere."""
-    from .splits import iter_published, read_split_set
+    """Say whether a freshly built split set reproduces the one published under the same name elsewhere,
+    and what differs when it does not (:func:`oodml.splits.compare`)."""
+    from .splits import compare, iter_published, read_split_set
 
-    for dataset, version, path in iter_published(split_set.dataset):
+    for _, version, path in iter_published(split_set.dataset):
         if version == split_set.version and path.resolve() != split_set.path.resolve():
-            other = read_split_set(path)
-            verdict = "reproduces" if other.digest == split_set.digest else "DIFFERS from"
-            print(f"{verdict} the published {dataset}@{version} at {path} (digest {other.digest[:16]})")
-
-
-def _parse_ref(ref: str) -> tuple[str, str | None]:
-    dataset, _, version = ref.partition("@")
-    return dataset, version or None
+            diff = compare(split_set, read_split_set(path))
+            verdict = "reproduces" if diff.reproduces else "DIFFERS from"
+            print(f"{verdict} the published {split_set.dataset}@{version} at {path}")
+            if not diff.reproduces:
+                print(diff.format())
 
 
 def _load_split_set(ref: str):
-    from pathlib import Path
+    from .splits import open_split_set
 
-    from .splits import load, read_split_set
-
-    if Path(ref).is_dir():
-        return read_split_set(Path(ref))
-    return load(*_parse_ref(ref))
+    return open_split_set(ref)
 
 
 def cmd_splits_list(args: argparse.Namespace) -> int:
@@ -199,6 +195,14 @@ def cmd_splits_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_splits_diff(args: argparse.Namespace) -> int:
+    from .splits import compare
+
+    diff = compare(_load_split_set(args.a), _load_split_set(args.b))
+    print(diff.format())
+    return 0 if diff.reproduces else 1
+
+
 def cmd_splits_plot(args: argparse.Namespace) -> int:
     from .splits.report import plot_levels
 
@@ -228,24 +232,26 @@ def _add_make_splits(commands) -> None:
     p.add_argument("--extractor", help="feature extractor (default: the dataset's, resnet50 or pixels for glyphs) "
                    "or a TorchScript file")
     p.add_argument("--weights", help="weights file for the extractor")
-    p.add_argument("--levels", type=int, default=8)
-    p.add_argument("--removal-levels", type=int, default=2, help="levels beyond what swaps reach (default 2)")
+    p.add_argument("--levels", type=positive_int, default=8)
+    p.add_argument("--removal-levels", type=non_negative_int, default=2,
+                   help="levels beyond what swaps reach (default 2)")
     p.add_argument("--distance", choices=sorted(DISTANCES), default="fid")
     p.add_argument("--mode", choices=MODES, default="class-mean")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="greedy")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shots", type=int, nargs="+", default=[2, 5, 10])
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap draws for the distance CIs")
+    p.add_argument("--seed", type=random_seed, default=0)
+    p.add_argument("--shots", type=positive_int, nargs="+", default=[2, 5, 10])
+    p.add_argument("--episodes", type=non_negative_int, default=10)
+    p.add_argument("--bootstrap", type=non_negative_int, default=200,
+                   help="bootstrap draws for the distance CIs (0: no intervals)")
     p.add_argument("--version", default="v1")
     p.add_argument("--out", default="splits", help="publish under OUT/<dataset>/<version>/ (default ./splits)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.set_defaults(func=cmd_make_splits)
 
 
 def _add_splits(commands) -> None:
-    splits = commands.add_parser("splits", help="list, show, verify, plot and import published split sets")
+    splits = commands.add_parser("splits", help="list, show, verify, diff, plot and import published split sets")
     sub = splits.add_subparsers(dest="action", required=True, metavar="ACTION")
     sub.add_parser("list", help="published split sets").set_defaults(func=cmd_splits_list)
     show = sub.add_parser("show", help="the level table of DATASET[@VERSION] (or a directory)")
@@ -254,6 +260,11 @@ def _add_splits(commands) -> None:
     verify = sub.add_parser("verify", help="check every hash of one or all published split sets")
     verify.add_argument("ref", nargs="?")
     verify.set_defaults(func=cmd_splits_verify)
+    diff = sub.add_parser("diff", help="compare two split sets by content, level by level (exit 0 when A "
+                          "reproduces B, 1 when they differ)")
+    diff.add_argument("a", help="DATASET[@VERSION] or a manifest directory")
+    diff.add_argument("b", help="DATASET[@VERSION] or a manifest directory")
+    diff.set_defaults(func=cmd_splits_diff)
     plot = sub.add_parser("plot", help="distance per level with CIs, as PNG and SVG")
     plot.add_argument("ref")
     plot.add_argument("--out", help="output prefix (default DATASET-VERSION-levels)")
@@ -266,31 +277,103 @@ def _add_splits(commands) -> None:
     imp.set_defaults(func=cmd_splits_import)
 
 
-def _int_list(text: str) -> list[int]:
+def _number(text: str, kind: type, minimum: float, *, strict: bool, what: str,
+            below: float = math.inf) -> int | float:
+    """``text`` as an ``int`` or finite ``float`` at least (``strict``: above) ``minimum`` and below ``below``;
+    else argparse's one-line usage error saying what was expected."""
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        value = kind(text)
+    except ValueError:  # also ints of more than 4,300 digits
+        value = None
+    if value is None or (kind is float and not math.isfinite(value)) or not minimum <= value < below \
+            or (strict and value == minimum):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (batch sizes, iterations, episodes, ...)."""
+    return _number(text, int, 1, strict=False, what="a whole number of at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (workers)."""
+    return _number(text, int, 0, strict=False, what="a whole number of at least 0")
+
+
+def random_seed(text: str) -> int:
+    """argparse type: a random seed, a whole number in [0, 2**63) (what torch's generators take)."""
+    return _number(text, int, 0, strict=False, below=2**63, what="a whole number from 0 to 2**63 - 1")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates, epochs)."""
+    return _number(text, float, 0, strict=True, what="a number above 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (regulariser weights)."""
+    return _number(text, float, 0, strict=False, what="a number of at least 0")
+
+
+def _int_list(text: str) -> list[int]:
+    """argparse type for ``--fewshot 2,5``: distinct whole numbers >= 1, in the order given."""
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of at least 1 such as 2,5, "
+                                          f"got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def _level_selection(text: str) -> str:
+    """argparse type for ``--levels``/``--level``: checks the syntax (``all``, ``1,3,5``, ``2-4``) without expanding
+    ranges; the levels themselves are checked against the split set (:func:`oodml.evaluation.parse_levels`)."""
+    from .evaluation import level_ranges
+
+    try:
+        level_ranges(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return text
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate, parse_levels
+    """Check every argument (device, metric, split set and levels, --out) before loading a model or data, then
+    evaluate and save the run's files together."""
+    from .datasets import dataset_spec
+    from .distributed import is_main_process
+    from .embedding import resolve_device
+    from .evaluation import check_output_dir, evaluate, parse_levels, zero_shot_metrics
+    from .splits import resolve
 
-    results = evaluate(args.model, args.dataset, args.splits, root=args.root, levels=parse_levels(args.levels),
+    resolve_device(args.device)
+    metrics = zero_shot_metrics(clustering=not args.no_clustering)
+    if args.metric not in metrics:
+        fix = "drop --no-clustering" if args.metric in zero_shot_metrics() else f"choose one of {', '.join(metrics)}"
+        raise OodmlError(f"--metric {args.metric!r} is not a metric of this run; {fix}")
+    split_set = resolve(dataset_spec(args.dataset).name, args.splits)
+    levels = parse_levels(args.levels, split_set)
+    run = {"model": args.model, "dataset": args.dataset, "split_digest": split_set.digest}
+    replaced = check_output_dir(args.out, run, overwrite=args.overwrite) if is_main_process() else None
+    results = evaluate(args.model, args.dataset, split_set, root=args.root, levels=levels,
                        fewshot=args.fewshot or (), adapt=args.adapt, episodes=args.episodes,
                        adapt_iterations=args.adapt_iterations, device=args.device,
                        precision=args.precision, batch_size=args.batch_size, workers=args.workers,
                        clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label,
-                       save_embeddings=args.save_embeddings)
-    from .distributed import is_main_process
-
+                       save_embeddings=args.save_embeddings, dataset_options=dict(args.option))
     if not is_main_process():
         return 0
-    written = results.save(args.out, metric=args.metric)
+    written = results.save(args.out, metric=args.metric, overwrite=args.overwrite)
     print(results.format_table())
     embedded = results.meta.get("images_embedded")
     if embedded is not None:
         print(f"{embedded} distinct images embedded once for {len(results.levels)} levels")
+    if replaced is not None:
+        print(f"replaced the earlier run in {args.out} ({replaced.get('model', 'unreadable')}, "
+              f"{replaced.get('created_at', 'undated')}); none of its files were kept")
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -305,8 +388,10 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from ._fs import check_writable
     from .evaluation import Results, plot_curves
 
+    check_writable(Path(args.out).parent, option="--out")  # before reading the runs
     runs = []
     for path in args.results:
         p = Path(path)
@@ -317,22 +402,29 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .datasets import load_dataset
+    """Check every argument (device, split set and levels, --out, hyper-parameters) before loading data, then
+    train one model per level."""
+    from ._fs import check_writable
+    from .datasets import dataset_spec, load_dataset
+    from .embedding import resolve_device
     from .evaluation import parse_levels
     from .splits import resolve
     from .training import TrainConfig, train
 
-    split_set = resolve(args.dataset, args.splits)
+    resolve_device(args.device)
     if args.sec is not None and args.l2_reg is not None:
         raise OodmlError("--sec and --l2-reg are alternatives; give one")
+    split_set = resolve(dataset_spec(args.dataset).name, args.splits)
+    levels = parse_levels(args.level, split_set, option="--level") or [lv.index for lv in split_set.levels]
+    check_writable(args.out)
     regulariser, eta = ("sec", args.sec) if args.sec is not None else ("l2", args.l2_reg) \
         if args.l2_reg is not None else (None, 0.0)
     config = TrainConfig(loss=args.loss, arch=args.arch, embed_dim=args.embed_dim, iterations=args.iterations,
                          epochs=args.epochs, eval_every=args.eval_every,
                          batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr,
                          regulariser=regulariser, eta=eta, precision=args.precision, seed=args.seed)
-    ds = load_dataset(args.dataset, root=args.root)
-    levels = parse_levels(args.level) or [lv.index for lv in split_set.levels]
+    config.resolved()  # the hyper-parameters, before any data is read
+    ds = load_dataset(args.dataset, root=args.root, **dict(args.option))
     for level in levels:
         _, provenance = train(ds, split_set, level, config, out=args.out, device=args.device, workers=args.workers)
         print(f"level {level}: best val recall@1 {provenance['best_val_recall@1']:.4f} -> {args.out}/level{level}.pt")
@@ -347,24 +439,27 @@ def _add_train(commands) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--root")
     p.add_argument("--splits", help="split set version or manifest directory (default: latest published)")
-    p.add_argument("--level", default="all", help="all, 1,3,5 or 2-4")
+    p.add_argument("-o", "--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                   help="dataset adapter option, e.g. -o follow_symlinks=true; repeatable")
+    p.add_argument("--level", type=_level_selection, default="all", help="all, 1,3,5 or 2-4")
     p.add_argument("--loss", choices=sorted(LOSSES), default="multi-similarity")
-    p.add_argument("--sec", type=float, metavar="ETA", help="spherical embedding constraint with weight ETA")
-    p.add_argument("--l2-reg", type=float, metavar="ETA", help="L2 norm regularisation with weight ETA")
+    p.add_argument("--sec", type=non_negative_float, metavar="ETA",
+                   help="spherical embedding constraint with weight ETA")
+    p.add_argument("--l2-reg", type=non_negative_float, metavar="ETA", help="L2 norm regularisation with weight ETA")
     p.add_argument("--arch", choices=list_models(), default="glyph-cnn")
-    p.add_argument("--embed-dim", type=int)
+    p.add_argument("--embed-dim", type=positive_int)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--iterations", type=int)
-    group.add_argument("--epochs", type=float, help="passes over the level's training images")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--samples-per-class", type=int)
-    p.add_argument("--eval-every", type=int, help="iterations between validations (and resumable states)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    group.add_argument("--iterations", type=positive_int)
+    group.add_argument("--epochs", type=positive_float, help="passes over the level's training images")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--samples-per-class", type=positive_int)
+    p.add_argument("--eval-every", type=positive_int, help="iterations between validations (and resumable states)")
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--seed", type=random_seed, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast for the forward pass (fp16 with loss scaling, GPU only)")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=non_negative_int, default=0)
     p.add_argument("--out", required=True, help="directory for level<N>.pt checkpoints")
     p.set_defaults(func=cmd_train)
 
@@ -378,23 +473,29 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--root", help="dataset directory")
     p.add_argument("--splits", help="split set version or manifest directory (default: latest published)")
-    p.add_argument("--levels", default="all", help="all, 1,3,5 or 2-4")
+    p.add_argument("-o", "--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                   help="dataset adapter option, e.g. -o follow_symlinks=true; repeatable")
+    p.add_argument("--levels", type=_level_selection, default="all", help="all, 1,3,5 or 2-4")
     p.add_argument("--fewshot", type=_int_list, help="shots to evaluate with the manifest's episodes, e.g. 2,5")
     p.add_argument("--adapt", choices=ADAPTATIONS, nargs="+", default=["prototypes"],
                    help="few-shot adaptation(s), e.g. --adapt prototypes finetune-last")
-    p.add_argument("--episodes", type=int, help="use only the first N episodes")
-    p.add_argument("--adapt-iterations", type=int, help="fine-tuning iterations (default 1000 2-shot, 1500 5-shot)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--episodes", type=positive_int, help="use only the first N episodes")
+    p.add_argument("--adapt-iterations", type=positive_int,
+                   help="fine-tuning iterations (default 1000 2-shot, 1500 5-shot)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--workers", type=non_negative_int, default=0)
     p.add_argument("--no-clustering", action="store_true", help="skip NMI/AMI (k-means)")
-    p.add_argument("--shard-size", type=int, default=2048, help="images per embedding-cache shard (resume unit)")
+    p.add_argument("--shard-size", type=positive_int, default=2048,
+                   help="images per embedding-cache shard (resume unit)")
     p.add_argument("--metric", default="recall@1", help="metric of the degradation curve plot")
     p.add_argument("--label", help="name of this run in plots")
     p.add_argument("--save-embeddings", action="store_true",
                    help="also write the embeddings (OUT/embeddings/), for `oodml leaderboard submit`")
-    p.add_argument("--out", default="results", help="output directory (default ./results)")
+    p.add_argument("--out", default="results", help="output directory (default ./results): new, empty, or an "
+                   "earlier run of the same model, dataset and split set, which is replaced whole")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run of another model in --out")
     p.set_defaults(func=cmd_evaluate)
 
     models = commands.add_parser("models", help="registered embedding models")
@@ -428,18 +529,20 @@ def cmd_leaderboard_verify(args: argparse.Namespace) -> int:
     if not paths:
         print(f"no entries under {args.root}/submissions")
         return 0
-    failed = 0
+    failed = []
     for path, result in zip(paths, verify_entries(paths, data_root=args.data_root), strict=True):
         if result.ok:
             curve = result.scores.curve("recall@1")
             print(f"ok      {path}: mean recall@1 {curve['mean']:.4f}, AUC {curve['auc']:.4f}")
         else:
-            failed += 1
-            print(f"FAILED  {path}")
-            for problem in result.problems:
-                print(f"  {problem}")
+            failed.append(str(path))
+            first, *more = result.reasons
+            print(f"FAILED  {path}: {first}")
+            for reason in more:
+                print(f"  {reason}")
     if failed:
-        raise OodmlError(f"{failed} of {len(paths)} entries did not verify (problems above)")
+        raise OodmlError(f"{len(failed)} of {len(paths)} entries did not verify: {', '.join(failed)} "
+                         "(problems above)")
     return 0
 
 
@@ -451,8 +554,9 @@ def cmd_leaderboard_build(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     if rejected:
         for v in rejected:
-            print(f"not rendered: {v.problems[0]}", file=sys.stderr)
-        raise OodmlError(f"{len(rejected)} entries did not verify and were left off the board")
+            print(f"not shown: {v.path}: {v.reasons[0]}", file=sys.stderr)
+        raise OodmlError(f"not shown, as they did not verify: {', '.join(str(v.path) for v in rejected)} "
+                         "(problems above, also listed on the board); the board was written from the others")
     return 0
 
 
@@ -473,7 +577,7 @@ def _add_leaderboard(commands) -> None:
     submit.add_argument("--baseline", action="store_true", help="mark as a reference baseline")
     submit.add_argument("--adapt", nargs="+", choices=ADAPTATIONS, help="few-shot adaptations to include "
                         "(default: those evaluated)")
-    submit.add_argument("--episodes", type=int, help="episodes per shot to score (default: as evaluated)")
+    submit.add_argument("--episodes", type=positive_int, help="episodes per shot to score (default: as evaluated)")
     submit.add_argument("--replace", action="store_true", help="overwrite an existing entry of that name")
     submit.set_defaults(func=cmd_leaderboard_submit)
     verify = sub.add_parser("verify", help="check entries and recompute every number from their embeddings")
@@ -486,9 +590,16 @@ def _add_leaderboard(commands) -> None:
         p.add_argument("--data-root", help="dataset folder, for datasets that need one")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with oodml's error style: one line naming the problem and where the usage is, exit status 2.
+    Subcommands inherit it (``add_subparsers`` uses the parser's own class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"oodml: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oodml",
-                                     description="Out-of-distribution benchmark for deep metric learning.")
+    parser = OneLineParser(prog="oodml", description="Out-of-distribution benchmark for deep metric learning.")
     parser.add_argument("--version", action="version", version=f"oodml {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -537,6 +648,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("oodml: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `oodml ... | head`: the reader left; stop quietly, as Unix tools do
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 141
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ import datetime as dt
 import hashlib
 import json
 import math
+import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,18 +35,24 @@ import pyarrow.parquet as pq
 import torch
 
 from . import __version__
-from ._fs import atomic_path
+from ._fs import atomic_path, check_writable
 from .adapt import ADAPTATIONS, check_adaptable, finetune_all, finetune_last
-from .datasets import ImageDataset, load_dataset
-from .embedding import embed_cached, read_embedding_table, write_embedding_table
+from .datasets import ImageDataset, dataset_spec, load_dataset
+from .embedding import PRECISIONS, embed_cached, read_embedding_table, resolve_device, write_embedding_table
 from .errors import OodmlError
-from .metrics import retrieval_metrics
+from .metrics import MAP_DEPTH, retrieval_metrics
 from .models import LoadedModel, load_model
 from .plotting import new_figure, save_figure
 from .splits import Episode, Level, SplitSet, resolve
 
 RESULT_COLUMNS = ("model", "model_digest", "dataset", "split_digest", "level", "distance", "protocol",
                   "adaptation", "shots", "episode", "metric", "value")
+#: the K of the recall@K that :func:`evaluate` reports
+KS = (1, 2, 4, 8)
+#: what :meth:`Results.save` writes into a run's folder; a folder holding anything else is never replaced
+RUN_ENTRY = re.compile(r"results\.parquet|summary\.json|curve-[^/]+\.(?:png|svg)|embeddings")
+#: the ``Results.meta`` fields of "the same run": saving it again replaces the earlier results unasked
+SAME_RUN = ("model", "dataset", "split_digest")
 
 
 # --- results ---------------------------------------------------------------------------------------
@@ -168,21 +175,76 @@ class Results:
     def plot(self, out_prefix: str | Path, metric: str = "recall@1") -> list[Path]:
         return plot_curves([self], out_prefix, metric=metric)
 
-    def save(self, out_dir: str | Path, metric: str = "recall@1") -> list[Path]:
-        """Write ``results.parquet``, ``summary.json`` and the degradation curve (PNG and SVG) into ``out_dir``,
-        and the saved embeddings, if any, under ``out_dir/embeddings/`` (see :func:`read_saved_embeddings`)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for key, (ids, values) in (self.embeddings or {}).items():
-            (out / "embeddings").mkdir(exist_ok=True)
-            written.append(write_embedding_table(out / "embeddings" / embedding_file_name(key), ids, values))
-        written.append(self.to_parquet(out / "results.parquet"))
-        with atomic_path(out / "summary.json") as tmp:
-            tmp.write_text(json.dumps(self.summary(), indent=2, default=float) + "\n")
-        written.append(out / "summary.json")
-        written += self.plot(out / f"curve-{metric.replace('@', '_at_')}", metric=metric)
-        return written
+    def save(self, out_dir: str | Path, metric: str = "recall@1", *, overwrite: bool = False) -> list[Path]:
+        """Write ``results.parquet``, ``summary.json``, the degradation curve of ``metric`` (PNG and SVG) and
+        the saved embeddings, if any (``embeddings/``, see :func:`read_saved_embeddings`) into ``out_dir``.
+
+        The files are written together: into a temporary folder beside ``out_dir``, renamed onto it once all
+        are complete, so a failure leaves ``out_dir`` as it was.  An earlier run there is replaced as a whole,
+        none of its files kept, under the rule of :func:`check_output_dir`.
+
+        Returns:
+            The paths written, inside ``out_dir``.
+
+        Raises:
+            OodmlError: see :func:`check_output_dir`; or ``metric`` is not among this run's zero-shot metrics.
+        """
+        out = Path(os.path.abspath(out_dir))
+        check_output_dir(out_dir, self.meta, overwrite=overwrite)
+        with atomic_path(out) as staging:
+            staging.mkdir()
+            written = self.plot(staging / f"curve-{metric.replace('@', '_at_')}", metric=metric)
+            written.append(self.to_parquet(staging / "results.parquet"))
+            (staging / "summary.json").write_text(json.dumps(self.summary(), indent=2, default=float) + "\n")
+            written.append(staging / "summary.json")
+            for key, (ids, values) in (self.embeddings or {}).items():
+                (staging / "embeddings").mkdir(exist_ok=True)
+                written.append(write_embedding_table(staging / "embeddings" / embedding_file_name(key), ids, values))
+        return [Path(out_dir) / path.relative_to(staging) for path in written]
+
+
+def check_output_dir(out_dir: str | Path, run: Mapping[str, object], *, overwrite: bool = False) -> dict | None:
+    """Check, before any work, that a run can be saved into ``out_dir`` (``--out``).
+
+    ``out_dir`` may be new, an empty folder, or hold an earlier evaluation run
+    (only what :meth:`Results.save` writes, ``RUN_ENTRY``).  An earlier run is
+    replaced if it scored the same model on the same dataset and split set
+    (``run``'s ``SAME_RUN`` fields, as in ``Results.meta``) or with
+    ``overwrite``; another run is refused, so no results are lost unasked.
+    A folder holding anything else is never replaced.
+
+    Returns:
+        The meta of the earlier run that saving will replace, or None.
+
+    Raises:
+        OodmlError: ``out_dir`` is a file or cannot be written, holds other files,
+            or holds another run without ``overwrite``.
+    """
+    out = Path(os.path.abspath(out_dir))
+    check_writable(out)          # the folder itself, when it exists ...
+    check_writable(out.parent)   # ... and beside it, where the run is staged
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return None
+    foreign = [name for name in entries if not RUN_ENTRY.fullmatch(name)]
+    if foreign or "results.parquet" not in entries:
+        raise OodmlError(f"--out {out_dir} holds files that no oodml evaluation wrote (e.g. "
+                         f"{(foreign or entries)[0]!r}); choose a new or empty folder")
+    try:
+        earlier = json.loads(pq.read_schema(out / "results.parquet").metadata[b"oodml"])["meta"]
+    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
+        earlier = {}
+    if overwrite or (earlier and all(earlier.get(k) == run.get(k) for k in SAME_RUN)):
+        return earlier
+    what = f"{earlier.get('model')} on {earlier.get('splits')}" if earlier else "an unreadable results.parquet"
+    raise OodmlError(f"--out {out_dir} holds another run ({what}); pass --overwrite to replace it, "
+                     "or choose another --out")
+
+
+def zero_shot_metrics(ks: Sequence[int] = KS, clustering: bool = True) -> list[str]:
+    """Names of the zero-shot metrics :func:`evaluate` reports: what ``--metric`` can plot."""
+    return [*(f"recall@{k}" for k in ks), "r_precision", "map@r", f"map@{MAP_DEPTH}",
+            *(("nmi", "ami") if clustering else ())]
 
 
 def embedding_file_name(key: tuple) -> str:
@@ -360,10 +422,10 @@ def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int 
 def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, splits: SplitSet | str | Path | None = None,
              *, root: str | Path | None = None, levels: Sequence[int] | None = None, fewshot: Sequence[int] = (),
              adapt: str | Sequence[str] = "prototypes", episodes: int | None = None,
-             adapt_iterations: int | None = None, ks: Sequence[int] = (1, 2, 4, 8),
+             adapt_iterations: int | None = None, ks: Sequence[int] = KS,
              clustering: bool = True, device: str = "auto", precision: str = "fp32", batch_size: int = 128,
              workers: int = 0, use_cache: bool = True, shard_size: int = 2048, label: str | None = None,
-             save_embeddings: bool = False) -> Results:
+             save_embeddings: bool = False, dataset_options: Mapping[str, object] | None = None) -> Results:
     """Score ``model`` on every requested level of ``splits``.
 
     Args:
@@ -381,35 +443,50 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
         save_embeddings: keep the embeddings in the results (``Results.embeddings``; written by
             ``Results.save``): every level's test images, and per episode the fine-tuned embeddings of
             its support and query images, for a leaderboard submission.
+        dataset_options: adapter options for loading ``dataset`` by name (e.g. ``{"subset": "test"}``).
+
+    Every argument is checked (device, counts, levels, shots, episodes, per-level checkpoint files)
+    and the model loaded before the dataset is read or anything is embedded.
 
     Returns:
         :class:`Results`.
+
+    Raises:
+        OodmlError: for any argument that cannot be honoured, naming it.
     """
     adaptations = (adapt,) if isinstance(adapt, str) else tuple(dict.fromkeys(adapt))
     for name in adaptations:
         if name not in ADAPTATIONS:
             raise OodmlError(f"unknown adaptation {name!r}; choose one of {', '.join(ADAPTATIONS)}")
-    ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root)
-    split_set = resolve(ds.name, splits)
-    split_set.check_dataset(ds.fingerprint, ds.root)
-    chosen = [split_set.level(k) for k in levels] if levels else list(split_set.levels)
+    _check_counts(episodes=episodes, adapt_iterations=adapt_iterations, batch_size=batch_size, workers=workers,
+                  shard_size=shard_size)
+    if precision not in PRECISIONS:
+        raise OodmlError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    resolve_device(device)
+    fewshot = tuple(dict.fromkeys(fewshot))
+    split_set = resolve(dataset.name if isinstance(dataset, ImageDataset) else dataset_spec(dataset).name, splits)
+    chosen = [split_set.level(k) for k in dict.fromkeys(levels)] if levels else list(split_set.levels)
+    _check_fewshot(chosen, fewshot, episodes)
     per_level = isinstance(model, (str, Path)) and _per_level_path(str(model), chosen[0].index) is not None
     protocol = "per-level" if per_level else "zero-shot"
+    if per_level:
+        missing = [lv.index for lv in chosen if not _per_level_path(str(model), lv.index).exists()]
+        if missing:
+            raise OodmlError(f"per-level checkpoint {_per_level_path(str(model), missing[0])} for level {missing[0]} "
+                             f"does not exist ({len(missing)} of {len(chosen)} levels have none); train them first "
+                             "or choose --levels")
 
     def level_model(level: Level) -> LoadedModel:
         if isinstance(model, LoadedModel):
             return model
-        if per_level:
-            path = _per_level_path(str(model), level.index)
-            if not path.exists():
-                raise OodmlError(f"per-level checkpoint {path} for level {level.index} does not exist")
-            return load_model(path)
-        return load_model(model)
+        return load_model(_per_level_path(str(model), level.index) if per_level else model)
 
     shared = None if per_level else level_model(chosen[0])
     if fewshot and shared is not None:
         for name in adaptations:
             check_adaptable(shared.module, name)
+    ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root, **(dataset_options or {}))
+    split_set.check_dataset(ds.fingerprint, ds.root)
     if shared is not None and shared.provenance.get("dataset") == ds.name:
         warnings.warn(f"{shared.source} declares training on {ds.name}; zero-shot results on its test classes may "
                       "be optimistic", stacklevel=2)
@@ -419,7 +496,8 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
                    batch_size=batch_size, workers=workers)
 
     def embed_by_id(loaded: LoadedModel, indices: np.ndarray, desc: str) -> dict[str, np.ndarray]:
-        values = embed_cached(ds, loaded.module, loaded.preprocessing, loaded.digest, indices, desc=desc, **options)
+        values = embed_cached(ds, loaded.module, loaded.preprocessing, loaded.digest, indices, desc=desc,
+                              model_name=loaded.source, **options)
         return dict(zip((ds.sample_ids[i] for i in indices), values, strict=True))
 
     # Zero-shot: every distinct image of every requested level is embedded once.
@@ -470,15 +548,77 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
     return Results(rows, level_info, meta, saved if save_embeddings else None)
 
 
-def parse_levels(text: str) -> list[int] | None:
-    """``all`` -> None; ``1,3,5`` or ``2-4`` -> level numbers."""
-    if text == "all":
+def _check_counts(**counts: int | None) -> None:
+    """Refuse a count that is not a whole number at least its minimum; None (the default) passes.
+
+    The CLI's argument types refuse these before this; it guards the Python API.
+    """
+    minimum = {"episodes": 1, "adapt_iterations": 1, "batch_size": 1, "shard_size": 1, "workers": 0}
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                  or value < minimum[name]):
+            raise OodmlError(f"{name}={value!r}: must be a whole number of at least {minimum[name]}")
+
+
+def _check_fewshot(levels: Sequence[Level], fewshot: Sequence[int], episodes: int | None) -> None:
+    """Refuse, before any work, shots that the manifest has no episodes for and more episodes than it holds."""
+    for shots in fewshot:
+        for level in levels:
+            held = len(level.episodes(shots))  # an OodmlError listing the shots there are
+            if episodes is not None and episodes > held:
+                raise OodmlError(f"{episodes} episodes requested (--episodes), but level {level.index} has {held} "
+                                 f"{shots}-shot episodes; ask for at most {held}")
+
+
+_LEVEL_PART = re.compile(r"\s*([0-9]{1,9})\s*(?:-\s*([0-9]{1,9})\s*)?")
+
+
+def level_ranges(text: str) -> list[tuple[int, int]] | None:
+    """Read a level selection without expanding it, so that ``1-20000000`` costs nothing.
+
+    Returns:
+        None for ``all``; else inclusive ``(first, last)`` ranges: ``1,3-5`` -> ``[(1, 1), (3, 5)]``.
+
+    Raises:
+        ValueError: for a reversed range (``3-1``) or anything else; the message says what to write.
+    """
+    if text.strip() == "all":
         return None
-    out: list[int] = []
+    ranges = []
     for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        m = _LEVEL_PART.fullmatch(part)
         if not m:
-            raise OodmlError(f"--levels {text!r}: use all, a list like 1,3,5 or a range like 2-4")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        out += range(lo, hi + 1)
-    return out
+            raise ValueError("use all, a list like 1,3,5 or a range like 2-4")
+        first, last = int(m.group(1)), int(m.group(2) or m.group(1))
+        if last < first:
+            raise ValueError(f"the range {first}-{last} runs backwards; write {last}-{first}")
+        ranges.append((first, last))
+    return ranges
+
+
+def parse_levels(text: str, split_set: SplitSet, option: str = "--levels") -> list[int] | None:
+    """A level selection (``--levels``) as level numbers of ``split_set``.
+
+    Returns:
+        None for ``all``; else the levels of ``1,3,5``, ``2-4`` or ``1,3-5``, in the order given, each once.
+
+    Raises:
+        OodmlError: bad syntax, a reversed range, or a level ``split_set`` does not have (naming those it has).
+    """
+    try:
+        ranges = level_ranges(text)
+    except ValueError as exc:
+        raise OodmlError(f"{option} {text!r}: {exc}") from None
+    if ranges is None:
+        return None
+    available = sorted(lv.index for lv in split_set.levels)
+    chosen: list[int] = []
+    for first, last in ranges:
+        for end in (first, last):
+            if end not in available:
+                span = f"{available[0]}-{available[-1]}" if available == list(range(available[0], available[-1] + 1)) \
+                    else ",".join(map(str, available))
+                raise OodmlError(f"{option} {text!r}: {split_set.dataset}@{split_set.version} has no level {end}; "
+                                 f"its levels are {span}")
+        chosen += [k for k in available if first <= k <= last]
+    return list(dict.fromkeys(chosen))

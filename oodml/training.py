@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +76,35 @@ class TrainConfig:
     seed: int = 0
 
     def resolved(self) -> TrainConfig:
+        """This config with the architecture's defaults filled in, its numbers checked.
+
+        Raises:
+            OodmlError: both ``iterations`` and ``epochs``, or a number out of range (see :meth:`check_numbers`).
+        """
         defaults = ARCH_DEFAULTS.get(self.arch, ARCH_DEFAULTS["glyph-cnn"])
         values = {k: (defaults.get(k) if v is None else v) for k, v in dataclasses.asdict(self).items()}
         if self.epochs is not None and self.iterations is not None:
             raise OodmlError("give --iterations or --epochs, not both")
-        return TrainConfig(**values)
+        resolved = TrainConfig(**values)
+        resolved.check_numbers()
+        return resolved
+
+    def check_numbers(self) -> None:
+        """Refuse nonsense: counts below 1, a learning rate or epochs not above 0, negative weights, a seed
+        outside [0, 2**63).  The CLI's argument types refuse these first; this guards the Python API."""
+        for name in ("embed_dim", "iterations", "batch_size", "samples_per_class", "eval_every"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                      or value < 1):
+                raise OodmlError(f"{name}={value!r}: must be a whole number of at least 1")
+        for name, above_zero in (("epochs", True), ("lr", True), ("weight_decay", False), ("eta", False)):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float, np.number)) and math.isfinite(value)
+                                          and (value > 0 if above_zero else value >= 0)):
+                bound = "above 0" if above_zero else "of at least 0"
+                raise OodmlError(f"{name}={value!r}: must be a finite number {bound}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
+            raise OodmlError(f"seed={self.seed!r}: must be a whole number from 0 to 2**63 - 1")
 
 
 #: ooDML's settings for resnet50; CPU-sized ones for the glyphs CNN
@@ -120,6 +145,9 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     """
     cfg = (config or TrainConfig()).resolved()
     spec = get_loss(cfg.loss)
+    resolve_device(device)  # before any data is read
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+        raise OodmlError(f"workers={workers!r}: must be a whole number of at least 0")
     if cfg.regulariser is not None and cfg.regulariser not in REGULARISERS:
         raise OodmlError(f"unknown regulariser {cfg.regulariser!r}; choose one of {', '.join(REGULARISERS)}")
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root)

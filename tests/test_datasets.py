@@ -96,7 +96,7 @@ def test_sop_keeps_super_class_and_subsets(tmp_path):
 
 def test_unknown_option_is_named(tmp_path):
     build_cub(tmp_path)
-    with pytest.raises(OodmlError, match="unknown option.*colour.*accepted: none"):
+    with pytest.raises(OodmlError, match="unknown option.*colour.*accepted: follow_symlinks"):
         load_dataset("cub200", root=tmp_path, colour="red")
 
 

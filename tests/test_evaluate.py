@@ -15,7 +15,7 @@ import torch
 from oodml import OodmlError
 from oodml.cli import main
 from oodml.embedding import embedding_cache_dir
-from oodml.evaluation import Results, curve_summary, evaluate, parse_levels, t_interval
+from oodml.evaluation import Results, curve_summary, evaluate, parse_levels, t_interval, zero_shot_metrics
 from oodml.models import EmbeddingModel, create_model, load_model, save
 from oodml.splits import read_split_set
 
@@ -32,6 +32,7 @@ def test_zero_shot_on_two_levels_with_fewshot(glyphs, split_set, tmp_path):
                        device="cpu")
     metrics = {r["metric"] for r in results.rows if r["shots"] == 0}
     assert {"recall@1", "recall@8", "map@r", "r_precision", "map@1000"} <= metrics
+    assert metrics == set(zero_shot_metrics(clustering=False))   # what --metric is checked against up front
     assert {r["level"] for r in results.rows} == {1, 8}
     assert {r["protocol"] for r in results.rows} == {"zero-shot"}
     fewshot = [r for r in results.rows if r["shots"] == 2]
@@ -128,7 +129,7 @@ def test_a_torchscript_model_that_raises_or_returns_a_wrong_shape(glyphs, tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
     expected = r"returned \(393216,\) for a batch of 128 images" if shape_model else \
-        "the model raised .*Error on a batch of shape \\(128, 3, 32, 32\\): .*boom: this model only takes one image"
+        "model.pt raised .*Error on a batch of shape \\(128, 3, 32, 32\\): .*boom: this model only takes one image"
     assert __import__("re").search(expected, err), err
 
 
@@ -171,22 +172,25 @@ def test_cli_evaluate_and_plot(glyphs, tmp_path, capsys):
                  "--device", "cpu", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "recall@1" in printed and "distinct images embedded once for 2 levels" in printed
+    assert main(["-q", "evaluate", "glyph-cnn", "--dataset", "glyphs", "--levels", "1,8", "--no-clustering",
+                 "--device", "cpu", "--out", str(out)]) == 0   # the same run again: replaced, and said so
+    assert f"replaced the earlier run in {out} (glyph-cnn, " in capsys.readouterr().out
     assert main(["plot", str(out), str(out / "results.parquet"), "--out", str(tmp_path / "both")]) == 0
     assert (tmp_path / "both.svg").exists()
     assert main(["-q", "evaluate", "no-such-model", "--dataset", "glyphs"]) == 2
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
 
 
-def test_curve_summary_and_intervals_by_hand():
+def test_curve_summary_and_intervals_by_hand(split_set):
     s = curve_summary([0.0, 1.0, 3.0], [0.9, 0.7, 0.3])
     # x = 0, 1/3, 1: trapezoids (1/3)(0.8) + (2/3)(0.5) = 0.6
     assert s["auc"] == pytest.approx(0.6) and s["mean"] == pytest.approx(0.6333333)
     assert s["relative_drop"] == pytest.approx(2 / 3) and s["slope"] < 0
     mean, lo, hi = t_interval([1.0, 2.0, 3.0])
     assert mean == 2 and hi - mean == pytest.approx(4.302652729911275 * 1 / np.sqrt(3))
-    assert parse_levels("all") is None and parse_levels("1,3-5") == [1, 3, 4, 5]
+    assert parse_levels("all", split_set) is None and parse_levels("1,3-5", split_set) == [1, 3, 4, 5]
     with pytest.raises(OodmlError, match="--levels 'x'"):
-        parse_levels("x")
+        parse_levels("x", split_set)
 
 
 @pytest.mark.parametrize("adapt", ["finetune-last", "finetune-all"])

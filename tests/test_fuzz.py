@@ -133,3 +133,33 @@ def test_hostile_sample_ids_are_named_never_opened(tmp_path_factory, ids):
     problems = _id_problems(path, read_ids, expected)
     assert bool(problems) == (sorted(ids) != sorted(expected))
     assert all("\n" not in p for p in problems)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The signature and IHDR chunk of a greyscale PNG declaring ``width`` x ``height`` pixels."""
+    import struct
+    import zlib
+
+    chunk = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+@FUZZ
+@given(width=st.integers(0, 2**31 - 1), height=st.integers(0, 2**31 - 1), tail=st.binary(max_size=512),
+       raw=st.booleans(), data=st.binary(max_size=512))
+def test_image_files_with_junk_or_absurd_headers(tmp_path_factory, width, height, tail, raw, data):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    for k in range(2):
+        (root / f"c{k}").mkdir()
+        Image.new("L", (4, 4), 255 * k).save(root / f"c{k}" / "ok.png")
+    (root / "c0" / "bad.png").write_bytes(data if raw else png_header(width, height) + tail)
+    ds = load_dataset("imagefolder", root=root)
+    for i in range(len(ds)):
+        try:
+            image = ds.load_image(i)
+        except OodmlError as exc:  # the image edge: a one-line error naming the file, nothing else
+            assert "\n" not in str(exc) and ds.sample_ids[i] in str(exc)
+        else:
+            assert image.mode == "RGB"

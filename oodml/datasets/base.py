@@ -93,14 +93,23 @@ class ImageDataset:
         return self.root / self.sample_ids[index]
 
     def load_image(self, index: int) -> Image.Image:
+        import warnings
+
         path = self.path(index)
         try:
-            with Image.open(path) as img:
-                img.load()
-                return img.convert("RGB")
+            with warnings.catch_warnings():
+                # PIL only warns between its pixel limit and twice that; both are refused here, before decoding.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    img.load()
+                    return img.convert("RGB")
         except FileNotFoundError:
             raise OodmlError(f"{self.name}: image file {path} is missing "
                              f"(listed as {self.sample_ids[index]!r} in the annotations)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise OodmlError(f"{self.name}: image {path} has more pixels than the {Image.MAX_IMAGE_PIXELS:,} "
+                             f"decoded safely ({str(exc).rstrip('.')}); shrink it or remove it from the "
+                             "dataset") from None
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
             raise OodmlError(f"{self.name}: cannot read image {path}: {exc} "
                              "(the file is corrupt or truncated; re-extract it from the archive)") from None

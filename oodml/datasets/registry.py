@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._fs import data_home
+from .._fs import data_home, escaping_link
 from ..errors import OodmlError
 from .base import ImageDataset
 
@@ -42,7 +42,7 @@ class DatasetSpec:
         description: one line for ``oodml datasets list``.
         layout: the on-disk layout expected under the root, in words (used in errors).
         downloads: official archives, empty when there is nothing to download.
-        needs_root: False for datasets that build themselves (glyphs).
+        needs_root: False for datasets that ship inside oodml (glyphs).
         split_extractor: the feature extractor ``make-splits`` uses by default.
     """
 
@@ -92,26 +92,55 @@ def default_root(name: str) -> Path:
     return data_home() / name
 
 
-def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageDataset:
+def load_dataset(name: str, root: str | Path | None = None, *, follow_symlinks: bool = False,
+                 **options) -> ImageDataset:
     """Load a registered dataset.
 
     Args:
         name: a name from :func:`list_datasets`.
         root: the dataset's directory (for ``hf`` also a hub id); defaults to
-            :func:`default_root` for on-disk datasets and to the cache for ``glyphs``.
+            :func:`default_root` for on-disk datasets and to the shipped data for ``glyphs``.
+        follow_symlinks: read image files and folders that symbolic links place
+            outside the dataset root; by default they are refused, like any path
+            that escapes the root (CLI: ``-o follow_symlinks=true``).
         **options: adapter-specific options (e.g. ``subset="test"`` for ``sop``).
 
     Raises:
-        OodmlError: unknown name, missing root or annotation, malformed annotation.
+        OodmlError: unknown name or option, missing root or annotation, malformed
+            annotation, or a sample that a symbolic link takes outside the root.
     """
     spec = dataset_spec(name)
+    if not isinstance(follow_symlinks, bool):
+        raise OodmlError(f"{name}: follow_symlinks must be true or false, got {follow_symlinks!r}")
     if root is None and spec.needs_root:
         root = default_root(name)
     root = None if root is None else Path(root)
     try:
         inspect.signature(spec.loader).bind(root, **options)
     except TypeError:
-        accepted = [p for p in list(inspect.signature(spec.loader).parameters)[1:]]
+        accepted = [*list(inspect.signature(spec.loader).parameters)[1:], "follow_symlinks"]
         raise OodmlError(f"{name}: unknown option(s) {', '.join(sorted(options))}; "
-                         f"accepted: {', '.join(accepted) or 'none'}") from None
-    return spec.loader(root, **options)
+                         f"accepted: {', '.join(accepted)}") from None
+    ds = spec.loader(root, **options)
+    if not follow_symlinks and reads_image_files(ds):
+        check_inside_root(ds)
+    return ds
+
+
+def reads_image_files(ds: ImageDataset) -> bool:
+    """Whether ``ds`` reads its images from files under ``ds.root`` (rather than from memory or a table)."""
+    return type(ds).load_image is ImageDataset.load_image
+
+
+def check_inside_root(ds: ImageDataset) -> None:
+    """Refuse a dataset whose image files, or folders on the way to them, are symbolic links leading outside
+    ``ds.root``: the README promises that no path escapes the dataset root.
+
+    Raises:
+        OodmlError: naming the link, where it leads, and the option that reads such files anyway.
+    """
+    found = escaping_link(ds.root, ds.sample_ids)
+    if found is not None:
+        link, target = found
+        raise OodmlError(f"{ds.name}: {link} is a symbolic link to {target}, outside the dataset root {ds.root}; "
+                         "move the files into the root, or pass -o follow_symlinks=true to read them there")
