@@ -159,13 +159,14 @@ def _load_split_set(ref: str):
 
 
 def cmd_splits_list(args: argparse.Namespace) -> int:
-    from .splits import iter_published
+    from .splits.manifest import published_split_sets
 
-    found = list(iter_published())
+    found = published_split_sets()
     if not found:
         print("no published split sets (run `oodml make-splits DATASET`, or set $OODML_SPLITS)")
-    for dataset, version, path in found:
-        print(f"{dataset}@{version}  {path}")
+    width = max((len(f"{p.dataset}@{p.version}") for p in found), default=0)
+    for p in found:
+        print(f"{p.dataset + '@' + p.version:<{width}}  {p.location.source:<13}  {p.path}")
     return 0
 
 
@@ -590,6 +591,28 @@ def _add_leaderboard(commands) -> None:
         p.add_argument("--data-root", help="dataset folder, for datasets that need one")
 
 
+def version_report() -> str:
+    """What ``oodml --version`` prints: the version, where oodml is installed and where split sets are
+    looked for, in search order."""
+    from .splits.manifest import split_locations
+
+    lines = [f"oodml {__version__}", f"installed at {Path(__file__).resolve().parent}",
+             "split sets, first match wins:"]
+    lines += [f"  {location.source:<13}  {location.path}" for location in split_locations()] or ["  (none)"]
+    return "\n".join(lines)
+
+
+class _ShowVersion(argparse.Action):
+    """``--version``: print :func:`version_report` and exit (argparse's own action would rewrap the lines)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        print(version_report())
+        parser.exit(0)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse with oodml's error style: one line naming the problem and where the usage is, exit status 2.
     Subcommands inherit it (``add_subparsers`` uses the parser's own class)."""
@@ -600,7 +623,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="oodml", description="Out-of-distribution benchmark for deep metric learning.")
-    parser.add_argument("--version", action="version", version=f"oodml {__version__}")
+    parser.add_argument("--version", action=_ShowVersion, help="version, install location and split set search paths")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -355,27 +355,86 @@ def check_levels(levels: tuple[Level, ...], where: str) -> None:
                              "restore it from where it was published")
 
 
+@dataclass(frozen=True)
+class SplitLocation:
+    """A directory searched for published split sets.
+
+    Attributes:
+        source: why it is searched: ``"$OODML_SPLITS"``, ``"project"`` (``./splits`` of the current
+            directory) or ``"installed"`` (the split sets that came with oodml).
+        path: the directory, holding ``<dataset>/<version>/``.
+    """
+
+    source: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class PublishedSplitSet:
+    """Where one published split set was found: ``dataset@version`` at ``path``, from ``location``."""
+
+    dataset: str
+    version: str
+    path: Path
+    location: SplitLocation
+
+
+def installed_splits() -> Path | None:
+    """The split sets that came with oodml: ``oodml/_splits`` in a wheel (copied there from the top-level
+    ``splits/`` at build time), the checkout's ``splits/`` in an editable install; None if neither exists."""
+    package = Path(__file__).resolve().parents[1]
+    if (package / "_splits").is_dir():
+        return package / "_splits"
+    checkout = package.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "splits").is_dir():
+        return checkout / "splits"
+    return None
+
+
+def holds_split_sets(path: Path) -> bool:
+    """Whether ``path`` has at least one ``<dataset>/<version>/checksums.json``."""
+    return path.is_dir() and any(path.glob(f"*/*/{CHECKSUMS}"))
+
+
+def split_locations() -> list[SplitLocation]:
+    """Where published split sets are looked for, first match winning: ``$OODML_SPLITS``
+    (os.pathsep-separated), then ``./splits`` of the current directory if it holds split sets, then the
+    installed ones.  A directory reached twice is listed once, under its first source."""
+    env = [SplitLocation("$OODML_SPLITS", Path(p)) for p in os.environ.get("OODML_SPLITS", "").split(os.pathsep)
+           if p]
+    project = Path.cwd() / "splits"
+    installed = installed_splits()
+    candidates = [*env, *([SplitLocation("project", project)] if holds_split_sets(project) else []),
+                  *([SplitLocation("installed", installed)] if installed is not None else [])]
+    unique: dict[Path, SplitLocation] = {}
+    for location in candidates:
+        unique.setdefault(location.path.resolve(), location)
+    return list(unique.values())
+
+
 def search_paths() -> list[Path]:
-    """Where published split sets are looked for: ``$OODML_SPLITS`` (os.pathsep-separated), then the
-    project's ``splits/``."""
-    paths = [Path(p) for p in os.environ.get("OODML_SPLITS", "").split(os.pathsep) if p]
-    project = Path(__file__).resolve().parents[2] / "splits"
-    if project.is_dir():
-        paths.append(project)
-    return paths
+    """The directories of :func:`split_locations`, in search order."""
+    return [location.path for location in split_locations()]
 
 
-def iter_published(dataset: str | None = None) -> Iterator[tuple[str, str, Path]]:
-    """``(dataset, version, path)`` of every published split set found on the search paths."""
-    seen = set()
-    for base in search_paths():
+def published_split_sets(dataset: str | None = None) -> list[PublishedSplitSet]:
+    """Every published split set on the search paths (only ``dataset``'s when given); a ``dataset@version``
+    found in several places is listed once, from the earliest location."""
+    found: dict[tuple[str, str], PublishedSplitSet] = {}
+    for location in split_locations():
+        base = location.path
         for ds_dir in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
             if dataset is not None and ds_dir.name != dataset:
                 continue
             for v_dir in sorted(p for p in ds_dir.iterdir() if (p / CHECKSUMS).exists()):
-                if (ds_dir.name, v_dir.name) not in seen:
-                    seen.add((ds_dir.name, v_dir.name))
-                    yield ds_dir.name, v_dir.name, v_dir
+                found.setdefault((ds_dir.name, v_dir.name), PublishedSplitSet(ds_dir.name, v_dir.name, v_dir, location))
+    return list(found.values())
+
+
+def iter_published(dataset: str | None = None) -> Iterator[tuple[str, str, Path]]:
+    """``(dataset, version, path)`` of every published split set found on the search paths."""
+    for published in published_split_sets(dataset):
+        yield published.dataset, published.version, published.path
 
 
 def _natural_key(text: str) -> list:
