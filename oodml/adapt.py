@@ -92,7 +92,10 @@ def finetune_all(model: torch.nn.Module, dataset, support: np.ndarray, support_l
                  desc="embed adapted")
 
 
-ADAPTATIONS = ("prototypes", "finetune-last", "finetune-all")
+#: the adaptations that train the model on the support set (their adapted embeddings differ per episode)
+FINETUNED = ("finetune-last", "finetune-all")
+#: every few-shot adaptation :func:`oodml.evaluate` offers
+ADAPTATIONS = ("prototypes", *FINETUNED)
 
 
 def check_adaptable(module: torch.nn.Module, adapt: str) -> None:

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from . import __version__
 from ._fs import atomic_path, check_writable
@@ -40,10 +39,11 @@ from .adapt import ADAPTATIONS, check_adaptable, finetune_all, finetune_last
 from .datasets import ImageDataset, dataset_spec, load_dataset
 from .embedding import PRECISIONS, embed_cached, read_embedding_table, resolve_device, write_embedding_table
 from .errors import OodmlError
+from .fewshot import episode_split, score_episode
 from .metrics import MAP_DEPTH, retrieval_metrics
 from .models import LoadedModel, load_model
 from .plotting import new_figure, save_figure
-from .splits import Episode, Level, SplitSet, resolve
+from .splits import Level, SplitSet, resolve
 
 RESULT_COLUMNS = ("model", "model_digest", "dataset", "split_digest", "level", "distance", "protocol",
                   "adaptation", "shots", "episode", "metric", "value")
@@ -53,6 +53,8 @@ KS = (1, 2, 4, 8)
 RUN_ENTRY = re.compile(r"results\.parquet|summary\.json|curve-[^/]+\.(?:png|svg)|embeddings")
 #: the ``Results.meta`` fields of "the same run": saving it again replaces the earlier results unasked
 SAME_RUN = ("model", "dataset", "split_digest")
+#: the evaluation protocols: one model for every level, or one checkpoint per level
+PROTOCOLS = ("per-level", "zero-shot")
 
 
 # --- results ---------------------------------------------------------------------------------------
@@ -339,59 +341,19 @@ class _FewShotContext:
     saved: dict | None = None   # (level, shots, episode, adaptation) -> (sample ids, adapted embeddings)
 
 
-def nearest_accuracy(queries: np.ndarray, query_labels: np.ndarray, refs: np.ndarray, ref_labels: np.ndarray,
-                     prototypes: bool) -> float:
-    """n-way accuracy: nearest class prototype, or nearest single support image (cosine)."""
-    q = torch.nn.functional.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=1)
-    r = torch.nn.functional.normalize(torch.as_tensor(refs, dtype=torch.float32), dim=1)
-    if prototypes:
-        r = torch.nn.functional.normalize(torch.stack([r[ref_labels == c].mean(0) for c in np.unique(ref_labels)]),
-                                          dim=1)
-        ref_labels = np.unique(ref_labels)
-    return float((ref_labels[torch.argmax(q @ r.T, 1).numpy()] == query_labels).mean())
-
-
-def episode_split(ds: ImageDataset, episode: Episode,
-                  index_of: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One episode as dataset rows: ``(support, support labels, query, query labels)``.
-
-    The support is the manifest's k images per class (classes in sorted order,
-    labelled 0..n-1); the queries are every other image of those classes, in
-    dataset order.  ``index_of`` (sample id -> row) can be passed to save its
-    construction across episodes.
-    """
-    index_of = index_of if index_of is not None else {sid: i for i, sid in enumerate(ds.sample_ids)}
-    unknown = [sid for ids in episode.support.values() for sid in ids if sid not in index_of]
-    if unknown:
-        raise OodmlError(f"episode support image {unknown[0]!r} is not in the dataset; these episodes refer to "
-                         "another layout of the data and cannot be matched")
-    classes = sorted(episode.support)
-    label_of = {ds.class_index[c]: k for k, c in enumerate(classes)}
-    support = np.array([index_of[sid] for c in classes for sid in episode.support[c]])
-    support_labels = np.repeat(np.arange(len(classes)), [len(episode.support[c]) for c in classes])
-    chosen = set(support.tolist())
-    query = np.array([i for i in np.flatnonzero(np.isin(ds.labels, list(label_of))) if i not in chosen])
-    query_labels = np.array([label_of[int(ds.labels[i])] for i in query])
-    return support, support_labels, query, query_labels
-
-
 def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int | None, base: dict) -> list[dict]:
-    """Per episode: the unadapted model's nearest-support accuracy and query retrieval ('none'), and the
-    adapted model's prototype accuracy and (for fine-tuning) query retrieval."""
+    """Per episode: the unadapted model's scores ('none') and each adaptation's, by :func:`score_episode`."""
     ds, rows = ctx.ds, []
     index_of = {sid: i for i, sid in enumerate(ds.sample_ids)}
+
+    def stack(table: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        return np.stack([table[ds.sample_ids[i]] for i in idx])
+
     for ep in level.episodes(shots)[:episodes]:
         support, support_labels, query, query_labels = episode_split(ds, ep, index_of)
-
-        def stack(table: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-            return np.stack([table[ds.sample_ids[i]] for i in idx])
-
         emb_s, emb_q = stack(ctx.embeddings, support), stack(ctx.embeddings, query)
         common = {**base, "shots": shots, "episode": ep.index}
-        before = retrieval_metrics(emb_q, query_labels, ks=(1,), clustering=False, map_depth=None)
-        rows.append({**common, "adaptation": "none", "metric": "accuracy",
-                     "value": nearest_accuracy(emb_q, query_labels, emb_s, support_labels, prototypes=False)})
-        rows += [{**common, "adaptation": "none", "metric": m, "value": before[m]} for m in ("recall@1", "map@r")]
+        scored = {"none": score_episode(emb_s, support_labels, emb_q, query_labels, "none")}
         both = np.concatenate([support, query])
         for adapt in ctx.adaptations:
             if adapt == "prototypes":
@@ -407,13 +369,11 @@ def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int 
                                            iterations=ctx.iterations, seed=seed, device=ctx.device,
                                            batch_size=ctx.batch_size)
                 adapted_s, adapted_q = adapted[:len(support)], adapted[len(support):]
-                after = retrieval_metrics(adapted_q, query_labels, ks=(1,), clustering=False, map_depth=None)
-                rows += [{**common, "adaptation": adapt, "metric": m, "value": after[m]} for m in ("recall@1", "map@r")]
                 if ctx.saved is not None:
                     ctx.saved[(level.index, shots, ep.index, adapt)] = ([ds.sample_ids[i] for i in both], adapted)
-            rows.append({**common, "adaptation": adapt, "metric": "accuracy",
-                         "value": nearest_accuracy(adapted_q, query_labels, adapted_s, support_labels,
-                                                    prototypes=True)})
+            scored[adapt] = score_episode(adapted_s, support_labels, adapted_q, query_labels, adapt)
+        rows += [{**common, "adaptation": adapt, "metric": m, "value": v}
+                 for adapt, values in scored.items() for m, v in values.items()]
     return rows
 
 

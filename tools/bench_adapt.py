@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from oodml.adapt import BATCH_CLASSES, PER_CLASS, finetune_last
-from oodml.evaluation import nearest_accuracy
+from oodml.fewshot import nearest_accuracy
 
 
 def timed(fn) -> float:

@@ -5,8 +5,9 @@ published split set and the dataset (each level's test images exactly once,
 finite values, one width; each fine-tuned episode's support and query images
 exactly once) and computes, per level, the retrieval metrics, the per-class
 Recall@1 hit counts the board's paired bootstrap resamples, and the few-shot
-accuracies of the manifest's episodes.  :func:`verify` runs the whole check
-and compares the numbers the entry claims.
+accuracies of the manifest's episodes, split and scored by :mod:`oodml.fewshot`,
+the rule :func:`oodml.evaluate` runs.  :func:`verify` runs the whole check and
+compares the numbers the entry claims.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..adapt import FINETUNED
 from ..datasets import ImageDataset, load_dataset
 from ..embedding import read_embedding_table
 from ..errors import OodmlError
-from ..evaluation import curve_summary, episode_split, nearest_accuracy
+from ..evaluation import curve_summary
+from ..fewshot import episode_split, score_episode
 from ..metrics import per_query_metrics
 from ..splits import SplitSet, load
-from .submission import FINETUNED, Submission, is_fraction, parse_file_name, read_submission, shown
+from .submission import Submission, is_fraction, parse_file_name, read_submission, shown
 
 RETRIEVAL = ("recall@1", "recall@2", "recall@4", "recall@8", "r_precision", "map@r")
 #: claimed numbers must match the recomputed ones to this absolute difference
@@ -125,6 +128,12 @@ def _shot_problems(sub: Submission, split_set: SplitSet) -> list[str]:
             for k in sub.meta["fewshot"]["shots"] if k not in available]
 
 
+def _episode_accuracy(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, query_labels: np.ndarray,
+                      adaptation: str) -> float:
+    """The one episode number the board verifies: ``accuracy`` by the rule :func:`oodml.evaluate` runs."""
+    return score_episode(support, support_labels, query, query_labels, adaptation, metrics=("accuracy",))["accuracy"]
+
+
 def score(sub: Submission, split_set: SplitSet, ds: ImageDataset) -> tuple[Scores | None, list[str]]:
     """Recompute every number of ``sub`` from its files; return the scores (None on problems) and problems."""
     meta, width = sub.meta, sub.meta["embedding_dim"]
@@ -134,6 +143,7 @@ def score(sub: Submission, split_set: SplitSet, ds: ImageDataset) -> tuple[Score
     index_of = {sid: i for i, sid in enumerate(ds.sample_ids)}
     shots_list, episodes = meta["fewshot"].get("shots", []), meta["fewshot"].get("episodes", 0)
     finetuned = [a for a in meta["adaptations"] if a in FINETUNED]
+    unadapted = ["none", *(a for a in meta["adaptations"] if a not in FINETUNED)]  # scored on the test embeddings
     expected_files = {sub.test_file(lv.index) for lv in split_set.levels} | {
         sub.fewshot_file(lv.index, k, ep.index, a) for lv in split_set.levels for k in shots_list
         for ep in lv.episodes(k)[:episodes] for a in finetuned}
@@ -163,10 +173,8 @@ def score(sub: Submission, split_set: SplitSet, ds: ImageDataset) -> tuple[Score
             for ep in level.episodes(shots)[:episodes]:
                 support, support_labels, query, query_labels = episode_split(ds, ep, index_of)
                 emb_s, emb_q = emb[[row_of[int(i)] for i in support]], emb[[row_of[int(i)] for i in query]]
-                accuracies = {"none": nearest_accuracy(emb_q, query_labels, emb_s, support_labels, prototypes=False)}
-                if "prototypes" in meta["adaptations"]:
-                    accuracies["prototypes"] = nearest_accuracy(emb_q, query_labels, emb_s, support_labels,
-                                                                prototypes=True)
+                accuracies = {name: _episode_accuracy(emb_s, support_labels, emb_q, query_labels, name)
+                              for name in unadapted}
                 for adaptation in finetuned:
                     file = sub.fewshot_file(level.index, shots, ep.index, adaptation)
                     if file not in meta["files"]:
@@ -177,9 +185,8 @@ def score(sub: Submission, split_set: SplitSet, ds: ImageDataset) -> tuple[Score
                     if isinstance(adapted, list):
                         problems += adapted
                         continue
-                    adapted_s, adapted_q = adapted[:len(support)], adapted[len(support):]
-                    accuracies[adaptation] = nearest_accuracy(adapted_q, query_labels, adapted_s, support_labels,
-                                                              prototypes=True)
+                    accuracies[adaptation] = _episode_accuracy(adapted[:len(support)], support_labels,
+                                                               adapted[len(support):], query_labels, adaptation)
                 for adaptation, value in accuracies.items():
                     fewshot.setdefault(f"{shots}-shot", {}).setdefault(adaptation, {}).setdefault(
                         level.index, []).append(value)

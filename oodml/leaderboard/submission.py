@@ -40,16 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..evaluation import embedding_file_name, parse_embedding_file_name
+from ..adapt import ADAPTATIONS, FINETUNED
+from ..evaluation import PROTOCOLS, embedding_file_name, parse_embedding_file_name
 from ..splits.manifest import sha256_file
 
 SCHEMA_VERSION = 1
 MAX_JSON_BYTES = 1 << 20
 MAX_FILE_BYTES = 16 << 20
 MAX_ENTRY_BYTES = 64 << 20
-PROTOCOLS = ("per-level", "zero-shot")
-FINETUNED = ("finetune-last", "finetune-all")
-ADAPTATIONS = ("prototypes", *FINETUNED)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 #: longest free text per field, in characters
 MAX_TEXT = {"method": 100, "description": 2000, "training_data": 500, "author": 200, "url": 500, "run": 200}

@@ -11,13 +11,14 @@ import numpy as np
 
 from .. import __version__
 from .._fs import atomic_path
+from ..adapt import ADAPTATIONS, FINETUNED
 from ..datasets import load_dataset
 from ..embedding import write_embedding_table
 from ..errors import OodmlError
 from ..evaluation import Results, read_saved_embeddings
 from ..splits import load
 from .scoring import score
-from .submission import ADAPTATIONS, FINETUNED, NAME_RE, SCHEMA_VERSION, Submission, file_record, schema_problems
+from .submission import NAME_RE, SCHEMA_VERSION, Submission, file_record, schema_problems
 
 
 def entry_path(root: str | Path, dataset: str, version: str, name: str) -> Path:

@@ -1,0 +1,132 @@
+"""The few-shot protocol: how an episode is split, and how one episode is scored.
+
+An episode (from a split set's manifest) names k support images per class; its
+queries are every other image of those classes.  :func:`episode_split` turns it
+into dataset rows, and :func:`score_episode` scores one episode's embeddings.
+:func:`oodml.evaluate` and the leaderboard verifier (:mod:`oodml.leaderboard.scoring`)
+both call these two, so the board re-scores an entry with the rule its authors ran.
+
+The rule, per adaptation (:data:`EPISODE_METRICS`):
+
+* ``none``: the unadapted model.  ``accuracy``: each query takes the label of its
+  nearest support image (cosine); ``recall@1`` and ``map@r``: the queries
+  retrieved among themselves.
+* ``prototypes``: ``accuracy`` by the nearest class prototype, the mean of the
+  class's L2-normalised support embeddings, normalised again.  Its embeddings
+  are the unadapted ones, so its retrieval is that of ``none``.
+* ``finetune-last``, ``finetune-all``: the adapted embeddings' ``recall@1`` and
+  ``map@r`` among the queries, and their nearest-prototype ``accuracy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .adapt import FINETUNED
+from .errors import OodmlError
+from .metrics import retrieval_metrics
+
+if TYPE_CHECKING:
+    from .datasets import ImageDataset
+    from .splits import Episode
+
+#: what :func:`score_episode` reports for each adaptation, in the order :func:`oodml.evaluate` writes its rows
+EPISODE_METRICS: Mapping[str, tuple[str, ...]] = {
+    "none": ("accuracy", "recall@1", "map@r"),
+    "prototypes": ("accuracy",),
+    **{name: ("recall@1", "map@r", "accuracy") for name in FINETUNED},
+}
+
+
+def episode_split(ds: ImageDataset, episode: Episode,
+                  index_of: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One episode as dataset rows: ``(support, support labels, query, query labels)``.
+
+    The support is the manifest's k images per class (classes in sorted order,
+    labelled 0..n-1); the queries are every other image of those classes, in
+    dataset order.  All four are int arrays: (n*k,), (n*k,), (Q,), (Q,).
+    ``index_of`` (sample id -> row) can be passed to save its construction
+    across episodes.
+
+    Raises:
+        OodmlError: a support image is not in ``ds`` (the episodes belong to another layout of the data).
+    """
+    index_of = index_of if index_of is not None else {sid: i for i, sid in enumerate(ds.sample_ids)}
+    unknown = [sid for ids in episode.support.values() for sid in ids if sid not in index_of]
+    if unknown:
+        raise OodmlError(f"episode support image {unknown[0]!r} is not in the dataset; these episodes refer to "
+                         "another layout of the data and cannot be matched")
+    classes = sorted(episode.support)
+    label_of = {ds.class_index[c]: k for k, c in enumerate(classes)}
+    support = np.array([index_of[sid] for c in classes for sid in episode.support[c]])
+    support_labels = np.repeat(np.arange(len(classes)), [len(episode.support[c]) for c in classes])
+    chosen = set(support.tolist())
+    query = np.array([i for i in np.flatnonzero(np.isin(ds.labels, list(label_of))) if i not in chosen])
+    query_labels = np.array([label_of[int(ds.labels[i])] for i in query])
+    return support, support_labels, query, query_labels
+
+
+def nearest_accuracy(queries: np.ndarray, query_labels: np.ndarray, refs: np.ndarray, ref_labels: np.ndarray,
+                     prototypes: bool) -> float:
+    """n-way accuracy by cosine similarity: the fraction of queries whose nearest reference has their label.
+
+    Args:
+        queries: (Q, d) float embeddings; query_labels: (Q,) int labels.
+        refs: (S, d) float support embeddings; ref_labels: (S,) int labels.
+        prototypes: compare with each class's prototype (the normalised mean of its normalised
+            support embeddings) instead of with every support image.
+
+    Returns:
+        A fraction in [0, 1].  Computed in float32.
+    """
+    q = torch.nn.functional.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=1)
+    r = torch.nn.functional.normalize(torch.as_tensor(refs, dtype=torch.float32), dim=1)
+    if prototypes:
+        r = torch.nn.functional.normalize(torch.stack([r[ref_labels == c].mean(0) for c in np.unique(ref_labels)]),
+                                          dim=1)
+        ref_labels = np.unique(ref_labels)
+    return float((ref_labels[torch.argmax(q @ r.T, 1).numpy()] == query_labels).mean())
+
+
+def score_episode(support_embeddings: np.ndarray, support_labels: np.ndarray, query_embeddings: np.ndarray,
+                  query_labels: np.ndarray, adaptation: str = "none", *,
+                  metrics: Sequence[str] | None = None) -> dict[str, float]:
+    """Score one few-shot episode under ``adaptation`` (the rule in the module docstring).
+
+    Args:
+        support_embeddings: (S, d) float embeddings of the support images (after ``adaptation``).
+        support_labels: (S,) int class labels of the support images.
+        query_embeddings: (Q, d) float embeddings of the query images (after ``adaptation``).
+        query_labels: (Q,) int class labels of the queries, in the same label space.
+        adaptation: ``none``, ``prototypes``, ``finetune-last`` or ``finetune-all``.
+        metrics: a subset of ``EPISODE_METRICS[adaptation]`` to compute (default all of them); the
+            leaderboard verifies only ``accuracy``.
+
+    Returns:
+        Metric name -> fraction in [0, 1], in the order of ``EPISODE_METRICS[adaptation]``.
+
+    Raises:
+        OodmlError: an unknown adaptation or a metric that adaptation does not report; for retrieval,
+            what :func:`oodml.metrics.retrieval_metrics` refuses (e.g. no query with a same-class neighbour).
+    """
+    if adaptation not in EPISODE_METRICS:
+        raise OodmlError(f"unknown adaptation {adaptation!r}; choose one of {', '.join(EPISODE_METRICS)}")
+    wanted = EPISODE_METRICS[adaptation] if metrics is None else tuple(metrics)
+    unknown = [m for m in wanted if m not in EPISODE_METRICS[adaptation]]
+    if unknown:
+        raise OodmlError(f"{adaptation} episodes report {', '.join(EPISODE_METRICS[adaptation])}, not {unknown[0]!r}")
+    retrieval = {}
+    if {"recall@1", "map@r"} & set(wanted):
+        retrieval = retrieval_metrics(query_embeddings, query_labels, ks=(1,), clustering=False, map_depth=None)
+    out = {}
+    for name in EPISODE_METRICS[adaptation]:
+        if name == "accuracy" and name in wanted:
+            out[name] = nearest_accuracy(query_embeddings, query_labels, support_embeddings, support_labels,
+                                         prototypes=adaptation != "none")
+        elif name in wanted:
+            out[name] = retrieval[name]
+    return out
