@@ -36,6 +36,35 @@ def fingerprint_of(sample_ids: Sequence[str], class_names: Sequence[str], sizes:
     return h.hexdigest()
 
 
+def decode_image(source: str | Path | bytes, dataset: str, what: str, hint: str = "") -> Image.Image:
+    """Decode an image file (a path, or the file's bytes) as RGB: the one image edge every dataset reads through.
+
+    Errors read ``"<dataset>: cannot read <what>: <reason><hint>"``, e.g. ``what="image /data/x.jpg"``.
+    Images of more than PIL's ``Image.MAX_IMAGE_PIXELS`` pixels are refused before decoding.
+
+    Raises:
+        OodmlError: one line, when the image has too many pixels or cannot be decoded.
+        FileNotFoundError: when ``source`` is a path that does not exist (the caller knows what listed it).
+    """
+    import io
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between its pixel limit and twice that; both are refused here, before decoding.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                img.load()
+                return img.convert("RGB")
+    except FileNotFoundError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise OodmlError(f"{dataset}: {what} has more pixels than the {Image.MAX_IMAGE_PIXELS:,} decoded safely "
+                         f"({str(exc).rstrip('.')}); shrink it or remove it from the dataset") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise OodmlError(f"{dataset}: cannot read {what}: {exc}{hint}") from None
+
+
 @dataclass(eq=False)
 class ImageDataset:
     """Images with class labels, loaded from one root in one layout.
@@ -93,26 +122,13 @@ class ImageDataset:
         return self.root / self.sample_ids[index]
 
     def load_image(self, index: int) -> Image.Image:
-        import warnings
-
         path = self.path(index)
         try:
-            with warnings.catch_warnings():
-                # PIL only warns between its pixel limit and twice that; both are refused here, before decoding.
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as img:
-                    img.load()
-                    return img.convert("RGB")
+            return decode_image(path, self.name, f"image {path}",
+                                " (the file is corrupt or truncated; re-extract it from the archive)")
         except FileNotFoundError:
             raise OodmlError(f"{self.name}: image file {path} is missing "
                              f"(listed as {self.sample_ids[index]!r} in the annotations)") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise OodmlError(f"{self.name}: image {path} has more pixels than the {Image.MAX_IMAGE_PIXELS:,} "
-                             f"decoded safely ({str(exc).rstrip('.')}); shrink it or remove it from the "
-                             "dataset") from None
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            raise OodmlError(f"{self.name}: cannot read image {path}: {exc} "
-                             "(the file is corrupt or truncated; re-extract it from the archive)") from None
 
     def sample_size(self, index: int) -> int:
         """Size of the stored sample in bytes (what the fingerprint hashes)."""

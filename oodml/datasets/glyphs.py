@@ -51,17 +51,16 @@ then refuse the data: a regenerated file needs a new split set version
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import OodmlError
-from .base import ImageDataset
+from .base import ImageDataset, decode_image
 from .imagefolder import scan_class_folders
 from .registry import register_dataset
 
@@ -95,13 +94,7 @@ class EmbeddedImageDataset(ImageDataset):
                          f"in memory (read from {self.root}), use load_image")
 
     def load_image(self, index: int) -> Image.Image:
-        try:
-            with Image.open(io.BytesIO(self.encoded[index])) as img:
-                img.load()
-                return img.convert("RGB")
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            raise OodmlError(f"{self.name}: cannot decode sample {self.sample_ids[index]!r} "
-                             f"from {self.root}: {exc}") from None
+        return decode_image(self.encoded[index], self.name, f"sample {self.sample_ids[index]!r} from {self.root}")
 
     def sample_size(self, index: int) -> int:
         """Size of the sample's encoded file in bytes, as on disk."""

@@ -8,14 +8,13 @@ hashes each row's encoded image size, so it agrees between copies of the same da
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import OodmlError
-from .base import ImageDataset
+from .base import ImageDataset, decode_image
 from .registry import register_dataset
 
 LAYOUT = ("a folder written by datasets' save_to_disk (or a folder of data files), or a hub id, "
@@ -33,14 +32,12 @@ class HFImageDataset(ImageDataset):
 
     def load_image(self, index: int) -> Image.Image:
         cell = self._encoded(index)
+        what = f"the image of row {self.sample_ids[index]!r} in {self.root}"
         try:
             data = cell["bytes"] if cell.get("bytes") is not None else Path(cell["path"]).read_bytes()
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                return img.convert("RGB")
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, TypeError) as exc:
-            raise OodmlError(f"hf: cannot read the image of row {self.sample_ids[index]!r} "
-                             f"in {self.root}: {exc}") from None
+        except (OSError, TypeError, ValueError) as exc:
+            raise OodmlError(f"hf: cannot read {what}: {exc}") from None
+        return decode_image(data, "hf", what)
 
     def sample_size(self, index: int) -> int:
         cell = self._encoded(index)
