@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import edit_json
 
 from oodml.cli import main
 from oodml.embedding import read_embedding_table, write_embedding_table
@@ -28,13 +29,6 @@ def copy_of(entry: Path, tmp_path: Path, name: str = "tiny") -> Path:
     if name != "tiny":
         edit_json(dest, entry=name, method=name)
     return dest
-
-
-def edit_json(path: Path, **changes) -> None:
-    spec = path / "submission.json"
-    meta = json.loads(spec.read_text())
-    meta.update(changes)
-    spec.write_text(json.dumps(meta))
 
 
 def rewrite(path: Path, name: str, ids, values) -> None:

@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from fixtures import edit_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,13 +35,6 @@ def copy_of(entry: Path, root: Path, name: str = "tiny") -> Path:
     dest = root / "submissions" / "glyphs" / "v1" / name
     shutil.copytree(entry, dest)
     return dest
-
-
-def edit_json(path: Path, **changes) -> None:
-    spec = path / "submission.json"
-    meta = json.loads(spec.read_text())
-    meta.update(changes)
-    spec.write_text(json.dumps(meta))
 
 
 @pytest.fixture(scope="module")
