@@ -41,12 +41,9 @@ def literal_oodml(train, test, means, iterations, swaps, history, inverse=False)
 @pytest.mark.parametrize("inverse", [False, True])
 def test_swap_progression_follows_the_ooDML_procedure(inverse):
     means = clustered_means()
-    names = [f"class{i:02d}" for i in range(60)]
-    by_name = dict(zip(names, means, strict=True))
-    train, test = sorted(names[:30]), sorted(names[30:])
-    states = swap_progression(train, [by_name[c] for c in train], test, [by_name[c] for c in test],
-                              iterations=12, swaps_per_iteration=2, history=5, inverse=inverse)
-    expected = literal_oodml(train, test, by_name, 12, 2, 5, inverse)
+    train, test = list(range(30)), list(range(30, 60))
+    states = swap_progression(means, train, test, iterations=12, swaps_per_iteration=2, history=5, inverse=inverse)
+    expected = literal_oodml(train, test, means, 12, 2, 5, inverse)
     assert len(states) == 12
     for it, (state, (tr, te, dist)) in enumerate(zip(states, expected, strict=True)):
         assert list(state.train) == tr and list(state.test) == te
@@ -56,26 +53,22 @@ def test_swap_progression_follows_the_ooDML_procedure(inverse):
 
 def test_swap_progression_is_deterministic_on_identical_features():
     means = clustered_means(seed=3)
-    names = [f"c{i}" for i in range(60)]
-    run = lambda: swap_progression(names[:30], means[:30], names[30:], means[30:])  # noqa: E731
+    run = lambda: swap_progression(means, range(30), range(30, 60))  # noqa: E731
     assert [(s.train, s.test) for s in run()] == [(s.train, s.test) for s in run()]
 
 
 def test_first_swap_moves_the_most_test_like_train_class():
     # 1-D: train {0, 1, 9}, test {10, 11, 2}; 9 is the train class nearest the test side, 2 the converse.
-    names, values = ["a", "b", "c", "d", "e", "f"], [0.0, 1.0, 9.0, 10.0, 11.0, 2.0]
-    states = swap_progression(names[:3], np.c_[values[:3]], names[3:], np.c_[values[3:]], iterations=2,
-                              swaps_per_iteration=1, history=1)
-    assert states[1].train == ("a", "b", "f") and states[1].test == ("d", "e", "c")
+    values = np.c_[[0.0, 1.0, 9.0, 10.0, 11.0, 2.0]]
+    states = swap_progression(values, [0, 1, 2], [3, 4, 5], iterations=2, swaps_per_iteration=1, history=1)
+    assert states[1].train == (0, 1, 5) and states[1].test == (3, 4, 2)
     assert states[1].distance > states[0].distance
 
 
 def test_removal_continuation_removes_when_swaps_stop_helping():
     means = clustered_means(seed=1)
-    names = [f"c{i}" for i in range(60)]
-    by_name = dict(zip(names, means, strict=True))
-    states = swap_progression(names[:30], means[:30], names[30:], means[30:], iterations=25)
-    more = removal_continuation(max(states, key=lambda s: s.distance), by_name, iterations=4)
+    states = swap_progression(means, range(30), range(30, 60), iterations=25)
+    more = removal_continuation(max(states, key=lambda s: s.distance), means, iterations=4)
     assert len(more) == 4
     removals = [s for s in more if s.kind == "removal"]
     assert removals, "after the ooDML maximum, swaps stop increasing the distance"
@@ -106,8 +99,7 @@ def test_greedy_levels_are_graded_balanced_and_deterministic():
 def test_hardest_swap_level_reaches_at_least_the_ooDML_procedure(seed):
     means = clustered_means(seed=seed, classes=80)
     result = greedy_levels(MeanFID(means), 80, levels=8, removal_levels=0, seed=seed)
-    train, test = list(result.default.train), list(result.default.test)
-    reference = swap_progression(train, means[train], test, means[test], iterations=25)
+    reference = swap_progression(means, result.default.train, result.default.test, iterations=25)
     assert result.levels[-1].distance >= max(s.distance for s in reference) - 1e-9
 
 

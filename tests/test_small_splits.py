@@ -136,8 +136,8 @@ def test_ooDML_parameters_shrink_to_what_a_side_allows(side, fitted):
 def test_ooDML_progression_refuses_sides_too_small_for_its_parameters_by_their_names():
     means = np.random.default_rng(0).normal(size=(10, 3))
     with pytest.raises(OodmlError, match="5 classes per side are too few for swaps_per_iteration=2 with history=5"):
-        swap_progression(list("abcde"), means[:5], list("fghij"), means[5:])
-    states = swap_progression(list("abcde"), means[:5], list("fghij"), means[5:], swaps_per_iteration=2, history=3)
+        swap_progression(means, range(5), range(5, 10))
+    states = swap_progression(means, range(5), range(5, 10), swaps_per_iteration=2, history=3)
     assert len(states) == 25
 
 

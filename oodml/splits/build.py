@@ -121,22 +121,18 @@ def _oodml_states(cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig, r
     (:func:`oodml_parameters`); removal stops at half the classes per side, as the greedy search's does."""
     perm = np.random.default_rng(rng_seed).permutation(len(classes))
     half = len(classes) // 2
-    index = {c: i for i, c in enumerate(classes)}
-    train = sorted(classes[i] for i in perm[:half])
-    test = sorted(classes[i] for i in perm[half:2 * half])
+    # Each side in class-name order, as ooDML sorted it: positions matter to its swaps.
+    train, test = (sorted(side.tolist(), key=classes.__getitem__) for side in (perm[:half], perm[half:2 * half]))
     per_iteration, history = oodml_parameters(half, cfg.swaps_per_iteration, cfg.history)
-    states = swap_progression(train, cf.means[[index[c] for c in train]], test, cf.means[[index[c] for c in test]],
-                              iterations=cfg.iterations, swaps_per_iteration=per_iteration, history=history)
+    states = swap_progression(cf.means, train, test, iterations=cfg.iterations, swaps_per_iteration=per_iteration,
+                              history=history)
     if cfg.removal_levels:
-        means_by_name = {c: cf.means[i] for c, i in index.items()}
-        states += removal_continuation(states[-1], means_by_name, iterations=cfg.removal_levels,
+        states += removal_continuation(states[-1], cf.means, iterations=cfg.removal_levels,
                                        swaps_per_iteration=per_iteration, history=history,
                                        min_per_side=max(2, int(np.ceil(cfg.floor * half))))
-    as_index = [SplitState(tuple(index[c] for c in s.train), tuple(index[c] for c in s.test), s.distance, s.swaps,
-                           s.kind) for s in states]
     # Levels: evenly spaced along the swap states, then the removal states.
-    swaps = [s for s in as_index if s.kind == "swap" and s.swaps >= 0][: cfg.iterations]
-    removal = as_index[cfg.iterations:]
+    swaps = [s for s in states if s.kind == "swap" and s.swaps >= 0][: cfg.iterations]
+    removal = states[cfg.iterations:]
     n_swap = cfg.levels - len(removal)
     picks = np.unique(np.linspace(0, len(swaps) - 1, n_swap).round().astype(int))
     chosen = sorted([swaps[i] for i in picks] + removal, key=lambda s: s.distance)

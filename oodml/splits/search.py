@@ -44,20 +44,21 @@ class SplitState:
     """One train/test split along a search path.
 
     Attributes:
-        train, test: class names (``swap_progression``) or class indices (``greedy_levels``,
-            ``exhaustive_levels``).
+        train, test: class indices (rows of the class-mean matrix the search was given), in the
+            search's own order: positions matter to the ooDML procedure, whose swaps exchange them.
         distance: train-to-test distance of this split.
         swaps: swaps applied from the start (negative along a path of decreasing distance; 0 for
             the splits of ``exhaustive_levels``, which are enumerated, not reached).
         kind: ``"swap"`` or ``"removal"`` (some classes were removed from both sides).
+        removed: class indices removed so far (removal states only).
     """
 
-    train: tuple
-    test: tuple
+    train: tuple[int, ...]
+    test: tuple[int, ...]
     distance: float
     swaps: int = 0
     kind: str = "swap"
-    removed: tuple = field(default=())
+    removed: tuple[int, ...] = field(default=())
 
 
 # --- the ooDML procedure ---------------------------------------------------------------
@@ -91,9 +92,8 @@ def oodml_parameters(side: int, swaps_per_iteration: int = 2, history: int = 5) 
     return swaps, max(0, min(history, side - swaps))
 
 
-def swap_progression(train_names: Sequence[str], train_means: np.ndarray, test_names: Sequence[str],
-                     test_means: np.ndarray, *, iterations: int = 25, swaps_per_iteration: int = 2,
-                     history: int = 5, inverse: bool = False) -> list[SplitState]:
+def swap_progression(means: np.ndarray, train: Sequence[int], test: Sequence[int], *, iterations: int = 25,
+                     swaps_per_iteration: int = 2, history: int = 5, inverse: bool = False) -> list[SplitState]:
     """The ooDML split progression, one state per iteration.
 
     Positions in the two lists are fixed and a swap exchanges the contents of a
@@ -107,8 +107,9 @@ def swap_progression(train_names: Sequence[str], train_means: np.ndarray, test_n
     last ``history`` swapped positions, and the two positions exchange contents.
 
     Args:
-        train_names, test_names: class names in their initial order (ooDML sorted them).
-        train_means, test_means: (n_train, d) and (n_test, d) class-mean features.
+        means: (C, d) class-mean features, one row per class index.
+        train, test: class indices in their initial order (ooDML sorted the class names;
+            the caller orders the indices that way).
 
     Returns:
         ``iterations`` states, the first being the given split.
@@ -118,11 +119,12 @@ def swap_progression(train_names: Sequence[str], train_means: np.ndarray, test_n
             classes, where the scan could run out of candidates
             (:func:`oodml_parameters` gives values that fit).
     """
-    names = [list(train_names), list(test_names)]
-    means = [np.array(train_means, dtype=np.float64), np.array(test_means, dtype=np.float64)]
-    if len(names[0]) != len(means[0]) or len(names[1]) != len(means[1]):
-        raise OodmlError("swap_progression: each name needs exactly one class-mean row")
-    side = min(len(names[0]), len(names[1]))
+    all_means = np.asarray(means, dtype=np.float64)
+    sides = [[int(c) for c in train], [int(c) for c in test]]
+    if any(not 0 <= c < len(all_means) for c in sides[0] + sides[1]):
+        raise OodmlError(f"swap_progression: class indices must lie in [0, {len(all_means)}), one per class-mean row")
+    side_means = [all_means[sides[0]].copy(), all_means[sides[1]].copy()]
+    side = min(len(sides[0]), len(sides[1]))
     if side < swaps_per_iteration + history:
         raise OodmlError(f"swap_progression: {side} classes per side are too few for swaps_per_iteration="
                          f"{swaps_per_iteration} with history={history}; need swaps_per_iteration + history")
@@ -130,19 +132,19 @@ def swap_progression(train_names: Sequence[str], train_means: np.ndarray, test_n
     hist: tuple[list[int], list[int]] = ([], [])
     states = []
     for it in range(iterations):
-        states.append(SplitState(tuple(names[0]), tuple(names[1]), frechet_distance(means[0], means[1]),
+        states.append(SplitState(tuple(sides[0]), tuple(sides[1]), frechet_distance(side_means[0], side_means[1]),
                                  sign * it * swaps_per_iteration))
-        rank_train, rank_test = _oodml_rankings(means[0], means[1], inverse)
+        rank_train, rank_test = _oodml_rankings(side_means[0], side_means[1], inverse)
         for k in range(swaps_per_iteration):
             p, q = _pick(rank_train, k, hist[0], history), _pick(rank_test, k, hist[1], history)
             hist[0].append(p)
             hist[1].append(q)
-            names[0][p], names[1][q] = names[1][q], names[0][p]
-            means[0][p], means[1][q] = means[1][q].copy(), means[0][p].copy()
+            sides[0][p], sides[1][q] = sides[1][q], sides[0][p]
+            side_means[0][p], side_means[1][q] = side_means[1][q].copy(), side_means[0][p].copy()
     return states
 
 
-def removal_continuation(state: SplitState, means_by_name: dict[str, np.ndarray], *, iterations: int = 3,
+def removal_continuation(state: SplitState, means: np.ndarray, *, iterations: int = 3,
                          swaps_per_iteration: int = 2, history: int = 5, min_per_side: int = 2) -> list[SplitState]:
     """The harder continuation by class removal, from a chosen state of :func:`swap_progression`.
 
@@ -151,16 +153,17 @@ def removal_continuation(state: SplitState, means_by_name: dict[str, np.ndarray]
     instead removes those classes (train candidates from train, test candidates
     from test).  Returns one state per iteration after ``state``, fewer when the
     sides get too small to pick candidates (``swaps_per_iteration + history``
-    classes) or a removal would leave a side with fewer than ``min_per_side``.
+    classes) or a removal would leave a side with fewer than ``min_per_side``.  ``means`` is the
+    (C, d) class-mean matrix that ``state``'s class indices refer to.
     """
-    names = [list(state.train), list(state.test)]
+    means_of = np.asarray(means, dtype=np.float64)
+    sides = [list(state.train), list(state.test)]
     hist: tuple[list[int], list[int]] = ([], [])
     current, states, removed = state.distance, [], list(state.removed)
     for it in range(1, iterations + 1):
-        if min(len(names[0]), len(names[1])) < swaps_per_iteration + history:
+        if min(len(sides[0]), len(sides[1])) < swaps_per_iteration + history:
             break
-        means = [np.stack([means_by_name[n] for n in side]) for side in names]
-        rank_train, rank_test = _oodml_rankings(means[0], means[1], inverse=False)
+        rank_train, rank_test = _oodml_rankings(means_of[sides[0]], means_of[sides[1]], inverse=False)
         trial_hist: tuple[list[int], list[int]] = (list(hist[0]), list(hist[1]))
         picks = []
         for k in range(swaps_per_iteration):
@@ -168,26 +171,24 @@ def removal_continuation(state: SplitState, means_by_name: dict[str, np.ndarray]
             trial_hist[0].append(p)
             trial_hist[1].append(q)
             picks.append((p, q))
-        trial = [list(names[0]), list(names[1])]
+        trial = [list(sides[0]), list(sides[1])]
         for p, q in picks:
             trial[0][p], trial[1][q] = trial[1][q], trial[0][p]
-        value = frechet_distance(np.stack([means_by_name[n] for n in trial[0]]),
-                                 np.stack([means_by_name[n] for n in trial[1]]))
+        value = frechet_distance(means_of[trial[0]], means_of[trial[1]])
         if value > current:
-            names, hist, kind = trial, trial_hist, "swap"
+            sides, hist, kind = trial, trial_hist, "swap"
         else:
             drop_train, drop_test = {p for p, _ in picks}, {q for _, q in picks}
-            if min(len(names[0]) - len(drop_train), len(names[1]) - len(drop_test)) < min_per_side:
+            if min(len(sides[0]) - len(drop_train), len(sides[1]) - len(drop_test)) < min_per_side:
                 break
-            removed += [names[0][p] for p in sorted(drop_train)] + [names[1][q] for q in sorted(drop_test)]
-            names = [[n for i, n in enumerate(names[0]) if i not in drop_train],
-                     [n for i, n in enumerate(names[1]) if i not in drop_test]]
+            removed += [sides[0][p] for p in sorted(drop_train)] + [sides[1][q] for q in sorted(drop_test)]
+            sides = [[n for i, n in enumerate(sides[0]) if i not in drop_train],
+                     [n for i, n in enumerate(sides[1]) if i not in drop_test]]
             hist = ([], [])  # positions shifted; the tabu window restarts
             kind = "removal"
-            value = frechet_distance(np.stack([means_by_name[n] for n in names[0]]),
-                                     np.stack([means_by_name[n] for n in names[1]]))
+            value = frechet_distance(means_of[sides[0]], means_of[sides[1]])
         current = value
-        states.append(SplitState(tuple(names[0]), tuple(names[1]), value,
+        states.append(SplitState(tuple(sides[0]), tuple(sides[1]), value,
                                  state.swaps + it * swaps_per_iteration, kind, tuple(removed)))
     return states
 
@@ -575,10 +576,8 @@ def greedy_levels(scorer: Scorer, num_classes: int, *, levels: int = 8, removal_
 
 def _best_oodml_state(scorer: Scorer, start: SplitState) -> SplitState:
     """The farthest state (by ``scorer``) of the ooDML progression run from ``start``."""
-    means = scorer.means
-    train, test = list(start.train), list(start.test)
-    swaps, history = oodml_parameters(min(len(train), len(test)))
-    states = swap_progression(train, means[train], test, means[test], swaps_per_iteration=swaps, history=history)
+    swaps, history = oodml_parameters(min(len(start.train), len(start.test)))
+    states = swap_progression(scorer.means, start.train, start.test, swaps_per_iteration=swaps, history=history)
     values = scorer.distances([(np.array(s.train), np.array(s.test)) for s in states])
     best = int(np.argmax(values))
     return SplitState(states[best].train, states[best].test, float(values[best]), states[best].swaps)
