@@ -27,6 +27,7 @@ from .search import (
     level_capacity,
     oodml_parameters,
     removal_continuation,
+    seeded_split,
     swap_progression,
 )
 
@@ -119,10 +120,9 @@ def _oodml_states(cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig, r
     increasing distance, each split once.  (ooDML also ran the inverse progression for easier splits; this
     uses the forward one.)  Swaps per iteration and history shrink to what the sides allow
     (:func:`oodml_parameters`); removal stops at half the classes per side, as the greedy search's does."""
-    perm = np.random.default_rng(rng_seed).permutation(len(classes))
     half = len(classes) // 2
     # Each side in class-name order, as ooDML sorted it: positions matter to its swaps.
-    train, test = (sorted(side.tolist(), key=classes.__getitem__) for side in (perm[:half], perm[half:2 * half]))
+    train, test = (sorted(side.tolist(), key=classes.__getitem__) for side in seeded_split(len(classes), rng_seed))
     per_iteration, history = oodml_parameters(half, cfg.swaps_per_iteration, cfg.history)
     states = swap_progression(cf.means, train, test, iterations=cfg.iterations, swaps_per_iteration=per_iteration,
                               history=history)

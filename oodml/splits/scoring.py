@@ -68,6 +68,24 @@ class Move:
         return new_train, new_test
 
 
+def centroid_scores(train_means: np.ndarray, test_means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ooDML's swap-ranking scores of each class by its distance to the two side centroids.
+
+    Args:
+        train_means, test_means: (n_train, d) and (n_test, d) class means of the two sides.
+
+    Returns:
+        ``(score_train (n_train,), score_test (n_test,))`` with
+        ``score_train = ||x - m_test|| - ||x - m_train||`` and
+        ``score_test = ||x - m_train|| - ||x - m_test||``: small for a class that
+        sits nearer the other side's centroid than its own.
+    """
+    m_train, m_test = train_means.mean(0), test_means.mean(0)
+    score_train = np.linalg.norm(train_means - m_test, axis=1) - np.linalg.norm(train_means - m_train, axis=1)
+    score_test = np.linalg.norm(test_means - m_train, axis=1) - np.linalg.norm(test_means - m_test, axis=1)
+    return score_train, score_test
+
+
 def centroid_screen(means: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ooDML heuristic as separable swap gain estimates.
 
@@ -77,9 +95,7 @@ def centroid_screen(means: np.ndarray, train: np.ndarray, test: np.ndarray) -> t
     the shift more (it moves a train class that sits near the test centroid to
     the test side, and a test class near the train centroid to the train side).
     """
-    m_train, m_test = means[train].mean(0), means[test].mean(0)
-    score_train = np.linalg.norm(means[train] - m_test, axis=1) - np.linalg.norm(means[train] - m_train, axis=1)
-    score_test = np.linalg.norm(means[test] - m_train, axis=1) - np.linalg.norm(means[test] - m_test, axis=1)
+    score_train, score_test = centroid_scores(means[train], means[test])
     return -score_train, -score_test
 
 

@@ -36,7 +36,7 @@ from ..errors import OodmlError
 from ..progress import counter
 from ..seeding import rng_for
 from ..shift import frechet_distance
-from .scoring import Move, Scorer
+from .scoring import Move, Scorer, centroid_scores
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,7 @@ class SplitState:
 # --- the ooDML procedure ---------------------------------------------------------------
 
 def _oodml_rankings(train_means: np.ndarray, test_means: np.ndarray, inverse: bool) -> tuple[np.ndarray, np.ndarray]:
-    m_train, m_test = train_means.mean(0), test_means.mean(0)
-    score_train = np.linalg.norm(train_means - m_test, axis=1) - np.linalg.norm(train_means - m_train, axis=1)
-    score_test = np.linalg.norm(test_means - m_train, axis=1) - np.linalg.norm(test_means - m_test, axis=1)
+    score_train, score_test = centroid_scores(train_means, test_means)
     rank_train, rank_test = np.argsort(score_train, kind="stable"), np.argsort(score_test, kind="stable")
     return (rank_train[::-1], rank_test[::-1]) if inverse else (rank_train, rank_test)
 
