@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from pytorch_metric_learning import losses, miners
 
-from .errors import OodmlError
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,9 @@ class LossSpec:
     description: str
 
 
-LOSSES: dict[str, LossSpec] = {
+#: name -> :class:`LossSpec`.
+LOSSES: Registry[LossSpec] = Registry("loss")
+for _name, _spec in {
     "margin": LossSpec(
         lambda c, d: (losses.MarginLoss(margin=0.2, beta=1.2, learn_beta=True, num_classes=c),
                       miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4)),
@@ -48,14 +50,13 @@ LOSSES: dict[str, LossSpec] = {
     "contrastive": LossSpec(
         lambda c, d: (losses.ContrastiveLoss(pos_margin=0.0, neg_margin=0.5), None),
         False, "contrastive loss (Hadsell et al. 2006)"),
-}
+}.items():
+    LOSSES.register(_name, _spec)
 
 
 def get_loss(name: str) -> LossSpec:
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise OodmlError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
+    """The registered loss ``name``; an unknown name raises a one-line :class:`OodmlError`."""
+    return LOSSES[name]
 
 
 def sec_loss(raw: torch.Tensor) -> torch.Tensor:
@@ -72,4 +73,7 @@ def l2_reg_loss(raw: torch.Tensor) -> torch.Tensor:
     return (raw ** 2).sum(1).mean()
 
 
-REGULARISERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"sec": sec_loss, "l2": l2_reg_loss}
+#: name -> regulariser on the (B, d) unnormalised embeddings, added to the loss with a weight.
+REGULARISERS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("regulariser")
+REGULARISERS.register("sec", sec_loss)
+REGULARISERS.register("l2", l2_reg_loss)

@@ -34,6 +34,7 @@ from .losses import REGULARISERS, get_loss
 from .metrics import retrieval_metrics
 from .models import EmbeddingModel, create_model, save
 from .progress import progress
+from .registry import Registry
 from .splits import Level, SplitSet
 
 
@@ -42,15 +43,17 @@ def _normalize(prep: Preprocessing) -> list:
 
 
 #: training augmentation name -> builder from the model's test preprocessing
-AUGMENTATIONS: dict[str, Callable[[Preprocessing], Callable]] = {
-    "imagenet-crop-flip": lambda p: T.Compose([T.RandomResizedCrop(p.crop or 224), T.RandomHorizontalFlip(),
-                                               *_normalize(p)]),
-    # Characters must not be flipped (b/d, p/q): small affine jitter only.
-    "glyph-affine": lambda p: T.Compose([T.Resize(p.resize or 32), T.CenterCrop(p.crop or 32),
-                                         T.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.9, 1.1),
-                                                        fill=255), *_normalize(p)]),
-    "none": lambda p: p.transform(),
-}
+AUGMENTATIONS: Registry[Callable[[Preprocessing], Callable]] = Registry("augmentation")
+AUGMENTATIONS.register(
+    "imagenet-crop-flip", description="random resized crop and horizontal flip (the DML papers' recipe)",
+    value=lambda p: T.Compose([T.RandomResizedCrop(p.crop or 224), T.RandomHorizontalFlip(), *_normalize(p)]))
+# Characters must not be flipped (b/d, p/q): small affine jitter only.
+AUGMENTATIONS.register(
+    "glyph-affine", description="small rotation, shift and scale jitter; never a flip (b/d, p/q)",
+    value=lambda p: T.Compose([T.Resize(p.resize or 32), T.CenterCrop(p.crop or 32),
+                               T.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.9, 1.1), fill=255),
+                               *_normalize(p)]))
+AUGMENTATIONS.register("none", lambda p: p.transform(), description="the test preprocessing, unchanged")
 
 
 @dataclass(frozen=True)
@@ -148,8 +151,7 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     resolve_device(device)  # before any data is read
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
         raise OodmlError(f"workers={workers!r}: must be a whole number of at least 0")
-    if cfg.regulariser is not None and cfg.regulariser not in REGULARISERS:
-        raise OodmlError(f"unknown regulariser {cfg.regulariser!r}; choose one of {', '.join(REGULARISERS)}")
+    regulariser = REGULARISERS[cfg.regulariser] if cfg.regulariser is not None else None
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root)
     splits.check_dataset(ds.fingerprint, ds.root)
     lv: Level = splits.level(level)
@@ -198,7 +200,6 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     loader = torch.utils.data.DataLoader(_Train(ds, train_idx, AUGMENTATIONS[model.augmentation](model.preprocessing)),
                                          batch_size=cfg.batch_size // world, sampler=sampler, num_workers=workers,
                                          drop_last=True, pin_memory=dev.type == "cuda")
-    regulariser = REGULARISERS.get(cfg.regulariser) if cfg.regulariser else None
     objective = _Objective(model, loss_fn, miner, regulariser if cfg.eta else None, cfg.eta, PRECISIONS[cfg.precision])
     if world > 1:  # synchronises the gradients of the model and of the loss's own parameters
         objective = torch.nn.parallel.DistributedDataParallel(

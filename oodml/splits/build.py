@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +13,7 @@ import numpy as np
 from ..datasets import ImageDataset
 from ..errors import OodmlError
 from ..progress import progress
+from ..registry import Registry
 from ..shift import MODES, ClassFeatures, get_distance, split_distance
 from .levels import Level, bootstrap_interval, draw_episodes, tuning_split
 from .scoring import Scorer, make_scorer
@@ -31,7 +32,8 @@ from .search import (
     swap_progression,
 )
 
-ALGORITHMS = ("greedy", "oodml")
+#: search algorithm name -> ``search(scorer, class_features, classes, cfg) -> (SearchResult, cfg as used)``.
+ALGORITHMS: Registry[Callable[..., tuple[SearchResult, SplitConfig]]] = Registry("algorithm")
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,7 @@ class SplitConfig:
         get_distance(self.distance)
         if self.mode not in MODES:
             raise OodmlError(f"unknown feature mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.algorithm not in ALGORITHMS:
-            raise OodmlError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        ALGORITHMS.entry(self.algorithm)
         problems = _problems(self)
         if problems:
             raise OodmlError(problems[0])
@@ -147,29 +148,49 @@ def _oodml_states(cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig, r
     return unique
 
 
+def _fitted(cfg: SplitConfig, num_classes: int, exhaustive: bool) -> SplitConfig:
+    """``cfg`` with ``levels`` capped to what the classes allow, warning in one line when it was."""
+    cfg, note = fit_levels(cfg, num_classes, exhaustive)
+    if note:
+        warnings.warn(note, stacklevel=4)
+    return cfg
+
+
+def _search_options(cfg: SplitConfig) -> dict:
+    return dict(levels=cfg.levels, removal_levels=cfg.removal_levels, seed=cfg.seed, shortlist=cfg.shortlist,
+                floor=cfg.floor)
+
+
+@ALGORITHMS.register("greedy")
+def greedy_search(scorer: Scorer, cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig
+                  ) -> tuple[SearchResult, SplitConfig]:
+    """Evenly spaced levels, easiest to hardest: every balanced split scored when that fits, else swaps."""
+    exhaustive = exhaustive_fits(scorer, len(classes))
+    cfg = _fitted(cfg, len(classes), exhaustive)
+    search = exhaustive_levels if exhaustive else greedy_levels
+    return search(scorer, len(classes), **_search_options(cfg)), cfg
+
+
+@ALGORITHMS.register("oodml")
+def oodml_search(scorer: Scorer, cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig
+                 ) -> tuple[SearchResult, SplitConfig]:
+    """The ooDML procedure: its swap progression from a seeded half split, continued by class removal."""
+    cfg = _fitted(cfg, len(classes), exhaustive=False)
+    states = _oodml_states(cf, classes, cfg, cfg.seed)
+    return SearchResult(states, states[0], states, {"method": "oodml"}), cfg
+
+
 def _search(scorer: Scorer, cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig
             ) -> tuple[SearchResult, SplitConfig]:
-    """Find the levels' splits; returns them with ``cfg`` as used (``levels`` capped to the class count).
+    """Find the levels' splits with ``cfg.algorithm``; returns them with ``cfg`` as used (``levels`` capped to
+    the class count).
 
     The greedy algorithm scores every balanced split when the scorer allows
     (:func:`exhaustive_fits`: up to 21 classes for class-mean FID), else
     searches by swaps.  A one-line warning says when ``--levels`` was capped or
     fewer distinct levels exist than asked.
     """
-    n = len(classes)
-    exhaustive = cfg.algorithm == "greedy" and exhaustive_fits(scorer, n)
-    cfg, note = fit_levels(cfg, n, exhaustive)
-    if note:
-        warnings.warn(note, stacklevel=3)
-    options = dict(levels=cfg.levels, removal_levels=cfg.removal_levels, seed=cfg.seed, shortlist=cfg.shortlist,
-                   floor=cfg.floor)
-    if exhaustive:
-        result = exhaustive_levels(scorer, n, **options)
-    elif cfg.algorithm == "greedy":
-        result = greedy_levels(scorer, n, **options)
-    else:
-        states = _oodml_states(cf, classes, cfg, cfg.seed)
-        result = SearchResult(states, states[0], states, {"method": "oodml"})
+    result, cfg = ALGORITHMS[cfg.algorithm](scorer, cf, classes, cfg)
     if len(result.levels) < cfg.levels:
         made = len(result.levels)
         warnings.warn(f"made {made} level{'s' * (made != 1)}, not {cfg.levels}: the search found no more splits "
