@@ -97,19 +97,27 @@ def build_imagefolder(root: Path, per_class: int = 3) -> dict:
     return {"classes": classes, "per_class": per_class, "images": len(classes) * per_class}
 
 
-def build_hf(root: Path, per_class: int = 3) -> dict:
+def build_hf(root: Path, per_class: int = 3, splits: dict[str, list[str]] | None = None) -> dict:
+    """A ``Dataset`` of two classes; with ``splits`` (split name -> its ClassLabel names) a ``DatasetDict``
+    whose every split has ``per_class`` 8x8 images of each of its classes (``classes`` is the first split's)."""
     import datasets
 
-    classes = ["circle", "square"]
-    images, labels = [], []
-    for k in range(len(classes)):
-        for j in range(per_class):
-            pixels = np.random.default_rng(10 * k + j).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-            images.append(Image.fromarray(pixels))
-            labels.append(k)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
-    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(str(root))
-    return {"classes": classes, "per_class": per_class, "images": len(images)}
+    def table(classes: list[str], seed: int) -> datasets.Dataset:
+        images, labels = [], []
+        for k in range(len(classes)):
+            for j in range(per_class):
+                pixels = np.random.default_rng(seed + 10 * k + j).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+                images.append(Image.fromarray(pixels))
+                labels.append(k)
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+        return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+    if splits is None:
+        table(classes := ["circle", "square"], 0).save_to_disk(str(root))
+        return {"classes": classes, "per_class": per_class, "images": 2 * per_class}
+    tables = {name: table(names, 1000 * s) for s, (name, names) in enumerate(splits.items())}
+    datasets.DatasetDict(tables).save_to_disk(str(root))
+    return {"classes": next(iter(splits.values())), "per_class": per_class, "images": sum(map(len, tables.values()))}
 
 
 #: dataset name -> (builder, path of one image file relative to root, or None)

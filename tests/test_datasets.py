@@ -56,14 +56,6 @@ def test_fingerprint_changes_when_a_file_changes(fixture, tmp_path):
     assert load_dataset(name, root=root).fingerprint != before
 
 
-def test_hf_fingerprint_follows_content(tmp_path):
-    from fixtures import build_hf
-
-    build_hf(tmp_path / "a")
-    build_hf(tmp_path / "b", per_class=4)
-    assert load_dataset("hf", root=tmp_path / "a").fingerprint != load_dataset("hf", root=tmp_path / "b").fingerprint
-
-
 def test_cub_accepts_the_inner_folder_with_the_same_ids(tmp_path):
     build_cub(tmp_path)
     outer = load_dataset("cub200", root=tmp_path)
@@ -173,15 +165,3 @@ def test_missing_image_file_is_named_by_the_fingerprint(tmp_path):
     with pytest.raises(OodmlError, match=f"image file {ds.path(1)} is missing"):
         _ = ds.fingerprint
 
-
-def test_hf_hub_id_offline_says_how_to_use_a_local_copy():
-    with pytest.raises(OodmlError, match="unreachable offline.*save_to_disk.*--root DIR"):
-        load_dataset("hf", root="nobody/no-such-dataset")
-
-
-def test_hf_unknown_columns_are_listed(tmp_path):
-    from fixtures import build_hf
-
-    build_hf(tmp_path)
-    with pytest.raises(OodmlError, match="no column 'img'; columns: image, label"):
-        load_dataset("hf", root=tmp_path, image_column="img")

@@ -77,6 +77,8 @@ class ImageDataset:
         labels: int64 array, shape ``(N,)``, indices into ``classes``.
         classes: class names; ``classes[labels[i]]`` names sample ``i``'s class.
         metadata: extra per-sample columns (e.g. SOP's super-class), each of length N.
+        source: what picked these samples besides the root, as JSON values (``hf``: hub id, revision
+            and split selection); ``make-splits`` records it as ``metadata["dataset_source"]`` when not empty.
     """
 
     name: str
@@ -86,6 +88,7 @@ class ImageDataset:
     labels: np.ndarray
     classes: list[str]
     metadata: Mapping[str, np.ndarray] = field(default_factory=dict)
+    source: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)

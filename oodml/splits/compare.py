@@ -38,8 +38,8 @@ from .manifest import SplitSet, open_split_set
 RTOL = 1e-2
 ATOL = 1e-12
 #: Metadata that says how a split set was generated; other keys (times, versions, schema) may differ.
-GENERATION_KEYS = ("dataset", "dataset_fingerprint", "num_classes", "num_images", "extractor", "weights_hash",
-                   "feature_dim", "mode", "distance", "algorithm", "parameters", "seed", "search")
+GENERATION_KEYS = ("dataset", "dataset_fingerprint", "dataset_source", "num_classes", "num_images", "extractor",
+                   "weights_hash", "feature_dim", "mode", "distance", "algorithm", "parameters", "seed", "search")
 
 
 def _role(level: Level, name: str) -> str:

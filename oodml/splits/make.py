@@ -52,6 +52,9 @@ def make_splits(dataset: str, *, root: str | Path | None = None, options: dict |
         "oodml_version": __version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if ds.source:
+        # Only when the adapter has one (hf): the split sets of other datasets keep their metadata and digest.
+        metadata["dataset_source"] = dict(ds.source)
     if info["search"]["method"] == "exhaustive":
         # Only for the exhaustive search: greedy-built split sets (glyphs@v1, every larger one) keep their metadata.
         metadata["search"] = info["search"]
