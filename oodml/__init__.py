@@ -26,16 +26,15 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["OodmlError", "__version__", "evaluate", "train"]
+__all__ = ["OodmlError", "TrainConfig", "__version__", "evaluate", "train"]
+
+#: Public names that import torch, loaded on first use: name -> defining module.
+_LAZY = {"evaluate": "evaluation", "train": "training", "TrainConfig": "training"}
 
 
 def __getattr__(name: str):
-    if name == "evaluate":
-        from .evaluation import evaluate
+    if name in _LAZY:
+        from importlib import import_module
 
-        return evaluate
-    if name == "train":
-        from .training import train
-
-        return train
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'oodml' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Per-level DML training: train on a level's tuning-train classes, select on its val classes, save with provenance.
 
-``train(dataset, splits, level, loss=...)`` trains one model on the classes
+``train(dataset, splits, level, TrainConfig(loss=...), out=DIR)`` trains one model on the classes
 of one level's tuning split (``train`` minus ``val``), with a class-balanced
 sampler (P classes x K images), evaluates Recall@1 on the ``val`` classes
 periodically, keeps the best state, and writes an oodml checkpoint whose
