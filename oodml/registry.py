@@ -6,8 +6,10 @@ one-line description; registering a name twice replaces the earlier entry with
 a warning; an unknown name gets one error shape everywhere, with the closest
 names suggested; the listing that ``oodml ... list`` and the docs print comes
 from here.  Registries that take plugins name an entry-point group (for
-example ``oodml.models``), loaded on the first lookup; a broken plugin warns
-and is skipped instead of breaking oodml.
+example ``oodml.models``), loaded on the first lookup: the entry point's
+object is registered under its name, unless importing it registered that
+name already (a loader decorated with ``@register_dataset``).  A broken plugin
+warns and is skipped instead of breaking oodml.
 """
 
 from __future__ import annotations
@@ -87,10 +89,14 @@ class Registry(Generic[T]):
             if ep.name in self._entries:
                 continue
             try:
-                self.register(ep.name, ep.load())
+                value = ep.load()
             except Exception as exc:  # a broken plugin must not break oodml
                 warnings.warn(f"could not load {self.kind} entry point {ep.name!r} ({ep.value}): {exc}",
                               stacklevel=2)
+                continue
+            # A plugin whose import registered the name itself (a decorated loader) keeps that entry.
+            if ep.name not in self._entries:
+                self.register(ep.name, value)
 
     def entry(self, name: str) -> Entry[T]:
         """The entry for ``name``.

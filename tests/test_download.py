@@ -1,4 +1,5 @@
-"""`oodml datasets download`: fetch, checksum, unpack safely; offline and corrupt downloads fail clearly."""
+"""`oodml datasets download`: fetch over HTTP with a progress bar, checksum, write atomically, unpack safely;
+offline, dropped and corrupt downloads fail in one line and leave nothing behind."""
 
 import hashlib
 import io
@@ -6,7 +7,9 @@ import tarfile
 
 import pytest
 from fixtures import build_cub
+from local_server import closed_port_url, serving
 
+import oodml.progress
 from oodml import OodmlError
 from oodml.datasets import Download, download_dataset, load_dataset, register_dataset
 from oodml.datasets import registry as registry_module
@@ -15,13 +18,19 @@ from oodml.datasets.cub200 import load_cub200
 
 @pytest.fixture
 def archive(tmp_path):
-    """A CUB-layout tarball served from a file:// URL, and its md5."""
+    """A CUB-layout tarball's bytes and md5."""
     src = tmp_path / "src"
     build_cub(src)
     path = tmp_path / "CUB_200_2011.tgz"
     with tarfile.open(path, "w:gz") as t:
         t.add(src / "CUB_200_2011", arcname="CUB_200_2011")
-    return path, hashlib.md5(path.read_bytes()).hexdigest()
+    return path.read_bytes(), hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def server():
+    with serving() as s:
+        yield s
 
 
 @pytest.fixture
@@ -34,30 +43,59 @@ def register_fixture():
 
     yield add
     for name in added:
-        registry_module._REGISTRY.pop(name)
+        del registry_module.DATASETS[name]
 
 
-def test_download_verifies_and_unpacks(archive, register_fixture, tmp_path):
-    path, md5 = archive
-    register_fixture("cub-test", Download(path.as_uri(), "CUB_200_2011.tgz", md5))
+def test_download_verifies_and_unpacks_then_serves_from_disk(archive, server, register_fixture, tmp_path, capsys,
+                                                            monkeypatch):
+    monkeypatch.setattr(oodml.progress, "_quiet", False)  # as without --quiet: a progress bar
+    data, md5 = archive
+    server.files["/CUB_200_2011.tgz"] = data
+    register_fixture("cub-test", Download(f"{server.url}CUB_200_2011.tgz", "CUB_200_2011.tgz", md5))
     root = download_dataset("cub-test", tmp_path / "data")
+    assert "download CUB_200_2011.tgz:" in capsys.readouterr().err
     assert len(load_dataset("cub-test", root=root)) == 9
     download_dataset("cub-test", root)  # present and verified: no refetch, same result
-    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+    assert server.requests == ["/CUB_200_2011.tgz"]
+    assert (root / "CUB_200_2011.tgz").read_bytes() == data
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
-def test_checksum_mismatch_discards_the_file(archive, register_fixture, tmp_path):
-    path, _ = archive
-    register_fixture("cub-bad", Download(path.as_uri(), "CUB_200_2011.tgz", "0" * 32))
-    with pytest.raises(OodmlError, match="has md5 .* expected 0000"):
+@pytest.mark.parametrize("fault, message", [
+    ("corrupted", "has md5 .* expected 0000.*; the download is corrupt or the file changed upstream, so it was "
+                  "discarded"),
+    ("truncated", r"the download of http://127\.0\.0\.1:\d+/CUB_200_2011\.tgz stopped after [\d,]+ of [\d,]+ bytes "
+                  "and was discarded; try again"),
+])
+def test_a_bad_download_is_refused_and_nothing_is_left(archive, server, register_fixture, tmp_path, fault,
+                                                      message):
+    data, md5 = archive
+    server.files["/CUB_200_2011.tgz"] = data
+    if fault == "truncated":
+        server.short.add("/CUB_200_2011.tgz")  # announces the whole archive, sends half
+    else:
+        md5 = "0" * 32
+    register_fixture("cub-bad", Download(f"{server.url}CUB_200_2011.tgz", "CUB_200_2011.tgz", md5))
+    with pytest.raises(OodmlError, match=message) as refused:
         download_dataset("cub-bad", tmp_path / "data")
+    assert "\n" not in str(refused.value)
     assert list((tmp_path / "data").iterdir()) == []
 
 
-def test_offline_download_names_the_layout_to_create(register_fixture, tmp_path):
-    register_fixture("cub-offline", Download("http://127.0.0.1:9/CUB_200_2011.tgz", "CUB_200_2011.tgz", "0" * 32))
-    with pytest.raises(OodmlError, match=r"cannot download .*offline.*unpack it into .* so that it holds CUB_200_2"):
+@pytest.mark.parametrize("reachable", [False, True], ids=["offline", "not-found"])
+def test_a_failed_download_names_the_url_and_where_to_put_the_archive(server, register_fixture, tmp_path,
+                                                                      reachable):
+    url = f"{server.url if reachable else closed_port_url()}CUB_200_2011.tgz"
+    register_fixture("cub-offline", Download(url, "CUB_200_2011.tgz", "0" * 32))
+    with pytest.raises(OodmlError) as failed:
         download_dataset("cub-offline", tmp_path / "data", timeout=5)
+    message = str(failed.value)
+    reason = "HTTP 404 Not Found" if reachable else "Connection refused"
+    assert message.startswith(f"cub-offline: cannot download {url} (") and reason in message
+    assert message.endswith(f"if this machine is offline, fetch it elsewhere and put it at "
+                            f"{tmp_path / 'data' / 'CUB_200_2011.tgz'} (then run this again), or unpack it into "
+                            f"{tmp_path / 'data'} so that it holds CUB_200_2011/")
+    assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_archive_members_escaping_the_root_are_refused(register_fixture, tmp_path):

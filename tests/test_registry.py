@@ -3,6 +3,7 @@
 import pytest
 
 from oodml import OodmlError
+from oodml.datasets.registry import DATASETS
 from oodml.losses import LOSSES
 from oodml.registry import Registry
 from oodml.shift import DISTANCES
@@ -32,9 +33,27 @@ def test_a_registry_lists_suggests_and_warns_on_overwrite():
 @pytest.mark.parametrize("registry, kind, close", [
     (LOSSES, "loss", "multi-similarity"), (DISTANCES, "distance", "sinkhorn"),
     (AUGMENTATIONS, "augmentation", "glyph-affine"), (ALGORITHMS, "algorithm", "greedy"),
+    (DATASETS, "dataset", "glyphs"),
 ])
 def test_every_named_family_gives_the_same_error_and_a_described_listing(registry, kind, close):
     misspelt = close[:-1] + "x"
     with pytest.raises(OodmlError, match=rf"^unknown {kind} '{misspelt}'; did you mean {close}\b"):
         registry[misspelt]
     assert all(description for _, description in registry.listing())
+
+
+def test_a_plugin_registers_through_its_entry_point(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import oodml.registry
+
+    shapes = Registry("shape", entry_points="oodml.shapes")
+    plugin = EntryPoint("hexagon", "tests.plugin:hexagon", "oodml.shapes")
+    broken = EntryPoint("broken", "no_such_module:thing", "oodml.shapes")
+    monkeypatch.setattr(oodml.registry, "entry_points", lambda group: [plugin, broken] if group == "oodml.shapes"
+                        else [])
+    monkeypatch.setattr(EntryPoint, "load", lambda ep: (lambda: "hexagon") if ep.name == "hexagon"
+                        else __import__(ep.module))
+    with pytest.warns(UserWarning, match="could not load shape entry point 'broken'"):
+        assert shapes.names() == ["hexagon"]
+    assert shapes["hexagon"]() == "hexagon"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -13,7 +14,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from .._fs import atomic_path
-from ..errors import OodmlError
+from ..errors import OodmlError, first_line
 from ..progress import progress
 from .registry import Download, dataset_spec
 
@@ -29,24 +30,45 @@ def md5_of(path: Path) -> str:
 
 
 def _fetch(item: Download, dest: Path, *, dataset: str, root: Path, layout: str, timeout: float) -> None:
-    """Download ``item.url`` to ``dest`` atomically and verify its md5."""
+    """Download ``item.url`` to ``dest`` with a progress bar and verify its md5.
+
+    The bytes go to a temporary beside ``dest`` that is renamed onto it only when complete and verified, so on
+    any failure (offline, dropped transfer, md5 mismatch, interrupt) nothing is left at or beside ``dest``.
+    """
+    by_hand = (f"fetch it elsewhere and put it at {dest} (then run this again), or unpack it into {root} so that "
+               f"it holds {layout}")
     try:
         response = urllib.request.urlopen(item.url, timeout=timeout)  # noqa: S310 (fixed, registered URLs)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise OodmlError(
-            f"{dataset}: cannot download {item.url} ({reason}); this machine may be offline. Fetch {item.filename} "
-            f"elsewhere and unpack it into {root} so that it holds {layout}") from None
+        raise OodmlError(f"{dataset}: cannot download {item.url} ({_reason(exc)}); if this machine is offline, "
+                         f"{by_hand}") from None
     total = int(response.headers.get("Content-Length") or 0) or None
+    md5, received = hashlib.md5(), 0
     with response, atomic_path(dest) as tmp, open(tmp, "wb") as out:
-        for block in progress(iter(lambda: response.read(CHUNK), b""), f"download {item.filename}",
-                              total=total and -(-total // CHUNK), unit="MiB"):
-            out.write(block)
-        out.flush()
-        digest = md5_of(tmp)
-        if digest != item.md5:
-            raise OodmlError(f"{dataset}: {item.url} has md5 {digest}, expected {item.md5}; the download is "
-                             "corrupt or the file changed upstream, so it was discarded")
+        try:
+            for block in progress(iter(lambda: response.read(CHUNK), b""), f"download {item.filename}",
+                                  total=total and -(-total // CHUNK), unit="MiB"):
+                out.write(block)
+                md5.update(block)
+                received += len(block)
+        except (OSError, http.client.HTTPException) as exc:
+            raise OodmlError(f"{dataset}: the download of {item.url} broke off after {received:,} bytes "
+                             f"({_reason(exc)}); try again, or {by_hand}") from None
+        if total is not None and received != total:
+            # urllib returns end-of-file, not an error, when the server closes a fixed-length response early.
+            raise OodmlError(f"{dataset}: the download of {item.url} stopped after {received:,} of {total:,} bytes "
+                             f"and was discarded; try again, or {by_hand}")
+        if md5.hexdigest() != item.md5:
+            raise OodmlError(f"{dataset}: {item.url} has md5 {md5.hexdigest()}, expected {item.md5}; the download "
+                             "is corrupt or the file changed upstream, so it was discarded")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a request failed, in a few words: ``HTTP 404 Not Found``, ``[Errno 111] Connection refused``."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    reason = getattr(exc, "reason", exc)
+    return first_line(reason) if isinstance(reason, BaseException) else str(reason)
 
 
 def _check_member(name: str, archive: Path) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._fs import data_home, escaping_link
 from ..errors import OodmlError
+from ..registry import Registry
 from .base import ImageDataset
 
 Loader = Callable[..., ImageDataset]
@@ -55,7 +55,8 @@ class DatasetSpec:
     split_extractor: str = "resnet50"
 
 
-_REGISTRY: dict[str, DatasetSpec] = {}
+#: dataset name -> :class:`DatasetSpec`; plugins add theirs through the entry-point group ``oodml.datasets``.
+DATASETS: Registry[DatasetSpec] = Registry("dataset", entry_points="oodml.datasets")
 
 
 def register_dataset(name: str, *, description: str, layout: str, downloads: tuple[Download, ...] = (),
@@ -66,9 +67,8 @@ def register_dataset(name: str, *, description: str, layout: str, downloads: tup
     """
 
     def wrap(loader: Loader) -> Loader:
-        if name in _REGISTRY:
-            warnings.warn(f"dataset {name!r} was already registered; replacing it", stacklevel=2)
-        _REGISTRY[name] = DatasetSpec(name, loader, description, layout, downloads, needs_root, split_extractor)
+        DATASETS.register(name, DatasetSpec(name, loader, description, layout, downloads, needs_root,
+                                            split_extractor))
         return loader
 
     return wrap
@@ -76,15 +76,12 @@ def register_dataset(name: str, *, description: str, layout: str, downloads: tup
 
 def list_datasets() -> list[str]:
     """Names of all registered datasets, sorted."""
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    """The registry entry for ``name``; a one-line error listing the known names otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise OodmlError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}") from None
+    """The registry entry for ``name``; a one-line error suggesting close names otherwise."""
+    return DATASETS[name]
 
 
 def default_root(name: str) -> Path:
