@@ -16,7 +16,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,23 +147,16 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     resumes and ends with the same weights; the state file is removed at the end.
     """
     cfg = (config or TrainConfig()).resolved()
-    spec = get_loss(cfg.loss)
-    resolve_device(device)  # before any data is read
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
-        raise OodmlError(f"workers={workers!r}: must be a whole number of at least 0")
-    regulariser = REGULARISERS[cfg.regulariser] if cfg.regulariser is not None else None
+    _check_run_arguments(cfg, device, workers)
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root)
     splits.check_dataset(ds.fingerprint, ds.root)
     lv: Level = splits.level(level)
-    train_classes, val_classes = lv.tuning_train_classes, lv.val_classes
-    train_idx, val_idx = ds.indices_of_classes(train_classes), ds.indices_of_classes(val_classes)
+    train_idx = ds.indices_of_classes(lv.tuning_train_classes)
     if cfg.epochs is not None:
         iterations = max(1, int(np.ceil(cfg.epochs * len(train_idx) / cfg.batch_size)))
         cfg = dataclasses.replace(cfg, iterations=iterations, eval_every=min(cfg.eval_every, iterations))
-    if cfg.precision not in PRECISIONS:
-        raise OodmlError(f"unknown precision {cfg.precision!r}; use {', '.join(PRECISIONS)}")
     rank, world = rank_world()
-    _check_batches(cfg, ds.labels[train_idx], len(train_classes), world)
+    _check_batches(cfg, ds.labels[train_idx], len(lv.tuning_train_classes), world)
     identity = {"config": dataclasses.asdict(cfg), "split_digest": splits.digest, "level": level}
     if out is not None:
         finished = finished_checkpoint(Path(out) / f"level{level}.pt", identity)
@@ -173,91 +166,175 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     if cfg.precision == "fp16" and dev.type != "cuda":
         raise OodmlError("fp16 training needs a CUDA device; use --precision bf16 or fp32 here")
 
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    model = create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed).to(dev)
-    # Labels inside the loss are the positions of the training classes.
-    remap = {ds.class_index[c]: k for k, c in enumerate(train_classes)}
-    loss_fn, miner = spec.build(len(train_classes), cfg.embed_dim)
-    loss_fn = loss_fn.to(dev)
-    params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
-    if spec.has_params:
-        params.append({"params": loss_fn.parameters(), "lr": cfg.lr * 100})  # proxies learn faster, as usual
-    optimiser = torch.optim.Adam(params, weight_decay=cfg.weight_decay)
-
-    from pytorch_metric_learning.samplers import MPerClassSampler
-
+    run = _Run.start(cfg, ds, lv, dev, world)
     # Resume a killed run of the same configuration from its last evaluation point.
     state_path = Path(out) / f"level{level}.state.pt" if out is not None else None
     state = _read_state(state_path, identity)
     done = state["step"] if state else 0
-
-    # Every process draws the same global P x K batches (same seed) and trains on its own slice of each.
-    train_labels = np.array([remap[int(y)] for y in ds.labels[train_idx]])
-    sampler = MPerClassSampler(train_labels, m=cfg.samples_per_class, batch_size=cfg.batch_size,
-                               length_before_new_iter=cfg.iterations * cfg.batch_size)
-    sampler = _RankSlice(_Skip(sampler, done * cfg.batch_size), cfg.batch_size, rank, world)
-    loader = torch.utils.data.DataLoader(_Train(ds, train_idx, AUGMENTATIONS[model.augmentation](model.preprocessing)),
-                                         batch_size=cfg.batch_size // world, sampler=sampler, num_workers=workers,
-                                         drop_last=True, pin_memory=dev.type == "cuda")
-    objective = _Objective(model, loss_fn, miner, regulariser if cfg.eta else None, cfg.eta, PRECISIONS[cfg.precision])
-    if world > 1:  # synchronises the gradients of the model and of the loss's own parameters
-        objective = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[dev.index] if dev.type == "cuda" and dev.index is not None else None)
-    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
-    label_map = torch.full((len(ds.classes),), -1, dtype=torch.long)
-    for original, k in remap.items():
-        label_map[original] = k
-    best, best_state, history = -1.0, None, []
-    model.train()
-    loader_iter = iter(loader)  # draws the loader's seed from the global generator, now
-    batches = progress(loader_iter, f"train level {level} {cfg.loss}", total=cfg.iterations - done, unit="it")
+    batches = run.batches(ds, train_idx, done, rank, world, workers)  # draws the loader's seed, now
     if state:  # after the loader has drawn its seed, so the random stream continues exactly where it stopped
-        model.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        optimiser.load_state_dict(state["optimiser"])
-        best, best_state, history = state["best"], state["best_state"], state["history"]
-        torch.set_rng_state(state["torch_rng"])
-    main = rank == 0
-    for step, (images, labels) in enumerate(batches, start=done + 1):
-        loss = objective(images.to(dev), label_map[labels].to(dev))
-        if not _finite_everywhere(loss, world):
-            last = f"the last good state (iteration {history[-1]['iteration']}) is in {state_path}" \
-                if history and state_path is not None else "no checkpoint was written"
-            raise OodmlError(f"training diverged on level {level}: the loss is {float(loss.detach())} at iteration "
-                             f"{step}; {last}. Lower --lr or the regulariser's weight")
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
-        if main and (step % cfg.eval_every == 0 or step == cfg.iterations):
-            recall = validation_recall(model, ds, val_idx, str(dev))
-            history.append({"iteration": step, "val_recall@1": recall, "loss": float(loss.detach())})
-            if recall > best:
-                best, best_state = recall, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            model.train()
-            if state_path is not None and step < cfg.iterations:
-                _write_state(state_path, {**identity, "step": step, "model": model.state_dict(),
-                                          "loss": loss_fn.state_dict(), "optimiser": optimiser.state_dict(),
-                                          "best": best, "best_state": best_state, "history": history,
-                                          "torch_rng": torch.get_rng_state()})
-        if step >= cfg.iterations:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model = model.cpu().eval()
+        run.restore(state)
+    run.fit(batches, ds, ds.indices_of_classes(lv.val_classes), start=done, rank=rank, world=world,
+            state_path=state_path, identity=identity)
+    model = run.best_model()
     provenance = {
         "dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "splits": f"{splits.dataset}@{splits.version}",
-        "split_digest": splits.digest, "level": level, "train_classes": list(train_classes),
-        "val_classes": list(val_classes), "selected_on": "val recall@1",
-        "best_val_recall@1": best, "history": history, "config": dataclasses.asdict(cfg),
+        "split_digest": splits.digest, "level": level, "train_classes": list(lv.tuning_train_classes),
+        "val_classes": list(lv.val_classes), "selected_on": "val recall@1",
+        "best_val_recall@1": run.best, "history": run.history, "config": dataclasses.asdict(cfg),
         "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if out is not None and main:
+    if out is not None and rank == 0:
         save(model, Path(out) / f"level{level}.pt", provenance=provenance)
         state_path.unlink(missing_ok=True)
     barrier()
     return model, provenance
+
+
+def train_levels(dataset: ImageDataset, splits: SplitSet, levels: Sequence[int] | None = None,
+                 config: TrainConfig | None = None, *, out: str | Path, device: str = "auto", workers: int = 0,
+                 report: Callable[[int, dict], None] | None = None) -> dict[int, dict]:
+    """Train one model per level (every level of ``splits`` when ``levels`` is None), each written to
+    ``out/level{N}.pt`` (finished levels of the same configuration are kept, killed ones resume).
+
+    ``report(level, provenance)`` is called as each level finishes (the CLI prints a line).
+
+    Returns:
+        level -> provenance of its model.
+    """
+    done = {}
+    for level in levels if levels is not None else [lv.index for lv in splits.levels]:
+        _, done[level] = train(dataset, splits, level, config, out=out, device=device, workers=workers)
+        if report is not None:
+            report(level, done[level])
+    return done
+
+
+def _check_run_arguments(cfg: TrainConfig, device: str, workers: int) -> None:
+    """Refuse a loss, regulariser, precision, device or worker count no run can use, before any data is read."""
+    get_loss(cfg.loss)
+    if cfg.regulariser is not None:
+        REGULARISERS[cfg.regulariser]
+    if cfg.precision not in PRECISIONS:
+        raise OodmlError(f"unknown precision {cfg.precision!r}; use {', '.join(PRECISIONS)}")
+    resolve_device(device)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+        raise OodmlError(f"workers={workers!r}: must be a whole number of at least 0")
+
+
+class _Run:
+    """One level's training run: model, loss (with its parameters), optimiser and the best state so far.
+
+    Its steps are named for what they do: :meth:`start` builds everything from the seed,
+    :meth:`batches` draws the class-balanced batches, :meth:`restore` resumes from a saved
+    state, :meth:`fit` runs the iterations with periodic validation, and
+    :meth:`best_model` returns the model at its best validation Recall@1.
+    """
+
+    def __init__(self, cfg: TrainConfig, model: EmbeddingModel, loss_fn: torch.nn.Module,
+                 objective: torch.nn.Module, optimiser: torch.optim.Optimizer, label_map: torch.Tensor,
+                 remap: dict[int, int], dev: torch.device, level: int):
+        self.level = level
+        self.cfg, self.model, self.loss_fn, self.objective = cfg, model, loss_fn, objective
+        self.optimiser, self.label_map, self.remap, self.dev = optimiser, label_map, remap, dev
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
+        self.best, self.best_state, self.history = -1.0, None, []
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, ds: ImageDataset, lv: Level, dev: torch.device, world: int) -> _Run:
+        """Seed, build the model and the loss, and the optimiser over both (the loss's proxies at 100x the lr)."""
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        model = create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed).to(dev)
+        spec = get_loss(cfg.loss)
+        # Labels inside the loss are the positions of the training classes.
+        remap = {ds.class_index[c]: k for k, c in enumerate(lv.tuning_train_classes)}
+        loss_fn, miner = spec.build(len(remap), cfg.embed_dim)
+        loss_fn = loss_fn.to(dev)
+        params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+        if spec.has_params:
+            params.append({"params": loss_fn.parameters(), "lr": cfg.lr * 100})  # proxies learn faster, as usual
+        optimiser = torch.optim.Adam(params, weight_decay=cfg.weight_decay)
+        regulariser = REGULARISERS[cfg.regulariser] if cfg.regulariser is not None and cfg.eta else None
+        objective = _Objective(model, loss_fn, miner, regulariser, cfg.eta, PRECISIONS[cfg.precision])
+        if world > 1:  # synchronises the gradients of the model and of the loss's own parameters
+            objective = torch.nn.parallel.DistributedDataParallel(
+                objective, device_ids=[dev.index] if dev.type == "cuda" and dev.index is not None else None)
+        label_map = torch.full((len(ds.classes),), -1, dtype=torch.long)
+        for original, k in remap.items():
+            label_map[original] = k
+        return cls(cfg, model, loss_fn, objective, optimiser, label_map, remap, dev, lv.index)
+
+    def batches(self, ds: ImageDataset, train_idx: np.ndarray, done: int, rank: int, world: int,
+                workers: int) -> Iterator:
+        """The remaining (images, labels) batches: every process draws the same global P x K batches (same
+        seed) and trains on its own slice of each; the first ``done`` batches are skipped."""
+        from pytorch_metric_learning.samplers import MPerClassSampler
+
+        cfg = self.cfg
+        train_labels = np.array([self.remap[int(y)] for y in ds.labels[train_idx]])
+        sampler = MPerClassSampler(train_labels, m=cfg.samples_per_class, batch_size=cfg.batch_size,
+                                   length_before_new_iter=cfg.iterations * cfg.batch_size)
+        sampler = _RankSlice(_Skip(sampler, done * cfg.batch_size), cfg.batch_size, rank, world)
+        augment = AUGMENTATIONS[self.model.augmentation](self.model.preprocessing)
+        loader = torch.utils.data.DataLoader(_Train(ds, train_idx, augment), batch_size=cfg.batch_size // world,
+                                             sampler=sampler, num_workers=workers, drop_last=True,
+                                             pin_memory=self.dev.type == "cuda")
+        self.model.train()
+        loader_iter = iter(loader)  # draws the loader's seed from the global generator
+        return progress(loader_iter, f"train level {self.level} {cfg.loss}", total=cfg.iterations - done, unit="it")
+
+    def restore(self, state: dict) -> None:
+        """Continue from a state written by :meth:`state` (weights, optimiser, best so far, random state)."""
+        self.model.load_state_dict(state["model"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.best, self.best_state, self.history = state["best"], state["best_state"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def state(self, step: int) -> dict:
+        """Everything a killed run needs to resume after ``step`` and end with the same weights."""
+        return {"step": step, "model": self.model.state_dict(), "loss": self.loss_fn.state_dict(),
+                "optimiser": self.optimiser.state_dict(), "best": self.best, "best_state": self.best_state,
+                "history": self.history, "torch_rng": torch.get_rng_state()}
+
+    def fit(self, batches: Iterator, ds: ImageDataset, val_idx: np.ndarray, *, start: int, rank: int, world: int,
+            state_path: Path | None, identity: dict) -> None:
+        """Iterations ``start + 1 .. cfg.iterations``; every ``eval_every`` (and at the end) rank 0 validates,
+        keeps the best state and writes a resumable state (with ``identity``) to ``state_path``.  A non-finite
+        loss on any process stops all of them."""
+        cfg = self.cfg
+        for step, (images, labels) in enumerate(batches, start=start + 1):
+            loss = self.objective(images.to(self.dev), self.label_map[labels].to(self.dev))
+            if not _finite_everywhere(loss, world):
+                last = f"the last good state (iteration {self.history[-1]['iteration']}) is in {state_path}" \
+                    if self.history and state_path is not None else "no checkpoint was written"
+                raise OodmlError(f"training diverged on level {self.level}: the loss is {float(loss.detach())} at "
+                                 f"iteration {step}; {last}. Lower --lr or the regulariser's weight")
+            self.optimiser.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimiser)
+            self.scaler.update()
+            if rank == 0 and (step % cfg.eval_every == 0 or step == cfg.iterations):
+                self._validate(ds, val_idx, step, float(loss.detach()))
+                if state_path is not None and step < cfg.iterations:
+                    _write_state(state_path, {**identity, **self.state(step)})
+            if step >= cfg.iterations:
+                break
+
+    def _validate(self, ds: ImageDataset, val_idx: np.ndarray, step: int, loss: float) -> None:
+        recall = validation_recall(self.model, ds, val_idx, str(self.dev))
+        self.history.append({"iteration": step, "val_recall@1": recall, "loss": loss})
+        if recall > self.best:
+            self.best = recall
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.model.train()
+
+    def best_model(self) -> EmbeddingModel:
+        """The model at its best validation state, on the CPU, in eval mode."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return self.model.cpu().eval()
 
 
 class _Objective(torch.nn.Module):
