@@ -5,9 +5,10 @@
   Embeddings*.
 * ``finetune-last``: the ooDML protocol.  A copy of the embedding head is
   trained on the support set with the margin loss (margin 0.2, fixed beta 1.2)
-  and distance-weighted negative mining, Adam at 1e-4, 1000 iterations for
-  2-shot and 1500 for 5-shot (``iterations`` overrides), batches of 56 classes x
-  2 images drawn with replacement.  The backbone is frozen, so its features are
+  and distance-weighted negative mining (:class:`oodml.miners.DistanceWeightedMiner`:
+  pytorch-metric-learning's sampling distribution, all anchors drawn at once),
+  Adam at 1e-4, 1000 iterations for 2-shot and 1500 for 5-shot (``iterations``
+  overrides), batches of 56 classes x 2 images drawn with replacement.  The backbone is frozen, so its features are
   computed once per image and the head trains on them.
 * ``finetune-all``: adapted embeddings; the same, with all weights trained on
   augmented support images.
@@ -25,7 +26,8 @@ import torch
 
 from .embedding import embed, resolve_device
 from .errors import OodmlError
-from .seeding import rng_for
+from .miners import DistanceWeightedMiner
+from .seeding import derive_seed, rng_for
 
 FINETUNE_ITERATIONS = {2: 1000, 5: 1500}
 BATCH_CLASSES, PER_CLASS = 56, 2
@@ -33,25 +35,37 @@ BATCH_CLASSES, PER_CLASS = 56, 2
 
 def _margin_training(params: list[torch.nn.Parameter], forward: Callable[[np.ndarray], torch.Tensor],
                      support_labels: np.ndarray, iterations: int, seed: tuple) -> None:
-    """Train ``params``; ``forward(rows)`` embeds the support rows on the parameters' device."""
+    """Train ``params``; ``forward(rows)`` embeds the support rows on the parameters' device.
+
+    Random sources, all derived from ``seed``: a numpy Generator picks the batches, a torch Generator on the
+    parameters' device draws the mined triplets, and torch's global generator (forked, so the caller's state
+    is untouched) serves whatever ``forward`` draws (augmentations).
+    """
     # Margin loss (0.2, beta 1.2 fixed) with distance-weighted mining on 56-class x 2-image batches.
-    from pytorch_metric_learning import losses, miners
+    from pytorch_metric_learning import losses
 
     loss_fn = losses.MarginLoss(margin=0.2, beta=1.2, learn_beta=False)
-    miner = miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4)
+    device = params[0].device
+    miner = DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4,
+                                  generator=torch.Generator(device).manual_seed(derive_seed(*seed, "triplets")))
     optimiser = torch.optim.Adam(params, lr=1e-4)
     rng = rng_for(*seed, "finetune")
-    classes = np.unique(support_labels)
-    rows_of = {c: np.flatnonzero(support_labels == c) for c in classes}
-    for _ in range(iterations):
-        chosen = rng.choice(classes, size=min(BATCH_CLASSES, len(classes)), replace=False)
-        rows = np.concatenate([rng.choice(rows_of[c], size=PER_CLASS, replace=True) for c in chosen])
-        raw = forward(rows)
-        labels = torch.as_tensor(support_labels[rows], device=raw.device)
-        loss = loss_fn(raw, labels, miner(raw, labels))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+    # rows grouped by class: class c's rows are by_class[start[c]:start[c] + count[c]]
+    _, count = np.unique(support_labels, return_counts=True)
+    by_class = np.argsort(support_labels, kind="stable")
+    start = np.cumsum(count) - count
+    with torch.random.fork_rng():
+        torch.manual_seed(int(rng_for(*seed).integers(2**31)))
+        for _ in range(iterations):
+            chosen = rng.choice(len(count), size=min(BATCH_CLASSES, len(count)), replace=False)
+            picks = rng.integers(0, count[chosen, None], size=(len(chosen), PER_CLASS))   # with replacement
+            rows = by_class[start[chosen, None] + picks].ravel()
+            raw = forward(rows)
+            labels = torch.as_tensor(support_labels[rows], device=raw.device)
+            loss = loss_fn(raw, labels, miner(raw, labels))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
 
 
 def finetune_last(model: torch.nn.Module, support_features: np.ndarray, support_labels: np.ndarray,
@@ -61,10 +75,8 @@ def finetune_last(model: torch.nn.Module, support_features: np.ndarray, support_
     dev = resolve_device(device)
     head = copy.deepcopy(model.head).float().to(dev).train()
     feats = torch.as_tensor(support_features, dtype=torch.float32, device=dev)
-    with torch.random.fork_rng():
-        torch.manual_seed(int(rng_for(*seed).integers(2**31)))
-        _margin_training(list(head.parameters()), lambda rows: head(feats[rows]), support_labels,
-                         iterations or FINETUNE_ITERATIONS.get(shots, 1000), seed)
+    _margin_training(list(head.parameters()), lambda rows: head(feats[rows]), support_labels,
+                     iterations or FINETUNE_ITERATIONS.get(shots, 1000), seed)
     with torch.no_grad():
         out = head.eval()(torch.as_tensor(query_features, dtype=torch.float32, device=dev))
     return torch.nn.functional.normalize(out, dim=1).cpu().numpy()
@@ -84,10 +96,8 @@ def finetune_all(model: torch.nn.Module, dataset, support: np.ndarray, support_l
     def forward(rows: np.ndarray) -> torch.Tensor:
         return tuned(torch.stack([augment(images[r]) for r in rows]).to(dev), normalize=False)
 
-    with torch.random.fork_rng():
-        torch.manual_seed(int(rng_for(*seed).integers(2**31)))
-        _margin_training([p for p in tuned.parameters() if p.requires_grad], forward, support_labels,
-                         iterations or FINETUNE_ITERATIONS.get(shots, 1000), seed)
+    _margin_training([p for p in tuned.parameters() if p.requires_grad], forward, support_labels,
+                     iterations or FINETUNE_ITERATIONS.get(shots, 1000), seed)
     return embed(dataset, tuned.eval(), tuned.preprocessing, indices=query, device=device, batch_size=batch_size,
                  desc="embed adapted")
 

@@ -1,15 +1,26 @@
-"""Cost of few-shot adaptation per episode, and where finetune-last spends it.
+"""Cost of finetune-last per episode: oodml's distance-weighted miner against pytorch-metric-learning's.
 
 Synthetic backbone features for one 2-shot episode (``--classes`` test classes x
 2 support images, 20 queries per class), two head sizes: the glyph baselines'
 (64 -> 32) and a ResNet-50 head (2048 -> 128).  For each, ``finetune-last``
-(the ooDML protocol: 1000 iterations of margin loss with distance-weighted
-mining on 56 x 2 batches) is timed per episode and per iteration, against the
-reference it replaces, the prototype classifier (no training); the share of
-pytorch-metric-learning's DistanceWeightedMiner is measured by running the
-miner alone on the same batch shapes as often.
+(the ooDML protocol: margin loss with distance-weighted mining on 56 x 2
+batches) is timed per episode twice in the same run, alternating, best of
+``--repeats``, in CPU seconds of this process (on a shared machine wall time
+also counts the other jobs; with one thread, CPU time is the work done):
 
-Run:  .venv/bin/python tools/bench_adapt.py [--classes 100] [--iterations 1000]
+* with :class:`oodml.miners.DistanceWeightedMiner` (what ``oodml evaluate`` runs);
+* with pytorch-metric-learning's ``DistanceWeightedMiner`` swapped in, the rest
+  of the loop unchanged (the reference: same distribution, one draw per class in
+  a Python loop).  The loop before this miner also picked each batch's rows
+  class by class, so the ratio to the old code is at least the one printed.
+
+The miners alone are timed on the same batch shape, and the prototype classifier
+(no training) is printed for scale.  Last, the glyphs baseline study's
+finetune-last cost with 10 episodes per level and shot is estimated from the
+glyph head's time per iteration (16 runs x 8 levels x 10 episodes x 1000 + 1500
+iterations), in one process.
+
+Run:  .venv/bin/python tools/bench_adapt.py [--classes 100] [--iterations 1000] [--repeats 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -17,35 +28,70 @@ from __future__ import annotations
 import argparse
 import time
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import torch
 
-from oodml.adapt import BATCH_CLASSES, PER_CLASS, finetune_last
+import oodml.adapt
+from oodml.adapt import BATCH_CLASSES, FINETUNE_ITERATIONS, PER_CLASS, finetune_last
 from oodml.fewshot import nearest_accuracy
+from oodml.miners import DistanceWeightedMiner
+
+STUDY_RUNS, STUDY_LEVELS, STUDY_EPISODES = 16, 8, 10   # tools/reproduce_baselines.sh: 4 losses x +-SEC x 2 seeds
 
 
 def timed(fn) -> float:
-    start = time.perf_counter()
+    """CPU seconds this process spent in ``fn()``: on a shared machine, wall time also counts other jobs."""
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
-def repeat(fn, *args, times: int) -> None:
-    for _ in range(times):
-        fn(*args)
+def library_miner(cutoff: float, nonzero_loss_cutoff: float, generator: torch.Generator | None = None):
+    """pytorch-metric-learning's miner behind oodml's constructor (it draws from torch's global generator)."""
+    from pytorch_metric_learning import miners
+
+    return miners.DistanceWeightedMiner(cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff)
+
+
+def episode_seconds(model, support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, iterations: int,
+                    library: bool) -> float:
+    """Seconds for one finetune-last episode, with the library's miner swapped in when ``library``."""
+    def run():
+        finetune_last(model, support, support_labels, query, shots=2, iterations=iterations, seed=("bench",))
+
+    if not library:
+        return timed(run)
+    with mock.patch.object(oodml.adapt, "DistanceWeightedMiner", library_miner):
+        return timed(run)
+
+
+def miner_call_seconds(miner, embed_dim: int, calls: int) -> float:
+    """Seconds per call of ``miner`` on a random 56-class x 2 batch (best of 3 rounds)."""
+    batch = BATCH_CLASSES * PER_CLASS
+    raw = torch.randn(batch, embed_dim, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(BATCH_CLASSES).repeat_interleave(PER_CLASS)
+    return min(timed(lambda: [miner(raw, labels) for _ in range(calls)]) for _ in range(3)) / calls
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=100, help="test classes in the episode")
     parser.add_argument("--iterations", type=int, default=1000, help="finetune-last iterations (ooDML: 1000 at 2-shot)")
+    parser.add_argument("--repeats", type=int, default=2, help="episodes timed per miner; the best is reported")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (the baseline study runs one per process)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     from pytorch_metric_learning import miners
 
     rng = np.random.default_rng(0)
     support_labels = np.repeat(np.arange(args.classes), 2)
     query_labels = np.repeat(np.arange(args.classes), 20)
+    print(f"finetune-last, one 2-shot episode of {args.classes} classes, {args.iterations} iterations, "
+          f"{args.threads} thread(s), best of {args.repeats}")
+    glyph_iteration_s = {}
     for features, embed_dim in ((64, 32), (2048, 128)):
         model = SimpleNamespace(head=torch.nn.Linear(features, embed_dim))   # finetune-last trains only the head
         centres = rng.normal(size=(args.classes, features))
@@ -58,16 +104,29 @@ def main() -> None:
             return nearest_accuracy(q.numpy(), query_labels, s.numpy(), support_labels, prototypes=True)
 
         proto_s = min(timed(prototypes) for _ in range(5))
-        tune_s = timed(lambda model=model, support=support, query=query: finetune_last(
-            model, support, support_labels, query, shots=2, iterations=args.iterations, seed=("bench",)))
-        miner = miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4)
-        batch = min(BATCH_CLASSES, args.classes) * PER_CLASS
-        raw = torch.randn(batch, embed_dim)
-        labels = torch.as_tensor(np.repeat(np.arange(batch // PER_CLASS), PER_CLASS))
-        miner_s = timed(lambda raw=raw, labels=labels, miner=miner: repeat(miner, raw, labels, times=args.iterations))
-        print(f"[{features} -> {embed_dim} head] finetune-last {tune_s:.1f} s per episode "
-              f"({tune_s / args.iterations * 1e3:.1f} ms per iteration; the miner alone {miner_s / tune_s:.0%} of it); "
-              f"prototypes {proto_s * 1e3:.1f} ms: fine-tuning costs {tune_s / proto_s:,.0f}x the prototypes")
+        times = {True: [], False: []}
+        for _ in range(args.repeats):       # alternate, so both see the same load
+            for library in (True, False):
+                times[library].append(episode_seconds(model, support, support_labels, query, args.iterations,
+                                                      library))
+        lib_s, ours_s = min(times[True]), min(times[False])
+        calls = 200
+        lib_call = miner_call_seconds(miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4),
+                                      embed_dim, calls)
+        ours_call = miner_call_seconds(DistanceWeightedMiner(generator=torch.Generator().manual_seed(0)),
+                                       embed_dim, calls)
+        glyph_iteration_s.setdefault("library", lib_s / args.iterations)
+        glyph_iteration_s.setdefault("ours", ours_s / args.iterations)
+        print(f"[{features} -> {embed_dim} head] per episode: library miner {lib_s:.2f} s, oodml miner {ours_s:.2f} s "
+              f"-> {lib_s / ours_s:.1f}x faster ({ours_s / args.iterations * 1e3:.2f} ms per iteration)")
+        print(f"    miner alone per call: library {lib_call * 1e3:.2f} ms, oodml {ours_call * 1e3:.3f} ms "
+              f"-> {lib_call / ours_call:.1f}x; library miner's share of its episode "
+              f"{lib_call * args.iterations / lib_s:.0%}; prototypes {proto_s * 1e3:.1f} ms per episode")
+    study_iterations = STUDY_RUNS * STUDY_LEVELS * STUDY_EPISODES * sum(FINETUNE_ITERATIONS.values())
+    print(f"baseline study, finetune-last on {STUDY_EPISODES} episodes per level and shot "
+          f"({study_iterations:,} iterations of the glyph head, one process): "
+          f"library miner {study_iterations * glyph_iteration_s['library'] / 3600:.1f} h, "
+          f"oodml miner {study_iterations * glyph_iteration_s['ours'] / 3600:.2f} h")
 
 
 if __name__ == "__main__":
