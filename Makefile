@@ -6,12 +6,12 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean browser
+.PHONY: demo test lint clean browser docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,all]'   # all: the model-spec libraries, tested too; docs: the site
 	touch $(STAMP)
 
 DEMO_RUN := build/demo-run
@@ -41,6 +41,10 @@ browser:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
 		( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium ) \
 			>/dev/null 2>&1 || echo "warning: could not install chromium; the browser test will be skipped"; }
+
+# The documentation site, built strictly (a broken link or reference fails it) into build/site.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check oodml tests tools

@@ -230,9 +230,10 @@ def _add_make_splits(commands) -> None:
 
     p = commands.add_parser("make-splits", help="build and publish graded train/test class splits")
     _add_dataset_args(p)
-    p.add_argument("--extractor", help="feature extractor (default: the dataset's, resnet50 or pixels for glyphs) "
-                   "or a TorchScript file")
-    p.add_argument("--weights", help="weights file for the extractor")
+    p.add_argument("--extractor", help="feature extractor (default: the dataset's, resnet50 or pixels for glyphs), "
+                   "a model spec such as 'timm:resnet50' (see `oodml models list`), or a TorchScript file")
+    p.add_argument("--weights", help="weights file for the extractor (default for resnet50: torchvision's ImageNet "
+                   "file, downloaded once into the torch hub cache, $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--levels", type=positive_int, default=8)
     p.add_argument("--removal-levels", type=non_negative_int, default=2,
                    help="levels beyond what swaps reach (default 2)")
@@ -382,9 +383,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from .models import list_models
+    from .models.sources import describe_sources
 
     for name in list_models(args.pattern):
         print(name)
+    if args.pattern == "*":
+        rows = describe_sources()
+        width = max(len(grammar) for grammar, _, _ in rows)
+        print("\nmodel specs (options: ?pretrained=false,seed=N for random weights; quote them in a shell):")
+        for grammar, description, state in rows:
+            print(f"  {grammar:<{width}}  {description} [{state}]")
     return 0
 
 
@@ -410,13 +418,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .embedding import resolve_device
     from .evaluation import parse_levels
     from .splits import resolve
-    from .training import TrainConfig, train
+    from .training import TrainConfig, train_levels
 
     resolve_device(args.device)
     if args.sec is not None and args.l2_reg is not None:
         raise OodmlError("--sec and --l2-reg are alternatives; give one")
     split_set = resolve(dataset_spec(args.dataset).name, args.splits)
-    levels = parse_levels(args.level, split_set, option="--level") or [lv.index for lv in split_set.levels]
+    levels = parse_levels(args.level, split_set, option="--level") or None
     check_writable(args.out)
     regulariser, eta = ("sec", args.sec) if args.sec is not None else ("l2", args.l2_reg) \
         if args.l2_reg is not None else (None, 0.0)
@@ -426,10 +434,29 @@ def cmd_train(args: argparse.Namespace) -> int:
                          regulariser=regulariser, eta=eta, precision=args.precision, seed=args.seed)
     config.resolved()  # the hyper-parameters, before any data is read
     ds = load_dataset(args.dataset, root=args.root, **dict(args.option))
-    for level in levels:
-        _, provenance = train(ds, split_set, level, config, out=args.out, device=args.device, workers=args.workers)
+
+    def report(level: int, provenance: dict) -> None:
         print(f"level {level}: best val recall@1 {provenance['best_val_recall@1']:.4f} -> {args.out}/level{level}.pt")
+
+    train_levels(ds, split_set, levels, config, out=args.out, device=args.device, workers=args.workers,
+                 report=report)
     return 0
+
+
+def _architecture(text: str) -> str:
+    """``--arch``: a registered architecture or a model spec, checked for its form only (nothing is loaded)."""
+    from .models import list_models
+    from .models.sources import is_spec, parse_spec
+
+    if text in list_models():
+        return text
+    if is_spec(text):
+        try:
+            return parse_spec(text).text()
+        except OodmlError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    raise argparse.ArgumentTypeError(f"unknown architecture {text!r}; choose one of {', '.join(list_models())} "
+                                     "or a model spec such as 'timm:resnet18'")
 
 
 def _add_train(commands) -> None:
@@ -447,7 +474,8 @@ def _add_train(commands) -> None:
     p.add_argument("--sec", type=non_negative_float, metavar="ETA",
                    help="spherical embedding constraint with weight ETA")
     p.add_argument("--l2-reg", type=non_negative_float, metavar="ETA", help="L2 norm regularisation with weight ETA")
-    p.add_argument("--arch", choices=list_models(), default="glyph-cnn")
+    p.add_argument("--arch", type=_architecture, default="glyph-cnn",
+                   help=f"{', '.join(list_models())}, or a model spec as the backbone, e.g. 'timm:resnet18'")
     p.add_argument("--embed-dim", type=positive_int)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--iterations", type=positive_int)
@@ -469,8 +497,10 @@ def _add_evaluate(commands) -> None:
     from .adapt import ADAPTATIONS
 
     p = commands.add_parser("evaluate", help="score a model on every level of a split set")
-    p.add_argument("model", help="registered model, model file (.pt checkpoint / TorchScript, .pt2), or per-level "
-                   "template 'runs/level{level}.pt' / directory of level<N>.pt")
+    p.add_argument("model", help="registered model, model spec ('timm:NAME', 'open_clip:ARCH/TAG', "
+                   "'hf:ORG/NAME[@REV]', 'torchhub:REPO:ENTRY'; add ?pretrained=false for random weights), model "
+                   "file (.pt checkpoint / TorchScript, .pt2), or per-level template 'runs/level{level}.pt' / "
+                   "directory of level<N>.pt")
     p.add_argument("--dataset", required=True)
     p.add_argument("--root", help="dataset directory")
     p.add_argument("--splits", help="split set version or manifest directory (default: latest published)")
@@ -501,7 +531,7 @@ def _add_evaluate(commands) -> None:
 
     models = commands.add_parser("models", help="registered embedding models")
     sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
-    lst = sub.add_parser("list", help="registered model names")
+    lst = sub.add_parser("list", help="registered model names and the model spec forms")
     lst.add_argument("pattern", nargs="?", default="*")
     lst.set_defaults(func=cmd_models_list)
 

@@ -1,6 +1,6 @@
 """The embedding engine: run a model over every image of a dataset, in batches, on the best device.
 
-Shared by feature extraction for splits and (later) by evaluation, so both
+Shared by feature extraction for splits and by evaluation, so both
 see images through the same code: a DataLoader with workers and pinned
 memory, channels-last tensors, and autocast at the requested precision on GPU.
 """
@@ -32,6 +32,10 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 MAX_SIDE = 4096  # pixels: a larger resize or crop is a typo, and would exhaust memory before it failed
+#: resampling filters of :attr:`Preprocessing.interpolation`
+INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
+                  "nearest": T.InterpolationMode.NEAREST}
+RESIZE_MODES = ("shorter-side", "squash")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,10 @@ class Preprocessing:
 
     ``resize``/``crop`` in pixels, 1 to :data:`MAX_SIDE` (``None`` skips the step);
     ``mean``/``std`` per RGB channel, three finite numbers each, ``std`` positive.
+    ``interpolation`` (one of :data:`INTERPOLATIONS`) and ``resize_mode`` (``shorter-side``, or
+    ``squash``: both sides to ``resize``, ignoring the aspect ratio, as Hugging Face ViT processors
+    and some OpenCLIP models do) carry foundation models' own preprocessing; at their defaults they are
+    left out of :meth:`as_dict`, so the records (and digests) of earlier models are unchanged.
 
     Raises:
         OodmlError: on construction, naming the first field out of range or of the wrong type.
@@ -49,8 +57,16 @@ class Preprocessing:
     crop: int | None = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    resize_mode: str = "shorter-side"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.interpolation, str) or self.interpolation not in INTERPOLATIONS:
+            raise OodmlError(f"preprocessing interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                             f"{brief(self.interpolation)}")
+        if not isinstance(self.resize_mode, str) or self.resize_mode not in RESIZE_MODES:
+            raise OodmlError(f"preprocessing resize_mode must be one of {', '.join(RESIZE_MODES)}, got "
+                             f"{brief(self.resize_mode)}")
         for name in ("resize", "crop"):
             side = getattr(self, name)
             if side is not None and not (_is_integer(side) and 1 <= side <= MAX_SIDE):
@@ -76,22 +92,29 @@ class Preprocessing:
         """
         if not isinstance(record, dict):
             raise OodmlError(f"a preprocessing record must be a JSON object, got {type(record).__name__}")
-        unknown = [key for key in record if key not in ("resize", "crop", "mean", "std")]
+        keys = ("resize", "crop", "mean", "std", "interpolation", "resize_mode")
+        unknown = [key for key in record if key not in keys]
         if unknown:
-            raise OodmlError(f"unknown preprocessing key {brief(unknown[0])}; the keys are resize, crop, mean, std")
+            raise OodmlError(f"unknown preprocessing key {brief(unknown[0])}; the keys are {', '.join(keys)}")
         return cls(**record)
 
     def transform(self) -> Callable:
         steps = []
         if self.resize:
-            steps.append(T.Resize(self.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True))
+            size = (self.resize, self.resize) if self.resize_mode == "squash" else self.resize
+            steps.append(T.Resize(size, interpolation=INTERPOLATIONS[self.interpolation], antialias=True))
         if self.crop:
             steps.append(T.CenterCrop(self.crop))
         steps += [T.ToTensor(), T.Normalize(self.mean, self.std)]
         return T.Compose(steps)
 
     def as_dict(self) -> dict:
-        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+        record = {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+        if self.interpolation != "bilinear":
+            record["interpolation"] = self.interpolation
+        if self.resize_mode != "shorter-side":
+            record["resize_mode"] = self.resize_mode
+        return record
 
 
 def _is_integer(value: object) -> bool:

@@ -42,6 +42,7 @@ from .errors import OodmlError
 from .fewshot import episode_split, score_episode
 from .metrics import MAP_DEPTH, retrieval_metrics
 from .models import LoadedModel, load_model
+from .models.sources import declared_training_on
 from .plotting import new_figure, save_figure
 from .splits import Level, SplitSet, resolve
 
@@ -389,8 +390,9 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
     """Score ``model`` on every requested level of ``splits``.
 
     Args:
-        model: a registered name, a model file, a :class:`LoadedModel`, or for the
-            per-level protocol a template containing ``{level}`` or a directory of ``level<N>.pt``.
+        model: a registered name, a model spec (``timm:NAME``, ``open_clip:ARCH/TAG``, ``hf:ORG/NAME``,
+            ``torchhub:REPO:ENTRY``), a model file, a :class:`LoadedModel`, or for the per-level protocol
+            a template containing ``{level}`` or a directory of ``level<N>.pt``.
         dataset: a dataset name (loaded from ``root``) or a loaded dataset.
         splits: a :class:`SplitSet`, a version of ``dataset``'s published split sets, or a
             manifest directory (default: the latest published version).
@@ -447,7 +449,8 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             check_adaptable(shared.module, name)
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root, **(dataset_options or {}))
     split_set.check_dataset(ds.fingerprint, ds.root)
-    if shared is not None and shared.provenance.get("dataset") == ds.name:
+    if shared is not None and (shared.provenance.get("dataset") == ds.name
+                               or declared_training_on(shared.identity.get("pretraining"), ds.name)):
         warnings.warn(f"{shared.source} declares training on {ds.name}; zero-shot results on its test classes may "
                       "be optimistic", stacklevel=2)
     rows: list[dict] = []
@@ -502,6 +505,8 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             "distance": split_set.metadata.get("distance"), "fewshot": list(fewshot),
             "adapt": list(adaptations) if fewshot else None, "episodes": episodes,
             "images_embedded": int(len(union)) if shared is not None else None,
+            "model_digest": shared.digest if shared is not None else None,
+            "model_identity": shared.identity or None if shared is not None else None,
             "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     level_info = [{"level": lv.index, "distance": lv.distance, "ci_low": lv.ci_low, "ci_high": lv.ci_high}
                   for lv in chosen]

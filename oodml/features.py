@@ -5,7 +5,8 @@ and the sha256 of its weights.  The registry holds:
 
 * ``resnet50``: torchvision ResNet-50 with ImageNet (IMAGENET1K_V1) weights, the
   2048-d globally average-pooled features, as in ooDML; resize 256, centre crop
-  224, ImageNet mean/std.  Weights come from the torch hub cache or ``weights=PATH``.
+  224, ImageNet mean/std.  Weights: ``weights=PATH``, else torchvision's file in the
+  torch hub cache, downloaded once and hash-checked if absent (:mod:`oodml.weights`).
 * ``pixels``: for the embedded ``glyphs`` dataset, needing no weights: the
   image resized and centre-cropped to 32x32, in grey, area-averaged to 16x16,
   as a 256-d vector in [0, 1].  Chosen
@@ -34,6 +35,7 @@ import torch
 from .datasets import ImageDataset
 from .embedding import IMAGENET, Preprocessing, embed_cached, embedding_cache_dir
 from .errors import OodmlError
+from .weights import resnet50_weights_path
 
 
 @dataclass(frozen=True)
@@ -88,37 +90,33 @@ def file_sha256(path: str | Path) -> str:
 
 
 def get_extractor(name: str, weights: str | None = None) -> Extractor:
-    """A registered extractor by name, or a TorchScript file by path.
+    """A registered extractor by name, a model spec (``timm:NAME``, ..., see :mod:`oodml.models.sources`), or a
+    TorchScript file by path.
 
     Raises:
         OodmlError: unknown name, or missing/unloadable weights.
     """
     if name in _EXTRACTORS:
         return _EXTRACTORS[name](weights)
+    from .models.sources import is_spec
+
+    if is_spec(name) and not Path(name).exists():
+        return spec_extractor(name, weights)
     path = Path(name)
     if path.suffix in (".pt", ".pth", ".ts", ".torchscript") or path.exists():
         return torchscript_extractor(path)
-    raise OodmlError(f"unknown extractor {name!r}; choose one of {', '.join(list_extractors())} "
-                     "or give the path of a TorchScript file")
+    raise OodmlError(f"unknown extractor {name!r}; choose one of {', '.join(list_extractors())}, a model spec "
+                     "such as timm:resnet50 (see `oodml models list`), or the path of a TorchScript file")
 
 
-RESNET50_FILE = "resnet50-0676ba61.pth"  # torchvision's IMAGENET1K_V1 release
+def spec_extractor(spec: str, weights: str | None = None) -> Extractor:
+    """A model spec as an extractor: id the canonical spec, weights hash the sha256 of the weights it loaded."""
+    from .models.sources import load_spec
 
-
-def resnet50_weights_path(weights: str | None) -> Path:
-    """The weights file to use: ``weights`` if given, else the torch hub cache's copy."""
     if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise OodmlError(f"resnet50: weights file {path} does not exist")
-        return path
-    path = Path(torch.hub.get_dir()) / "checkpoints" / RESNET50_FILE
-    if not path.is_file():
-        raise OodmlError(
-            f"resnet50: ImageNet weights not found at {path} and this machine cannot download them; fetch "
-            f"https://download.pytorch.org/models/{RESNET50_FILE} elsewhere and put it at that path "
-            "(or pass --weights PATH)")
-    return path
+        raise OodmlError(f"{spec}: a model spec's weights come from its library; drop --weights")
+    built = load_spec(spec)
+    return Extractor(built.spec.text(), built.identity["weights_sha256"], built.preprocessing, lambda: built.module)
 
 
 @register_extractor("resnet50")

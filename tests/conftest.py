@@ -7,21 +7,26 @@ import pytest
 # Never touch the network or the user's cache from tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Weight downloads go to a closed local port: an online CI machine must not fetch 100 MB files.
+os.environ.setdefault("OODML_WEIGHTS_URL", "http://127.0.0.1:9/")
 os.environ["OODML_QUIET"] = "1"
 sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def oodml_home(tmp_path_factory):
-    """A private $OODML_HOME for the whole session (embedding caches live here), never the user's."""
+    """A private $OODML_HOME (embedding caches) and $TORCH_HOME (weights) for the whole session, never the
+    user's."""
     home = tmp_path_factory.mktemp("oodml_home")
-    old = os.environ.get("OODML_HOME")
-    os.environ["OODML_HOME"] = str(home)
+    private = {"OODML_HOME": str(home), "TORCH_HOME": str(home / "torch")}
+    old = {key: os.environ.get(key) for key in private}
+    os.environ.update(private)
     yield home
-    if old is None:
-        os.environ.pop("OODML_HOME", None)
-    else:
-        os.environ["OODML_HOME"] = old
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -90,6 +90,7 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
     if out.exists() and not replace:
         raise OodmlError(f"{out} exists; choose another --name or pass --replace")
     level_digests = {str(r["level"]): r["model_digest"] for r in first.rows}
+    training_data = _with_model_declaration(training_data, first.meta.get("model_identity"))
     means = [run.summary()["metrics"]["recall@1"]["mean"] for run in runs]
     meta = {
         "schema_version": SCHEMA_VERSION, "entry": name, "method": method or name, "description": description,
@@ -121,3 +122,13 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
         meta["claimed"] = scores.claims()
         (tmp / "submission.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return out
+
+
+def _with_model_declaration(training_data: str, identity: dict | None) -> str:
+    """``training_data`` with what a model spec declares appended: the spec and its pretraining data, as the
+    library records them (``timm:resnet50 (pretraining declared by timm 1.0: a1_in1k)``)."""
+    if not identity:
+        return training_data
+    declared = "random weights" if identity.get("random_weights") else identity.get("pretraining") or "not declared"
+    declaration = f"{identity.get('spec')} (pretraining declared by {identity.get('library')}: {declared})"
+    return f"{training_data}; {declaration}" if training_data else declaration

@@ -40,11 +40,18 @@ DIGEST_FORMAT = b"oodml-model-digest/2"
 _MAX_DEPTH = 6  # attribute values nest (dicts of lists of ...); deeper parts are hashed by type name only
 
 
-def model_digest(module: torch.nn.Module, preprocessing: Preprocessing) -> str:
+def model_digest(module: torch.nn.Module, preprocessing: Preprocessing, identity: dict | None = None) -> str:
     """sha256 (64 hex characters) of ``module``'s code, attributes, tensors and ``preprocessing``; see the module
-    docstring.  Equal for a module and its reloaded copy; different when any of these differ."""
+    docstring.  Equal for a module and its reloaded copy; different when any of these differ.
+
+    ``identity`` (JSON-able) is what a model spec says about where the model came from (source, name,
+    revision, library, weights sha256, pretraining); when given it is part of the digest.
+    """
     h = hashlib.sha256()
     _field(h, DIGEST_FORMAT)
+    if identity is not None:
+        _field(h, b"identity")
+        _field(h, canonical_json(identity).encode())
     if isinstance(module, torch.jit.ScriptModule):
         graph = module.inlined_graph
         _field(h, graph.str(False).encode())
@@ -55,6 +62,14 @@ def model_digest(module: torch.nn.Module, preprocessing: Preprocessing) -> str:
         _field(h, canonical_json(scalars).encode())
         _tensor_fields(h, tensors)
     _field(h, canonical_json(preprocessing.as_dict()).encode())
+    return h.hexdigest()
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a module's state dict (parameters and persistent buffers): the weights actually loaded,
+    whatever file format they came in.  Tensors in name order, each as name, dtype, shape and raw bytes."""
+    h = hashlib.sha256()
+    _tensor_fields(h, dict(module.state_dict()))
     return h.hexdigest()
 
 

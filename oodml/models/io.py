@@ -1,6 +1,8 @@
 """Loading any embedding model safely, and saving oodml checkpoints.
 
-``load_model(spec)`` accepts a registered name, a TorchScript file, a
+``load_model(spec)`` accepts a registered name, a model spec of another library
+(``timm:NAME``, ``open_clip:ARCH/TAG``, ``hf:ORG/NAME[@REVISION]``, ``torchhub:REPO:ENTRY``;
+see :mod:`oodml.models.sources`), a TorchScript file, a
 ``torch.export`` program (``.pt2``), or a checkpoint written by :func:`save`
 (architecture, config, preprocessing, state dict, provenance), read with
 ``torch.load(weights_only=True)``.  A plain pickled module is refused: loading
@@ -25,6 +27,7 @@ from ..errors import OodmlError, brief, first_line
 from .base import EmbeddingModel
 from .digest import model_digest
 from .registry import create_model, list_models
+from .sources import is_spec, load_spec
 
 CHECKPOINT_FORMAT = "oodml-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -42,6 +45,8 @@ class LoadedModel:
             tensors, preprocessing), the cache key of its embeddings.
         source: the spec it was loaded from.
         provenance: what the checkpoint says about its training (split digest, level, ...), else empty.
+        identity: for a model spec, :attr:`oodml.models.sources.SourceModel.identity` (spec, weights sha256,
+            declared pretraining data, random weights or not), else empty.
     """
 
     module: torch.nn.Module
@@ -49,6 +54,7 @@ class LoadedModel:
     digest: str
     source: str
     provenance: dict = field(default_factory=dict)
+    identity: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ def save(model: EmbeddingModel, path: str | Path, *, provenance: dict | None = N
 
 
 def load_model(spec: str | Path, **kwargs) -> LoadedModel:
-    """Load a model from a registered name or a file; see the module docstring.
+    """Load a model from a registered name, a model spec or a file; see the module docstring.
 
     ``kwargs`` go to the factory of a registered name (e.g. ``embed_dim=128``).
 
@@ -98,6 +104,13 @@ def load_model(spec: str | Path, **kwargs) -> LoadedModel:
     """
     spec_text = str(spec)
     path = Path(spec_text).expanduser()
+    if not path.exists() and is_spec(spec_text):
+        if kwargs:
+            raise OodmlError(f"{spec_text}: a model spec takes its options in the spec (?key=value), not "
+                             f"{', '.join(kwargs)}")
+        built = load_spec(spec_text)
+        digest = model_digest(built.module, built.preprocessing, built.identity)
+        return LoadedModel(built.module, built.preprocessing, digest, built.spec.text(), identity=built.identity)
     if not path.exists():
         if spec_text in list_models() or not any(ch in spec_text for ch in "/\\."):
             model = create_model(spec_text, **kwargs)
@@ -280,6 +293,8 @@ def _build_checkpoint_model(record: CheckpointRecord, path: Path) -> torch.nn.Mo
     It is first built on the meta device, which allocates nothing, so a config
     that does not fit the weights (or asks for a huge model) fails before any memory is used.
     """
+    if is_spec(record.arch):
+        return _build_spec_checkpoint_model(record, path)
     if record.arch not in list_models():
         raise OodmlError(f"{path}: checkpoint architecture {brief(record.arch)} is not registered in this oodml "
                          f"(known: {', '.join(list_models())}); install the package that registers it")
@@ -297,6 +312,23 @@ def _build_checkpoint_model(record: CheckpointRecord, path: Path) -> torch.nn.Mo
         model.load_state_dict(record.state_dict)
     except (RuntimeError, NotImplementedError) as exc:
         raise OodmlError(f"{path}: weights do not fit {config} ({first_line(exc)})") from None
+    return model
+
+
+def _build_spec_checkpoint_model(record: CheckpointRecord, path: Path) -> torch.nn.Module:
+    """A model trained on a spec's backbone (``oodml train --arch timm:...``): the backbone built with random
+    weights (nothing is downloaded; the checkpoint holds every weight), then the checkpoint's weights."""
+    from .sources import spec_embedding_model
+
+    try:
+        model = spec_embedding_model(record.arch, **record.config, load_weights=False)
+    except TypeError as exc:
+        raise OodmlError(f"{path}: checkpoint config {brief(record.config, 200)} does not fit {record.arch} "
+                         f"({first_line(exc)}); {_RESAVE}") from None
+    problem = _weights_mismatch(model.state_dict(), record.state_dict)
+    if problem:
+        raise OodmlError(f"{path}: weights do not fit {record.arch} ({problem}); {_RESAVE}")
+    model.load_state_dict(record.state_dict)
     return model
 
 

@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 import torch
 
 from ..errors import OodmlError, brief, first_line
+from .sources import is_spec
 
 Factory = Callable[..., torch.nn.Module]
 _MODELS: dict[str, Factory] = {}
@@ -59,12 +60,17 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def create_model(name: str, **kwargs) -> torch.nn.Module:
-    """Build a registered model; unknown names get a one-line error listing the close matches.
+    """Build a registered model, or an embedding model on the backbone a model spec names (``timm:NAME``, see
+    :mod:`oodml.models.sources`); unknown names get a one-line error listing the close matches.
 
     Raises:
         OodmlError: an unknown name, or arguments the factory rejects (a wrong name, type or value).
     """
     _load_entry_points()
+    if name not in _MODELS and is_spec(name):
+        from .sources import spec_embedding_model
+
+        return spec_embedding_model(name, **kwargs)
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(list_models())}"

@@ -6,6 +6,7 @@ import torch
 
 from ..embedding import IMAGENET, Preprocessing
 from ..errors import OodmlError, brief, first_line
+from ..weights import resnet50_weights_path
 from .base import EmbeddingModel
 from .registry import register_model
 
@@ -39,13 +40,11 @@ def resnet50(embed_dim: int = 512, pretrained: bool = False, weights: str | None
              seed: int = 0) -> EmbeddingModel:
     """ImageNet ResNet-50 (frozen batch norm, average pooling) + linear layer to ``embed_dim``, L2-normalised.
 
-    ``pretrained=True`` loads torchvision's ImageNet weights from the torch hub
-    cache or ``weights``; offline without them the error names the file.  The
+    ``pretrained=True`` loads torchvision's ImageNet weights from ``weights``, else
+    from the torch hub cache, downloading them once if absent (:mod:`oodml.weights`).  The
     randomly initialised parts come from ``seed`` without touching the global random state.
     """
     import torchvision
-
-    from ..features import resnet50_weights_path
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -1,0 +1,552 @@
+"""Model specs: one grammar for the models of other libraries, wherever oodml names a model.
+
+A spec is ``SOURCE:REFERENCE`` with optional ``?key=value,key=value`` options:
+
+==========================  ============================================================================
+``timm:NAME``               ``timm.create_model(NAME, pretrained=True, num_classes=0)``: pooled features;
+                            preprocessing from ``timm.data.resolve_model_data_config``.
+``open_clip:ARCH/TAG``      the image tower of ``open_clip.create_model_and_transforms(ARCH, TAG)``;
+                            preprocessing from the model's own preprocessing config.
+``hf:ORG/NAME[@REVISION]``  transformers ``AutoModel`` + ``AutoImageProcessor`` (a hub id or a local
+                            folder written by ``save_pretrained``); CLIP-like models give their image
+                            embedding, others the CLS token (``pool=cls``) or the mean of the patch
+                            tokens (``pool=mean``).
+``torchhub:REPO:ENTRY``     ``torch.hub.load(REPO, ENTRY)``; ``REPO`` is ``owner/name[@ref]`` or a local
+                            folder holding a ``hubconf.py``.
+==========================  ============================================================================
+
+Options every source takes: ``pretrained=false`` (random weights, initialised
+from ``seed=N``, default 0; a warning says so every time) and, for timm,
+``size=N`` (input side in pixels).  Other timm options go to ``create_model``.
+Write the spec in quotes on a shell command line: ``'timm:resnet18?pretrained=false'``.
+
+Weights come through each library's own cache and download code (Hugging Face
+hub cache for timm, OpenCLIP and transformers; the torch hub folder for torch
+hub).  A spec's identity (:attr:`SourceModel.identity`) names the source, the
+reference, the revision, the options, the library version, the sha256 of the
+weights actually loaded and the declared pretraining data; it is part of the
+model's digest, so it keys the embedding cache and is recorded with results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..embedding import IMAGENET, Preprocessing
+from ..errors import OodmlError, first_line
+from .digest import weights_sha256
+
+COMMON_OPTIONS = ("pretrained", "seed")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed spec.
+
+    Attributes:
+        source: a key of :data:`SOURCES` (``timm``, ``open_clip``, ``hf``, ``torchhub``).
+        name: what the library calls the model (``resnet18``, ``ViT-B-32``, ``facebook/dinov2-small``,
+            ``facebookresearch/dinov2:dinov2_vits14``).
+        revision: the open_clip pretrained tag, the hub revision or the torch hub ref; None for the default.
+        options: ``key -> value`` (bool, int, float or str), in the order given.
+    """
+
+    source: str
+    name: str
+    revision: str | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.options.get("pretrained", True)
+
+    @property
+    def seed(self) -> int:
+        return self.options.get("seed", 0)
+
+    def text(self) -> str:
+        """The canonical spec text: what results, manifests and leaderboard entries record."""
+        separator = {"open_clip": "/", "hf": "@"}.get(self.source, "@")
+        ref = self.name
+        if self.revision is not None:
+            if self.source == "torchhub":
+                repo, entry = self.name.rsplit(":", 1)
+                ref = f"{repo}@{self.revision}:{entry}"
+            else:
+                ref = f"{self.name}{separator}{self.revision}"
+        options = ",".join(f"{k}={_option_text(v)}" for k, v in self.options.items())
+        return f"{self.source}:{ref}" + (f"?{options}" if options else "")
+
+
+@dataclass
+class SourceModel:
+    """A model built from a spec.
+
+    Attributes:
+        module: (B, 3, H, W) float images -> (B, d) embeddings, in eval mode.
+        preprocessing: how images must be prepared for it.
+        spec: what it was built from.
+        identity: JSON-able: source, name, revision, options, library and version, ``weights_sha256``
+            (of the state dict actually loaded), ``pretraining`` (the declared pretraining data, or None
+            when the library does not know it) and ``random_weights``.
+    """
+
+    module: torch.nn.Module
+    preprocessing: Preprocessing
+    spec: ModelSpec
+    identity: dict
+
+
+@dataclass(frozen=True)
+class Source:
+    """One library models come from.
+
+    Attributes:
+        name: the spec prefix.
+        grammar: the reference's form, for messages and ``oodml models list``.
+        library: the module to import; ``extra``: the oodml extra that installs it.
+        options: options besides :data:`COMMON_OPTIONS` (None: any, passed to the library).
+        build: ``build(spec, library module) -> (module, preprocessing, declared pretraining data)``.
+    """
+
+    name: str
+    grammar: str
+    library: str
+    extra: str
+    description: str
+    options: tuple[str, ...] | None
+    build: Callable[[ModelSpec, object], tuple[torch.nn.Module, Preprocessing, str | None]]
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(source: Source) -> Source:
+    SOURCES[source.name] = source
+    return source
+
+
+_SPEC = re.compile(r"(?P<source>[a-z_]+):(?P<ref>[^?]+)(?:\?(?P<options>.*))?", re.S)
+
+
+def is_spec(text: str | Path) -> bool:
+    """Whether ``text`` is written as a spec (``SOURCE:...`` with a known source), not a name or a file."""
+    m = _SPEC.fullmatch(str(text))
+    return m is not None and m.group("source") in SOURCES
+
+
+def parse_spec(text: str) -> ModelSpec:
+    """Read ``SOURCE:REFERENCE[?key=value,...]``.
+
+    Raises:
+        OodmlError: unknown source, empty or malformed reference, or an option the source does not take.
+    """
+    m = _SPEC.fullmatch(text.strip())
+    if m is None or m.group("source") not in SOURCES:
+        prefix = text.split(":", 1)[0] if ":" in text else text
+        raise OodmlError(f"model spec {text!r}: unknown source {prefix!r}; write one of "
+                         f"{', '.join(s.grammar for s in SOURCES.values())}")
+    source = SOURCES[m.group("source")]
+    options = _parse_options(text, m.group("options"), source)
+    ref, revision = m.group("ref").strip(), None
+    if source.name == "open_clip":
+        ref, _, tag = ref.partition("/")
+        revision = tag or None
+        if revision is None and options.get("pretrained", True):
+            raise OodmlError(f"model spec {text!r}: name the pretrained weights, {source.grammar} (see "
+                             "open_clip.list_pretrained()), or add ?pretrained=false for random weights")
+    elif source.name == "hf":
+        if "@" in ref:
+            ref, revision = ref.rsplit("@", 1)
+    elif source.name == "torchhub":
+        repo, sep, entry = ref.rpartition(":")
+        if not sep or not repo or not entry:
+            raise OodmlError(f"model spec {text!r}: write {source.grammar}, e.g. "
+                             "torchhub:facebookresearch/dinov2:dinov2_vits14")
+        if "@" in repo and not Path(repo).expanduser().is_dir():
+            repo, revision = repo.rsplit("@", 1)
+        ref = f"{repo}:{entry}"
+    if not ref or revision == "":
+        raise OodmlError(f"model spec {text!r}: empty name; write {source.grammar}")
+    return ModelSpec(source.name, ref, revision, options)
+
+
+def _parse_options(text: str, raw: str | None, source: Source) -> dict:
+    options: dict = {}
+    for item in (raw or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise OodmlError(f"model spec {text!r}: option {item!r} must be written key=value "
+                             "(e.g. ?pretrained=false,seed=1)")
+        allowed = (*COMMON_OPTIONS, *(source.options or ()))
+        if source.options is not None and key not in allowed:
+            raise OodmlError(f"model spec {text!r}: {source.name} takes no option {key!r}; its options are "
+                             f"{', '.join(allowed)}")
+        options[key] = _option_value(value.strip())
+    if not isinstance(options.get("pretrained", True), bool):
+        raise OodmlError(f"model spec {text!r}: pretrained must be true or false")
+    seed = options.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise OodmlError(f"model spec {text!r}: seed must be a whole number from 0 to 2**63 - 1")
+    if "size" in options and not (isinstance(options["size"], int) and 1 <= options["size"] <= 4096):
+        raise OodmlError(f"model spec {text!r}: size must be a whole number of pixels from 1 to 4096")
+    return options
+
+
+def _option_value(text: str) -> bool | int | float | str:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _option_text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+def load_spec(text: str | ModelSpec) -> SourceModel:
+    """Build the model a spec names, with its preprocessing and identity.
+
+    Random weights (``pretrained=false``) are drawn from the spec's seed without touching the global
+    random state, and always warned about.
+
+    Raises:
+        OodmlError: a malformed spec, the source's library missing (naming the extra that installs it),
+            weights that cannot be fetched (naming what to fetch), or a model the library cannot build.
+    """
+    spec = parse_spec(text) if isinstance(text, str) else text
+    source = SOURCES[spec.source]
+    library = _import_library(source, spec)
+    with torch.random.fork_rng(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        torch.manual_seed(spec.seed)
+        module, preprocessing, pretraining = source.build(spec, library)
+    module = module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    if not spec.pretrained:
+        pretraining = None
+        warnings.warn(f"{spec.text()}: RANDOM weights (pretrained=false, seed {spec.seed}): not a pretrained model; "
+                      "its results measure the architecture only", stacklevel=2)
+    identity = {
+        "spec": spec.text(), "source": spec.source, "name": spec.name, "revision": spec.revision,
+        "options": spec.options, "library": f"{source.library} {getattr(library, '__version__', 'unknown')}",
+        "weights_sha256": weights_sha256(module), "pretraining": pretraining, "random_weights": not spec.pretrained,
+    }
+    return SourceModel(module, preprocessing, spec, identity)
+
+
+def spec_embedding_model(text: str, embed_dim: int = 512, seed: int = 0, *, load_weights: bool = True):
+    """An :class:`~oodml.models.base.EmbeddingModel` for training: the spec's model as the backbone (trainable),
+    a linear head from its output width to ``embed_dim`` initialised from ``seed``, L2 normalisation.
+
+    ``load_weights=False`` builds the backbone with random weights and no warning, to receive a checkpoint's.
+    """
+    from .base import EmbeddingModel
+
+    spec = parse_spec(text)
+    if not load_weights:
+        spec = ModelSpec(spec.source, spec.name, spec.revision, {**spec.options, "pretrained": False})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = load_spec(spec)
+    else:
+        built = load_spec(spec)
+    backbone = built.module
+    for parameter in backbone.parameters():
+        parameter.requires_grad_(True)
+    side = built.preprocessing.crop or built.preprocessing.resize or 224
+    with torch.no_grad():
+        features = backbone(torch.zeros(1, 3, side, side)).shape[-1]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return EmbeddingModel(backbone, features, embed_dim, arch=parse_spec(text).text(),
+                              config={"embed_dim": embed_dim, "seed": seed}, preprocessing=built.preprocessing,
+                              augmentation="imagenet-crop-flip")
+
+
+def _import_library(source: Source, spec: ModelSpec) -> object:
+    try:
+        return importlib.import_module(source.library)
+    except ImportError:
+        raise OodmlError(f"{spec.text()} needs the {source.library} package; install it with "
+                         f"pip install 'oodml[{source.extra}]'") from None
+
+
+def _fetch_error(spec: ModelSpec, exc: BaseException, what: str, how: str) -> OodmlError:
+    """The one-line error for weights or code that could not be fetched (offline, or a wrong name)."""
+    return OodmlError(f"{spec.text()}: cannot load {what} ({type(exc).__name__}: {first_line(exc)[:200]}); if this "
+                      f"machine is offline, fetch it on one that is online with {how} and copy the cache over, "
+                      "or add ?pretrained=false for random weights")
+
+
+def _offline(exc: BaseException) -> bool:
+    """Whether a library's exception means that something could not be downloaded."""
+    names = {type(e).__name__ for e in _chain(exc)}
+    text = " ".join(str(e) for e in _chain(exc)).lower()
+    return bool(names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "URLError",
+                         "HTTPError", "ConnectError", "MaxRetryError", "gaierror", "RepositoryNotFoundError",
+                         "EntryNotFoundError", "HfHubHTTPError"}) or any(
+        phrase in text for phrase in ("offline", "connect", "internet", "cannot find the requested files",
+                                      "couldn't connect", "name or service not known", "not found in cache"))
+
+
+def _chain(exc: BaseException | None):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _build_error(spec: ModelSpec, exc: BaseException) -> OodmlError:
+    return OodmlError(f"{spec.text()}: the library cannot build it ({type(exc).__name__}: {first_line(exc)[:300]})")
+
+
+# --- timm ----------------------------------------------------------------------------------------------
+
+def _timm_preprocessing(config: dict) -> Preprocessing:
+    """oodml preprocessing from timm's data config (``input_size``, ``crop_pct``, ``crop_mode``, ...)."""
+    side = int(config["input_size"][-1])
+    crop_pct = float(config.get("crop_pct") or 1.0)
+    mode = config.get("crop_mode", "center")
+    interpolation = config.get("interpolation", "bilinear")
+    if interpolation not in ("bilinear", "bicubic", "nearest"):
+        interpolation = "bicubic"  # timm's 'random' / 'lanczos' fall back to bicubic at test time
+    if mode == "squash":
+        return Preprocessing(resize=int(side / crop_pct), crop=side, mean=tuple(config["mean"]),
+                             std=tuple(config["std"]), interpolation=interpolation, resize_mode="squash")
+    if mode == "border":
+        warnings.warn("timm crop_mode 'border' is approximated by a centre crop", stacklevel=3)
+    return Preprocessing(resize=int(side / crop_pct), crop=side, mean=tuple(config["mean"]), std=tuple(config["std"]),
+                         interpolation=interpolation)
+
+
+def _build_timm(spec: ModelSpec, timm) -> tuple[torch.nn.Module, Preprocessing, str | None]:
+    kwargs = {k: v for k, v in spec.options.items() if k not in (*COMMON_OPTIONS, "size")}
+    size = spec.options.get("size")
+    if not timm.is_model(spec.name):
+        raise OodmlError(f"{spec.text()}: timm has no model {spec.name.split('.')[0]!r}; see timm.list_models()")
+    if size is not None and getattr(timm.models.get_pretrained_cfg(spec.name), "fixed_input_size", False):
+        kwargs.setdefault("img_size", size)  # a ViT's position embeddings are built for one size
+    try:
+        model = timm.create_model(spec.name, pretrained=spec.pretrained, num_classes=0, **kwargs)
+    except OodmlError:
+        raise
+    except Exception as exc:
+        if spec.pretrained and _offline(exc):
+            cfg = timm.models.get_pretrained_cfg(spec.name)
+            hub = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or spec.name
+            raise _fetch_error(spec, exc, f"its pretrained weights ({hub})",
+                               f"python -c \"import timm; timm.create_model('{spec.name}', pretrained=True)\"") \
+                from None
+        raise _build_error(spec, exc) from None
+    config = timm.data.resolve_model_data_config(model)
+    if size is not None:
+        config = {**config, "input_size": (3, size, size)}
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    pretraining = cfg.get("tag") or None
+    return model, _timm_preprocessing(config), pretraining
+
+
+register_source(Source("timm", "timm:NAME", "timm", "timm", "timm.create_model(NAME, num_classes=0): pooled features",
+                       None, _build_timm))
+
+
+# --- OpenCLIP -----------------------------------------------------------------------------------------
+
+def _open_clip_preprocessing(cfg: dict) -> Preprocessing:
+    """oodml preprocessing from open_clip's ``get_model_preprocess_cfg`` (size, mean, std, interpolation,
+    resize_mode): resize to ``size``, centre-crop ``size``, as its test transform does."""
+    size = cfg.get("size", 224)
+    side = int(size if isinstance(size, int) else max(size))
+    interpolation = cfg.get("interpolation", "bicubic")
+    mode = cfg.get("resize_mode", "shortest")
+    if mode not in ("shortest", "squash"):
+        warnings.warn(f"open_clip resize_mode {mode!r} is approximated by resizing the shorter side", stacklevel=3)
+    return Preprocessing(resize=side, crop=side, mean=tuple(cfg.get("mean", IMAGENET.mean)),
+                         std=tuple(cfg.get("std", IMAGENET.std)),
+                         interpolation=interpolation if interpolation in ("bilinear", "bicubic") else "bicubic",
+                         resize_mode="squash" if mode == "squash" else "shorter-side")
+
+
+def _build_open_clip(spec: ModelSpec, open_clip) -> tuple[torch.nn.Module, Preprocessing, str | None]:
+    if spec.name not in open_clip.list_models():
+        raise OodmlError(f"{spec.text()}: open_clip has no architecture {spec.name!r}; see open_clip.list_models()")
+    tag = spec.revision if spec.pretrained else None
+    try:
+        model = open_clip.create_model(spec.name, pretrained=tag)
+    except Exception as exc:
+        if tag and _offline(exc):
+            raise _fetch_error(spec, exc, f"its pretrained weights ({spec.name}/{tag})",
+                               f"python -c \"import open_clip; open_clip.create_model('{spec.name}', "
+                               f"pretrained='{tag}')\"") from None
+        raise _build_error(spec, exc) from None
+    return model.visual, _open_clip_preprocessing(open_clip.get_model_preprocess_cfg(model)), tag
+
+
+register_source(Source("open_clip", "open_clip:ARCH/PRETRAINED", "open_clip", "clip",
+                       "the image tower of open_clip.create_model_and_transforms(ARCH, PRETRAINED)", (),
+                       _build_open_clip))
+
+
+# --- Hugging Face transformers --------------------------------------------------------------------------
+
+POOLINGS = ("cls", "mean")
+
+
+class HFImageEmbedding(torch.nn.Module):
+    """A transformers vision model as ``(B, 3, H, W) -> (B, d)``.
+
+    CLIP-like models (with ``get_image_features``) give their projected image
+    embedding.  Others give, from ``last_hidden_state`` (B, T, D), the first
+    token (``cls``) or the mean of the other tokens (``mean``); a convolutional
+    model's (B, C, h, w) feature map is averaged over space either way.
+    """
+
+    def __init__(self, model: torch.nn.Module, pool: str = "cls"):
+        super().__init__()
+        self.model, self.pool = model, pool
+        self.image_features = hasattr(model, "get_image_features")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.image_features:
+            out = self.model.get_image_features(pixel_values=x)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+        hidden = self.model(pixel_values=x).last_hidden_state
+        if hidden.ndim == 4:
+            return hidden.mean(dim=(2, 3))
+        return hidden[:, 0] if self.pool == "cls" else hidden[:, 1:].mean(dim=1)
+
+
+_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's numbering, as image processors store it
+
+
+def _hf_preprocessing(processor) -> Preprocessing:
+    """oodml preprocessing from an image processor's size, crop_size, resample, image_mean and image_std."""
+    size, crop = getattr(processor, "size", None) or {}, getattr(processor, "crop_size", None) or {}
+
+    def get(d, key):
+        return d.get(key) if isinstance(d, dict) else getattr(d, key, None)
+
+    do_crop = bool(getattr(processor, "do_center_crop", False))
+    crop_side = get(crop, "height") if do_crop else None
+    resample = getattr(processor, "resample", 2)
+    interpolation = _RESAMPLE.get(int(getattr(resample, "value", resample) or 2), "bicubic")
+    mean = tuple(processor.image_mean) if getattr(processor, "do_normalize", True) else (0.0, 0.0, 0.0)
+    std = tuple(processor.image_std) if getattr(processor, "do_normalize", True) else (1.0, 1.0, 1.0)
+    if get(size, "shortest_edge"):
+        return Preprocessing(resize=int(get(size, "shortest_edge")), crop=crop_side, mean=mean, std=std,
+                             interpolation=interpolation)
+    height, width = get(size, "height"), get(size, "width")
+    if not height or height != width:
+        raise OodmlError(f"image processor size {dict(size) if isinstance(size, dict) else size} is not a shortest "
+                         "edge or a square; oodml cannot reproduce it")
+    return Preprocessing(resize=int(height), crop=crop_side, mean=mean, std=std, interpolation=interpolation,
+                         resize_mode="squash")
+
+
+def _build_hf(spec: ModelSpec, transformers) -> tuple[torch.nn.Module, Preprocessing, str | None]:
+    pool = spec.options.get("pool", "cls")
+    if pool not in POOLINGS:
+        raise OodmlError(f"{spec.text()}: pool must be one of {', '.join(POOLINGS)}")
+    where = {"revision": spec.revision} if spec.revision else {}
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(spec.name, **where)
+        if spec.pretrained:
+            model = transformers.AutoModel.from_pretrained(spec.name, **where)
+        else:
+            model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(spec.name, **where))
+    except Exception as exc:
+        if _offline(exc) or not Path(spec.name).exists():
+            raise _fetch_error(spec, exc, f"{spec.name} from the Hugging Face hub",
+                               f"huggingface-cli download {spec.name}"
+                               + (f" --revision {spec.revision}" if spec.revision else "")) from None
+        raise _build_error(spec, exc) from None
+    config_hash = hashlib.sha256(model.config.to_json_string(use_diff=False).encode()).hexdigest()
+    module = HFImageEmbedding(model, pool)
+    module.config_sha256 = config_hash  # an attribute, so the model digest covers the configuration
+    return module, _hf_preprocessing(processor), None
+
+
+register_source(Source("hf", "hf:ORG/NAME[@REVISION]", "transformers", "hf",
+                       "transformers AutoModel + AutoImageProcessor; ?pool=cls|mean", ("pool",), _build_hf))
+
+
+# --- torch hub --------------------------------------------------------------------------------------------
+
+#: pretraining data of well-known torch hub repositories, which torch.hub itself does not record
+HUB_PRETRAINING = {"facebookresearch/dinov2": "lvd142m", "facebookresearch/dino": "imagenet-1k (self-supervised)"}
+#: their test-time preprocessing, for repositories whose models carry none
+HUB_PREPROCESSING = {"facebookresearch/dinov2": Preprocessing(interpolation="bicubic")}
+
+
+def _build_torchhub(spec: ModelSpec, _torch) -> tuple[torch.nn.Module, Preprocessing, str | None]:
+    repo, entry = spec.name.rsplit(":", 1)
+    local = Path(repo).expanduser()
+    kwargs = {"pretrained": spec.pretrained}
+    try:
+        if local.is_dir():
+            model = torch.hub.load(str(local), entry, source="local", **kwargs)
+        else:
+            ref = f"{repo}:{spec.revision}" if spec.revision else repo
+            model = torch.hub.load(ref, entry, source="github", trust_repo=True, skip_validation=True, **kwargs)
+    except Exception as exc:
+        if _offline(exc):
+            raise _fetch_error(spec, exc, f"{repo} from GitHub and its weights",
+                               f"python -c \"import torch; torch.hub.load('{repo}', '{entry}')\"") from None
+        raise _build_error(spec, exc) from None
+    carried = getattr(model, "preprocessing", None)
+    if isinstance(carried, dict):
+        carried = Preprocessing.from_dict(carried)
+    if not isinstance(carried, Preprocessing):
+        carried = HUB_PREPROCESSING.get(repo)
+        if carried is None:
+            warnings.warn(f"{spec.text()} declares no preprocessing; assuming ImageNet's (resize 256, crop 224)",
+                          stacklevel=3)
+            carried = IMAGENET
+    return model, carried, HUB_PRETRAINING.get(repo)
+
+
+register_source(Source("torchhub", "torchhub:REPO:ENTRY", "torch", "all",
+                       "torch.hub.load(REPO, ENTRY); REPO is owner/name[@ref] or a folder with hubconf.py", (),
+                       _build_torchhub))
+
+
+def declared_training_on(pretraining: str | None, dataset: str) -> bool:
+    """Whether a pretraining declaration names ``dataset`` (``cub200`` matches ``cub`` and ``cub200``)."""
+    if not pretraining:
+        return False
+    tokens = set(re.split(r"[^a-z0-9]+", pretraining.lower()))
+    name = dataset.lower()
+    return name in tokens or re.sub(r"[0-9]+$", "", name) in tokens - {""}
+
+
+def describe_sources() -> list[tuple[str, str, str]]:
+    """``(grammar, description, install state)`` per source, for ``oodml models list``."""
+    rows = []
+    for source in SOURCES.values():
+        installed = importlib.util.find_spec(source.library) is not None
+        state = "installed" if installed else f"pip install 'oodml[{source.extra}]'"
+        rows.append((source.grammar, source.description, state))
+    return rows
+
+
