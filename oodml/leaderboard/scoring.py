@@ -25,7 +25,7 @@ from ..errors import OodmlError
 from ..evaluation import curve_summary
 from ..fewshot import episode_split, score_episode
 from ..metrics import per_query_metrics
-from ..splits import SplitSet, load
+from ..splits import Episode, Level, SplitSet, load
 from .submission import Submission, is_fraction, parse_file_name, read_submission, shown
 
 RETRIEVAL = ("recall@1", "recall@2", "recall@4", "recall@8", "r_precision", "map@r")
@@ -136,70 +136,109 @@ def _episode_accuracy(support: np.ndarray, support_labels: np.ndarray, query: np
 
 def score(sub: Submission, split_set: SplitSet, ds: ImageDataset) -> tuple[Scores | None, list[str]]:
     """Recompute every number of ``sub`` from its files; return the scores (None on problems) and problems."""
-    meta, width = sub.meta, sub.meta["embedding_dim"]
+    meta = sub.meta
     problems = _shot_problems(sub, split_set)
     if problems:
         return None, problems
-    index_of = {sid: i for i, sid in enumerate(ds.sample_ids)}
     shots_list, episodes = meta["fewshot"].get("shots", []), meta["fewshot"].get("episodes", 0)
     finetuned = [a for a in meta["adaptations"] if a in FINETUNED]
-    unadapted = ["none", *(a for a in meta["adaptations"] if a not in FINETUNED)]  # scored on the test embeddings
-    expected_files = {sub.test_file(lv.index) for lv in split_set.levels} | {
-        sub.fewshot_file(lv.index, k, ep.index, a) for lv in split_set.levels for k in shots_list
-        for ep in lv.episodes(k)[:episodes] for a in finetuned}
+    index_of = {sid: i for i, sid in enumerate(ds.sample_ids)}
     levels, class_hits = [], {}
     fewshot: dict[str, dict[str, dict[int, list[float]]]] = {}
     for level in split_set.levels:
-        name = sub.test_file(level.index)
-        if name not in meta["files"]:
-            problems.append(f"{sub.path}: level {level.index} has no {name}")
+        retrieval = _score_retrieval(sub, level, ds)
+        if isinstance(retrieval, list):
+            problems += retrieval
             continue
-        rows = ds.indices_of_classes(level.test_classes)
-        emb = _rows_in_order(sub, name, width, [ds.sample_ids[i] for i in rows])
-        if isinstance(emb, list):
-            problems += emb
-            continue
-        labels = ds.labels[rows]
-        per_query = per_query_metrics(emb, labels, map_depth=None)
-        levels.append({"level": level.index, "distance": level.distance,
-                       **{m: float(per_query[m].mean()) for m in RETRIEVAL}})
-        class_pos = {ds.class_index[c]: k for k, c in enumerate(level.test_classes)}
-        query_class = np.array([class_pos[int(y)] for y in labels[per_query["query"]]])
-        n = len(level.test_classes)
-        class_hits[level.index] = (np.bincount(query_class, weights=per_query["recall@1"], minlength=n),
-                                   np.bincount(query_class, minlength=n).astype(np.float64))
-        row_of = {int(i): k for k, i in enumerate(rows)}
+        row, class_hits[level.index], emb, rows = retrieval
+        levels.append(row)
+        emb_of = {int(i): e for i, e in zip(rows, emb, strict=True)}
         for shots in shots_list:
             for ep in level.episodes(shots)[:episodes]:
-                support, support_labels, query, query_labels = episode_split(ds, ep, index_of)
-                emb_s, emb_q = emb[[row_of[int(i)] for i in support]], emb[[row_of[int(i)] for i in query]]
-                accuracies = {name: _episode_accuracy(emb_s, support_labels, emb_q, query_labels, name)
-                              for name in unadapted}
-                for adaptation in finetuned:
-                    file = sub.fewshot_file(level.index, shots, ep.index, adaptation)
-                    if file not in meta["files"]:
-                        problems.append(f"{sub.path}: {adaptation} is declared but {file} is missing")
-                        continue
-                    adapted = _rows_in_order(sub, file, width,
-                                             [ds.sample_ids[i] for i in np.concatenate([support, query])])
-                    if isinstance(adapted, list):
-                        problems += adapted
-                        continue
-                    accuracies[adaptation] = _episode_accuracy(adapted[:len(support)], support_labels,
-                                                               adapted[len(support):], query_labels, adaptation)
+                accuracies, missing = _score_episode(sub, (level.index, shots, ep), ds, index_of, emb_of, finetuned)
+                problems += missing
                 for adaptation, value in accuracies.items():
                     fewshot.setdefault(f"{shots}-shot", {}).setdefault(adaptation, {}).setdefault(
                         level.index, []).append(value)
-    for name in sorted(set(meta["files"]) - expected_files):
-        key = parse_file_name(name)
-        problems.append(f"{sub.file(name)}: not part of this entry's protocol (level {key[1]} "
-                        f"{'test set' if key[0] == 'test' else 'episode'} beyond what the split set and "
-                        "submission.json declare)")
+    expected_files = {sub.test_file(lv.index) for lv in split_set.levels} | {
+        sub.fewshot_file(lv.index, k, ep.index, a) for lv in split_set.levels for k in shots_list
+        for ep in lv.episodes(k)[:episodes] for a in finetuned}
+    problems += _unexpected_files(sub, expected_files)
     if problems:
         return None, problems
     means = {shots: {a: {lv: float(np.mean(v)) for lv, v in by.items()} for a, by in adaptations.items()}
              for shots, adaptations in fewshot.items()}
     return Scores(levels, class_hits, means), []
+
+
+def _score_retrieval(sub: Submission, level: Level, ds: ImageDataset
+                     ) -> tuple[dict, tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray] | list[str]:
+    """One level's retrieval metrics from its test embeddings.
+
+    Returns ``(row, (hits per class, queries per class), embeddings (N, d), dataset rows (N,))`` with ``row``
+    the level's line of the scores table, or the problems with its file.
+    """
+    name = sub.test_file(level.index)
+    if name not in sub.meta["files"]:
+        return [f"{sub.path}: level {level.index} has no {name}"]
+    rows = ds.indices_of_classes(level.test_classes)
+    emb = _rows_in_order(sub, name, sub.meta["embedding_dim"], [ds.sample_ids[i] for i in rows])
+    if isinstance(emb, list):
+        return emb
+    labels = ds.labels[rows]
+    per_query = per_query_metrics(emb, labels, map_depth=None)
+    row = {"level": level.index, "distance": level.distance, **{m: float(per_query[m].mean()) for m in RETRIEVAL}}
+    class_pos = {ds.class_index[c]: k for k, c in enumerate(level.test_classes)}
+    query_class = np.array([class_pos[int(y)] for y in labels[per_query["query"]]])
+    n = len(level.test_classes)
+    hits = (np.bincount(query_class, weights=per_query["recall@1"], minlength=n),
+            np.bincount(query_class, minlength=n).astype(np.float64))
+    return row, hits, emb, rows
+
+
+def _score_episode(sub: Submission, where: tuple[int, int, Episode], ds: ImageDataset, index_of: dict[str, int],
+                   emb_of: dict[int, np.ndarray], finetuned: list[str]) -> tuple[dict[str, float], list[str]]:
+    """One episode's accuracy per adaptation.
+
+    Args:
+        where: (level, shots, episode).
+        index_of: sample id -> dataset row.
+        emb_of: dataset row -> its (d,) test embedding at this level, for the unadapted adaptations;
+            fine-tuned ones are read from the episode's own file.
+
+    Returns:
+        adaptation -> accuracy, and the problems (missing or malformed episode files).
+    """
+    level, shots, ep = where
+    support, support_labels, query, query_labels = episode_split(ds, ep, index_of)
+    emb_s, emb_q = (np.stack([emb_of[int(i)] for i in part]) for part in (support, query))
+    unadapted = ["none", *(a for a in sub.meta["adaptations"] if a not in FINETUNED)]
+    accuracies = {name: _episode_accuracy(emb_s, support_labels, emb_q, query_labels, name) for name in unadapted}
+    problems = []
+    for adaptation in finetuned:
+        file = sub.fewshot_file(level, shots, ep.index, adaptation)
+        if file not in sub.meta["files"]:
+            problems.append(f"{sub.path}: {adaptation} is declared but {file} is missing")
+            continue
+        adapted = _rows_in_order(sub, file, sub.meta["embedding_dim"],
+                                 [ds.sample_ids[i] for i in np.concatenate([support, query])])
+        if isinstance(adapted, list):
+            problems += adapted
+            continue
+        accuracies[adaptation] = _episode_accuracy(adapted[:len(support)], support_labels, adapted[len(support):],
+                                                   query_labels, adaptation)
+    return accuracies, problems
+
+
+def _unexpected_files(sub: Submission, expected: set[str]) -> list[str]:
+    """A problem for every listed file that the split set and submission.json do not call for."""
+    problems = []
+    for name in sorted(set(sub.meta["files"]) - expected):
+        key = parse_file_name(name)
+        problems.append(f"{sub.file(name)}: not part of this entry's protocol (level {key[1]} "
+                        f"{'test set' if key[0] == 'test' else 'episode'} beyond what the split set and "
+                        "submission.json declare)")
+    return problems
 
 
 def _compare_claims(sub: Submission, scores: Scores) -> list[str]:
