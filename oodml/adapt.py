@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ import torch
 from .embedding import embed, resolve_device
 from .errors import OodmlError
 from .miners import DistanceWeightedMiner
+from .registry import Registry
 from .seeding import derive_seed, rng_for
 
 FINETUNE_ITERATIONS = {2: 1000, 5: 1500}
@@ -102,10 +104,65 @@ def finetune_all(model: torch.nn.Module, dataset, support: np.ndarray, support_l
                  desc="embed adapted")
 
 
+@dataclass(frozen=True)
+class EpisodeInput:
+    """One few-shot episode as an adaptation sees it.
+
+    Attributes:
+        model: the evaluated :class:`~oodml.models.EmbeddingModel` (adaptations train a copy).
+        dataset: the dataset the rows index.
+        support: (n_s,) dataset rows of the support images; ``support_labels`` (n_s,) their labels.
+        targets: (n,) dataset rows to embed after adapting: the support, then the query.
+        backbone_features: rows -> (len(rows), f) features of the frozen backbone, computed once per image.
+    """
+
+    model: torch.nn.Module
+    dataset: object
+    support: np.ndarray
+    support_labels: np.ndarray
+    targets: np.ndarray
+    backbone_features: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """A few-shot adaptation.  ``run(episode, shots=, iterations=, seed=, device=, batch_size=)`` returns the
+    (n, d) L2-normalised embeddings of ``episode.targets`` after training a copy of the model on the support
+    set; ``run`` is None for adaptations that train nothing (their episodes are scored on the test
+    embeddings, the same for every episode); ``uses_backbone`` says whether ``run`` reads
+    ``episode.backbone_features``."""
+
+    description: str
+    run: Callable[..., np.ndarray] | None = None
+    uses_backbone: bool = False
+
+    @property
+    def finetuned(self) -> bool:
+        return self.run is not None
+
+
+def _run_finetune_last(episode: EpisodeInput, *, shots: int, iterations: int | None, seed: tuple, device: str,
+                       batch_size: int) -> np.ndarray:
+    return finetune_last(episode.model, episode.backbone_features(episode.support), episode.support_labels,
+                         episode.backbone_features(episode.targets), shots=shots, iterations=iterations, seed=seed,
+                         device=device)
+
+
+def _run_finetune_all(episode: EpisodeInput, *, shots: int, iterations: int | None, seed: tuple, device: str,
+                      batch_size: int) -> np.ndarray:
+    return finetune_all(episode.model, episode.dataset, episode.support, episode.support_labels, episode.targets,
+                        shots=shots, iterations=iterations, seed=seed, device=device, batch_size=batch_size)
+
+
+#: every few-shot adaptation :func:`oodml.evaluate` offers, by name
+ADAPTATIONS: Registry[Adaptation] = Registry("adaptation")
+ADAPTATIONS.register("prototypes", Adaptation("nearest class prototype of the unadapted support embeddings"))
+ADAPTATIONS.register("finetune-last", Adaptation("the embedding head trained on the support set (ooDML's protocol)",
+                                                 _run_finetune_last, uses_backbone=True))
+ADAPTATIONS.register("finetune-all", Adaptation("every weight trained on augmented support images",
+                                                _run_finetune_all))
 #: the adaptations that train the model on the support set (their adapted embeddings differ per episode)
-FINETUNED = ("finetune-last", "finetune-all")
-#: every few-shot adaptation :func:`oodml.evaluate` offers
-ADAPTATIONS = ("prototypes", *FINETUNED)
+FINETUNED = tuple(name for name in ADAPTATIONS if ADAPTATIONS[name].finetuned)
 
 
 def check_adaptable(module: torch.nn.Module, adapt: str) -> None:

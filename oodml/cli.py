@@ -47,13 +47,17 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_datasets_list(args: argparse.Namespace) -> int:
-    from .datasets import dataset_spec, list_datasets
+    from .datasets.registry import DATASETS
 
-    specs = [dataset_spec(n) for n in list_datasets()]
-    width = max(len(s.name) for s in specs)
-    for s in specs:
-        print(f"{s.name:<{width}}  {s.description}")
+    _print_listing(DATASETS.listing())
     return 0
+
+
+def _print_listing(rows: list[tuple[str, str]], indent: str = "") -> None:
+    """A registry's ``(name, description)`` rows, names aligned."""
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, description in rows:
+        print(f"{indent}{name:<{width}}  {description}".rstrip())
 
 
 def dataset_summary(ds) -> dict:
@@ -224,6 +228,26 @@ def cmd_splits_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_splits_audit(args: argparse.Namespace) -> int:
+    from ._fs import check_writable
+    from .splits.audit import audit, format_audit, store_audit, write_audit
+
+    out = args.out
+    if out is not None:
+        check_writable(out)
+    split_set = _load_split_set(args.ref)
+    result = audit(split_set, args.extractor, pretraining=args.pretraining, root=args.root,
+                   dataset_options=dict(args.option), draws=args.bootstrap, seed=args.seed, device=args.device,
+                   batch_size=args.batch_size)
+    print(format_audit(result))
+    for path in write_audit(result, out or f"{split_set.dataset}-{split_set.version}-audit"):
+        print(f"wrote {path}")
+    if args.store:
+        for path in store_audit(result, split_set):
+            print(f"stored {path}")
+    return 0
+
+
 def _add_make_splits(commands) -> None:
     from .shift import DISTANCES, MODES
     from .splits import ALGORITHMS
@@ -253,7 +277,8 @@ def _add_make_splits(commands) -> None:
 
 
 def _add_splits(commands) -> None:
-    splits = commands.add_parser("splits", help="list, show, verify, diff, plot and import published split sets")
+    splits = commands.add_parser("splits", help="list, show, verify, diff, plot, audit and import published split "
+                                 "sets")
     sub = splits.add_subparsers(dest="action", required=True, metavar="ACTION")
     sub.add_parser("list", help="published split sets").set_defaults(func=cmd_splits_list)
     show = sub.add_parser("show", help="the level table of DATASET[@VERSION] (or a directory)")
@@ -271,6 +296,26 @@ def _add_splits(commands) -> None:
     plot.add_argument("ref")
     plot.add_argument("--out", help="output prefix (default DATASET-VERSION-levels)")
     plot.set_defaults(func=cmd_splits_plot)
+    aud = sub.add_parser("audit", help="re-measure the levels under other extractors (rank agreement with "
+                         "intervals) and count test classes seen in pretraining data")
+    aud.add_argument("ref", help="DATASET[@VERSION] or a manifest directory")
+    aud.add_argument("--extractor", action="append", default=[], metavar="SPEC",
+                     help="an extractor (pixels, resnet50), a model spec ('timm:resnet18?pretrained=false') or a "
+                     "model file; repeatable")
+    aud.add_argument("--pretraining", metavar="NAME",
+                     help="pretraining data to count overlap with, e.g. imagenet-1k (others report 'unknown')")
+    aud.add_argument("--root", help="dataset directory (default: where `oodml datasets download` puts it)")
+    aud.add_argument("-o", "--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                     help="dataset adapter option; repeatable")
+    aud.add_argument("--bootstrap", type=non_negative_int, default=200,
+                     help="bootstrap draws over classes for the intervals (default 200; 0: none)")
+    aud.add_argument("--seed", type=random_seed, help="bootstrap seed (default: the split set's)")
+    aud.add_argument("--out", help="folder for audit.json and audit.png/.svg (default DATASET-VERSION-audit)")
+    aud.add_argument("--store", action="store_true",
+                     help="also keep the audit beside the split set, in its audits/ folder (digest unchanged)")
+    aud.add_argument("--device", default="auto")
+    aud.add_argument("--batch-size", type=positive_int, default=128)
+    aud.set_defaults(func=cmd_splits_audit)
     imp = sub.add_parser("import-oodml", help="convert an ooDML split pickle (restricted unpickler)")
     imp.add_argument("pickle")
     imp.add_argument("--dataset", required=True)
@@ -363,7 +408,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = evaluate(args.model, args.dataset, split_set, root=args.root, levels=levels,
                        fewshot=args.fewshot or (), adapt=args.adapt, episodes=args.episodes,
                        adapt_iterations=args.adapt_iterations, device=args.device,
-                       precision=args.precision, batch_size=args.batch_size, workers=args.workers,
+                       precision=args.precision, batch_size=args.batch_size, workers=args.workers, decode=args.decode,
                        clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label,
                        save_embeddings=args.save_embeddings, dataset_options=dict(args.option))
     if not is_main_process():
@@ -382,17 +427,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from .models.registry import MODELS
     from .models.sources import describe_sources
 
-    for name in list_models(args.pattern):
-        print(name)
+    _print_listing(MODELS.listing(args.pattern))
     if args.pattern == "*":
-        rows = describe_sources()
-        width = max(len(grammar) for grammar, _, _ in rows)
         print("\nmodel specs (options: ?pretrained=false,seed=N for random weights; quote them in a shell):")
-        for grammar, description, state in rows:
-            print(f"  {grammar:<{width}}  {description} [{state}]")
+        _print_listing([(grammar, f"{description} [{state}]") for grammar, description, state in describe_sources()],
+                       indent="  ")
     return 0
 
 
@@ -495,6 +537,7 @@ def _add_train(commands) -> None:
 
 def _add_evaluate(commands) -> None:
     from .adapt import ADAPTATIONS
+    from .decode import DECODES
 
     p = commands.add_parser("evaluate", help="score a model on every level of a split set")
     p.add_argument("model", help="registered model, model spec ('timm:NAME', 'open_clip:ARCH/TAG', "
@@ -517,6 +560,9 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--workers", type=non_negative_int, default=0)
+    p.add_argument("--decode", choices=DECODES, default="loader",
+                   help="where JPEGs are decoded and images resized: loader (PIL on the workers), device (on the "
+                        "GPU), auto (device on CUDA for JPEG datasets)")
     p.add_argument("--no-clustering", action="store_true", help="skip NMI/AMI (k-means)")
     p.add_argument("--shard-size", type=positive_int, default=2048,
                    help="images per embedding-cache shard (resume unit)")

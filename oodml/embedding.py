@@ -24,6 +24,7 @@ from torchvision import transforms as T
 
 from ._fs import atomic_path, oodml_home, remove_stale_temporaries
 from .datasets import ImageDataset
+from .decode import DeviceBatches, choose_decode
 from .distributed import barrier, local_device_index, rank_world
 from .errors import OodmlError, brief
 from .progress import progress
@@ -172,11 +173,20 @@ class _Images(torch.utils.data.Dataset):
         return self.transform(self.dataset.load_image(self.indices[i]))
 
 
+def _batches(dataset: ImageDataset, indices: list[int], preprocessing: Preprocessing, dev: torch.device,
+             batch_size: int, workers: int, decode: str) -> DeviceBatches | torch.utils.data.DataLoader:
+    """The images as float (B, 3, H, W) batches: decoded by PIL on the workers, or on ``dev`` (``decode``)."""
+    if choose_decode(decode, dev, dataset, indices) == "device":
+        return DeviceBatches(dataset, indices, preprocessing, dev, batch_size=batch_size, workers=workers)
+    return torch.utils.data.DataLoader(_Images(dataset, indices, preprocessing.transform()), batch_size=batch_size,
+                                       num_workers=workers, pin_memory=dev.type == "cuda", persistent_workers=False)
+
+
 @torch.no_grad()
 def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preprocessing, *,
           indices: Sequence[int] | None = None, batch_size: int = 128, device: str = "auto",
           precision: str = "fp32", workers: int = 0, desc: str = "embed",
-          model_name: str = "the model") -> np.ndarray:
+          model_name: str = "the model", decode: str = "loader") -> np.ndarray:
     """Embed images with ``model`` in eval mode.
 
     Args:
@@ -189,21 +199,23 @@ def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preproce
         precision: ``fp32``, or ``bf16``/``fp16`` autocast (GPU only; the CPU runs fp32).
         desc: the progress bar's label.
         model_name: how errors name the model (e.g. the file it was loaded from).
+        decode: where images are decoded and resized: ``loader`` (PIL on the workers), ``device``
+            (JPEGs decoded and all images resized on ``device``, :mod:`oodml.decode`), or ``auto``
+            (``device`` on CUDA for datasets of JPEG files).  The embeddings agree within the
+            tolerances stated there.
 
     Returns:
         float32 array (len(indices), d).
 
     Raises:
-        OodmlError: bad device/precision, an unreadable image, or a model output
+        OodmlError: bad device/precision/decode, an unreadable image, or a model output
             that is not (B, d) real values, d >= 1 and the same in every batch, all finite.
     """
     if precision not in PRECISIONS:
         raise OodmlError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     dev = resolve_device(device)
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    loader = torch.utils.data.DataLoader(_Images(dataset, indices, preprocessing.transform()),
-                                         batch_size=batch_size, num_workers=workers,
-                                         pin_memory=dev.type == "cuda", persistent_workers=False)
+    loader = _batches(dataset, indices, preprocessing, dev, batch_size, workers, decode)
     model = model.eval().to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -341,7 +353,9 @@ def embed_cached(dataset: ImageDataset, model: torch.nn.Module, preprocessing: P
     so a killed run loses at most one shard of work.  Under torch.distributed,
     shard ``b`` of the missing images is embedded by rank ``b mod world`` and
     every rank then reads the complete cache (which must be on a filesystem all
-    ranks share), so the result equals a single process's.  ``embed_options`` go to :func:`embed`.
+    ranks share), so the result equals a single process's.  ``embed_options`` go to :func:`embed`;
+    like ``device`` and ``precision``, ``decode`` is not part of the key: its embeddings agree with
+    the loader path's within the tolerances :mod:`oodml.decode` states.
     """
     indices = list(indices)
     rank, world = rank_world()

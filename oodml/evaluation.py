@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from ._fs import atomic_path, check_writable
-from .adapt import ADAPTATIONS, check_adaptable, finetune_all, finetune_last
+from .adapt import ADAPTATIONS, EpisodeInput, check_adaptable
 from .datasets import ImageDataset, dataset_spec, load_dataset
 from .embedding import PRECISIONS, embed_cached, read_embedding_table, resolve_device, write_embedding_table
 from .errors import OodmlError
@@ -45,6 +45,7 @@ from .models import LoadedModel, load_model
 from .models.sources import declared_training_on
 from .plotting import new_figure, save_figure
 from .splits import Level, SplitSet, resolve
+from .splits.audit import pretraining_meta
 
 RESULT_COLUMNS = ("model", "model_digest", "dataset", "split_digest", "level", "distance", "protocol",
                   "adaptation", "shots", "episode", "metric", "value")
@@ -356,19 +357,15 @@ def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int 
         common = {**base, "shots": shots, "episode": ep.index}
         scored = {"none": score_episode(emb_s, support_labels, emb_q, query_labels, "none")}
         both = np.concatenate([support, query])
+        episode = EpisodeInput(ctx.loaded.module, ds, support, support_labels, both,
+                               lambda idx: stack(ctx.features, idx))
         for adapt in ctx.adaptations:
-            if adapt == "prototypes":
+            run = ADAPTATIONS[adapt].run
+            if run is None:
                 adapted_s, adapted_q = emb_s, emb_q
             else:
-                seed = (base["split_digest"], level.index, shots, ep.index)
-                if adapt == "finetune-last":
-                    adapted = finetune_last(ctx.loaded.module, stack(ctx.features, support), support_labels,
-                                            stack(ctx.features, both), shots=shots, iterations=ctx.iterations,
-                                            seed=seed, device=ctx.device)
-                else:
-                    adapted = finetune_all(ctx.loaded.module, ds, support, support_labels, both, shots=shots,
-                                           iterations=ctx.iterations, seed=seed, device=ctx.device,
-                                           batch_size=ctx.batch_size)
+                adapted = run(episode, shots=shots, iterations=ctx.iterations, device=ctx.device,
+                              seed=(base["split_digest"], level.index, shots, ep.index), batch_size=ctx.batch_size)
                 adapted_s, adapted_q = adapted[:len(support)], adapted[len(support):]
                 if ctx.saved is not None:
                     ctx.saved[(level.index, shots, ep.index, adapt)] = ([ds.sample_ids[i] for i in both], adapted)
@@ -386,8 +383,9 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
              adapt_iterations: int | None = None, ks: Sequence[int] = KS,
              clustering: bool = True, device: str = "auto", precision: str = "fp32", batch_size: int = 128,
              workers: int = 0, use_cache: bool = True, shard_size: int = 2048, label: str | None = None,
-             save_embeddings: bool = False, dataset_options: Mapping[str, object] | None = None) -> Results:
-    """Score ``model`` on every requested level of ``splits``.
+             save_embeddings: bool = False, dataset_options: Mapping[str, object] | None = None,
+             decode: str = "loader") -> Results:
+    """Score ``model`` on every requested level of ``splits``; returns the :class:`Results`.
 
     Args:
         model: a registered name, a model spec (``timm:NAME``, ``open_clip:ARCH/TAG``, ``hf:ORG/NAME``,
@@ -406,111 +404,197 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             ``Results.save``): every level's test images, and per episode the fine-tuned embeddings of
             its support and query images, for a leaderboard submission.
         dataset_options: adapter options for loading ``dataset`` by name (e.g. ``{"subset": "test"}``).
-
-    Every argument is checked (device, counts, levels, shots, episodes, per-level checkpoint files)
-    and the model loaded before the dataset is read or anything is embedded.
-
-    Returns:
-        :class:`Results`.
+        decode: where images are decoded: ``loader``, ``device`` or ``auto`` (see :func:`oodml.embedding.embed`).
 
     Raises:
-        OodmlError: for any argument that cannot be honoured, naming it.
+        OodmlError: for any argument that cannot be honoured, naming it.  Every argument is checked (device,
+            counts, levels, shots, episodes, per-level checkpoint files) and the model loaded before the
+            dataset is read or anything is embedded.
     """
-    adaptations = (adapt,) if isinstance(adapt, str) else tuple(dict.fromkeys(adapt))
-    for name in adaptations:
-        if name not in ADAPTATIONS:
-            raise OodmlError(f"unknown adaptation {name!r}; choose one of {', '.join(ADAPTATIONS)}")
+    adaptations = _checked_adaptations(adapt)
     _check_counts(episodes=episodes, adapt_iterations=adapt_iterations, batch_size=batch_size, workers=workers,
                   shard_size=shard_size)
-    if precision not in PRECISIONS:
-        raise OodmlError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-    resolve_device(device)
+    _check_device(device, precision)
     fewshot = tuple(dict.fromkeys(fewshot))
-    split_set = resolve(dataset.name if isinstance(dataset, ImageDataset) else dataset_spec(dataset).name, splits)
-    chosen = [split_set.level(k) for k in dict.fromkeys(levels)] if levels else list(split_set.levels)
+    split_set, chosen = _levels_of(dataset, splits, levels)
     _check_fewshot(chosen, fewshot, episodes)
-    per_level = isinstance(model, (str, Path)) and _per_level_path(str(model), chosen[0].index) is not None
-    protocol = "per-level" if per_level else "zero-shot"
-    if per_level:
-        missing = [lv.index for lv in chosen if not _per_level_path(str(model), lv.index).exists()]
-        if missing:
-            raise OodmlError(f"per-level checkpoint {_per_level_path(str(model), missing[0])} for level {missing[0]} "
-                             f"does not exist ({len(missing)} of {len(chosen)} levels have none); train them first "
-                             "or choose --levels")
-
-    def level_model(level: Level) -> LoadedModel:
-        if isinstance(model, LoadedModel):
-            return model
-        return load_model(_per_level_path(str(model), level.index) if per_level else model)
-
-    shared = None if per_level else level_model(chosen[0])
-    if fewshot and shared is not None:
-        for name in adaptations:
-            check_adaptable(shared.module, name)
+    models = _Models.of(model, chosen, adaptations if fewshot else ())
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root, **(dataset_options or {}))
     split_set.check_dataset(ds.fingerprint, ds.root)
-    if shared is not None and (shared.provenance.get("dataset") == ds.name
-                               or declared_training_on(shared.identity.get("pretraining"), ds.name)):
-        warnings.warn(f"{shared.source} declares training on {ds.name}; zero-shot results on its test classes may "
-                      "be optimistic", stacklevel=2)
-    rows: list[dict] = []
-    saved: dict = {}
-    options = dict(use_cache=use_cache, shard_size=shard_size, device=device, precision=precision,
-                   batch_size=batch_size, workers=workers)
-
-    def embed_by_id(loaded: LoadedModel, indices: np.ndarray, desc: str) -> dict[str, np.ndarray]:
-        values = embed_cached(ds, loaded.module, loaded.preprocessing, loaded.digest, indices, desc=desc,
-                              model_name=loaded.source, **options)
-        return dict(zip((ds.sample_ids[i] for i in indices), values, strict=True))
-
-    # Zero-shot: every distinct image of every requested level is embedded once.
-    union = np.unique(np.concatenate([ds.indices_of_classes(lv.test_classes) for lv in chosen]))
-    shared_embeddings = embed_by_id(shared, union, "embed") if shared is not None else None
-    for level in chosen:
-        indices = ds.indices_of_classes(level.test_classes)
-        if shared is not None:
-            loaded, embeddings = shared, shared_embeddings
-        else:
-            loaded = level_model(level)
-            check_leak(loaded, level, split_set)
-            if fewshot:
-                for name in adaptations:
-                    check_adaptable(loaded.module, name)
-            embeddings = embed_by_id(loaded, indices, f"embed level {level.index}")
-        emb = np.stack([embeddings[ds.sample_ids[i]] for i in indices])
-        if save_embeddings:
-            saved[("test", level.index)] = ([ds.sample_ids[i] for i in indices], emb)
-        base = {"model": loaded.source, "model_digest": loaded.digest, "dataset": ds.name,
-                "split_digest": split_set.digest, "level": level.index, "distance": level.distance,
-                "protocol": protocol}
-        metrics = retrieval_metrics(emb, ds.labels[indices], ks=ks, clustering=clustering)
-        metrics.pop("queries")
-        rows += [{**base, "adaptation": "none", "shots": 0, "episode": -1, "metric": m, "value": v}
-                 for m, v in metrics.items()]
-        if fewshot:
-            features = None
-            if "finetune-last" in adaptations:  # frozen backbone: its features, once per image, through the cache
-                digest = hashlib.sha256(f"{loaded.digest}|backbone".encode()).hexdigest()
-                backbone = LoadedModel(loaded.module.backbone, loaded.preprocessing, digest, loaded.source)
-                features = embed_by_id(backbone, indices, f"backbone features level {level.index}")
-            ctx = _FewShotContext(ds, loaded, embeddings, features, adaptations, adapt_iterations, device,
-                                  batch_size, {} if save_embeddings else None)
-            for shots in fewshot:
-                rows += _fewshot_rows(ctx, level, shots, episodes, base)
-            if ctx.saved:
-                saved.update({("fewshot", *key): value for key, value in ctx.saved.items()})
+    _warn_if_trained_on(models.shared, ds)
+    embedder = _Embedder(ds, dict(use_cache=use_cache, shard_size=shard_size, device=device, precision=precision,
+                                  batch_size=batch_size, workers=workers, decode=decode))
+    scoring = _Scoring(ds, split_set, models.protocol, embedder, tuple(ks), clustering, fewshot,
+                       adaptations, episodes, adapt_iterations, device, batch_size, save_embeddings)
+    rows, saved, images_embedded = _score_levels(chosen, models, scoring)
     meta = {"model": str(model if not isinstance(model, LoadedModel) else model.source), "label": label,
-            "protocol": protocol, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
+            "protocol": models.protocol, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
             "splits": f"{split_set.dataset}@{split_set.version}", "split_digest": split_set.digest,
             "distance": split_set.metadata.get("distance"), "fewshot": list(fewshot),
             "adapt": list(adaptations) if fewshot else None, "episodes": episodes,
-            "images_embedded": int(len(union)) if shared is not None else None,
-            "model_digest": shared.digest if shared is not None else None,
-            "model_identity": shared.identity or None if shared is not None else None,
+            "images_embedded": images_embedded, **_model_meta(models.shared),
+            **pretraining_meta(models.shared, split_set, chosen, ds),
             "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    level_info = [{"level": lv.index, "distance": lv.distance, "ci_low": lv.ci_low, "ci_high": lv.ci_high}
-                  for lv in chosen]
-    return Results(rows, level_info, meta, saved if save_embeddings else None)
+    return Results(rows, [{"level": lv.index, "distance": lv.distance, "ci_low": lv.ci_low, "ci_high": lv.ci_high}
+                          for lv in chosen], meta, saved if save_embeddings else None)
+
+
+def _levels_of(dataset: str | ImageDataset, splits: SplitSet | str | Path | None, levels: Sequence[int] | None
+               ) -> tuple[SplitSet, list[Level]]:
+    """The split set ``splits`` names for ``dataset``, and the requested levels of it (default all), each once."""
+    split_set = resolve(dataset.name if isinstance(dataset, ImageDataset) else dataset_spec(dataset).name, splits)
+    return split_set, [split_set.level(k) for k in dict.fromkeys(levels)] if levels else list(split_set.levels)
+
+
+def _score_levels(chosen: list[Level], models: _Models, scoring: _Scoring) -> tuple[list[dict], dict, int | None]:
+    """Score every chosen level; returns the results rows, the saved embeddings and, for a shared model, how
+    many distinct images were embedded (each once, whatever levels it belongs to)."""
+    ds, embedder = scoring.ds, scoring.embedder
+    union = np.unique(np.concatenate([ds.indices_of_classes(lv.test_classes) for lv in chosen]))
+    shared_embeddings = embedder(models.shared, union, "embed") if models.shared is not None else None
+    rows: list[dict] = []
+    saved: dict = {}
+    for level in chosen:
+        if models.shared is not None:
+            loaded, embeddings = models.shared, shared_embeddings
+        else:
+            loaded = models.for_level(level, scoring.split_set)
+            embeddings = embedder(loaded, ds.indices_of_classes(level.test_classes), f"embed level {level.index}")
+        level_rows, level_saved = scoring.level(level, loaded, embeddings)
+        rows += level_rows
+        saved.update(level_saved)
+    return rows, saved, int(len(union)) if models.shared is not None else None
+
+
+def _model_meta(shared: LoadedModel | None) -> dict:
+    """The shared model's digest and identity (source, weights hash, declared pretraining) for ``meta``."""
+    return {"model_digest": shared.digest if shared is not None else None,
+            "model_identity": shared.identity or None if shared is not None else None}
+
+
+@dataclass
+class _Scoring:
+    """How every level is scored: retrieval metrics of its test embeddings, then its few-shot episodes."""
+
+    ds: ImageDataset
+    split_set: SplitSet
+    protocol: str
+    embedder: _Embedder
+    ks: tuple[int, ...]
+    clustering: bool
+    fewshot: tuple[int, ...]
+    adaptations: tuple[str, ...]
+    episodes: int | None
+    adapt_iterations: int | None
+    device: str
+    batch_size: int
+    save_embeddings: bool
+
+    def level(self, level: Level, loaded: LoadedModel, embeddings: dict[str, np.ndarray]
+              ) -> tuple[list[dict], dict]:
+        """The results rows of ``level`` and, with ``save_embeddings``, its embeddings by key."""
+        ds = self.ds
+        indices = ds.indices_of_classes(level.test_classes)
+        emb = np.stack([embeddings[ds.sample_ids[i]] for i in indices])
+        saved = {("test", level.index): ([ds.sample_ids[i] for i in indices], emb)} if self.save_embeddings else {}
+        base = {"model": loaded.source, "model_digest": loaded.digest, "dataset": ds.name,
+                "split_digest": self.split_set.digest, "level": level.index, "distance": level.distance,
+                "protocol": self.protocol}
+        rows = _retrieval_rows(emb, ds.labels[indices], base, self.ks, self.clustering)
+        if self.fewshot:
+            features = (self.embedder.backbone_features(loaded, indices, level)
+                        if any(ADAPTATIONS[a].uses_backbone for a in self.adaptations) else None)
+            ctx = _FewShotContext(ds, loaded, embeddings, features, self.adaptations, self.adapt_iterations,
+                                  self.device, self.batch_size, {} if self.save_embeddings else None)
+            for shots in self.fewshot:
+                rows += _fewshot_rows(ctx, level, shots, self.episodes, base)
+            saved.update({("fewshot", *key): value for key, value in (ctx.saved or {}).items()})
+        return rows, saved
+
+
+def _check_device(device: str, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise OodmlError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    resolve_device(device)
+
+
+def _checked_adaptations(adapt: str | Sequence[str]) -> tuple[str, ...]:
+    """The adaptations asked for, each once, in order; an unknown name raises a one-line error."""
+    adaptations = (adapt,) if isinstance(adapt, str) else tuple(dict.fromkeys(adapt))
+    for name in adaptations:
+        ADAPTATIONS.entry(name)
+    return adaptations
+
+
+@dataclass
+class _Models:
+    """The model(s) of one evaluation: one ``shared`` model (zero-shot protocol) or one checkpoint per level
+    (per-level protocol, ``model`` a template or a directory), each checked for the adaptations asked."""
+
+    model: str | Path | LoadedModel
+    protocol: str
+    shared: LoadedModel | None
+    adaptations: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: str | Path | LoadedModel, chosen: list[Level], adaptations: tuple[str, ...]) -> _Models:
+        """Resolve the protocol, refuse missing per-level checkpoints, and load the shared model."""
+        per_level = isinstance(model, (str, Path)) and _per_level_path(str(model), chosen[0].index) is not None
+        if per_level:
+            missing = [lv.index for lv in chosen if not _per_level_path(str(model), lv.index).exists()]
+            if missing:
+                raise OodmlError(f"per-level checkpoint {_per_level_path(str(model), missing[0])} for level "
+                                 f"{missing[0]} does not exist ({len(missing)} of {len(chosen)} levels have none); "
+                                 "train them first or choose --levels")
+            return cls(model, "per-level", None, adaptations)
+        shared = model if isinstance(model, LoadedModel) else load_model(model)
+        for name in adaptations:
+            check_adaptable(shared.module, name)
+        return cls(model, "zero-shot", shared, adaptations)
+
+    def for_level(self, level: Level, split_set: SplitSet) -> LoadedModel:
+        """The per-level checkpoint of ``level``, refused if it was trained on the level's test classes."""
+        loaded = load_model(_per_level_path(str(self.model), level.index))
+        check_leak(loaded, level, split_set)
+        for name in self.adaptations:
+            check_adaptable(loaded.module, name)
+        return loaded
+
+
+def _warn_if_trained_on(shared: LoadedModel | None, ds: ImageDataset) -> None:
+    """Warn when the zero-shot model declares training (or pretraining) on the evaluated dataset."""
+    if shared is not None and (shared.provenance.get("dataset") == ds.name
+                               or declared_training_on(shared.identity.get("pretraining"), ds.name)):
+        warnings.warn(f"{shared.source} declares training on {ds.name}; zero-shot results on its test classes may "
+                      "be optimistic", stacklevel=3)
+
+
+@dataclass
+class _Embedder:
+    """Embeds images of ``ds`` through the embedding cache, returning sample id -> embedding."""
+
+    ds: ImageDataset
+    options: dict
+
+    def __call__(self, loaded: LoadedModel, indices: np.ndarray, desc: str) -> dict[str, np.ndarray]:
+        values = embed_cached(self.ds, loaded.module, loaded.preprocessing, loaded.digest, indices, desc=desc,
+                              model_name=loaded.source, **self.options)
+        return dict(zip((self.ds.sample_ids[i] for i in indices), values, strict=True))
+
+    def backbone_features(self, loaded: LoadedModel, indices: np.ndarray, level: Level) -> dict[str, np.ndarray]:
+        """The frozen backbone's features (for finetune-last), once per image, through the cache."""
+        digest = hashlib.sha256(f"{loaded.digest}|backbone".encode()).hexdigest()
+        backbone = LoadedModel(loaded.module.backbone, loaded.preprocessing, digest, loaded.source)
+        return self(backbone, indices, f"backbone features level {level.index}")
+
+
+def _retrieval_rows(emb: np.ndarray, labels: np.ndarray, base: dict, ks: Sequence[int], clustering: bool
+                    ) -> list[dict]:
+    """One results row per retrieval metric of a level's (N, d) test embeddings, unadapted."""
+    metrics = retrieval_metrics(emb, labels, ks=ks, clustering=clustering)
+    metrics.pop("queries")
+    return [{**base, "adaptation": "none", "shots": 0, "episode": -1, "metric": m, "value": v}
+            for m, v in metrics.items()]
 
 
 def _check_counts(**counts: int | None) -> None:

@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._fs import file_digest
 from .datasets import ImageDataset
 from .embedding import IMAGENET, Preprocessing, embed_cached, embedding_cache_dir
 from .errors import OodmlError
+from .registry import Registry
 from .weights import resnet50_weights_path
 
 
@@ -56,37 +58,32 @@ class Extractor:
 
 
 ExtractorFactory = Callable[[str | None], Extractor]
-_EXTRACTORS: dict[str, ExtractorFactory] = {}
+
+#: extractor name -> ``factory(weights: str | None) -> Extractor``; plugins use the entry-point group
+#: ``oodml.extractors``.
+EXTRACTORS: Registry[ExtractorFactory] = Registry("extractor", entry_points="oodml.extractors")
 
 
 def register_extractor(name: str) -> Callable[[ExtractorFactory], ExtractorFactory]:
-    """Register ``factory(weights: str | None) -> Extractor`` under ``name``."""
-
-    def wrap(factory: ExtractorFactory) -> ExtractorFactory:
-        _EXTRACTORS[name] = factory
-        return factory
-
-    return wrap
+    """Register ``factory(weights: str | None) -> Extractor`` under ``name`` (a second registration warns)."""
+    return EXTRACTORS.register(name)
 
 
 def list_extractors() -> list[str]:
-    return sorted(_EXTRACTORS)
+    """Registered extractor names, sorted."""
+    return EXTRACTORS.names()
 
 
 @cache
-def _sha256(path: Path, mtime_ns: int, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _memo_sha256(path: Path, mtime_ns: int, size: int) -> str:
+    return file_digest(path)
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, memoised per (path, mtime, size) within the process."""
+    """sha256 of a file, memoised per (path, mtime, size) within the process (weights are hashed once)."""
     path = Path(path).resolve()
     st = path.stat()
-    return _sha256(path, st.st_mtime_ns, st.st_size)
+    return _memo_sha256(path, st.st_mtime_ns, st.st_size)
 
 
 def get_extractor(name: str, weights: str | None = None) -> Extractor:
@@ -96,8 +93,8 @@ def get_extractor(name: str, weights: str | None = None) -> Extractor:
     Raises:
         OodmlError: unknown name, or missing/unloadable weights.
     """
-    if name in _EXTRACTORS:
-        return _EXTRACTORS[name](weights)
+    if name in EXTRACTORS:
+        return EXTRACTORS[name](weights)
     from .models.sources import is_spec
 
     if is_spec(name) and not Path(name).exists():
@@ -105,8 +102,8 @@ def get_extractor(name: str, weights: str | None = None) -> Extractor:
     path = Path(name)
     if path.suffix in (".pt", ".pth", ".ts", ".torchscript") or path.exists():
         return torchscript_extractor(path)
-    raise OodmlError(f"unknown extractor {name!r}; choose one of {', '.join(list_extractors())}, a model spec "
-                     "such as timm:resnet50 (see `oodml models list`), or the path of a TorchScript file")
+    raise OodmlError(EXTRACTORS.unknown(name, also=", a model spec such as timm:resnet50 (see `oodml models list`), "
+                                                   "or the path of a TorchScript file"))
 
 
 def spec_extractor(spec: str, weights: str | None = None) -> Extractor:

@@ -119,8 +119,9 @@ def test_a_level_without_test_classes_is_refused_before_anything_is_written(tmp_
 def test_a_consistently_rehashed_malformed_split_set_fails_verify(published, capsys):
     import pyarrow.parquet as pq
 
+    from oodml._fs import file_digest
     from oodml.cli import main
-    from oodml.splits.manifest import content_digest, levels_to_tables, sha256_file
+    from oodml.splits.manifest import content_digest, levels_to_tables
 
     lv = make_levels()[1]
     overlap = Level(lv.index, lv.distance, lv.ci_low, lv.ci_high, lv.kind, lv.train_classes,
@@ -129,7 +130,7 @@ def test_a_consistently_rehashed_malformed_split_set_fails_verify(published, cap
     pq.write_table(tables["classes"], published / "classes.parquet")
     pq.write_table(tables["episodes"], published / "episodes.parquet")
     sums = json.loads((published / "checksums.json").read_text())
-    sums["files"] = {name: sha256_file(published / name) for name in sums["files"]}
+    sums["files"] = {name: file_digest(published / name) for name in sums["files"]}
     sums["digest"] = content_digest({**tables, "levels": pq.read_table(published / "levels.parquet")},
                                     json.loads((published / "metadata.json").read_text()))
     (published / "checksums.json").write_text(json.dumps(sums))

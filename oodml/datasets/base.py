@@ -133,6 +133,24 @@ class ImageDataset:
             raise OodmlError(f"{self.name}: image file {path} is missing "
                              f"(listed as {self.sample_ids[index]!r} in the annotations)") from None
 
+    def load_encoded(self, index: int) -> bytes | None:
+        """The stored file of sample ``index`` (the bytes :meth:`load_image` decodes), for decoders other
+        than PIL; None when this dataset keeps no such file (then only :meth:`load_image` reads it).
+
+        A subclass that overrides :meth:`load_image` answers None unless it overrides this too.
+
+        Raises:
+            OodmlError: naming the file when it is missing.
+        """
+        if type(self).load_image is not ImageDataset.load_image:
+            return None
+        path = self.path(index)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise OodmlError(f"{self.name}: image file {path} is missing "
+                             f"(listed as {self.sample_ids[index]!r} in the annotations)") from None
+
     def sample_size(self, index: int) -> int:
         """Size of the stored sample in bytes (what the fingerprint hashes)."""
         path = self.path(index)

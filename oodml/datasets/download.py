@@ -13,7 +13,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from .._fs import atomic_path
+from .._fs import atomic_path, file_digest
 from ..errors import OodmlError, first_line
 from ..progress import progress
 from .registry import Download, dataset_spec
@@ -22,11 +22,7 @@ CHUNK = 1 << 20
 
 
 def md5_of(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _fetch(item: Download, dest: Path, *, dataset: str, root: Path, layout: str, timeout: float) -> None:

@@ -65,6 +65,11 @@ class HFImageDataset(ImageDataset):
             raise OodmlError(f"hf: cannot read {what}: {exc}") from None
         return decode_image(data, "hf", what)
 
+    def load_encoded(self, index: int) -> bytes | None:
+        """The stored encoded bytes of row ``index`` (for decoding on the device), None when only a path is kept."""
+        cell = self._encoded(index)
+        return cell["bytes"] if cell.get("bytes") is not None else None
+
     def sample_size(self, index: int) -> int:
         cell = self._encoded(index)
         if cell.get("bytes") is not None:

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .._fs import file_digest
 from ..adapt import ADAPTATIONS, FINETUNED
 from ..evaluation import PROTOCOLS, embedding_file_name, parse_embedding_file_name
-from ..splits.manifest import sha256_file
 
 SCHEMA_VERSION = 1
 MAX_JSON_BYTES = 1 << 20
@@ -399,7 +399,7 @@ def _check_files(listed: dict, path: Path) -> list[str]:
             continue
         if total > MAX_ENTRY_BYTES:
             continue                          # reported below; hashing more would only cost time
-        if size != record["bytes"] or sha256_file(file) != record["sha256"]:
+        if size != record["bytes"] or file_digest(file) != record["sha256"]:
             problems.append(f"{file}: content does not match the sha256 in submission.json")
     if total > MAX_ENTRY_BYTES:
         problems.append(f"{path}: {total} bytes in all, more than the {MAX_ENTRY_BYTES} allowed per entry")
@@ -411,4 +411,4 @@ def _check_files(listed: dict, path: Path) -> list[str]:
 
 
 def file_record(path: Path) -> dict:
-    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"sha256": file_digest(path), "bytes": path.stat().st_size}

@@ -12,11 +12,11 @@ import numpy as np
 from .. import __version__
 from .._fs import atomic_path
 from ..adapt import ADAPTATIONS, FINETUNED
-from ..datasets import load_dataset
+from ..datasets import ImageDataset, load_dataset
 from ..embedding import write_embedding_table
 from ..errors import OodmlError
 from ..evaluation import Results, read_saved_embeddings
-from ..splits import load
+from ..splits import SplitSet, load
 from .scoring import score
 from .submission import NAME_RE, SCHEMA_VERSION, Submission, file_record, schema_problems
 
@@ -49,6 +49,46 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
     """
     if not NAME_RE.fullmatch(name):
         raise OodmlError(f"entry name {name!r}: use letters, digits, '.', '_', '+' or '-' (at most 64)")
+    runs = _read_runs(results_dirs)
+    first = runs[0]
+    saved = read_saved_embeddings(results_dirs[0])
+    if not any(key[0] == "test" for key in saved):
+        raise OodmlError(f"{results_dirs[0]} holds no embeddings; rerun `oodml evaluate` with --save-embeddings")
+    split_set = _published_split_set(first, results_dirs[0])
+    chosen, shots, n_episodes = _protocol_of(first, split_set, adaptations, episodes, results_dirs[0])
+    files = {key: value for key, value in saved.items()
+             if key[0] == "test" or (key[4] in chosen and key[4] in FINETUNED and key[2] in shots
+                                     and key[3] < n_episodes)}
+    widths = {values.shape[1] for _, values in files.values()}
+    if len(widths) != 1:
+        raise OodmlError(f"{results_dirs[0]}: embeddings of different widths {sorted(widths)}")
+    out = entry_path(root, split_set.dataset, split_set.version, name)
+    if out.exists() and not replace:
+        raise OodmlError(f"{out} exists; choose another --name or pass --replace")
+    means = [run.summary()["metrics"]["recall@1"]["mean"] for run in runs]
+    meta = {
+        "schema_version": SCHEMA_VERSION, "entry": name, "method": method or name, "description": description,
+        "authors": list(authors), "paper": paper, "code": code, "protocol": first.meta["protocol"],
+        "adaptations": chosen, "fewshot": {"shots": shots, "episodes": n_episodes},
+        "training_data": _with_model_declaration(training_data, first.meta.get("model_identity")),
+        "baseline": baseline, "dataset": split_set.dataset, "split_version": split_set.version,
+        "split_digest": split_set.digest, "model_digests": {str(r["level"]): r["model_digest"] for r in first.rows},
+        "embedding_dim": widths.pop(), "oodml_version": __version__,
+        "date": dt.datetime.now(dt.timezone.utc).date().isoformat(),
+        "seeds": {"runs": [Path(d).name for d in results_dirs], "submitted": Path(results_dirs[0]).name,
+                  "mean_recall@1": means, "sd_mean_recall@1": float(np.std(means, ddof=1)) if len(means) > 1
+                  else None},
+        "claimed": {}, "files": {},
+    }
+    problems = schema_problems(meta)
+    if problems:
+        raise OodmlError(f"cannot make a valid entry: {problems[0]}")
+    _write_entry(out, meta, files, split_set, load_dataset(split_set.dataset, root=data_root))
+    return out
+
+
+def _read_runs(results_dirs: Sequence[str | Path]) -> list[Results]:
+    """The runs' results, refusing folders without results and runs of another split set or protocol."""
     if not results_dirs:
         raise OodmlError("give at least one results folder")
     runs = []
@@ -60,55 +100,38 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
     for folder, run in zip(results_dirs[1:], runs[1:], strict=True):
         if (run.meta["split_digest"], run.meta["protocol"]) != (first.meta["split_digest"], first.meta["protocol"]):
             raise OodmlError(f"{folder} was evaluated on another split set or protocol than {results_dirs[0]}")
-    saved = read_saved_embeddings(results_dirs[0])
-    if not any(key[0] == "test" for key in saved):
-        raise OodmlError(f"{results_dirs[0]} holds no embeddings; rerun `oodml evaluate` with --save-embeddings")
-    dataset, digest = first.meta["dataset"], first.meta["split_digest"]
-    split_set = load(dataset, first.meta["splits"].split("@", 1)[1])
+    return runs
+
+
+def _published_split_set(run: Results, folder: str | Path) -> SplitSet:
+    """The published split set ``run`` was evaluated on; refused when its digest is not the published one."""
+    dataset, digest = run.meta["dataset"], run.meta["split_digest"]
+    split_set = load(dataset, run.meta["splits"].split("@", 1)[1])
     if split_set.digest != digest:
-        raise OodmlError(f"{results_dirs[0]} was evaluated on split digest {digest[:12]}, not on the published "
+        raise OodmlError(f"{folder} was evaluated on split digest {digest[:12]}, not on the published "
                          f"{dataset}@{split_set.version} ({split_set.digest[:12]}); re-evaluate")
-    evaluated = first.meta.get("adapt") or []
+    return split_set
+
+
+def _protocol_of(run: Results, split_set: SplitSet, adaptations: Sequence[str] | None, episodes: int | None,
+                 folder: str | Path) -> tuple[list[str], list[int], int]:
+    """``(adaptations, shots, episodes per shot)`` of the entry: the ones asked for, all evaluated in ``run``."""
+    evaluated = run.meta.get("adapt") or []
     chosen = list(evaluated if adaptations is None else adaptations)
     unknown = [a for a in chosen if a not in ADAPTATIONS or a not in evaluated]
     if unknown:
-        raise OodmlError(f"adaptation {unknown[0]!r} was not evaluated in {results_dirs[0]} "
+        raise OodmlError(f"adaptation {unknown[0]!r} was not evaluated in {folder} "
                          f"(evaluated: {', '.join(evaluated) or 'none'})")
-    shots = list(first.meta.get("fewshot") or []) if chosen else []
-    n_episodes = episodes if episodes is not None else first.meta.get("episodes") or (
+    shots = list(run.meta.get("fewshot") or []) if chosen else []
+    n_episodes = episodes if episodes is not None else run.meta.get("episodes") or (
         len(split_set.levels[0].episodes(shots[0])) if shots else 0)
+    return chosen, shots, n_episodes
 
-    files: dict[tuple, tuple[list[str], np.ndarray]] = {}
-    for key, (ids, values) in saved.items():
-        if key[0] == "test" or (key[4] in chosen and key[4] in FINETUNED and key[2] in shots
-                                and key[3] < n_episodes):
-            files[key] = (ids, values)
-    widths = {values.shape[1] for _, values in files.values()}
-    if len(widths) != 1:
-        raise OodmlError(f"{results_dirs[0]}: embeddings of different widths {sorted(widths)}")
-    out = entry_path(root, dataset, split_set.version, name)
-    if out.exists() and not replace:
-        raise OodmlError(f"{out} exists; choose another --name or pass --replace")
-    level_digests = {str(r["level"]): r["model_digest"] for r in first.rows}
-    training_data = _with_model_declaration(training_data, first.meta.get("model_identity"))
-    means = [run.summary()["metrics"]["recall@1"]["mean"] for run in runs]
-    meta = {
-        "schema_version": SCHEMA_VERSION, "entry": name, "method": method or name, "description": description,
-        "authors": list(authors), "paper": paper, "code": code, "protocol": first.meta["protocol"],
-        "adaptations": chosen, "fewshot": {"shots": shots, "episodes": n_episodes},
-        "training_data": training_data, "baseline": baseline, "dataset": dataset,
-        "split_version": split_set.version, "split_digest": digest, "model_digests": level_digests,
-        "embedding_dim": widths.pop(), "oodml_version": __version__,
-        "date": dt.datetime.now(dt.timezone.utc).date().isoformat(),
-        "seeds": {"runs": [Path(d).name for d in results_dirs], "submitted": Path(results_dirs[0]).name,
-                  "mean_recall@1": means, "sd_mean_recall@1": float(np.std(means, ddof=1)) if len(means) > 1
-                  else None},
-        "claimed": {}, "files": {},
-    }
-    problems = schema_problems(meta)
-    if problems:
-        raise OodmlError(f"cannot make a valid entry: {problems[0]}")
-    ds = load_dataset(dataset, root=data_root)
+
+def _write_entry(out: Path, meta: dict, files: dict[tuple, tuple[list[str], np.ndarray]], split_set: SplitSet,
+                 ds: ImageDataset) -> None:
+    """Write the float16 embedding files and ``submission.json`` with the claims re-scored from those files,
+    atomically: a failure leaves nothing at ``out``."""
     with atomic_path(out) as tmp:
         (tmp / "embeddings").mkdir(parents=True)
         for key, (ids, values) in files.items():
@@ -121,7 +144,6 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
             raise OodmlError(f"the results cannot make a valid entry: {problems[0]}")
         meta["claimed"] = scores.claims()
         (tmp / "submission.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    return out
 
 
 def _with_model_declaration(training_data: str, identity: dict | None) -> str:

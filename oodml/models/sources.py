@@ -484,7 +484,7 @@ def _build_hf(spec: ModelSpec, transformers) -> tuple[torch.nn.Module, Preproces
     config_hash = hashlib.sha256(model.config.to_json_string(use_diff=False).encode()).hexdigest()
     module = HFImageEmbedding(model, pool)
     module.config_sha256 = config_hash  # an attribute, so the model digest covers the configuration
-    return module, _hf_preprocessing(processor), None
+    return module, _hf_preprocessing(processor), HF_PRETRAINING.get(spec.name.split("-")[0])
 
 
 register_source(Source("hf", "hf:ORG/NAME[@REVISION]", "transformers", "hf",
@@ -493,6 +493,9 @@ register_source(Source("hf", "hf:ORG/NAME[@REVISION]", "transformers", "hf",
 
 # --- torch hub --------------------------------------------------------------------------------------------
 
+#: pretraining data of well-known Hugging Face model families (the id up to its first '-'), which transformers
+#: does not record
+HF_PRETRAINING = {"facebook/dinov2": "lvd142m", "openai/clip": "openai webimagetext (400M pairs)"}
 #: pretraining data of well-known torch hub repositories, which torch.hub itself does not record
 HUB_PRETRAINING = {"facebookresearch/dinov2": "lvd142m", "facebookresearch/dino": "imagenet-1k (self-supervised)"}
 #: their test-time preprocessing, for repositories whose models carry none

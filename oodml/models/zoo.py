@@ -38,7 +38,9 @@ class FrozenBatchNormResNet(torch.nn.Module):
 @register_model("resnet50")
 def resnet50(embed_dim: int = 512, pretrained: bool = False, weights: str | None = None,
              seed: int = 0) -> EmbeddingModel:
-    """ImageNet ResNet-50 (frozen batch norm, average pooling) + linear layer to ``embed_dim``, L2-normalised.
+    """ooDML's: ImageNet ResNet-50 (frozen batch norm, average pooling), a linear layer, L2 normalisation.
+
+    The linear layer maps the 2048-d pooled features to ``embed_dim``.
 
     ``pretrained=True`` loads torchvision's ImageNet weights from ``weights``, else
     from the torch hub cache, downloading them once if absent (:mod:`oodml.weights`).  The

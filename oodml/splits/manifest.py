@@ -8,6 +8,8 @@ A split set lives in ``splits/<dataset>/<version>/``::
     classes.parquet    level, class, role (train/test), tuning (train/val; null for test)
     episodes.parquet   level, shots, episode, class, sample_id (the support set)
     checksums.json     sha256 of every file above, and the overall digest
+    audits/            optional: audits of the split set (``oodml splits audit --store``), outside the
+                       manifest, so adding one changes neither the digest nor verification
 
 The *digest* identifies the benchmark a split set defines: sha256 over the
 canonical rows of the three tables and the metadata, leaving out
@@ -49,7 +51,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .._fs import atomic_path
+from .._fs import atomic_path, file_digest
 from ..errors import OodmlError
 from .levels import Episode, Level
 
@@ -58,6 +60,8 @@ SCHEMA_VERSIONS = (1, 2)  # the digest rules this oodml can verify
 TABLES = ("levels", "classes", "episodes")
 FILES = ("metadata.json", "levels.parquet", "classes.parquet", "episodes.parquet")
 CHECKSUMS = "checksums.json"
+#: A folder beside the manifest files for audits of the split set; not part of the manifest or its digest.
+AUDITS = "audits"
 VOLATILE_METADATA = ("created_at", "oodml_version")
 #: Measured values: stored rounded, compared with a tolerance, not part of the digest (schema 2).
 MEASURED_COLUMNS = ("distance", "ci_low", "ci_high")
@@ -189,14 +193,6 @@ def tables_to_levels(tables: dict[str, pa.Table]) -> tuple[Level, ...]:
 
 # --- hashing --------------------------------------------------------------------------------
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def content_digest(tables: dict[str, pa.Table], metadata: dict, schema_version: int = SCHEMA_VERSION) -> str:
     """sha256 over canonical JSON of the table rows and the metadata, under ``schema_version``'s rule.
 
@@ -272,7 +268,7 @@ def write_split_set(out: Path, dataset: str, version: str, levels: tuple[Level, 
             pq.write_table(tables[name], tmp / f"{name}.parquet", compression="zstd")
         (tmp / "metadata.json").write_text(json.dumps(new.metadata, indent=2, sort_keys=True) + "\n")
         sums = {"schema_version": SCHEMA_VERSION, "digest": new.digest,
-                "files": {name: sha256_file(tmp / name) for name in FILES}}
+                "files": {name: file_digest(tmp / name) for name in FILES}}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
     return read_split_set(dest)
 
@@ -298,7 +294,7 @@ def read_split_set(path: Path) -> SplitSet:
     if rule > SCHEMA_VERSION:
         raise OodmlError(f"{where}: schema version {rule} is newer than this oodml understands "
                          f"({SCHEMA_VERSION}); upgrade oodml")
-    present = {p.name for p in path.iterdir()} - {CHECKSUMS}
+    present = {p.name for p in path.iterdir()} - {CHECKSUMS} - ({AUDITS} if (path / AUDITS).is_dir() else set())
     foreign = sorted(present - set(FILES))
     if foreign:
         raise OodmlError(f"{where}: foreign file {foreign[0]!r} is not part of the manifest; remove it")
@@ -306,7 +302,7 @@ def read_split_set(path: Path) -> SplitSet:
         if name not in present:
             raise OodmlError(f"{where}: missing file {name}")
         expected = sums["files"].get(name)
-        if not isinstance(expected, str) or sha256_file(path / name) != expected:
+        if not isinstance(expected, str) or file_digest(path / name) != expected:
             raise OodmlError(f"{where}: {name} does not match its sha256 in {CHECKSUMS}; the file was modified "
                              "or corrupted (restore it from version control)")
     try:

@@ -1,0 +1,575 @@
+"""Is a level what it claims?  Two audits of a split set.
+
+**Extractor agreement.**  A split set's levels are ordered by a train-to-test
+distance measured in one network's features (``metadata["extractor"]``).
+:func:`audit_features` re-measures every level's distance in another
+extractor's features, with the split set's own distance and mode
+(:func:`oodml.splits.scoring.make_scorer`, the scorer the search used), and
+compares the two orders by Spearman's rho and Kendall's tau-b
+(``scipy.stats``).
+
+Bootstrap scheme (``draws`` resamples, seeded): for each level ``k`` the train
+classes and the test classes are resampled with replacement within each side,
+by :func:`oodml.splits.levels.bootstrap_interval`, as when a split set is built
+and with the same seed (the draws differ from the build's all the same: they
+depend on the order of the classes within a side, which the manifest does not
+keep).  The level's interval is ``bootstrap_interval``'s bias-shifted
+percentile interval.  Draw ``b`` of every
+level together gives one re-measured distance vector; its rank correlation with
+the split set's *published* distances (fixed: they define the levels) is one
+bootstrap value of rho and tau.  Their interval uses the same rule as the
+distances' (percentile interval shifted so that it is centred on the estimate as
+the median is on the draws, clipped to [-1, 1]; resampling duplicates classes,
+which biases every draw), so it always contains the estimate.  With the split
+set's own extractor, rho = tau = 1 and the interval shows how far class
+resampling alone moves the order.
+
+**Pretraining overlap.**  :func:`pretraining_overlap` counts, per level, the
+test classes (and images) that have a counterpart among the classes of a
+model's pretraining data.  oodml ships one class list, ImageNet-1k
+(``data/imagenet-1k.json``), and two maps into it: ``cub200`` (class overlap,
+species or WordNet-lemma match, checked by hand) and ``cars196`` (category
+overlap: the ImageNet-1k classes of the same kind of vehicle).  Each file
+states its rule.  Pretraining data without a class list, or a dataset without
+a map, gives ``"unknown"``, never zero.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .._fs import atomic_path, check_writable
+from ..errors import OodmlError
+from ..shift import MODES, ClassFeatures, get_distance
+from .levels import bootstrap_interval
+from .manifest import AUDITS, SplitSet, open_split_set
+from .scoring import make_scorer
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its 95% bootstrap interval (NaNs when not computed)."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class LevelDistance:
+    """One level's distance as published and as re-measured (with its bootstrap interval), squared feature units
+    of the respective extractor."""
+
+    level: int
+    published: float
+    distance: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class ExtractorAudit:
+    """The levels re-measured under one extractor.
+
+    Attributes:
+        extractor: what was asked for (a name, a model spec or a file); ``extractor_id`` and
+            ``weights_hash``: what it resolved to.
+        feature_dim: width of its features.
+        levels: per level, published and re-measured distance.
+        spearman, kendall: rank agreement of the re-measured distances with the published ones.
+    """
+
+    extractor: str
+    extractor_id: str
+    weights_hash: str
+    feature_dim: int
+    levels: tuple[LevelDistance, ...]
+    spearman: Estimate
+    kendall: Estimate
+
+
+@dataclass(frozen=True)
+class LevelOverlap:
+    """Test classes and images of one level with a counterpart in the pretraining classes (None: unknown)."""
+
+    level: int
+    test_classes: int
+    test_classes_with_counterpart: int | None
+    test_images: int | None
+    test_images_with_counterpart: int | None
+    classes_with_counterpart: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class PretrainingOverlap:
+    """Overlap of a split set's test classes with a model's pretraining data.
+
+    Attributes:
+        pretraining: the declaration audited (``imagenet-1k``, a timm tag such as ``a1_in1k``, ...).
+        status: ``"known"`` (every pretraining source has a class list and the dataset a map),
+            ``"lower bound"`` (ImageNet-1k is one of several sources: the counts cover it alone) or
+            ``"unknown"`` (nothing can be counted; ``levels`` hold None counts).
+        class_list: the pretraining class list used (``"imagenet-1k"``) or None.
+        overlap: ``"class"`` (same species) or ``"category"`` (same kind of object), None when unknown.
+        reason: one line saying why the status is what it is.
+        levels: per level counts.
+    """
+
+    pretraining: str
+    status: str
+    class_list: str | None
+    overlap: str | None
+    reason: str
+    levels: tuple[LevelOverlap, ...]
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Everything ``oodml splits audit`` measured for one split set."""
+
+    split_set: str
+    split_digest: str
+    distance: str
+    mode: str
+    reference_extractor: str
+    draws: int
+    seed: int
+    extractors: tuple[ExtractorAudit, ...]
+    pretraining: PretrainingOverlap | None
+
+    def as_dict(self) -> dict:
+        """JSON-able, NaN written as null."""
+        return _json_safe(asdict(self))
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# --- extractor agreement: pure ------------------------------------------------------------------
+
+def shifted_interval(estimate: float, draws: np.ndarray, confidence: float = CONFIDENCE,
+                     bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
+    """The percentile interval of ``draws`` shifted by their bias (median minus ``estimate``), clipped to
+    ``bounds``: the rule of :func:`oodml.splits.levels.bootstrap_interval`.  NaN draws are ignored; NaNs when
+    none are left."""
+    draws = np.asarray(draws, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if not len(draws) or not math.isfinite(estimate):
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2
+    lo, mid, hi = np.quantile(draws, [tail, 0.5, 1 - tail])
+    return max(estimate - (mid - lo), bounds[0]), min(estimate + (hi - mid), bounds[1])
+
+
+def rank_agreement(published: Sequence[float], measured: Sequence[float], draws: np.ndarray | None = None,
+                   confidence: float = CONFIDENCE) -> tuple[Estimate, Estimate]:
+    """Spearman's rho and Kendall's tau-b between two level orders, with bootstrap intervals.
+
+    Args:
+        published: (L,) the split set's level distances.
+        measured: (L,) the re-measured ones.
+        draws: (B, L) bootstrap draws of ``measured`` (row ``b``: every level's ``b``-th draw), or None for
+            no intervals.
+
+    Returns:
+        ``(spearman, kendall)``; a constant vector gives NaN (no order to compare).
+    """
+    from scipy import stats
+
+    published, measured = np.asarray(published, np.float64), np.asarray(measured, np.float64)
+    if published.shape != measured.shape or published.ndim != 1 or len(published) < 2:
+        raise OodmlError(f"rank agreement needs two equally long level vectors of at least 2 levels; got "
+                         f"{published.shape} and {measured.shape}")
+
+    def both(x: np.ndarray) -> tuple[float, float]:
+        if np.ptp(x) == 0 or np.ptp(published) == 0:
+            return math.nan, math.nan
+        return float(stats.spearmanr(published, x).statistic), float(stats.kendalltau(published, x).statistic)
+
+    rho, tau = both(measured)
+    if draws is None or not len(draws):
+        return Estimate(rho, math.nan, math.nan), Estimate(tau, math.nan, math.nan)
+    values = np.array([both(row) for row in np.asarray(draws, np.float64)])
+    return (Estimate(rho, *shifted_interval(rho, values[:, 0], confidence, (-1.0, 1.0))),
+            Estimate(tau, *shifted_interval(tau, values[:, 1], confidence, (-1.0, 1.0))))
+
+
+def remeasure_levels(cf: ClassFeatures, partitions: Sequence[tuple[np.ndarray, np.ndarray]], *, distance: str,
+                     mode: str, draws: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every level's train-to-test distance in ``cf``'s features, with bootstrap intervals and draws.
+
+    Args:
+        cf: the dataset's features by class.
+        partitions: per level (level 1 first), (train class indices, test class indices).
+        distance, mode: as the split set was made.
+        draws: bootstrap resamples (0: no intervals).
+        seed: the bootstrap's seed (by default the split set's).
+
+    Returns:
+        ``(distances (L,), intervals (L, 2), draws (B, L))``.
+    """
+    get_distance(distance)
+    if mode not in MODES:
+        raise OodmlError(f"unknown feature mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "samples":
+        cf.check_samples_mode(sorted({int(c) for tr, te in partitions for c in (*tr, *te)}))
+    scorer = make_scorer(cf, distance, mode)
+    values = scorer.distances([(np.asarray(tr), np.asarray(te)) for tr, te in partitions])
+    intervals, columns = [], []
+    for k, (train, test) in enumerate(partitions, start=1):
+        recorded: list[np.ndarray] = []
+        lo, hi = bootstrap_interval(_recording(scorer.distances, recorded), np.asarray(train), np.asarray(test),
+                                    draws=draws, seed=seed, level=k)
+        intervals.append((lo, hi))
+        # bootstrap_interval scores its draws in one batch first, then the estimate.
+        columns.append(recorded[0] if draws > 0 else np.empty(0))
+    return np.asarray(values, np.float64), np.array(intervals, np.float64), np.stack(columns, axis=1)
+
+
+def _recording(distances: Callable[[list], np.ndarray], into: list) -> Callable[[list], np.ndarray]:
+    """``distances``, keeping every batch's values in ``into``."""
+
+    def scored(partitions: list) -> np.ndarray:
+        values = np.asarray(distances(partitions), np.float64)
+        into.append(values)
+        return values
+
+    return scored
+
+
+def level_partitions(split_set: SplitSet, classes: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each level's (train, test) class indices into ``classes``; a class the dataset lacks is an error."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = []
+    for lv in split_set.levels:
+        missing = [c for c in (*lv.train_classes, *lv.test_classes) if c not in index]
+        if missing:
+            raise OodmlError(f"{split_set.dataset}@{split_set.version} level {lv.index} names class {missing[0]!r}, "
+                             f"which the dataset does not have ({len(missing)} such); audit it on the data it "
+                             "was made from (--root)")
+        out.append((np.array([index[c] for c in lv.train_classes]), np.array([index[c] for c in lv.test_classes])))
+    return out
+
+
+def audit_features(split_set: SplitSet, classes: Sequence[str], features: np.ndarray, labels: np.ndarray, *,
+                   extractor: str, extractor_id: str | None = None, weights_hash: str = "unknown",
+                   draws: int = 200, seed: int | None = None) -> ExtractorAudit:
+    """Re-measure ``split_set``'s levels in ``features`` and compare the order with the published one.
+
+    Args:
+        classes: the dataset's class names, ``labels`` index into them.
+        features: (N, d) one row per image; ``labels``: (N,) ints.
+        extractor: what to call the extractor in reports.
+        draws: bootstrap resamples (module docstring); ``seed``: their seed (default: the split set's).
+    """
+    seed = _seed(split_set, seed)
+    cf = ClassFeatures(features, labels)
+    meta = split_set.metadata
+    distances, intervals, boot = remeasure_levels(cf, level_partitions(split_set, classes),
+                                                  distance=meta.get("distance", "fid"),
+                                                  mode=meta.get("mode", "class-mean"), draws=draws, seed=seed)
+    published = [lv.distance for lv in split_set.levels]
+    spearman, kendall = rank_agreement(published, distances, boot if draws > 0 else None)
+    levels = tuple(LevelDistance(lv.index, float(lv.distance), float(d), float(lo), float(hi))
+                   for lv, d, (lo, hi) in zip(split_set.levels, distances, intervals, strict=True))
+    return ExtractorAudit(extractor, extractor_id or extractor, weights_hash, int(np.shape(features)[1]), levels,
+                          spearman, kendall)
+
+
+def _seed(split_set: SplitSet, seed: int | None) -> int:
+    if seed is not None:
+        return int(seed)
+    recorded = split_set.metadata.get("seed")
+    return int(recorded) if isinstance(recorded, int) else 0
+
+
+# --- pretraining overlap: pure --------------------------------------------------------------------
+
+#: pretraining data whose class list ships with oodml -> pattern of a declaration naming it
+CLASS_LISTS = {"imagenet-1k": re.compile(r"(?<![a-z0-9])(in1k|imagenet-?1k|ilsvrc-?(2012)?)(?![a-z0-9])")}
+#: pretraining data beyond ImageNet-1k that a declaration may add (their classes are not known here)
+_OTHER_DATA = re.compile(r"in(12|21|22)k|imagenet-?(12|21|22)k|ig\d|yfcc|laion|lvd|openai|jft|datacomp|webli|"
+                         r"cc12m|cc3m|merged|metaclip|dfn|commonpool|mim|swag|sw?sl")
+
+
+@cache
+def _data(name: str) -> dict:
+    return json.loads(resources.files("oodml.splits").joinpath("data", name).read_text(encoding="utf-8"))
+
+
+def imagenet_classes() -> dict[str, str]:
+    """ImageNet-1k's classes, WordNet id -> short name, in class-index order (``data/imagenet-1k.json``)."""
+    return {wnid: name for _, wnid, name in _data("imagenet-1k.json")["classes"]}
+
+
+def overlap_map(dataset: str, class_list: str = "imagenet-1k") -> dict | None:
+    """The shipped map from ``dataset``'s classes to ``class_list``'s (its rule, overlap kind and matches:
+    class name -> counterparts), or None when oodml has none."""
+    try:
+        return _data(f"{dataset}-{class_list}.json")
+    except FileNotFoundError:
+        return None
+
+
+def parse_pretraining(declaration: str) -> tuple[str | None, bool]:
+    """``(class list, complete)`` of a pretraining declaration: the shipped class list it names (or None), and
+    whether that is all of its data (``a1_in1k``: yes; ``in21k_ft_in1k``, ``laion2b``: no)."""
+    text = declaration.lower()
+    for name, pattern in CLASS_LISTS.items():
+        if pattern.search(text):
+            return name, not _OTHER_DATA.search(text)
+    return None, False
+
+
+def pretraining_overlap(split_set: SplitSet, pretraining: str,
+                        image_counts: Mapping[str, int] | None = None) -> PretrainingOverlap:
+    """Per level, the test classes (and images, when ``image_counts`` gives class -> images) with a counterpart
+    in the classes of ``pretraining`` (module docstring).
+
+    Returns:
+        :class:`PretrainingOverlap`; status ``"unknown"`` with None counts when the pretraining data has no
+        shipped class list or the dataset no map into it.
+    """
+    class_list, complete = parse_pretraining(pretraining)
+    mapping = overlap_map(split_set.dataset, class_list) if class_list else None
+    if class_list is None:
+        reason = f"no class list of {pretraining!r} ships with oodml (known: {', '.join(CLASS_LISTS)})"
+    elif mapping is None:
+        reason = f"no map from {split_set.dataset} classes to {class_list} classes ships with oodml"
+    else:
+        reason = mapping["rule"].split(".  ")[0]
+        if not complete:
+            reason = (f"{pretraining!r} names data besides {class_list}, whose classes are unknown: the counts "
+                      f"cover {class_list} only")
+    if mapping is None:
+        levels = tuple(LevelOverlap(lv.index, len(lv.test_classes), None, _images(lv.test_classes, image_counts),
+                                    None, None) for lv in split_set.levels)
+        return PretrainingOverlap(pretraining, "unknown", class_list, None, reason, levels)
+    matched = {c for c, targets in mapping["matches"].items() if _counterparts(targets)}
+    levels = []
+    for lv in split_set.levels:
+        hits = tuple(sorted(c for c in lv.test_classes if c in matched))
+        levels.append(LevelOverlap(lv.index, len(lv.test_classes), len(hits), _images(lv.test_classes, image_counts),
+                                   _images(hits, image_counts), hits))
+    return PretrainingOverlap(pretraining, "known" if complete else "lower bound", class_list, mapping["overlap"],
+                              reason, tuple(levels))
+
+
+def _counterparts(targets: object) -> list[str]:
+    """WordNet ids of one map entry (a list of matches for cub200, a body-type record for cars196)."""
+    if isinstance(targets, dict):
+        return list(targets.get("wnids", []))
+    return [t["wnid"] for t in targets]  # type: ignore[union-attr]
+
+
+def _images(classes: Sequence[str], counts: Mapping[str, int] | None) -> int | None:
+    return None if counts is None else int(sum(counts.get(c, 0) for c in classes))
+
+
+def model_overlap(identity: Mapping | None, split_set: SplitSet, levels: Sequence[int],
+                  image_counts: Mapping[str, int] | None = None) -> dict | None:
+    """What ``oodml evaluate`` records in ``summary.json``: the overlap of the evaluated levels' test classes
+    with the model's declared pretraining data (:func:`pretraining_overlap`), or None when the model
+    declares none (random weights, an oodml checkpoint)."""
+    declared = (identity or {}).get("pretraining")
+    if not declared:
+        return None
+    overlap = pretraining_overlap(split_set, str(declared), image_counts)
+    chosen = set(levels)
+    record = asdict(overlap)
+    record["levels"] = [asdict(lv) for lv in overlap.levels if lv.level in chosen]
+    return _json_safe(record)
+
+
+# --- I/O: extract, write, store --------------------------------------------------------------------
+
+def audit(splits: SplitSet | str | Path, extractors: Sequence[str] = (), *, pretraining: str | None = None,
+          root: str | Path | None = None, dataset_options: Mapping[str, object] | None = None, draws: int = 200,
+          seed: int | None = None, device: str = "auto", batch_size: int = 128) -> Audit:
+    """Audit a split set: its levels re-measured under each of ``extractors`` (:func:`audit_features`) and,
+    with ``pretraining``, the overlap of its test classes with that pretraining data
+    (:func:`pretraining_overlap`).
+
+    Args:
+        splits: a :class:`SplitSet`, a manifest directory or ``DATASET[@VERSION]``.
+        extractors: registered extractors, model specs (``'timm:resnet18?pretrained=false'``) or files.
+        root, dataset_options: where and how to load the dataset (needed for extractors; for the
+            pretraining audit only to count images, which are reported unknown when it cannot be loaded).
+        draws: bootstrap resamples; ``seed``: their seed (default the split set's).
+
+    Raises:
+        OodmlError: nothing to audit, a bad count, an unknown extractor, data that is not the split set's.
+    """
+    from ..datasets import load_dataset
+    from ..features import extract_features, get_extractor
+
+    split_set = splits if isinstance(splits, SplitSet) else open_split_set(splits)
+    if not extractors and pretraining is None:
+        raise OodmlError("nothing to audit: give --extractor SPEC (repeatable) and/or --pretraining NAME")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 0:
+        raise OodmlError(f"--bootstrap must be a non-negative whole number (got {draws!r})")
+    resolved = [get_extractor(spec) for spec in extractors]  # refuse a bad spec before loading any data
+    ds = None
+    if resolved or root is not None or split_set.dataset == "glyphs":
+        ds = load_dataset(split_set.dataset, root=root, **(dataset_options or {}))
+        split_set.check_dataset(ds.fingerprint, ds.root)
+    results = []
+    for spec, ext in zip(extractors, resolved, strict=True):
+        features = extract_features(ds, ext, device=device, batch_size=batch_size)
+        results.append(audit_features(split_set, ds.classes, features, ds.labels, extractor=spec,
+                                      extractor_id=ext.id, weights_hash=ext.weights_hash, draws=draws, seed=seed))
+    overlap = None
+    if pretraining is not None:
+        counts = dict(zip(ds.classes, (int(n) for n in ds.class_counts()), strict=True)) if ds is not None else None
+        overlap = pretraining_overlap(split_set, pretraining, counts)
+    meta = split_set.metadata
+    return Audit(f"{split_set.dataset}@{split_set.version}", split_set.digest, meta.get("distance", "fid"),
+                 meta.get("mode", "class-mean"), str(meta.get("extractor", "unknown")), draws,
+                 _seed(split_set, seed), tuple(results), overlap)
+
+
+def format_audit(result: Audit) -> str:
+    """Plain-text tables: per extractor the re-measured distances and the taus; the pretraining overlap."""
+    lines = [f"{result.split_set}  digest {result.split_digest[:16]}  {result.distance} on {result.mode} features; "
+             f"published under {result.reference_extractor}; {result.draws} bootstrap draws over classes"]
+    for ex in result.extractors:
+        lines += ["", f"{ex.extractor}  ({ex.extractor_id}, {ex.feature_dim}-d)",
+                  f"  Spearman rho {_estimate(ex.spearman)}   Kendall tau {_estimate(ex.kendall)}"]
+        rows = [("level", "published", "re-measured", "95% CI")]
+        rows += [(str(lv.level), f"{lv.published:.4g}", f"{lv.distance:.4g}", f"{lv.ci_low:.4g}..{lv.ci_high:.4g}")
+                 for lv in ex.levels]
+        lines += _table(rows)
+    if result.pretraining is not None:
+        ov = result.pretraining
+        kind = f", {ov.overlap} overlap" if ov.overlap else ""
+        lines += ["", f"pretraining {ov.pretraining}: {ov.status}{kind} ({ov.reason})"]
+        rows = [("level", "test classes", "with counterpart", "test images", "with counterpart")]
+        for lv in ov.levels:
+            rows.append((str(lv.level), str(lv.test_classes), _count(lv.test_classes_with_counterpart),
+                         _count(lv.test_images), _count(lv.test_images_with_counterpart)))
+        lines += _table(rows)
+    return "\n".join(lines)
+
+
+def _estimate(e: Estimate) -> str:
+    if math.isnan(e.value):
+        return "n/a (a constant distance vector)"
+    if math.isnan(e.ci_low):
+        return f"{e.value:.3f}"
+    return f"{e.value:.3f} [{e.ci_low:.3f}, {e.ci_high:.3f}]"
+
+
+def _count(n: int | None) -> str:
+    return "unknown" if n is None else str(n)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+
+
+def plot_audit(result: Audit, out_prefix: str | Path) -> list[Path]:
+    """One panel per extractor: each level's re-measured distance (with its interval) against the published one,
+    levels numbered; written as ``<prefix>.png`` and ``.svg``."""
+    from ..plotting import new_figure, save_figure
+
+    n = len(result.extractors)
+    fig, ax = new_figure(3.6 * n, 3.4)
+    ax.remove()
+    axes = np.atleast_1d(fig.subplots(1, n))
+    for ax, ex in zip(axes, result.extractors, strict=True):
+        x = [lv.published for lv in ex.levels]
+        y = [lv.distance for lv in ex.levels]
+        err = [[max(lv.distance - lv.ci_low, 0) if math.isfinite(lv.ci_low) else 0 for lv in ex.levels],
+               [max(lv.ci_high - lv.distance, 0) if math.isfinite(lv.ci_high) else 0 for lv in ex.levels]]
+        ax.errorbar(x, y, yerr=err, fmt="o", color="tab:blue", ecolor="grey", capsize=3)
+        for lv in ex.levels:
+            ax.annotate(str(lv.level), (lv.published, lv.distance), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        ax.set_title(f"{ex.extractor}\ntau {_estimate(ex.kendall)}", fontsize=8)
+        ax.set_xlabel(f"published {result.distance} ({result.reference_extractor})", fontsize=8)
+        ax.set_ylabel(f"re-measured {result.distance}", fontsize=8)
+    return save_figure(fig, out_prefix)
+
+
+def write_audit(result: Audit, out: str | Path) -> list[Path]:
+    """Write ``audit.json`` and, when extractors were audited, ``audit.png``/``audit.svg`` into ``out``, each
+    file atomically; returns the paths."""
+    out = Path(out)
+    check_writable(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / "audit.json"
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    written = [dest]
+    if result.extractors:
+        written += plot_audit(result, out / "audit")
+    return written
+
+
+def audit_slug(name: str) -> str:
+    """A file name for an audit: lower case, runs of other characters as ``-`` (``timm:resnet18?pretrained=false``
+    -> ``timm-resnet18-pretrained-false``, ``runs/cnn/level1.pt`` -> ``runs-cnn-level1-pt``)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug or "audit"
+
+
+def store_audit(result: Audit, split_set: SplitSet) -> list[Path]:
+    """Keep the audit beside the published split set, in ``<split set>/audits/``: one
+    ``<extractor slug>.json`` per extractor and ``pretraining-<name>.json``.  The folder is outside the
+    manifest, so the digest and ``oodml splits verify`` do not change.
+
+    Raises:
+        OodmlError: the split set has no directory, or the audit is of another split set.
+    """
+    if split_set.path is None:
+        raise OodmlError("this split set was built in memory and has no directory to keep audits in; "
+                         "publish it first (write_split_set) or write the audit with --out")
+    if split_set.digest != result.split_digest:
+        raise OodmlError(f"the audit is of split set digest {result.split_digest[:12]}, not of "
+                         f"{split_set.dataset}@{split_set.version} ({split_set.digest[:12]})")
+    folder = split_set.path / AUDITS
+    check_writable(folder, option="the split set folder")
+    folder.mkdir(exist_ok=True)
+    common = {k: v for k, v in result.as_dict().items() if k not in ("extractors", "pretraining")}
+    records = {audit_slug(ex.extractor): {**common, "extractors": [_json_safe(asdict(ex))]}
+               for ex in result.extractors}
+    if result.pretraining is not None:
+        records[f"pretraining-{audit_slug(result.pretraining.pretraining)}"] = {
+            **common, "pretraining": _json_safe(asdict(result.pretraining))}
+    written = []
+    for slug, record in records.items():
+        dest = folder / f"{slug}.json"
+        with atomic_path(dest) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+        written.append(dest)
+    return written
+
+
+def pretraining_meta(model: object | None, split_set: SplitSet, levels: Sequence, dataset: object) -> dict:
+    """``{"pretraining_overlap": ...}`` for the ``meta`` of :func:`oodml.evaluation.evaluate`: the overlap of the
+    evaluated levels' test classes and images with the pretraining data ``model`` (a
+    :class:`~oodml.models.LoadedModel`) declares (:func:`model_overlap`); empty when it declares none or
+    differs per level."""
+    identity = getattr(model, "identity", None)
+    counts = dict(zip(dataset.classes, (int(n) for n in dataset.class_counts()), strict=True))
+    overlap = model_overlap(identity, split_set, [lv.index for lv in levels], counts)
+    return {} if overlap is None else {"pretraining_overlap": overlap}
