@@ -18,22 +18,25 @@ Reality Check*); ``map@1000`` (the same sum over the first 1000 neighbours,
 still divided by R; ooDML's mAP@1000 divides by R + 1 and, with fewer than
 1000 neighbours, counts the padding as hits, so its values are not comparable);
 ``nmi`` and ``ami`` (k-means with as many clusters as classes, fixed seed,
-scored with scikit-learn).
+scored with scikit-learn; :mod:`oodml.clustering`).
 
-The k-nearest-neighbour search is exact and runs in query chunks on the
-embeddings' device, so memory stays bounded (about ``chunk x N`` scores) at
-Stanford-Online-Products scale; no padding can be counted as a hit because the
+The k-nearest-neighbour search (:mod:`oodml.knn`) is exact and computes each
+block of the symmetric similarity matrix once, on the embeddings' device; memory
+stays bounded (N x k neighbour buffers and a few score blocks) at
+Stanford-Online-Products scale.  No padding can be counted as a hit because the
 search never returns more neighbours than exist.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from .clustering import kmeans
 from .errors import OodmlError
+from .knn import knn_chunks
 
 MAP_DEPTH = 1000
 
@@ -56,63 +59,6 @@ def _check(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Ten
     return x, y.long()
 
 
-def _topk_lowest_index_ties(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest scores per row, ordered by score descending then index ascending.
-
-    ``torch.topk`` breaks ties arbitrarily.  Inside the top k, a stable sort by
-    index then score fixes the order; rows where the k-th value is tied with
-    values outside the top k (rare with float scores, common with duplicates)
-    are redone exactly, keeping the lowest indices.
-    """
-    extra = min(k + 1, scores.shape[1])
-    values, idx = torch.topk(scores, extra, dim=1, sorted=True)
-    kth = values[:, k - 1:k]
-    # The k-th value is tied outside the top k exactly when the (k+1)-th equals it.
-    boundary = (values[:, k] == values[:, k - 1] if extra > k
-                else torch.zeros(len(scores), dtype=torch.bool, device=scores.device))
-    idx = idx[:, :k]
-    if boundary.any():
-        rows = boundary.nonzero()[:, 0]
-        sub, sub_kth = scores[rows], kth[rows]
-        greater, equal = sub > sub_kth, sub == sub_kth
-        take = greater | (equal & (equal.cumsum(1) <= k - greater.sum(1, keepdim=True)))
-        idx[rows] = take.nonzero()[:, 1].view(len(rows), k)
-    idx = torch.sort(idx, dim=1).values
-    order = torch.sort(-scores.gather(1, idx), dim=1, stable=True).indices
-    return idx.gather(1, order)
-
-
-def knn_chunks(embeddings: torch.Tensor, k: int, *, normalize: bool = True,
-               chunk: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """Exact k nearest neighbours of every row among the *other* rows, in query chunks.
-
-    Yields ``(start, indices)`` with ``indices`` of shape (chunk, k), int64, for
-    rows ``start .. start + chunk``.  Cosine similarity on L2-normalised rows
-    (``normalize=True``) or Euclidean distance; the query is excluded by index;
-    ties go to the lower index.  ``k`` is capped at N - 1, so no padding exists.
-    """
-    x = embeddings.float()
-    if normalize:
-        x = torch.nn.functional.normalize(x, dim=1)
-    n = x.shape[0]
-    k = min(k, n - 1)
-    chunk = chunk or max(1, min(n, (64 << 20) // max(n, 1)))  # about 256 MB of float32 scores per chunk
-    sq = (x * x).sum(1)
-    for start in range(0, n, chunk):
-        q = x[start:start + chunk]
-        scores = q @ x.T
-        if not normalize:
-            scores = 2 * scores - sq[None, :] - sq[start:start + chunk, None]  # minus squared distance
-        rows = torch.arange(q.shape[0], device=x.device)
-        scores[rows, rows + start] = -torch.inf
-        yield start, _topk_lowest_index_ties(scores, k)
-
-
-def knn(embeddings: torch.Tensor, k: int, *, normalize: bool = True, chunk: int | None = None) -> torch.Tensor:
-    """All of :func:`knn_chunks` at once: (N, min(k, N - 1)) neighbour indices."""
-    return torch.cat([idx for _, idx in knn_chunks(embeddings, k, normalize=normalize, chunk=chunk)])
-
-
 def _per_query(hits: torch.Tensor, r: torch.Tensor, ks: Sequence[int],
                map_depth: int | None) -> dict[str, torch.Tensor]:
     """Per-query values from a (Q, k) boolean hit matrix and each query's R (all R >= 1)."""
@@ -127,27 +73,6 @@ def _per_query(hits: torch.Tensor, r: torch.Tensor, ks: Sequence[int],
     if map_depth:
         out[f"map@{map_depth}"] = precision_at_hit[:, :map_depth].sum(1) / r64
     return out
-
-
-def kmeans(x: torch.Tensor, clusters: int, *, iterations: int = 20, seed: int = 0, chunk: int = 4096) -> np.ndarray:
-    """Lloyd's k-means on the embeddings' device, centroids initialised from a seeded sample of rows.
-
-    Returns cluster assignments, int64 (N,).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    init = torch.randperm(x.shape[0], generator=generator)[:clusters].to(x.device)
-    centroids = x[init].clone()
-    assign = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    for _ in range(iterations):
-        c_sq = (centroids * centroids).sum(1)
-        for start in range(0, x.shape[0], chunk):
-            block = x[start:start + chunk]
-            assign[start:start + chunk] = (c_sq[None, :] - 2 * block @ centroids.T).argmin(1)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=clusters).to(x.dtype)
-        empty = counts == 0
-        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
-    return assign.cpu().numpy()
 
 
 def per_query_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
@@ -215,7 +140,7 @@ def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray 
         if device is not None:
             x, y = x.to(device), y.to(device)
         points = torch.nn.functional.normalize(x.float(), dim=1) if normalize else x.float()
-        assign = kmeans(points, len(torch.unique(y)), seed=seed)
+        assign = kmeans(points, len(torch.unique(y)), seed=seed).labels
         truth = y.cpu().numpy()
         out["nmi"] = float(normalized_mutual_info_score(truth, assign))
         out["ami"] = float(adjusted_mutual_info_score(truth, assign))

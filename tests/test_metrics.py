@@ -1,11 +1,20 @@
-"""Retrieval metrics: hand-checked cases, the pitfalls, and agreement with pytorch-metric-learning."""
+"""Retrieval metrics: hand-checked cases, the pitfalls, and agreement with pytorch-metric-learning.
+
+The exact search (oodml.knn) is checked against a brute-force ranking on embeddings whose
+dot products are exact in float32 (small integers, or +-1/8 entries), so every summation
+order gives the same scores and ties are real; the clustering (oodml.clustering) against a
+plain Lloyd's loop and, for quality, faiss's k-means.
+"""
 
 import numpy as np
 import pytest
 import torch
 
+import oodml.knn
 from oodml import OodmlError
-from oodml.metrics import knn, retrieval_metrics
+from oodml.clustering import _split_empty, kmeans
+from oodml.knn import knn
+from oodml.metrics import retrieval_metrics
 
 
 def test_hand_checked_example():
@@ -57,10 +66,67 @@ def test_never_counts_padding_when_fewer_neighbours_than_the_depth():
     assert perfect["map@1000"] == pytest.approx(1.0) and perfect["recall@8"] == 1.0
 
 
-def test_chunking_does_not_change_the_result():
-    rng = np.random.default_rng(1)
-    x = torch.tensor(rng.normal(size=(50, 6)), dtype=torch.float32)
-    assert torch.equal(knn(x, 7, chunk=7), knn(x, 7))
+def brute_force_knn(x: np.ndarray, k: int, normalize: bool) -> np.ndarray:
+    """Every row's k nearest other rows from the full float64 score matrix, ties to the lower index."""
+    if normalize:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sq = (x * x).sum(1)
+    scores = x @ x.T if normalize else 2 * x @ x.T - sq[None, :] - sq[:, None]
+    out = []
+    for i, row in enumerate(scores):
+        others = np.delete(np.arange(len(x)), i)
+        out.append(others[np.lexsort((others, -row[others]))][:k])
+    return np.array(out)
+
+
+def exact_embeddings(kind: str, n: int, seed: int) -> np.ndarray:
+    """Embeddings whose scores float32 computes exactly, in any order: real ties, no rounding."""
+    rng = np.random.default_rng(seed)
+    if kind == "signs":       # +-1 in 64 dimensions: unit rows of +-1/8, cosines in steps of 1/64
+        return rng.choice([-1.0, 1.0], size=(n, 64)).astype(np.float32)
+    if kind == "integers":    # Euclidean on small integers: squared distances are exact integers
+        return rng.integers(-3, 4, size=(n, 5)).astype(np.float32)
+    rows = np.zeros((n, 8), dtype=np.float32)  # "sparse": 4 of 8 coordinates +-1, cosines in steps of 1/4
+    for row in rows:
+        row[rng.choice(8, 4, replace=False)] = rng.choice([-1.0, 1.0], size=4)
+    return rows
+
+
+@pytest.mark.parametrize("search", ["blocks", "rows"])
+@pytest.mark.parametrize("kind, normalize", [("signs", True), ("integers", False), ("sparse", True)])
+def test_search_equals_brute_force_for_every_block_size(kind, normalize, search, monkeypatch):
+    monkeypatch.setattr(oodml.knn, "TILE", 4)  # small blocks then have whole tiles and a ragged end
+    if search == "rows":                        # the search for large k, here for every k
+        monkeypatch.setattr(oodml.knn, "MAX_PRUNED_K", 0)
+    x = exact_embeddings(kind, 41, seed=4)
+    for k in (1, 6, 40):
+        expected = brute_force_knn(x.astype(np.float64), k, normalize)
+        for block in (1, 6, None):  # None: one block of 41; 6: a ragged last block
+            found = knn(torch.from_numpy(x), k, normalize=normalize, chunk=block).numpy()
+            assert np.array_equal(found, expected), (k, block)
+
+
+def test_search_does_not_depend_on_the_thread_count():
+    x = torch.from_numpy(exact_embeddings("sparse", 300, seed=5))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = knn(x, 25, chunk=64)
+        torch.set_num_threads(2)
+        two = knn(x, 25, chunk=64)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    assert torch.equal(one, torch.from_numpy(brute_force_knn(x.double().numpy(), 25, True)))
+
+
+def test_search_computes_each_block_once(monkeypatch):
+    computed = []
+    scores = oodml.knn._block_scores
+    monkeypatch.setattr(oodml.knn, "_block_scores", lambda a, b: computed.append(len(a) * len(b)) or scores(a, b))
+    knn(torch.randn(100, 8), 5, chunk=10)
+    # The blocks on and above the diagonal (B = 10): N(N + B)/2 scores instead of N^2.
+    assert sum(computed) == 100 * (100 + 10) // 2
 
 
 def test_clustering_scores_perfect_clusters():
@@ -68,6 +134,52 @@ def test_clustering_scores_perfect_clusters():
     x = np.repeat(centres, 5, 0) + np.random.default_rng(2).normal(size=(20, 4)) * 0.01
     m = retrieval_metrics(x, np.repeat(np.arange(4), 5))
     assert m["nmi"] == pytest.approx(1.0) and m["ami"] == pytest.approx(1.0)
+
+
+def blobs(n: int, clusters: int, dim: int, spread: float, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, clusters, size=n)
+    x = rng.normal(size=(clusters, dim))[labels] + spread * rng.normal(size=(n, dim))
+    return torch.tensor(x, dtype=torch.float32), labels
+
+
+def plain_lloyd(x: torch.Tensor, clusters: int, iterations: int, seed: int) -> np.ndarray:
+    """The textbook loop: every iteration compares every row with every centroid."""
+    generator = torch.Generator().manual_seed(seed)
+    centroids = x[torch.randperm(len(x), generator=generator)[:clusters]].clone()
+    for _ in range(iterations):
+        labels = torch.cdist(x.double(), centroids.double()).argmin(1)
+        counts = torch.bincount(labels, minlength=clusters)
+        centroids = torch.zeros_like(centroids).index_add_(0, labels, x) / counts.clamp(min=1)[:, None]
+        _split_empty(centroids, counts, generator)
+    return torch.cdist(x.double(), centroids.double()).argmin(1).numpy()
+
+
+def test_kmeans_equals_plain_lloyd_with_less_work():
+    x, _ = blobs(600, 30, 6, spread=0.6, seed=6)
+    result = kmeans(x, 30, iterations=20, seed=3)
+    assert np.array_equal(result.labels, plain_lloyd(x, 30, 20, seed=3))
+    # It stopped at a fixed point and, between, compared most rows with the moved centroids only.
+    full_passes = result.multiply_adds / (600 * 30 * 6)
+    assert result.iterations < 20 and full_passes < result.iterations
+
+
+def test_kmeans_refills_empty_clusters():
+    x = torch.tensor([[0.0, 0.0]] * 6 + [[10.0, 0.0]] * 2)  # duplicates: several initial centroids coincide
+    result = kmeans(x, 4, seed=0)
+    assert len(np.unique(result.labels)) >= 2 and result.labels.shape == (8,)
+
+
+def test_kmeans_is_as_good_as_faiss():
+    faiss = pytest.importorskip("faiss")
+    from sklearn.metrics import normalized_mutual_info_score
+
+    x, labels = blobs(3000, 60, 32, spread=0.35, seed=7)
+    ours = normalized_mutual_info_score(labels, kmeans(x, 60, seed=0).labels)
+    reference = faiss.Kmeans(32, 60, niter=20, seed=1234)  # as pytorch-metric-learning calls it
+    reference.train(x.numpy())
+    theirs = normalized_mutual_info_score(labels, reference.index.search(x.numpy(), 1)[1][:, 0])
+    assert ours == pytest.approx(theirs, abs=0.02)
 
 
 @pytest.mark.parametrize("normalize", [True, False])

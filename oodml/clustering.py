@@ -1,0 +1,120 @@
+"""Lloyd's k-means for NMI/AMI, with the policy of faiss's ``Kmeans`` as pytorch-metric-learning calls it.
+
+Policy (faiss ``Clustering``, ``niter=20``, ``nredo=1``): centroids start at a
+seeded random sample of distinct rows; each iteration assigns every row to its
+nearest centroid (squared Euclidean distance) and moves each centroid to the
+mean of its rows; an emptied cluster is refilled by splitting a populous one
+(a copy of its centroid, both perturbed by +-1/1024 in alternating
+coordinates, the cluster to split drawn with probability proportional to its
+size minus one).  pytorch-metric-learning then labels every row by its nearest
+final centroid; so does :func:`kmeans`.  The random draws are torch's, not
+faiss's, so the two give different (equally good) clusterings.
+
+Two things make it cheaper than running every iteration in full, without
+changing the result:
+
+* Once an iteration leaves every assignment as it was, every centroid stays
+  where it was and so does every later iteration (a fixed point): stop there.
+* A row whose own centroid did not move (same members, same mean) can only
+  switch to a centroid that did, so it is compared with the moved centroids
+  only; rows whose own centroid moved are compared with all.  Late iterations, where few clusters change, then cost a
+  fraction of a full pass.
+
+Distances are ``|c|^2 - 2 x.c`` (float32; ``|x|^2`` does not change the
+argmin), ties to the lower centroid index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SPLIT_EPS = 1 / 1024  # faiss's perturbation when it splits a cluster to refill an empty one
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    """``labels``: (N,) int64 cluster of each row; ``iterations``: centroid updates run (at most the
+    requested number, fewer at a fixed point); ``multiply_adds``: point-centroid dot-product
+    multiply-adds spent on assignments (N x K x d for each full pass)."""
+
+    labels: np.ndarray
+    iterations: int
+    multiply_adds: int
+
+
+def _nearest(points: torch.Tensor, centroids: torch.Tensor, squares: torch.Tensor,
+             chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of each row and its distance |c|^2 - 2 x.c: (P,) int64 and (P,) float32."""
+    labels = torch.empty(len(points), dtype=torch.long, device=points.device)
+    distances = torch.empty(len(points), device=points.device)
+    for start in range(0, len(points), chunk):
+        block = torch.addmm(squares, points[start:start + chunk], centroids.T, alpha=-2)
+        distances[start:start + chunk], labels[start:start + chunk] = block.min(1)
+    return labels, distances
+
+
+def _split_empty(centroids: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> None:
+    """Refill the centroids of empty clusters in place, faiss-style, by splitting populous ones."""
+    sizes = counts.double().cpu()
+    sign = torch.ones(centroids.shape[1], device=centroids.device)
+    sign[1::2] = -1
+    for empty in (counts == 0).nonzero()[:, 0].tolist():
+        split = int(torch.multinomial((sizes - 1).clamp(min=0), 1, generator=generator))
+        centroids[empty] = centroids[split] * (1 + SPLIT_EPS * sign)
+        centroids[split] = centroids[split] * (1 - SPLIT_EPS * sign)
+        sizes[empty] = sizes[split] / 2
+        sizes[split] -= sizes[empty]
+
+
+def kmeans(points: torch.Tensor, clusters: int, *, iterations: int = 20, seed: int = 0,
+           chunk: int = 4096) -> KMeansResult:
+    """Lloyd's k-means on the points' device; the faiss policy of the module docstring.
+
+    Args:
+        points: (N, d) float tensor, N >= clusters.
+        clusters: K, the number of clusters.
+        iterations: centroid updates (faiss's ``niter``; pytorch-metric-learning uses 20).
+        seed: seeds the initial sample and the splits of empty clusters.
+        chunk: rows per distance block (chunk x K float32 scores in memory).
+
+    Returns:
+        :class:`KMeansResult`; ``labels`` are the nearest final centroids.
+    """
+    x = points.float()
+    n, d = x.shape
+    generator = torch.Generator().manual_seed(seed)
+    centroids = x[torch.randperm(n, generator=generator)[:clusters].to(x.device)].clone()
+    labels, distances = _nearest(x, centroids, (centroids * centroids).sum(1), chunk)
+    multiply_adds = n * clusters * d
+    done = 0
+    while done < iterations:
+        counts = torch.bincount(labels, minlength=clusters)
+        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
+        updated = sums / counts.clamp(min=1)[:, None].to(x.dtype)  # empty clusters: 0, then refilled
+        _split_empty(updated, counts, generator)
+        moved = (updated != centroids).any(1)
+        centroids = updated
+        done += 1
+        if not moved.any():
+            break  # a fixed point: every later iteration would repeat this one
+        squares = (centroids * centroids).sum(1)
+        labels, distances = labels.clone(), distances.clone()
+        own_moved = moved[labels]
+        # Rows whose own centroid moved: against every centroid.
+        rows = own_moved.nonzero()[:, 0]
+        labels[rows], distances[rows] = _nearest(x[rows], centroids, squares, chunk)
+        multiply_adds += len(rows) * clusters * d
+        # The others kept their distance to their own centroid: against the moved centroids only,
+        # switching when one is nearer (or as near with a lower index).
+        rows, candidates = (~own_moved).nonzero()[:, 0], moved.nonzero()[:, 0]
+        if len(rows):
+            best, best_distance = _nearest(x[rows], centroids[candidates], squares[candidates], chunk)
+            best = candidates[best]
+            own, own_distance = labels[rows], distances[rows]
+            switch = (best_distance < own_distance) | ((best_distance == own_distance) & (best < own))
+            labels[rows[switch]], distances[rows[switch]] = best[switch], best_distance[switch]
+            multiply_adds += len(rows) * len(candidates) * d
+    return KMeansResult(labels=labels.cpu().numpy(), iterations=done, multiply_adds=multiply_adds)
