@@ -39,11 +39,17 @@ from .adapt import ADAPTATIONS, EpisodeInput, check_adaptable
 from .datasets import ImageDataset, dataset_spec, load_dataset
 from .embedding import PRECISIONS, embed_cached, read_embedding_table, resolve_device, write_embedding_table
 from .errors import OodmlError
-from .fewshot import episode_split, score_episode
 from .metrics import MAP_DEPTH, retrieval_metrics
 from .models import LoadedModel, load_model
 from .models.sources import declared_training_on
 from .plotting import new_figure, save_figure
+from .protocol import (
+    curve_summary,
+    embedding_file_name,
+    episode_split,
+    parse_embedding_file_name,
+    score_episode,
+)
 from .splits import Level, SplitSet, resolve
 from .splits.audit import pretraining_meta
 
@@ -55,8 +61,6 @@ KS = (1, 2, 4, 8)
 RUN_ENTRY = re.compile(r"results\.parquet|summary\.json|curve-[^/]+\.(?:png|svg)|embeddings")
 #: the ``Results.meta`` fields of "the same run": saving it again replaces the earlier results unasked
 SAME_RUN = ("model", "dataset", "split_digest")
-#: the evaluation protocols: one model for every level, or one checkpoint per level
-PROTOCOLS = ("per-level", "zero-shot")
 
 
 # --- results ---------------------------------------------------------------------------------------
@@ -71,25 +75,6 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
         return mean, float("nan"), float("nan")
     half = float(stats.t.ppf(0.5 + confidence / 2, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr)))
     return mean, mean - half, mean + half
-
-
-def curve_summary(distance: Sequence[float], value: Sequence[float]) -> dict:
-    """Degradation-curve summary of one metric over levels.
-
-    Returns the mean over levels, the area under metric-versus-distance with the
-    distance axis scaled to [0, 1] (trapezoids, levels sorted by distance), the
-    least-squares slope on that scaled axis, and the relative drop from the
-    first (easiest) to the last level.
-    """
-    d, v = np.asarray(distance, np.float64), np.asarray(value, np.float64)
-    order = np.argsort(d, kind="stable")
-    d, v = d[order], v[order]
-    span = d[-1] - d[0]
-    x = (d - d[0]) / span if span > 0 else np.zeros_like(d)
-    auc = float(np.sum((x[1:] - x[:-1]) * (v[1:] + v[:-1]) / 2)) if len(d) > 1 and span > 0 else float(v.mean())
-    slope = float(np.polyfit(x, v, 1)[0]) if len(d) > 1 and span > 0 else 0.0
-    drop = float((v[0] - v[-1]) / v[0]) if v[0] != 0 else float("nan")
-    return {"mean": float(v.mean()), "auc": auc, "slope": slope, "relative_drop": drop}
 
 
 @dataclass
@@ -249,27 +234,6 @@ def zero_shot_metrics(ks: Sequence[int] = KS, clustering: bool = True) -> list[s
     """Names of the zero-shot metrics :func:`evaluate` reports: what ``--metric`` can plot."""
     return [*(f"recall@{k}" for k in ks), "r_precision", "map@r", f"map@{MAP_DEPTH}",
             *(("nmi", "ami") if clustering else ())]
-
-
-def embedding_file_name(key: tuple) -> str:
-    """``level3.parquet`` for ``("test", 3)``; ``level3-2shot-episode0-finetune-last.parquet`` for few-shot."""
-    if key[0] == "test":
-        return f"level{key[1]}.parquet"
-    _, level, shots, episode, adaptation = key
-    return f"level{level}-{shots}shot-episode{episode}-{adaptation}.parquet"
-
-
-_EMBEDDING_FILE = re.compile(r"level([0-9]{1,9})(?:-([0-9]{1,9})shot-episode([0-9]{1,9})-([a-z-]+))?\.parquet")
-
-
-def parse_embedding_file_name(name: str) -> tuple | None:
-    """The key :func:`embedding_file_name` made ``name`` from, or None for any other name."""
-    m = _EMBEDDING_FILE.fullmatch(name)
-    if m is None:
-        return None
-    if m.group(2) is None:
-        return ("test", int(m.group(1)))
-    return ("fewshot", int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4))
 
 
 def read_saved_embeddings(out_dir: str | Path) -> dict:
@@ -435,8 +399,12 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             "images_embedded": images_embedded, **_model_meta(models.shared),
             **pretraining_meta(models.shared, split_set, chosen, ds),
             "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    return Results(rows, [{"level": lv.index, "distance": lv.distance, "ci_low": lv.ci_low, "ci_high": lv.ci_high}
-                          for lv in chosen], meta, saved if save_embeddings else None)
+    return Results(rows, _level_records(chosen), meta, saved if save_embeddings else None)
+
+
+def _level_records(chosen: list[Level]) -> list[dict]:
+    """``Results.levels``: each level's number, distance and the distance's interval."""
+    return [{"level": lv.index, "distance": lv.distance, "ci_low": lv.ci_low, "ci_high": lv.ci_high} for lv in chosen]
 
 
 def _levels_of(dataset: str | ImageDataset, splits: SplitSet | str | Path | None, levels: Sequence[int] | None

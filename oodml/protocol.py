@@ -1,10 +1,15 @@
-"""The few-shot protocol: how an episode is split, and how one episode is scored.
+"""The evaluation protocol, once for :func:`oodml.evaluate` and the leaderboard verifier alike.
 
-An episode (from a split set's manifest) names k support images per class; its
-queries are every other image of those classes.  :func:`episode_split` turns it
-into dataset rows, and :func:`score_episode` scores one episode's embeddings.
-:func:`oodml.evaluate` and the leaderboard verifier (:mod:`oodml.leaderboard.scoring`)
-both call these two, so the board re-scores an entry with the rule its authors ran.
+It owns what both must agree on, so the board re-scores an entry with the rule
+its authors ran (:mod:`oodml.leaderboard.scoring` calls these same functions):
+
+* the protocols (:data:`PROTOCOLS`) and the names of saved embedding files
+  (:func:`embedding_file_name`, :func:`parse_embedding_file_name`);
+* the few-shot episodes: an episode (from a split set's manifest) names k
+  support images per class, its queries are every other image of those classes;
+  :func:`episode_split` turns it into dataset rows, and :func:`score_episode`
+  scores one episode's embeddings;
+* the degradation-curve summary of a metric over levels (:func:`curve_summary`).
 
 The rule, per adaptation (:data:`EPISODE_METRICS`):
 
@@ -20,6 +25,7 @@ The rule, per adaptation (:data:`EPISODE_METRICS`):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -29,6 +35,9 @@ import torch
 from .adapt import FINETUNED
 from .errors import OodmlError
 from .metrics import retrieval_metrics
+
+#: the evaluation protocols: one model for every level, or one checkpoint per level
+PROTOCOLS = ("per-level", "zero-shot")
 
 if TYPE_CHECKING:
     from .datasets import ImageDataset
@@ -130,3 +139,43 @@ def score_episode(support_embeddings: np.ndarray, support_labels: np.ndarray, qu
         elif name in wanted:
             out[name] = retrieval[name]
     return out
+
+
+def curve_summary(distance: Sequence[float], value: Sequence[float]) -> dict:
+    """Degradation-curve summary of one metric over levels.
+
+    Returns the mean over levels, the area under metric-versus-distance with the
+    distance axis scaled to [0, 1] (trapezoids, levels sorted by distance), the
+    least-squares slope on that scaled axis, and the relative drop from the
+    first (easiest) to the last level.
+    """
+    d, v = np.asarray(distance, np.float64), np.asarray(value, np.float64)
+    order = np.argsort(d, kind="stable")
+    d, v = d[order], v[order]
+    span = d[-1] - d[0]
+    x = (d - d[0]) / span if span > 0 else np.zeros_like(d)
+    auc = float(np.sum((x[1:] - x[:-1]) * (v[1:] + v[:-1]) / 2)) if len(d) > 1 and span > 0 else float(v.mean())
+    slope = float(np.polyfit(x, v, 1)[0]) if len(d) > 1 and span > 0 else 0.0
+    drop = float((v[0] - v[-1]) / v[0]) if v[0] != 0 else float("nan")
+    return {"mean": float(v.mean()), "auc": auc, "slope": slope, "relative_drop": drop}
+
+
+def embedding_file_name(key: tuple) -> str:
+    """``level3.parquet`` for ``("test", 3)``; ``level3-2shot-episode0-finetune-last.parquet`` for few-shot."""
+    if key[0] == "test":
+        return f"level{key[1]}.parquet"
+    _, level, shots, episode, adaptation = key
+    return f"level{level}-{shots}shot-episode{episode}-{adaptation}.parquet"
+
+
+_EMBEDDING_FILE = re.compile(r"level([0-9]{1,9})(?:-([0-9]{1,9})shot-episode([0-9]{1,9})-([a-z-]+))?\.parquet")
+
+
+def parse_embedding_file_name(name: str) -> tuple | None:
+    """The key :func:`embedding_file_name` made ``name`` from, or None for any other name."""
+    m = _EMBEDDING_FILE.fullmatch(name)
+    if m is None:
+        return None
+    if m.group(2) is None:
+        return ("test", int(m.group(1)))
+    return ("fewshot", int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4))

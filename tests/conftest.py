@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# OpenMP threads that spin while waiting for work (the default) cost several-fold on a shared 2-core machine
+# (tools/bench_metrics.py measured 2.5x on the kNN); set before torch is imported, inherited by subprocesses.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Never touch the network or the user's cache from tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

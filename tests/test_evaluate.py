@@ -15,8 +15,9 @@ import torch
 from oodml import OodmlError
 from oodml.cli import main
 from oodml.embedding import embedding_cache_dir
-from oodml.evaluation import Results, curve_summary, evaluate, parse_levels, t_interval, zero_shot_metrics
+from oodml.evaluation import Results, evaluate, parse_levels, t_interval, zero_shot_metrics
 from oodml.models import EmbeddingModel, create_model, load_model, save
+from oodml.protocol import curve_summary
 from oodml.splits import read_split_set
 
 SPLITS = Path(__file__).resolve().parents[1] / "splits" / "glyphs" / "v1"

@@ -5,14 +5,14 @@ import pytest
 
 import oodml.adapt
 import oodml.evaluation
-import oodml.fewshot
 import oodml.leaderboard.scoring
 import oodml.leaderboard.submission
+import oodml.protocol
 from oodml.errors import OodmlError
 from oodml.evaluation import evaluate
-from oodml.fewshot import EPISODE_METRICS, episode_split, score_episode
 from oodml.leaderboard import verify
 from oodml.models import load_model
+from oodml.protocol import EPISODE_METRICS, episode_split, score_episode
 from oodml.splits import load
 
 # Two classes, two support images each.  Class 0's images point along x and along y, so its prototype
@@ -56,15 +56,15 @@ def test_an_episode_splits_into_its_support_and_every_other_image_of_its_classes
 
 def test_evaluate_and_the_verifier_share_one_rule_and_one_list_of_names():
     for module in (oodml.evaluation, oodml.leaderboard.scoring):
-        assert module.score_episode is oodml.fewshot.score_episode
-        assert module.episode_split is oodml.fewshot.episode_split
+        assert module.score_episode is oodml.protocol.score_episode
+        assert module.episode_split is oodml.protocol.episode_split
     submission = oodml.leaderboard.submission
     assert submission.ADAPTATIONS is oodml.adapt.ADAPTATIONS and submission.FINETUNED is oodml.adapt.FINETUNED
-    assert submission.PROTOCOLS is oodml.evaluation.PROTOCOLS
+    assert submission.PROTOCOLS is oodml.protocol.PROTOCOLS
 
 
 def test_changing_the_rule_changes_evaluate_and_the_verifier_alike(leaderboard_entry, glyphs, monkeypatch):
-    monkeypatch.setattr(oodml.fewshot, "nearest_accuracy", lambda *args, **kwargs: 0.125)
+    monkeypatch.setattr(oodml.protocol, "nearest_accuracy", lambda *args, **kwargs: 0.125)
     results = evaluate(load_model("glyph-cnn", embed_dim=8, seed=1), glyphs, "v1", levels=[1], fewshot=(2,),
                        episodes=1, clustering=False, device="cpu")
     assert {r["value"] for r in results.rows if r["metric"] == "accuracy"} == {0.125}

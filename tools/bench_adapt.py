@@ -35,8 +35,8 @@ import torch
 
 import oodml.adapt
 from oodml.adapt import BATCH_CLASSES, FINETUNE_ITERATIONS, PER_CLASS, finetune_last
-from oodml.fewshot import nearest_accuracy
 from oodml.miners import DistanceWeightedMiner
+from oodml.protocol import nearest_accuracy
 
 STUDY_RUNS, STUDY_LEVELS, STUDY_EPISODES = 16, 8, 10   # tools/reproduce_baselines.sh: 4 losses x +-SEC x 2 seeds
 

@@ -5,7 +5,7 @@ published split set and the dataset (each level's test images exactly once,
 finite values, one width; each fine-tuned episode's support and query images
 exactly once) and computes, per level, the retrieval metrics, the per-class
 Recall@1 hit counts the board's paired bootstrap resamples, and the few-shot
-accuracies of the manifest's episodes, split and scored by :mod:`oodml.fewshot`,
+accuracies of the manifest's episodes, split and scored by :mod:`oodml.protocol`,
 the rule :func:`oodml.evaluate` runs.  :func:`verify` runs the whole check and
 compares the numbers the entry claims.
 """
@@ -22,9 +22,8 @@ from ..adapt import FINETUNED
 from ..datasets import ImageDataset, load_dataset
 from ..embedding import read_embedding_table
 from ..errors import OodmlError
-from ..evaluation import curve_summary
-from ..fewshot import episode_split, score_episode
 from ..metrics import per_query_metrics
+from ..protocol import curve_summary, episode_split, score_episode
 from ..splits import Episode, Level, SplitSet, load
 from .submission import Submission, is_fraction, parse_file_name, read_submission, shown
 

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from .._fs import file_digest
 from ..adapt import ADAPTATIONS, FINETUNED
-from ..evaluation import PROTOCOLS, embedding_file_name, parse_embedding_file_name
+from ..protocol import PROTOCOLS, embedding_file_name, parse_embedding_file_name
 
 SCHEMA_VERSION = 1
 MAX_JSON_BYTES = 1 << 20
