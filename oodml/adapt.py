@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .augmentations import AUGMENTATIONS
 from .embedding import embed, resolve_device
 from .errors import OodmlError
 from .miners import DistanceWeightedMiner
@@ -88,8 +89,6 @@ def finetune_all(model: torch.nn.Module, dataset, support: np.ndarray, support_l
                  query: np.ndarray, *, shots: int, iterations: int | None, seed: tuple, device: str,
                  batch_size: int) -> np.ndarray:
     """Train a copy of the whole model on augmented support images; return normalised query embeddings."""
-    from .training import AUGMENTATIONS
-
     dev = resolve_device(device)
     tuned = copy.deepcopy(model).float().to(dev).train()
     augment = AUGMENTATIONS[getattr(tuned, "augmentation", "none")](tuned.preprocessing)

@@ -107,7 +107,8 @@ def test_the_wheel_carries_the_split_sets_and_the_glyphs_bytes(installed):
     wheel, _, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     for split_set in ("glyphs/v1", "cars196/oodml-v1"):
-        shipped = {p.name for p in (REPO / "splits" / split_set).iterdir()}
+        folder = REPO / "splits" / split_set
+        shipped = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
         assert {f"oodml/_splits/{split_set}/{name}" for name in shipped} <= names
     assert "oodml/datasets/data/glyphs.parquet" in names
     assert not any("__pycache__" in name or name.endswith(".gitkeep") for name in names)

@@ -3,12 +3,12 @@
 import pytest
 
 from oodml import OodmlError
+from oodml.augmentations import AUGMENTATIONS
 from oodml.datasets.registry import DATASETS
 from oodml.losses import LOSSES
 from oodml.registry import Registry
 from oodml.shift import DISTANCES
 from oodml.splits import ALGORITHMS
-from oodml.training import AUGMENTATIONS
 
 
 def test_a_registry_lists_suggests_and_warns_on_overwrite():
@@ -20,6 +20,7 @@ def test_a_registry_lists_suggests_and_warns_on_overwrite():
 
     colours.register("cyan", lambda: None, description="green-blue")
     assert list(colours) == ["crimson", "cyan"] and "cyan" in colours and len(colours) == 2
+    assert ["cyan"] not in colours and None not in colours     # what a hostile document may hold
     assert colours.listing() == [("crimson", "A deep red."), ("cyan", "green-blue")]
     assert colours.names("c?an") == ["cyan"]
     with pytest.raises(OodmlError, match=r"^unknown colour 'crimsen'; did you mean crimson\?$"):

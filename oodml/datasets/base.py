@@ -198,3 +198,31 @@ class ImageDataset:
             except OodmlError as exc:
                 problems.append(str(exc))
         return problems
+
+
+def dataset_summary(ds: ImageDataset) -> dict:
+    """What ``oodml datasets info`` reports, as a JSON-friendly dict.
+
+    Metadata columns with at most 20 values are tallied: by classes when the
+    value is constant within every class (glyphs' script group), else by images.
+    """
+    counts = ds.class_counts()
+    summary = {
+        "dataset": ds.name, "root": str(ds.root), "layout": ds.layout,
+        "classes": len(ds.classes), "images": len(ds),
+        "images_per_class": {"min": int(counts.min()), "median": float(np.median(counts)), "max": int(counts.max())},
+        "fingerprint": ds.fingerprint,
+    }
+    for key, column in ds.metadata.items():
+        column = np.asarray(column)
+        values, inverse = np.unique(column, return_inverse=True)
+        if len(values) > 20:
+            summary[key] = f"{len(values)} distinct values"
+            continue
+        class_value = np.full(len(ds.classes), -1)
+        class_value[ds.labels] = inverse
+        per_class = np.array_equal(class_value[ds.labels], inverse)
+        unit = "classes" if per_class else "images"
+        tally = np.bincount(class_value[class_value >= 0] if per_class else inverse, minlength=len(values))
+        summary[key] = {"unit": unit, "counts": {str(v): int(c) for v, c in zip(values, tally, strict=True)}}
+    return summary

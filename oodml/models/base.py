@@ -23,7 +23,7 @@ class EmbeddingModel(torch.nn.Module):
         arch: registry name of the architecture.
         config: the keyword arguments that rebuild it with ``create_model(arch, **config)``.
         preprocessing: how images must be prepared for it at test time.
-        augmentation: name of its training augmentation (a key of ``oodml.training.AUGMENTATIONS``).
+        augmentation: name of its training augmentation (a key of ``oodml.augmentations.AUGMENTATIONS``).
     """
 
     def __init__(self, backbone: torch.nn.Module, features: int, embed_dim: int, *, arch: str, config: dict,

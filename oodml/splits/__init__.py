@@ -14,9 +14,19 @@ from .build import ALGORITHMS, SplitConfig, build_levels
 from .compare import SplitComparison, compare
 from .levels import Episode, Level
 from .make import make_splits
-from .manifest import SplitSet, iter_published, load, open_split_set, read_split_set, resolve, write_split_set
+from .manifest import (
+    SplitSet,
+    iter_published,
+    load,
+    open_split_set,
+    read_split_set,
+    resolve,
+    verify_split_sets,
+    write_split_set,
+)
 from .search import SplitState, greedy_levels, removal_continuation, swap_progression
 
 __all__ = ["ALGORITHMS", "Audit", "Episode", "Level", "SplitComparison", "SplitConfig", "SplitSet", "SplitState",
            "audit", "build_levels", "compare", "greedy_levels", "iter_published", "load", "make_splits",
-           "open_split_set", "read_split_set", "removal_continuation", "resolve", "swap_progression", "write_split_set"]
+           "open_split_set", "read_split_set", "removal_continuation", "resolve", "swap_progression",
+           "verify_split_sets", "write_split_set"]

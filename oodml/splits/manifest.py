@@ -44,7 +44,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -487,3 +487,24 @@ def open_split_set(ref: SplitSet | str | Path) -> SplitSet:
                          "or DATASET@VERSION (see `oodml splits list`)")
     dataset, _, version = str(ref).partition("@")
     return load(dataset, version or None)
+
+
+def verify_split_sets(refs: Sequence[str | Path] | None = None) -> list[tuple[str, SplitSet | None, str | None]]:
+    """Verify each split set ``refs`` names (see :func:`open_split_set`), or every published one.
+
+    Returns:
+        One ``(reference, split set or None, problem or None)`` per split set, in order.
+
+    Raises:
+        OodmlError: when no split set is given and none is published.
+    """
+    targets = list(refs) if refs else [str(path) for _, _, path in iter_published()]
+    if not targets:
+        raise OodmlError("no published split sets to verify")
+    checks = []
+    for ref in targets:
+        try:
+            checks.append((str(ref), open_split_set(ref), None))
+        except OodmlError as exc:
+            checks.append((str(ref), None, str(exc)))
+    return checks
