@@ -224,6 +224,22 @@ def test_the_cli_reference_follows_the_parser():
     assert "--no-such-option" in text and "added by this test" in text
 
 
+def test_the_names_page_lists_what_is_registered(monkeypatch):
+    """Every registry's names are on the generated page; a newly registered loss appears there too."""
+    import importlib.util
+
+    from oodml.losses import LOSSES, LossSpec
+
+    spec = importlib.util.spec_from_file_location("registries", DOCS / "hooks" / "registries.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    text = hook.registries_markdown()
+    for _, _, registry in hook.registries():
+        assert all(f"| `{name}` |" in text for name in registry)
+    monkeypatch.setitem(LOSSES, "lifted", LossSpec(lambda c, d: (None, None), False, "lifted structure loss"))
+    assert "| `lifted` | lifted structure loss |" in hook.registries_markdown()
+
+
 def one_page_site(tmp_path: Path, page: str) -> Path:
     """The real mkdocs.yml (plugins, validation, strictness) on a single page, so a failure is quick to build."""
     config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
