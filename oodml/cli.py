@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-import numpy as np
-
 from . import __version__
 from .errors import OodmlError
 from .progress import set_quiet
@@ -60,35 +58,9 @@ def _print_listing(rows: list[tuple[str, str]], indent: str = "") -> None:
         print(f"{indent}{name:<{width}}  {description}".rstrip())
 
 
-def dataset_summary(ds) -> dict:
-    """What ``oodml datasets info`` reports, as a JSON-friendly dict.
-
-    Metadata columns with at most 20 values are tallied: by classes when the
-    value is constant within every class (glyphs' script group), else by images.
-    """
-    counts = ds.class_counts()
-    summary = {
-        "dataset": ds.name, "root": str(ds.root), "layout": ds.layout,
-        "classes": len(ds.classes), "images": len(ds),
-        "images_per_class": {"min": int(counts.min()), "median": float(np.median(counts)), "max": int(counts.max())},
-        "fingerprint": ds.fingerprint,
-    }
-    for key, column in ds.metadata.items():
-        column = np.asarray(column)
-        values, inverse = np.unique(column, return_inverse=True)
-        if len(values) > 20:
-            summary[key] = f"{len(values)} distinct values"
-            continue
-        class_value = np.full(len(ds.classes), -1)
-        class_value[ds.labels] = inverse
-        per_class = np.array_equal(class_value[ds.labels], inverse)
-        unit = "classes" if per_class else "images"
-        tally = np.bincount(class_value[class_value >= 0] if per_class else inverse, minlength=len(values))
-        summary[key] = {"unit": unit, "counts": {str(v): int(c) for v, c in zip(values, tally, strict=True)}}
-    return summary
-
-
 def cmd_datasets_info(args: argparse.Namespace) -> int:
+    from .datasets import dataset_summary
+
     summary = dataset_summary(_load(args))
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -182,21 +154,17 @@ def cmd_splits_show(args: argparse.Namespace) -> int:
 
 
 def cmd_splits_verify(args: argparse.Namespace) -> int:
-    from .splits import iter_published, read_split_set
+    from .splits import verify_split_sets
 
-    targets = [args.ref] if args.ref else [str(p) for _, _, p in iter_published()]
-    if not targets:
-        raise OodmlError("no published split sets to verify")
-    failures = 0
-    for ref in targets:
-        try:
-            split_set = _load_split_set(ref) if args.ref else read_split_set(ref)
+    checks = verify_split_sets([args.ref] if args.ref else None)
+    for ref, split_set, problem in checks:
+        if problem is None:
             print(f"ok  {split_set.dataset}@{split_set.version}  digest {split_set.digest}")
-        except OodmlError as exc:
-            failures += 1
-            print(f"FAIL  {ref}: {exc}", file=sys.stderr)
+        else:
+            print(f"FAIL  {ref}: {problem}", file=sys.stderr)
+    failures = sum(problem is not None for _, _, problem in checks)
     if failures:
-        raise OodmlError(f"{failures} of {len(targets)} split sets failed verification")
+        raise OodmlError(f"{failures} of {len(checks)} split sets failed verification")
     return 0
 
 
@@ -394,6 +362,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .distributed import is_main_process
     from .embedding import resolve_device
     from .evaluation import check_output_dir, evaluate, parse_levels, zero_shot_metrics
+    from .reference import format_gaps
     from .splits import resolve
 
     resolve_device(args.device)
@@ -410,11 +379,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        adapt_iterations=args.adapt_iterations, device=args.device,
                        precision=args.precision, batch_size=args.batch_size, workers=args.workers, decode=args.decode,
                        clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label,
-                       save_embeddings=args.save_embeddings, dataset_options=dict(args.option))
+                       save_embeddings=args.save_embeddings, dataset_options=dict(args.option),
+                       reference=args.reference)
     if not is_main_process():
         return 0
     written = results.save(args.out, metric=args.metric, overwrite=args.overwrite)
     print(results.format_table())
+    if "reference" in results.meta:
+        print(f"\nagainst the in-distribution references in {args.reference} (Recall@1 on the same halves):")
+        print(format_gaps(results.meta["reference"]))
     embedded = results.meta.get("images_embedded")
     if embedded is not None:
         print(f"{embedded} distinct images embedded once for {len(results.levels)} levels")
@@ -459,6 +432,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .datasets import dataset_spec, load_dataset
     from .embedding import resolve_device
     from .evaluation import parse_levels
+    from .reference import checkpoint_name, train_references
     from .splits import resolve
     from .training import TrainConfig, train_levels
 
@@ -478,10 +452,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     ds = load_dataset(args.dataset, root=args.root, **dict(args.option))
 
     def report(level: int, provenance: dict) -> None:
-        print(f"level {level}: best val recall@1 {provenance['best_val_recall@1']:.4f} -> {args.out}/level{level}.pt")
+        fold = provenance.get("reference", {}).get("fold")
+        name = f"level{level}.pt" if fold is None else checkpoint_name(level, fold)
+        print(f"level {level}: best val recall@1 {provenance['best_val_recall@1']:.4f} -> {args.out}/{name}")
 
-    train_levels(ds, split_set, levels, config, out=args.out, device=args.device, workers=args.workers,
-                 report=report)
+    trainer = train_references if args.reference else train_levels
+    trainer(ds, split_set, levels, config, out=args.out, device=args.device, workers=args.workers, report=report)
     return 0
 
 
@@ -531,6 +507,9 @@ def _add_train(commands) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast for the forward pass (fp16 with loss scaling, GPU only)")
     p.add_argument("--workers", type=non_negative_int, default=0)
+    p.add_argument("--reference", action="store_true",
+                   help="train each level's in-distribution references instead: the same recipe on the level's test "
+                        "classes, 2-fold cross-fitted over their images (writes level<N>-fold<F>.pt)")
     p.add_argument("--out", required=True, help="directory for level<N>.pt checkpoints")
     p.set_defaults(func=cmd_train)
 
@@ -573,6 +552,9 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--out", default="results", help="output directory (default ./results): new, empty, or an "
                    "earlier run of the same model, dataset and split set, which is replaced whole")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run of another model in --out")
+    p.add_argument("--reference", metavar="DIR",
+                   help="in-distribution references (`oodml train --reference`): also report per level the model's "
+                        "and the references' Recall@1 on the same halves and the gap, with a class-bootstrap interval")
     p.set_defaults(func=cmd_evaluate)
 
     models = commands.add_parser("models", help="registered embedding models")

@@ -50,6 +50,7 @@ from .protocol import (
     parse_embedding_file_name,
     score_episode,
 )
+from .reference import References
 from .splits import Level, SplitSet, resolve
 from .splits.audit import pretraining_meta
 
@@ -348,7 +349,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
              clustering: bool = True, device: str = "auto", precision: str = "fp32", batch_size: int = 128,
              workers: int = 0, use_cache: bool = True, shard_size: int = 2048, label: str | None = None,
              save_embeddings: bool = False, dataset_options: Mapping[str, object] | None = None,
-             decode: str = "loader") -> Results:
+             decode: str = "loader", reference: str | Path | None = None) -> Results:
     """Score ``model`` on every requested level of ``splits``; returns the :class:`Results`.
 
     Args:
@@ -369,11 +370,11 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             its support and query images, for a leaderboard submission.
         dataset_options: adapter options for loading ``dataset`` by name (e.g. ``{"subset": "test"}``).
         decode: where images are decoded: ``loader``, ``device`` or ``auto`` (see :func:`oodml.embedding.embed`).
+        reference: a folder of in-distribution references (:mod:`oodml.reference`): adds ``meta["reference"]``.
 
     Raises:
-        OodmlError: for any argument that cannot be honoured, naming it.  Every argument is checked (device,
-            counts, levels, shots, episodes, per-level checkpoint files) and the model loaded before the
-            dataset is read or anything is embedded.
+        OodmlError: for any argument that cannot be honoured, naming it; every argument (device, counts, levels,
+            shots, episodes, checkpoint and reference files) is checked, the models loaded, before data is read.
     """
     adaptations = _checked_adaptations(adapt)
     _check_counts(episodes=episodes, adapt_iterations=adapt_iterations, batch_size=batch_size, workers=workers,
@@ -382,6 +383,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
     fewshot = tuple(dict.fromkeys(fewshot))
     split_set, chosen = _levels_of(dataset, splits, levels)
     _check_fewshot(chosen, fewshot, episodes)
+    references = References.open(reference, split_set, chosen)
     models = _Models.of(model, chosen, adaptations if fewshot else ())
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root, **(dataset_options or {}))
     split_set.check_dataset(ds.fingerprint, ds.root)
@@ -389,7 +391,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
     embedder = _Embedder(ds, dict(use_cache=use_cache, shard_size=shard_size, device=device, precision=precision,
                                   batch_size=batch_size, workers=workers, decode=decode))
     scoring = _Scoring(ds, split_set, models.protocol, embedder, tuple(ks), clustering, fewshot,
-                       adaptations, episodes, adapt_iterations, device, batch_size, save_embeddings)
+                       adaptations, episodes, adapt_iterations, device, batch_size, save_embeddings or bool(references))
     rows, saved, images_embedded = _score_levels(chosen, models, scoring)
     meta = {"model": str(model if not isinstance(model, LoadedModel) else model.source), "label": label,
             "protocol": models.protocol, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
@@ -397,7 +399,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             "distance": split_set.metadata.get("distance"), "fewshot": list(fewshot),
             "adapt": list(adaptations) if fewshot else None, "episodes": episodes,
             "images_embedded": images_embedded, **_model_meta(models.shared),
-            **pretraining_meta(models.shared, split_set, chosen, ds),
+            **pretraining_meta(models.shared, split_set, chosen, ds), **references.meta(saved, ds, embedder),
             "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     return Results(rows, _level_records(chosen), meta, saved if save_embeddings else None)
 

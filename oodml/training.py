@@ -22,38 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import transforms as T
 
 from . import __version__
 from ._fs import atomic_path
+from .augmentations import AUGMENTATIONS
 from .datasets import ImageDataset, load_dataset
 from .distributed import barrier, rank_world
-from .embedding import PRECISIONS, Preprocessing, embed, resolve_device
+from .embedding import PRECISIONS, embed, resolve_device
 from .errors import OodmlError
 from .losses import REGULARISERS, get_loss
 from .metrics import retrieval_metrics
 from .models import EmbeddingModel, create_model, save
 from .progress import progress
-from .registry import Registry
 from .splits import Level, SplitSet
-
-
-def _normalize(prep: Preprocessing) -> list:
-    return [T.ToTensor(), T.Normalize(prep.mean, prep.std)]
-
-
-#: training augmentation name -> builder from the model's test preprocessing
-AUGMENTATIONS: Registry[Callable[[Preprocessing], Callable]] = Registry("augmentation")
-AUGMENTATIONS.register(
-    "imagenet-crop-flip", description="random resized crop and horizontal flip (the DML papers' recipe)",
-    value=lambda p: T.Compose([T.RandomResizedCrop(p.crop or 224), T.RandomHorizontalFlip(), *_normalize(p)]))
-# Characters must not be flipped (b/d, p/q): small affine jitter only.
-AUGMENTATIONS.register(
-    "glyph-affine", description="small rotation, shift and scale jitter; never a flip (b/d, p/q)",
-    value=lambda p: T.Compose([T.Resize(p.resize or 32), T.CenterCrop(p.crop or 32),
-                               T.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.9, 1.1), fill=255),
-                               *_normalize(p)]))
-AUGMENTATIONS.register("none", lambda p: p.transform(), description="the test preprocessing, unchanged")
 
 
 @dataclass(frozen=True)
@@ -152,43 +133,79 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
     splits.check_dataset(ds.fingerprint, ds.root)
     lv: Level = splits.level(level)
     train_idx = ds.indices_of_classes(lv.tuning_train_classes)
-    if cfg.epochs is not None:
-        iterations = max(1, int(np.ceil(cfg.epochs * len(train_idx) / cfg.batch_size)))
-        cfg = dataclasses.replace(cfg, iterations=iterations, eval_every=min(cfg.eval_every, iterations))
-    rank, world = rank_world()
-    _check_batches(cfg, ds.labels[train_idx], len(lv.tuning_train_classes), world)
+    cfg = with_iterations(cfg, len(train_idx))
     identity = {"config": dataclasses.asdict(cfg), "split_digest": splits.digest, "level": level}
     if out is not None:
         finished = finished_checkpoint(Path(out) / f"level{level}.pt", identity)
         if finished is not None:
             return finished
-    dev = resolve_device(device)
-    if cfg.precision == "fp16" and dev.type != "cuda":
-        raise OodmlError("fp16 training needs a CUDA device; use --precision bf16 or fp32 here")
-
-    run = _Run.start(cfg, ds, lv, dev, world)
-    # Resume a killed run of the same configuration from its last evaluation point.
     state_path = Path(out) / f"level{level}.state.pt" if out is not None else None
-    state = _read_state(state_path, identity)
-    done = state["step"] if state else 0
-    batches = run.batches(ds, train_idx, done, rank, world, workers)  # draws the loader's seed, now
-    if state:  # after the loader has drawn its seed, so the random stream continues exactly where it stopped
-        run.restore(state)
-    run.fit(batches, ds, ds.indices_of_classes(lv.val_classes), start=done, rank=rank, world=world,
-            state_path=state_path, identity=identity)
-    model = run.best_model()
+    model, fitted = train_on(ds, lv.tuning_train_classes, train_idx, ds.indices_of_classes(lv.val_classes), cfg,
+                             name=f"level {level}", device=device, workers=workers, state_path=state_path,
+                             identity=identity)
     provenance = {
         "dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "splits": f"{splits.dataset}@{splits.version}",
         "split_digest": splits.digest, "level": level, "train_classes": list(lv.tuning_train_classes),
-        "val_classes": list(lv.val_classes), "selected_on": "val recall@1",
-        "best_val_recall@1": run.best, "history": run.history, "config": dataclasses.asdict(cfg),
-        "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "val_classes": list(lv.val_classes), "selected_on": "val recall@1", **fitted,
+        "config": dataclasses.asdict(cfg), "oodml_version": __version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if out is not None and rank == 0:
+    if out is not None and rank_world()[0] == 0:
         save(model, Path(out) / f"level{level}.pt", provenance=provenance)
         state_path.unlink(missing_ok=True)
     barrier()
     return model, provenance
+
+
+def with_iterations(config: TrainConfig, n_images: int) -> TrainConfig:
+    """A resolved ``config`` with its ``epochs`` (passes over ``n_images`` training images) turned into
+    iterations; unchanged when it counts iterations."""
+    if config.epochs is None:
+        return config
+    iterations = max(1, int(np.ceil(config.epochs * n_images / config.batch_size)))
+    return dataclasses.replace(config, iterations=iterations, eval_every=min(config.eval_every, iterations))
+
+
+def train_on(ds: ImageDataset, classes: Sequence[str], train_idx: np.ndarray, val_idx: np.ndarray,
+             config: TrainConfig, *, name: str, device: str = "auto", workers: int = 0,
+             state_path: Path | None = None, identity: dict | None = None) -> tuple[EmbeddingModel, dict]:
+    """Train on the images ``train_idx`` of ``classes``, keeping the state with the best Recall@1 on the
+    images ``val_idx``: the training steps of :func:`train`, for any set of images.
+
+    Args:
+        classes: the training classes, in the order that numbers them inside the loss (its proxies).
+        train_idx, val_idx: dataset rows to train on (each of one of ``classes``) and to select on.
+        config: resolved, counting iterations (:meth:`TrainConfig.resolved`, :func:`with_iterations`).
+        name: the run's name in progress bars and errors (``"level 3"``).
+        state_path, identity: where a resumable state is written at each validation, and the fields it must
+            match to be resumed (a killed run of the same identity continues and ends with the same weights).
+
+    Returns:
+        The model at its best validation state (CPU, eval mode) and ``{"best_val_recall@1", "history"}``.
+
+    Raises:
+        OodmlError: a setting no run can use, an image outside ``classes``, a P x K batch they cannot fill,
+            fp16 without CUDA, divergence.
+    """
+    _check_run_arguments(config, device, workers)
+    outside = np.setdiff1d(ds.labels[train_idx], [ds.class_index[c] for c in classes])
+    if len(outside):
+        raise OodmlError(f"{name}: training images of class {ds.classes[int(outside[0])]!r}, which is not "
+                         "among the training classes")
+    rank, world = rank_world()
+    _check_batches(config, ds.labels[train_idx], len(classes), world)
+    dev = resolve_device(device)
+    if config.precision == "fp16" and dev.type != "cuda":
+        raise OodmlError("fp16 training needs a CUDA device; use --precision bf16 or fp32 here")
+    run = _Run.start(config, ds, classes, dev, world, name)
+    # Resume a killed run of the same configuration from its last evaluation point.
+    state = _read_state(state_path, identity or {})
+    done = state["step"] if state else 0
+    batches = run.batches(ds, train_idx, done, rank, world, workers)  # draws the loader's seed, now
+    if state:  # after the loader has drawn its seed, so the random stream continues exactly where it stopped
+        run.restore(state)
+    run.fit(batches, ds, val_idx, start=done, rank=rank, world=world, state_path=state_path, identity=identity or {})
+    return run.best_model(), {"best_val_recall@1": run.best, "history": run.history}
 
 
 def train_levels(dataset: ImageDataset, splits: SplitSet, levels: Sequence[int] | None = None,
@@ -233,22 +250,23 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, model: EmbeddingModel, loss_fn: torch.nn.Module,
                  objective: torch.nn.Module, optimiser: torch.optim.Optimizer, label_map: torch.Tensor,
-                 remap: dict[int, int], dev: torch.device, level: int):
-        self.level = level
+                 remap: dict[int, int], dev: torch.device, name: str):
+        self.name = name
         self.cfg, self.model, self.loss_fn, self.objective = cfg, model, loss_fn, objective
         self.optimiser, self.label_map, self.remap, self.dev = optimiser, label_map, remap, dev
         self.scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
         self.best, self.best_state, self.history = -1.0, None, []
 
     @classmethod
-    def start(cls, cfg: TrainConfig, ds: ImageDataset, lv: Level, dev: torch.device, world: int) -> _Run:
+    def start(cls, cfg: TrainConfig, ds: ImageDataset, classes: Sequence[str], dev: torch.device, world: int,
+              name: str) -> _Run:
         """Seed, build the model and the loss, and the optimiser over both (the loss's proxies at 100x the lr)."""
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         model = create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed).to(dev)
         spec = get_loss(cfg.loss)
         # Labels inside the loss are the positions of the training classes.
-        remap = {ds.class_index[c]: k for k, c in enumerate(lv.tuning_train_classes)}
+        remap = {ds.class_index[c]: k for k, c in enumerate(classes)}
         loss_fn, miner = spec.build(len(remap), cfg.embed_dim)
         loss_fn = loss_fn.to(dev)
         params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
@@ -263,7 +281,7 @@ class _Run:
         label_map = torch.full((len(ds.classes),), -1, dtype=torch.long)
         for original, k in remap.items():
             label_map[original] = k
-        return cls(cfg, model, loss_fn, objective, optimiser, label_map, remap, dev, lv.index)
+        return cls(cfg, model, loss_fn, objective, optimiser, label_map, remap, dev, name)
 
     def batches(self, ds: ImageDataset, train_idx: np.ndarray, done: int, rank: int, world: int,
                 workers: int) -> Iterator:
@@ -282,7 +300,7 @@ class _Run:
                                              pin_memory=self.dev.type == "cuda")
         self.model.train()
         loader_iter = iter(loader)  # draws the loader's seed from the global generator
-        return progress(loader_iter, f"train level {self.level} {cfg.loss}", total=cfg.iterations - done, unit="it")
+        return progress(loader_iter, f"train {self.name} {cfg.loss}", total=cfg.iterations - done, unit="it")
 
     def restore(self, state: dict) -> None:
         """Continue from a state written by :meth:`state` (weights, optimiser, best so far, random state)."""
@@ -309,7 +327,7 @@ class _Run:
             if not _finite_everywhere(loss, world):
                 last = f"the last good state (iteration {self.history[-1]['iteration']}) is in {state_path}" \
                     if self.history and state_path is not None else "no checkpoint was written"
-                raise OodmlError(f"training diverged on level {self.level}: the loss is {float(loss.detach())} at "
+                raise OodmlError(f"training diverged on {self.name}: the loss is {float(loss.detach())} at "
                                  f"iteration {step}; {last}. Lower --lr or the regulariser's weight")
             self.optimiser.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
