@@ -22,19 +22,20 @@ def write_jpeg(path: Path, seed: int, size: int = 12) -> None:
 CUB_CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
 
 
-def build_cub(root: Path, per_class: int = 3) -> dict:
+def build_cub(root: Path, per_class: int = 3, classes: list[str] = CUB_CLASSES) -> dict:
+    """The official CUB_200_2011/ layout under ``root`` with ``per_class`` JPEGs of each of ``classes``."""
     base = root / "CUB_200_2011"
     images, labels = [], []
-    for k, cname in enumerate(CUB_CLASSES):
+    for k, cname in enumerate(classes):
         for j in range(per_class):
             rel = f"{cname}/{cname.split('.')[1]}_{j:04d}.jpg"
             write_jpeg(base / "images" / rel, seed=100 * k + j)
             images.append(rel)
             labels.append(k + 1)
-    (base / "classes.txt").write_text("".join(f"{k + 1} {c}\n" for k, c in enumerate(CUB_CLASSES)))
+    (base / "classes.txt").write_text("".join(f"{k + 1} {c}\n" for k, c in enumerate(classes)))
     (base / "images.txt").write_text("".join(f"{i + 1} {p}\n" for i, p in enumerate(images)))
     (base / "image_class_labels.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(labels)))
-    return {"classes": CUB_CLASSES, "per_class": per_class, "images": len(images)}
+    return {"classes": classes, "per_class": per_class, "images": len(images)}
 
 
 CARS_CLASSES = ["AM General Hummer SUV 2000", "Ram C/V Cargo Van Minivan 2012", "smart fortwo Convertible 2012"]

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from fixtures import write_jpeg
+from fixtures import build_cub
 
 from oodml.cli import main
 from oodml.errors import OodmlError
@@ -185,17 +185,7 @@ def test_evaluate_records_the_overlap_of_a_model_that_declares_imagenet(tmp_path
     from oodml.models.io import LoadedModel
 
     split_set, classes = _cub_split_set()
-    base = tmp_path / "CUB_200_2011"
-    images, labels = [], []
-    for k, name in enumerate(classes):
-        for j in range(2):
-            rel = f"{name}/{name.split('.')[1]}_{j:04d}.jpg"
-            write_jpeg(base / "images" / rel, seed=10 * k + j)
-            images.append(rel)
-            labels.append(k + 1)
-    (base / "classes.txt").write_text("".join(f"{k + 1} {c}\n" for k, c in enumerate(classes)))
-    (base / "images.txt").write_text("".join(f"{i + 1} {p}\n" for i, p in enumerate(images)))
-    (base / "image_class_labels.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(labels)))
+    build_cub(tmp_path, per_class=2, classes=list(classes))
     ds = load_dataset("cub200", root=tmp_path)
     net = create_model("glyph-cnn", embed_dim=4)
     model = LoadedModel(net, net.preprocessing, "0" * 64, "tiny-in1k", identity={"pretraining": "a1_in1k"})
