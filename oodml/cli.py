@@ -575,8 +575,9 @@ def cmd_leaderboard_submit(args: argparse.Namespace) -> int:
 
     out = submit(args.results, name=args.name, method=args.method, description=args.description or "",
                  authors=args.authors or [], paper=args.paper, code=args.code,
-                 training_data=args.training_data or "", baseline=args.baseline, adaptations=args.adapt,
-                 episodes=args.episodes, root=args.root, data_root=args.data_root, replace=args.replace)
+                 training_data=args.training_data or "", pretraining=args.pretraining, baseline=args.baseline,
+                 adaptations=args.adapt, episodes=args.episodes, root=args.root, data_root=args.data_root,
+                 replace=args.replace)
     print(f"wrote {out}; check it with `oodml leaderboard verify {out}`")
     return 0
 
@@ -633,6 +634,10 @@ def _add_leaderboard(commands) -> None:
     submit.add_argument("--paper", help="paper URL")
     submit.add_argument("--code", help="code URL")
     submit.add_argument("--training-data", help="what the model was trained on")
+    submit.add_argument("--pretraining", metavar="DATA",
+                        help="what the model was pretrained on, for the board's overlap column: imagenet-1k, a "
+                             "library tag (a1_in1k, laion2b_s34b_b79k), or none when trained from scratch "
+                             "(default: what a model spec declares, else not declared)")
     submit.add_argument("--baseline", action="store_true", help="mark as a reference baseline")
     submit.add_argument("--adapt", nargs="+", choices=ADAPTATIONS, help="few-shot adaptations to include "
                         "(default: those evaluated)")

@@ -22,6 +22,17 @@ changing the result:
 
 Distances are ``|c|^2 - 2 x.c`` (float32; ``|x|^2`` does not change the
 argmin), ties to the lower centroid index.
+
+Scores.  :func:`adjusted_mutual_info` is scikit-learn's
+``adjusted_mutual_info_score`` (arithmetic normalisation), with the expected
+mutual information under the hypergeometric model computed over *distinct*
+class and cluster sizes: each term depends on a class's size a and a
+cluster's size b only, so the sum over all class-cluster pairs is a sum over
+distinct (a, b) pairs weighted by how many pairs share them.  With 11,000
+classes of about 5 images that is a few hundred pairs instead of 1.2e8 (the
+library's loop takes about 25 s on two cores at Stanford Online Products'
+size; this takes milliseconds).  The terms are scikit-learn's, in float64; only
+their order of summation differs (tested equal to 1e-10).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.special import gammaln
 
 SPLIT_EPS = 1 / 1024  # faiss's perturbation when it splits a cluster to refill an empty one
 
@@ -118,3 +130,72 @@ def kmeans(points: torch.Tensor, clusters: int, *, iterations: int = 20, seed: i
             labels[rows[switch]], distances[rows[switch]] = best[switch], best_distance[switch]
             multiply_adds += len(rows) * len(candidates) * d
     return KMeansResult(labels=labels.cpu().numpy(), iterations=done, multiply_adds=multiply_adds)
+
+
+def expected_mutual_information(class_sizes: np.ndarray, cluster_sizes: np.ndarray) -> float:
+    """E[MI] of two labellings with these class and cluster sizes under random assignment (hypergeometric), nats.
+
+    The same terms as scikit-learn's ``expected_mutual_information``, summed over distinct
+    (class size, cluster size) pairs times their multiplicity (module docstring).
+
+    Args:
+        class_sizes: (R,) positive ints, the images of each class; they sum to N.
+        cluster_sizes: (C,) positive ints, the images of each cluster; they sum to N.
+    """
+    a_values, a_counts = np.unique(np.asarray(class_sizes, dtype=np.int64), return_counts=True)
+    b_values, b_counts = np.unique(np.asarray(cluster_sizes, dtype=np.int64), return_counts=True)
+    n = int(np.sum(class_sizes))
+    if len(class_sizes) == 1 or len(cluster_sizes) == 1:
+        return 0.0
+    b = b_values.astype(np.float64)
+    gln_b, gln_nb = gammaln(b + 1), gammaln(n - b + 1)
+    gln_n = gammaln(n + 1)
+    emi = 0.0
+    for a, pairs in zip(a_values.tolist(), a_counts.tolist(), strict=True):
+        # (distinct cluster sizes, n_ij = 1 .. a): the terms with max(1, a + b - N) <= n_ij <= min(a, b)
+        nij = np.arange(1, a + 1, dtype=np.float64)[None, :]
+        valid = (nij <= b[:, None]) & (nij >= a + b[:, None] - n)
+        log_term = np.log(n) + np.log(nij) - np.log(a) - np.log(b)[:, None]
+        gln = (gammaln(a + 1) + gln_b[:, None] + gammaln(n - a + 1) + gln_nb[:, None] - gammaln(nij + 1) - gln_n
+               - gammaln(np.maximum(a - nij, 0) + 1) - gammaln(np.maximum(b[:, None] - nij, 0) + 1)
+               - gammaln(np.maximum(n - a - b[:, None] + nij, 0) + 1))
+        terms = np.where(valid, nij / n * log_term * np.exp(np.where(valid, gln, -np.inf)), 0.0)
+        emi += pairs * float(terms.sum(1) @ b_counts)
+    return emi
+
+
+def _entropy(sizes: np.ndarray) -> float:
+    """Entropy of a labelling with these class sizes, nats (scikit-learn's ``_entropy``)."""
+    n = float(sizes.sum())
+    return float(-np.sum((sizes / n) * (np.log(sizes) - np.log(n))))
+
+
+def adjusted_mutual_info(truth: np.ndarray, assigned: np.ndarray) -> float:
+    """Adjusted mutual information of two labellings: scikit-learn's ``adjusted_mutual_info_score``
+    (arithmetic mean of the entropies, its special cases and its eps clamping), with the expected
+    mutual information from :func:`expected_mutual_information`.
+
+    Args:
+        truth, assigned: (N,) int labels (classes and clusters).
+
+    Returns:
+        AMI, at most 1 (1: the same partition; about 0: independent ones).
+    """
+    from sklearn.metrics import mutual_info_score
+    from sklearn.metrics.cluster import contingency_matrix
+
+    truth, assigned = np.asarray(truth), np.asarray(assigned)
+    classes, class_sizes = np.unique(truth, return_counts=True)
+    clusters, cluster_sizes = np.unique(assigned, return_counts=True)
+    if len(classes) == len(clusters) == 1 or len(classes) == len(clusters) == 0:
+        return 1.0
+    if len(classes) == 1 or len(clusters) == 1:
+        return 0.0
+    mi = mutual_info_score(truth, assigned, contingency=contingency_matrix(truth, assigned, sparse=True))
+    emi = expected_mutual_information(class_sizes, cluster_sizes)
+    tiny = np.finfo(np.float64).eps
+    denominator = (_entropy(class_sizes) + _entropy(cluster_sizes)) / 2 - emi
+    denominator = min(denominator, -tiny) if denominator < 0 else max(denominator, tiny)
+    numerator = mi - emi
+    numerator = min(numerator, -tiny) if numerator < 0 else max(numerator, tiny)
+    return float(numerator / denominator)

@@ -18,7 +18,7 @@ Reality Check*); ``map@1000`` (the same sum over the first 1000 neighbours,
 still divided by R; ooDML's mAP@1000 divides by R + 1 and, with fewer than
 1000 neighbours, counts the padding as hits, so its values are not comparable);
 ``nmi`` and ``ami`` (k-means with as many clusters as classes, fixed seed,
-scored with scikit-learn; :mod:`oodml.clustering`).
+scored as scikit-learn scores them; :mod:`oodml.clustering`).
 
 The k-nearest-neighbour search (:mod:`oodml.knn`) is exact and computes each
 block of the symmetric similarity matrix once, on the embeddings' device; memory
@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .clustering import kmeans
+from .clustering import adjusted_mutual_info, kmeans
 from .errors import OodmlError
 from .knn import knn_chunks
 
@@ -134,7 +134,7 @@ def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray 
     out: dict[str, float] = {name: float(values.mean()) for name, values in per_query.items()}
     out["queries"] = int(len(queries))
     if clustering:
-        from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+        from sklearn.metrics import normalized_mutual_info_score
 
         x, y = _check(embeddings, labels)
         if device is not None:
@@ -143,5 +143,5 @@ def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray 
         assign = kmeans(points, len(torch.unique(y)), seed=seed).labels
         truth = y.cpu().numpy()
         out["nmi"] = float(normalized_mutual_info_score(truth, assign))
-        out["ami"] = float(adjusted_mutual_info_score(truth, assign))
+        out["ami"] = adjusted_mutual_info(truth, assign)
     return out

@@ -167,6 +167,15 @@ def test_cub_overlap_per_level_counts_classes_and_images():
     assert partial.status == "lower bound" and partial.levels[1].test_images is None
 
 
+def test_the_board_cell_of_a_partial_class_overlap():
+    from oodml.leaderboard.board import overlap_cell
+
+    split_set, _ = _cub_split_set()
+    assert overlap_cell({"pretraining": "a1_in1k"}, split_set) == ("1-2 of 3 per level (class overlap with "
+                                                                   "imagenet-1k)", 0.5)
+    assert overlap_cell({"pretraining": "in21k_ft_in1k"}, split_set)[0].startswith("at least 1-2 of 3 per level")
+
+
 def test_pretraining_without_a_class_list_is_unknown_never_none(capsys):
     split_set, _ = _cub_split_set()
     overlap = pretraining_overlap(split_set, "lvd142m")

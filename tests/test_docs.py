@@ -211,7 +211,7 @@ def test_the_cli_reference_follows_the_parser():
     """Whatever the parser offers is in the generated page: add an option and it appears."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("cli_reference", DOCS / "hooks" / "cli_reference.py")
+    spec = importlib.util.spec_from_file_location("generated", DOCS / "hooks" / "generated.py")
     hook = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hook)
     from oodml.cli import build_parser
@@ -230,7 +230,7 @@ def test_the_names_page_lists_what_is_registered(monkeypatch):
 
     from oodml.losses import LOSSES, LossSpec
 
-    spec = importlib.util.spec_from_file_location("registries", DOCS / "hooks" / "registries.py")
+    spec = importlib.util.spec_from_file_location("generated", DOCS / "hooks" / "generated.py")
     hook = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hook)
     text = hook.registries_markdown()

@@ -60,7 +60,10 @@ def test_submit_verify_build_end_to_end(entry, tmp_path, capsys):
      r"claims levels/3/recall@1 = 0.99, but its embeddings give"),
     (lambda p: edit_json(p, claimed={"levels": {"3": {"nmi": 0.5}}}), "claims levels/3/nmi, which oodml does not"),
     (lambda p: edit_json(p, split_digest="0" * 64), "is not that of the published glyphs@v1"),
-    (lambda p: edit_json(p, schema_version=2), "schema version 2 is newer than this oodml reads"),
+    (lambda p: edit_json(p, schema_version=3), "schema version 3 is newer than this oodml reads"),
+    (lambda p: edit_json(p, schema_version=1), "unknown field 'pretraining' .schema version 1 has none; it came"),
+    (lambda p: edit_json(p, pretraining="in1k\u202e"), "pretraining holds the control character U\\+202E"),
+    (lambda p: edit_json(p, pretraining=["imagenet-1k"]), "field 'pretraining' must be str"),
     (lambda p: edit_json(p, protocol="transductive"), "protocol 'transductive' is not one of"),
     (lambda p: edit_json(p, entry="other"), "declares glyphs/v1/other but lives in glyphs/v1/tiny"),
     (lambda p: edit_json(p, embedding_dim="8"), "field 'embedding_dim' must be int"),
@@ -114,6 +117,44 @@ def test_links_and_oversized_files_are_refused(entry, tmp_path, monkeypatch):
     assert any("a link; submissions hold regular files only" in p for p in read_submission(path)[1])
     monkeypatch.setattr(submission, "MAX_FILE_BYTES", 1000)
     assert any("more than the 1000 allowed per file" in p for p in read_submission(copy_of(entry, tmp_path, "b"))[1])
+
+
+def test_schema_1_entries_without_pretraining_still_verify(entry, tmp_path):
+    path = copy_of(entry, tmp_path)
+    meta = json.loads((path / "submission.json").read_text())
+    del meta["pretraining"]
+    (path / "submission.json").write_text(json.dumps({**meta, "schema_version": 1}))
+    assert verify(path).ok
+    (path / "submission.json").write_text(json.dumps(meta))           # version 2 needs the field
+    assert "field 'pretraining' is missing" in verify(path).problems[0]
+
+
+def test_the_board_shows_what_each_entry_saw_in_pretraining(entry, tmp_path):
+    declared = {"scratch": "none", "in1k": "imagenet-1k", "silent": ""}
+    for name, pretraining in declared.items():
+        edit_json(copy_of(entry, tmp_path, name), pretraining=pretraining)
+    root = tmp_path / "leaderboard"
+    assert main(["leaderboard", "build", "--root", str(root)]) == 0
+    rows = {line.split(" | ")[1]: line for line in (root / "README.md").read_text().splitlines()
+            if line.startswith("| ") and " | " in line and line.split(" | ")[1] in declared}
+    assert rows["scratch"].endswith("| none (no pretraining) |")
+    assert rows["in1k"].endswith("| unknown (imagenet-1k) |")        # glyphs has no map into ImageNet classes
+    assert rows["silent"].endswith("| not declared |")
+    assert "pretraining: imagenet-1k (unknown: no map from glyphs classes" in (root / "index.html").read_text()
+
+
+@pytest.mark.parametrize("pretraining, cell, share", [
+    # every car model has an ImageNet-1k class of its body type (sports car, convertible, ...)
+    ("a1_in1k", "all test classes (category overlap with imagenet-1k)", 1.0),
+    ("in21k_ft_in1k", "all test classes (category overlap with imagenet-1k)", 1.0),
+    ("laion2b_s34b_b79k", "unknown (laion2b_s34b_b79k)", "unknown"),
+    ("none", "none (no pretraining)", 0.0), ("", "not declared", "not declared"),
+])
+def test_overlap_cell_counts_the_published_cars196_levels(pretraining, cell, share):
+    from oodml.leaderboard.board import overlap_cell
+    from oodml.splits import load
+
+    assert overlap_cell({"pretraining": pretraining}, load("cars196", "oodml-v1")) == (cell, share)
 
 
 def test_build_renders_only_verified_entries(entry, tmp_path, capsys):

@@ -12,7 +12,7 @@ import torch
 
 import oodml.knn
 from oodml import OodmlError
-from oodml.clustering import _split_empty, kmeans
+from oodml.clustering import _split_empty, adjusted_mutual_info, expected_mutual_information, kmeans
 from oodml.knn import knn
 from oodml.metrics import retrieval_metrics
 
@@ -180,6 +180,39 @@ def test_kmeans_is_as_good_as_faiss():
     reference.train(x.numpy())
     theirs = normalized_mutual_info_score(labels, reference.index.search(x.numpy(), 1)[1][:, 0])
     assert ours == pytest.approx(theirs, abs=0.02)
+
+
+def labellings(seed: int):
+    """Random pairs of labellings: independent, equal, nearly equal, with one class, with lone members."""
+    rng = np.random.default_rng(seed)
+    for trial in range(200):
+        n = int(rng.integers(2, 300))
+        truth = rng.integers(0, int(rng.integers(1, 30)), n)
+        assigned = [rng.integers(0, int(rng.integers(1, 30)), n), truth.copy(), (truth + (rng.random(n) < 0.2)) % 7,
+                    np.zeros(n, dtype=int), np.arange(n)][trial % 5]
+        yield truth, assigned
+
+
+def test_adjusted_mutual_info_equals_scikit_learns():
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    for truth, assigned in labellings(seed=4):
+        assert adjusted_mutual_info(truth, assigned) == pytest.approx(adjusted_mutual_info_score(truth, assigned),
+                                                                     abs=1e-10)
+
+
+def test_expected_mutual_information_groups_equal_sizes_exactly():
+    # Many classes of few sizes (SOP's shape, scaled down): the grouped sum equals scikit-learn's pair-by-pair one.
+    from sklearn.metrics.cluster import contingency_matrix
+    from sklearn.metrics.cluster._expected_mutual_info_fast import expected_mutual_information as theirs
+
+    rng = np.random.default_rng(5)
+    truth = np.repeat(np.arange(400), rng.integers(2, 9, 400))
+    assigned = rng.permutation(truth.copy() % 350)
+    expected = theirs(contingency_matrix(truth, assigned, sparse=True), len(truth))
+    ours = expected_mutual_information(np.bincount(truth), np.bincount(assigned))
+    assert ours == pytest.approx(expected, rel=1e-10)
+    assert expected_mutual_information(np.array([5]), np.array([2, 3])) == 0.0   # one class: no information
 
 
 @pytest.mark.parametrize("normalize", [True, False])

@@ -32,6 +32,17 @@ def test_creation_is_seeded_and_leaves_the_global_rng_alone():
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
+def test_resnet50_with_imagenet_weights_declares_imagenet_pretraining(tmp_path):
+    import torchvision
+
+    weights = tmp_path / "resnet50-0676ba61.pth"       # torchvision's file name; random values suffice here
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)
+    pretrained = load_model("resnet50", embed_dim=8, weights=str(weights))
+    assert pretrained.identity == {"spec": "resnet50", "library": "oodml", "pretraining": "imagenet-1k"}
+    assert load_model("resnet50", embed_dim=8).identity == {}       # random weights declare nothing
+    assert load_model("glyph-cnn").identity == {}
+
+
 def test_resnet50_batch_norm_stays_frozen_in_training_mode():
     model = create_model("resnet50", embed_dim=8).train()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

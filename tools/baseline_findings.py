@@ -12,12 +12,19 @@ Reads ``RESULTS/<method>/seed<S>`` (zero-shot retrieval and prototypes),
    and seeds, with 95% t-intervals over those episodes; and whether the gain
    grows with shift (hardest two levels minus easiest two).
 
-Run:  .venv/bin/python tools/baseline_findings.py build/baselines/results > docs/baselines-glyphs.md
+Run:  .venv/bin/python tools/baseline_findings.py build/baselines/results --update docs/baselines-glyphs.md
+
+``--update`` rewrites the file in place and keeps its "Shift or difficulty"
+section (between the ``reference-gap`` markers, written by
+tools/reference_glyphs.sh); without it the findings go to standard output.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -54,8 +61,23 @@ def accuracies(results: Results, adaptation: str) -> dict[tuple[int, int, int], 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path)
+    parser.add_argument("--update", type=Path, metavar="DOC",
+                        help="rewrite DOC in place, keeping its reference-gap section")
     args = parser.parse_args()
-    runs = load_runs(args.results)
+    if args.update is None:
+        findings(args.results)
+        return
+    kept = re.search(r"<!-- reference-gap:.*?<!-- /reference-gap -->\n", args.update.read_text(encoding="utf-8"),
+                     re.S)
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        findings(args.results)
+    args.update.write_text(text.getvalue() + ("\n" + kept.group() if kept else ""), encoding="utf-8")
+
+
+def findings(results: Path) -> None:
+    """Print the findings as Markdown (module docstring)."""
+    runs = load_runs(results)
     methods = sorted(runs, key=lambda m: (m.replace("+sec", ""), m.endswith("+sec")))
     seeds = sorted({s for m in methods for s in runs[m] if s.startswith("seed") and s[4:].isdigit()})
     levels = sorted(zero_shot(runs[methods[0]][seeds[0]]))

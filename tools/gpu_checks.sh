@@ -12,18 +12,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-checks}
-mkdir -p "$OUT"
-export OODML_QUIET=1 PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
 ROOT=(${GLYPHS_ROOT:+--root "$GLYPHS_ROOT"})
-status=0
-run() {  # NAME COMMAND...: run, log, time, remember failures
-    local name=$1; shift
-    echo "== $name: $*"
-    local start=$SECONDS
-    if "$@" > "$OUT/$name.log" 2>&1; then echo "   ok in $((SECONDS - start)) s"; else echo "   FAILED"; status=1; fi
-    tail -n 12 "$OUT/$name.log"
-}
+source tools/gpu_run.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 run glyphs $PY -m oodml datasets info glyphs "${ROOT[@]}"

@@ -9,17 +9,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-decode}
-mkdir -p "$OUT"
-export OODML_QUIET=1 PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-status=0
-run() {  # NAME COMMAND...: run, log, time, remember failures
-    local name=$1; shift
-    echo "== $name: $*"
-    local start=$SECONDS
-    if "$@" > "$OUT/$name.log" 2>&1; then echo "   ok in $((SECONDS - start)) s"; else echo "   FAILED"; status=1; fi
-    tail -n 8 "$OUT/$name.log"
-}
+TAIL_LINES=8
+source tools/gpu_run.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 run tests $PY -m pytest -q -p no:cacheprovider tests/test_device_decode.py

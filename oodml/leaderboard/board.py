@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from .._fs import atomic_path
-from ..splits import iter_published
+from ..splits import SplitSet, iter_published, read_split_set
+from ..splits.audit import PretrainingOverlap, pretraining_overlap
 from .scoring import Verification, iter_entries, verify_entries
-from .submission import is_web_url, one_line
+from .submission import NO_PRETRAINING, SCHEMA_VERSION, declared_pretraining, is_web_url, one_line
 
 DRAWS = 2000
 STEPS = """1. Evaluate your model with embeddings saved: `oodml evaluate MODEL --dataset D --splits V --fewshot 2,5 \
@@ -111,6 +112,57 @@ def _fmt(x: float) -> str:
     return f"{x:.4f}"
 
 
+def entry_overlap(meta: dict, split_set: SplitSet) -> PretrainingOverlap | None:
+    """The overlap of the split set's test classes with the entry's declared pretraining data, or None when
+    it declares none (``none``) or nothing (:func:`oodml.splits.audit.pretraining_overlap`)."""
+    declared = declared_pretraining(meta)
+    if not declared or declared.lower() == NO_PRETRAINING:
+        return None
+    return pretraining_overlap(split_set, declared)
+
+
+def overlap_cell(meta: dict, split_set: SplitSet) -> tuple[str, float | str]:
+    """The board's "test classes seen in pretraining" cell: text and sort value (the mean share over levels).
+
+    ``4-7 of 50 per level (class overlap with imagenet-1k)`` (``3/50, 5/48 by level`` when levels differ
+    in size, ``all test classes`` when every one has a counterpart); ``at least ...`` when the declaration
+    names data besides the class list; ``unknown (laion2b_s34b_b79k)`` when nothing can be counted;
+    ``none (no pretraining)``; ``not declared``.
+    """
+    declared = declared_pretraining(meta)
+    if not declared:
+        return "not declared", "not declared"
+    if declared.lower() == NO_PRETRAINING:
+        return "none (no pretraining)", 0.0
+    overlap = pretraining_overlap(split_set, declared)
+    if overlap.status == "unknown":
+        return f"unknown ({declared})", "unknown"
+    seen = [lv.test_classes_with_counterpart or 0 for lv in overlap.levels]
+    totals = [lv.test_classes for lv in overlap.levels]
+    bound = "at least " if overlap.status == "lower bound" else ""
+    if seen == totals:
+        counts, bound = "all test classes", ""
+    elif len(set(totals)) == 1:
+        counts = (f"{min(seen)}-{max(seen)}" if min(seen) != max(seen) else f"{seen[0]}") + f" of {totals[0]} per level"
+    else:
+        counts = ", ".join(f"{k}/{n}" for k, n in zip(seen, totals, strict=True)) + " by level"
+    share = float(np.mean([k / n for k, n in zip(seen, totals, strict=True)]))
+    return f"{bound}{counts} ({overlap.overlap} overlap with {overlap.class_list})", share
+
+
+def overlap_details(meta: dict, split_set: SplitSet) -> str:
+    """One line for the entry's details: the declaration, why the count is what it is, and per level the
+    test classes with a counterpart."""
+    declared = declared_pretraining(meta)
+    overlap = entry_overlap(meta, split_set)
+    if overlap is None:
+        return f"pretraining: {declared or 'not declared'}"
+    levels = "; ".join(f"L{lv.level} {lv.test_classes_with_counterpart}/{lv.test_classes}"
+                       + (f" ({', '.join(lv.classes_with_counterpart)})" if lv.classes_with_counterpart else "")
+                       for lv in overlap.levels) if overlap.status != "unknown" else "not countable"
+    return f"pretraining: {declared} ({overlap.status}: {overlap.reason}); test classes seen: {levels}"
+
+
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_~\[\]|])")
 
 
@@ -134,7 +186,8 @@ def html_text(text: str) -> str:
 Cell = tuple[str, float | str]
 
 
-def _board_rows(ranked: list[Ranked], text: Callable[[str], str]) -> tuple[list[str], list[list[Cell]]]:
+def _board_rows(ranked: list[Ranked], text: Callable[[str], str],
+                split_set: SplitSet) -> tuple[list[str], list[list[Cell]]]:
     """Header and rows of cells ``(text, sort value)`` shared by the Markdown and HTML renderings.
 
     ``text`` turns a submitted string into the rendering's safe text
@@ -143,7 +196,7 @@ def _board_rows(ranked: list[Ranked], text: Callable[[str], str]) -> tuple[list[
     levels = [lv["level"] for lv in ranked[0].verification.scores.levels]
     shots = sorted({s for r in ranked for s in _fewshot_cells(r)}, key=lambda s: int(s.split("-")[0]))
     header = ["rank", "method", "mean R@1 [95% CI]", "gap to above [95% CI]", "AUC R@1", "MAP@R",
-              *[f"L{k} R@1" for k in levels], *[f"{s} gain" for s in shots]]
+              *[f"L{k} R@1" for k in levels], *[f"{s} gain" for s in shots], "test classes seen in pretraining"]
     rows = []
     for r in ranked:
         scores = r.verification.scores
@@ -163,6 +216,8 @@ def _board_rows(ranked: list[Ranked], text: Callable[[str], str]) -> tuple[list[
                 cells.append((f"{best - base:+.4f} ({how}: {_fmt(base)} -> {_fmt(best)})", best - base))
             else:
                 cells.append(("-", float("-inf")))
+        overlap, share = overlap_cell(r.meta, split_set)   # it quotes the submitted declaration
+        cells.append((text(overlap), share))
         rows.append(cells)
     return header, rows
 
@@ -229,6 +284,7 @@ class Board:
     version: str
     protocol: str | None      # None: no entry yet
     ranked: list[Ranked]
+    split_set: SplitSet
 
     @property
     def title(self) -> str:
@@ -245,15 +301,17 @@ EMPTY = "No entry yet: this board fills when the first submission verifies (see 
 def collect_boards(verifications: Sequence[Verification]) -> list[Board]:
     """One board per published split set and protocol (an empty one where no entry exists)."""
     boards = []
-    for dataset, version, _ in sorted(set(iter_published())):
+    for dataset, version, path in sorted(set(iter_published())):
         mine = [v for v in verifications if v.ok and (v.submission.meta["dataset"], v.submission.meta[
             "split_version"]) == (dataset, version)]
         protocols = sorted({v.submission.meta["protocol"] for v in mine})
+        split_set = read_split_set(path)
         if not protocols:
-            boards.append(Board(dataset, version, None, []))
+            boards.append(Board(dataset, version, None, [], split_set))
         for protocol in protocols:
             boards.append(Board(dataset, version, protocol,
-                                rank_entries([v for v in mine if v.submission.meta["protocol"] == protocol])))
+                                rank_entries([v for v in mine if v.submission.meta["protocol"] == protocol]),
+                                split_set))
     return boards
 
 
@@ -271,17 +329,21 @@ def render_markdown(boards: list[Board], rejected: Sequence[Verification]) -> st
            f"classes ({DRAWS} draws), and an entry whose gap to the entry above has an interval holding 0 shares "
            "its rank (a tie). AUC is the area under Recall@1 against the level distance scaled to [0, 1]. "
            "Few-shot gain: mean over levels of the episodes' n-way accuracy with the entry's best adaptation, "
-           "minus nearest-support-image accuracy without adaptation. The sortable page with the degradation "
+           "minus nearest-support-image accuracy without adaptation. Test classes seen in pretraining: per level, "
+           "the test classes with a counterpart in the entry's declared pretraining data (class overlap: the same "
+           "species; category overlap: the same kind of object), from the maps `oodml splits audit --pretraining` "
+           "uses; unknown when the data has no class list. The sortable page with the degradation "
            "curves is `index.html`.", "", "## How to submit", "", STEPS, "",
-           "The format (schema version 1) is described in `oodml/leaderboard/submission.py` and checked by "
-           "`oodml leaderboard verify`: `submission.json` plus float16 Parquet embeddings of every level's test "
-           "images (and, for fine-tuned few-shot adaptation, of each episode's images after adaptation).", ""]
+           f"The format (schema version {SCHEMA_VERSION}) is described in `oodml/leaderboard/submission.py` and "
+           "checked by `oodml leaderboard verify`: `submission.json` plus float16 Parquet embeddings of every "
+           "level's test images (and, for fine-tuned few-shot adaptation, of each episode's images after "
+           "adaptation).", ""]
     for board in boards:
         out += [f"## {board.title}", ""]
         if not board.ranked:
             out += [EMPTY, ""]
             continue
-        header, rows = _board_rows(board.ranked, markdown_text)
+        header, rows = _board_rows(board.ranked, markdown_text, board.split_set)
         out += [_markdown_table(header, rows), ""]
         spread = [(r.meta["method"], r.meta["seeds"]) for r in board.ranked if r.meta["seeds"].get("sd_mean_recall@1")]
         if spread:
@@ -347,7 +409,7 @@ def render_html(boards: list[Board], rejected: Sequence[Verification]) -> str:
         if not board.ranked:
             parts.append(f'<p class="empty">{html.escape(EMPTY)}</p>')
             continue
-        header, rows = _board_rows(board.ranked, str)
+        header, rows = _board_rows(board.ranked, str, board.split_set)
         parts.append(f'<table class="board" id="board-{board.anchor}"><thead><tr>' +
                      "".join(f'<th aria-sort="none">{html.escape(h)}</th>' for h in header) + "</tr></thead><tbody>")
         for row in rows:
@@ -359,7 +421,8 @@ def render_html(boards: list[Board], rejected: Sequence[Verification]) -> str:
             m = r.meta
             parts.append(f"<details><summary>{html_text(m['method'])}</summary><p>{html_text(m['description'])}"
                          f"</p><p>authors: {html_text(', '.join(m['authors']) or '-')} {_links_html(m)}</p>"
-                         f"<p>training data: {html_text(m['training_data'])}</p><p>adaptations: "
+                         f"<p>training data: {html_text(m['training_data'])}</p>"
+                         f"<p>{html_text(overlap_details(m, board.split_set))}</p><p>adaptations: "
                          f"{html_text(', '.join(m['adaptations']) or 'none')}; seeds: "
                          f"{html_text(', '.join(_fmt(x) for x in m['seeds'].get('mean_recall@1', [])))}</p>"
                          f"<p>split digest <code>{html_text(m['split_digest'][:16])}</code>, oodml "

@@ -1,4 +1,4 @@
-"""The submission format (schema version 1): what a leaderboard entry holds, and its structural checks.
+"""The submission format (schema version 2): what a leaderboard entry holds, and its structural checks.
 
 An entry lives in ``leaderboard/submissions/<dataset>/<split version>/<entry>/``::
 
@@ -17,7 +17,13 @@ the manifest), ``training_data`` (a declaration), ``baseline`` (bool),
 ``dataset``, ``split_version``, ``split_digest``, ``model_digests`` (level ->
 digest), ``embedding_dim``, ``oodml_version``, ``date``, ``seeds`` (how the
 submitted run compares with the other seeds), ``claimed`` (numbers the verifier
-must reproduce) and ``files`` (path -> ``{"sha256", "bytes"}``).
+must reproduce), ``files`` (path -> ``{"sha256", "bytes"}``) and, from schema
+version 2 on, ``pretraining``: the model's declared pretraining data
+(``imagenet-1k``, a library's tag such as ``a1_in1k`` or ``laion2b_s34b_b79k``,
+``none`` for a model trained from scratch, or empty when not declared), from
+which the board counts each level's test classes seen in pretraining
+(:func:`oodml.splits.audit.pretraining_overlap`).  Version 1 entries (without
+it) stay valid and show as not declared.
 
 Everything here reads untrusted input: every problem is reported as one line,
 nothing is executed, and no path outside the entry folder is ever opened.  The
@@ -44,13 +50,14 @@ from .._fs import file_digest
 from ..adapt import ADAPTATIONS, FINETUNED
 from ..protocol import PROTOCOLS, embedding_file_name, parse_embedding_file_name
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_JSON_BYTES = 1 << 20
 MAX_FILE_BYTES = 16 << 20
 MAX_ENTRY_BYTES = 64 << 20
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 #: longest free text per field, in characters
-MAX_TEXT = {"method": 100, "description": 2000, "training_data": 500, "author": 200, "url": 500, "run": 200}
+MAX_TEXT = {"method": 100, "pretraining": 100, "description": 2000, "training_data": 500, "author": 200, "url": 500,
+            "run": 200}
 MAX_AUTHORS = 50
 MAX_SEEDS = 100
 _NONE = types.NoneType
@@ -59,8 +66,12 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "paper": (str, _NONE), "code": (str, _NONE), "protocol": (str,), "adaptations": (list,), "fewshot": (dict,),
     "training_data": (str,), "baseline": (bool,), "dataset": (str,), "split_version": (str,),
     "split_digest": (str,), "model_digests": (dict,), "embedding_dim": (int,), "oodml_version": (str,),
-    "date": (str,), "seeds": (dict,), "claimed": (dict,), "files": (dict,),
+    "date": (str,), "seeds": (dict,), "claimed": (dict,), "files": (dict,), "pretraining": (str,),
 }
+#: fields added after schema version 1 -> the version that introduced them (absent from older entries)
+SINCE = {"pretraining": 2}
+#: what ``pretraining`` holds for a model trained from scratch (empty: not declared)
+NO_PRETRAINING = "none"
 # control characters, bidirectional overrides (they reorder what a reader sees) and lone surrogates (they
 # cannot be written as UTF-8)
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -296,7 +307,13 @@ FIELD_CHECKS: dict[str, Callable[[str, object], str | None]] = {
     "fewshot": _fewshot, "training_data": _text(MAX_TEXT["training_data"]), "dataset": _name,
     "split_version": _name, "split_digest": _hex64, "model_digests": _model_digests,
     "embedding_dim": _embedding_dim, "oodml_version": _name, "date": _date, "seeds": _seeds, "claimed": _claimed,
+    "pretraining": _text(MAX_TEXT["pretraining"]),
 }
+
+
+def declared_pretraining(meta: dict) -> str:
+    """An entry's declared pretraining data: ``none``, a declaration, or ``""`` (not declared; schema 1)."""
+    return meta.get("pretraining", "").strip()
 
 
 def schema_problems(meta: object) -> list[str]:
@@ -313,16 +330,19 @@ def schema_problems(meta: object) -> list[str]:
         return [f"schema_version must be a positive integer, not {shown(version)}"]
     if version > SCHEMA_VERSION:
         return [f"schema version {version} is newer than this oodml reads ({SCHEMA_VERSION}); upgrade oodml"]
-    problems = [f"field {name!r} is missing" for name in FIELDS if name not in meta]
-    problems += [f"unknown field {shown(name)}" for name in meta if name not in FIELDS]
-    for name, types_ in FIELDS.items():
+    fields = {name: types_ for name, types_ in FIELDS.items() if version >= SINCE.get(name, 1)}
+    problems = [f"field {name!r} is missing" for name in fields if name not in meta]
+    problems += [f"unknown field {shown(name)}" + (f" (schema version {version} has none; it came with version "
+                                                   f"{SINCE[name]})" if name in SINCE else "")
+                 for name in meta if name not in fields]
+    for name, types_ in fields.items():
         value = meta.get(name)
         if name in meta and (not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_)):
             problems.append(f"field {name!r} must be {' or '.join(t.__name__ for t in types_)}, "
                             f"not {type(value).__name__}")
     if problems:
         return problems
-    problems = [p for name, check in FIELD_CHECKS.items() if (p := check(name, meta[name]))]
+    problems = [p for name, check in FIELD_CHECKS.items() if name in fields and (p := check(name, meta[name]))]
     fewshot = meta["fewshot"]
     if meta["adaptations"] and not (fewshot.get("shots") and fewshot.get("episodes")):
         problems.append("adaptations are declared but fewshot names no shots or episodes")

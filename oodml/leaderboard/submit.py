@@ -18,7 +18,7 @@ from ..errors import OodmlError
 from ..evaluation import Results, read_saved_embeddings
 from ..splits import SplitSet, load
 from .scoring import score
-from .submission import NAME_RE, SCHEMA_VERSION, Submission, file_record, schema_problems
+from .submission import NAME_RE, NO_PRETRAINING, SCHEMA_VERSION, Submission, file_record, schema_problems
 
 
 def entry_path(root: str | Path, dataset: str, version: str, name: str) -> Path:
@@ -27,9 +27,9 @@ def entry_path(root: str | Path, dataset: str, version: str, name: str) -> Path:
 
 def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None = None, description: str = "",
            authors: Sequence[str] = (), paper: str | None = None, code: str | None = None,
-           training_data: str = "", baseline: bool = False, adaptations: Sequence[str] | None = None,
-           episodes: int | None = None, root: str | Path = "leaderboard", data_root: str | Path | None = None,
-           replace: bool = False) -> Path:
+           training_data: str = "", pretraining: str | None = None, baseline: bool = False,
+           adaptations: Sequence[str] | None = None, episodes: int | None = None, root: str | Path = "leaderboard",
+           data_root: str | Path | None = None, replace: bool = False) -> Path:
     """Write ``root/submissions/<dataset>/<version>/<name>/`` from one or more evaluation runs.
 
     The first run is the one submitted (its embeddings, as float16); the others
@@ -39,6 +39,8 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
 
     Args:
         results_dirs: output folders of ``oodml evaluate --save-embeddings``.
+        pretraining: the model's pretraining data (``imagenet-1k``, a library's tag, ``none``); default:
+            what the evaluated model spec declares (``none`` for random weights), else not declared.
         adaptations: few-shot adaptations to include (default: those evaluated; fine-tuned ones need
             their saved episode embeddings).
         episodes: how many of the manifest's episodes per shot are scored (default: as evaluated).
@@ -65,19 +67,17 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
     out = entry_path(root, split_set.dataset, split_set.version, name)
     if out.exists() and not replace:
         raise OodmlError(f"{out} exists; choose another --name or pass --replace")
-    means = [run.summary()["metrics"]["recall@1"]["mean"] for run in runs]
     meta = {
         "schema_version": SCHEMA_VERSION, "entry": name, "method": method or name, "description": description,
         "authors": list(authors), "paper": paper, "code": code, "protocol": first.meta["protocol"],
         "adaptations": chosen, "fewshot": {"shots": shots, "episodes": n_episodes},
         "training_data": _with_model_declaration(training_data, first.meta.get("model_identity")),
+        "pretraining": _pretraining(pretraining, first.meta.get("model_identity")),
         "baseline": baseline, "dataset": split_set.dataset, "split_version": split_set.version,
         "split_digest": split_set.digest, "model_digests": {str(r["level"]): r["model_digest"] for r in first.rows},
         "embedding_dim": widths.pop(), "oodml_version": __version__,
         "date": dt.datetime.now(dt.timezone.utc).date().isoformat(),
-        "seeds": {"runs": [Path(d).name for d in results_dirs], "submitted": Path(results_dirs[0]).name,
-                  "mean_recall@1": means, "sd_mean_recall@1": float(np.std(means, ddof=1)) if len(means) > 1
-                  else None},
+        "seeds": _seeds(runs, results_dirs),
         "claimed": {}, "files": {},
     }
     problems = schema_problems(meta)
@@ -85,6 +85,13 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
         raise OodmlError(f"cannot make a valid entry: {problems[0]}")
     _write_entry(out, meta, files, split_set, load_dataset(split_set.dataset, root=data_root))
     return out
+
+
+def _seeds(runs: Sequence[Results], results_dirs: Sequence[str | Path]) -> dict:
+    """The entry's ``seeds``: every run's mean Recall@1 and their spread (the submitted run first)."""
+    means = [run.summary()["metrics"]["recall@1"]["mean"] for run in runs]
+    return {"runs": [Path(d).name for d in results_dirs], "submitted": Path(results_dirs[0]).name,
+            "mean_recall@1": means, "sd_mean_recall@1": float(np.std(means, ddof=1)) if len(means) > 1 else None}
 
 
 def _read_runs(results_dirs: Sequence[str | Path]) -> list[Results]:
@@ -154,3 +161,18 @@ def _with_model_declaration(training_data: str, identity: dict | None) -> str:
     declared = "random weights" if identity.get("random_weights") else identity.get("pretraining") or "not declared"
     declaration = f"{identity.get('spec')} (pretraining declared by {identity.get('library')}: {declared})"
     return f"{training_data}; {declaration}" if training_data else declaration
+
+
+def _pretraining(given: str | None, identity: dict | None) -> str:
+    """The entry's ``pretraining``: ``given``, else what the model spec declares (``none`` for random
+    weights), else ``""`` (not declared).  A ``given`` that contradicts the spec's declaration is refused."""
+    declared = None
+    if identity:
+        declared = NO_PRETRAINING if identity.get("random_weights") else identity.get("pretraining")
+    if given is None:
+        return declared or ""
+    given = given.strip()
+    if declared and given != declared:
+        raise OodmlError(f"--pretraining {given!r} contradicts the model, which declares {declared!r} "
+                         f"({identity.get('spec')}); leave --pretraining out")
+    return given

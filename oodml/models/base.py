@@ -24,10 +24,12 @@ class EmbeddingModel(torch.nn.Module):
         config: the keyword arguments that rebuild it with ``create_model(arch, **config)``.
         preprocessing: how images must be prepared for it at test time.
         augmentation: name of its training augmentation (a key of ``oodml.augmentations.AUGMENTATIONS``).
+        pretraining: the data the backbone's weights were pretrained on (``imagenet-1k``), or None
+            (random weights); :func:`oodml.models.load_model` records it as the model's declaration.
     """
 
     def __init__(self, backbone: torch.nn.Module, features: int, embed_dim: int, *, arch: str, config: dict,
-                 preprocessing: Preprocessing, augmentation: str = "none"):
+                 preprocessing: Preprocessing, augmentation: str = "none", pretraining: str | None = None):
         super().__init__()
         if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
             raise OodmlError(f"{arch}: embed_dim must be a positive integer, got {brief(embed_dim)}")
@@ -35,6 +37,7 @@ class EmbeddingModel(torch.nn.Module):
         self.head = torch.nn.Linear(features, embed_dim)
         self.arch, self.config, self.preprocessing = arch, dict(config), preprocessing
         self.augmentation = augmentation
+        self.pretraining = pretraining
 
     @property
     def embed_dim(self) -> int:

@@ -46,7 +46,9 @@ class LoadedModel:
         source: the spec it was loaded from.
         provenance: what the checkpoint says about its training (split digest, level, ...), else empty.
         identity: for a model spec, :attr:`oodml.models.sources.SourceModel.identity` (spec, weights sha256,
-            declared pretraining data, random weights or not), else empty.
+            declared pretraining data, random weights or not); for a registered model built with pretrained
+            weights (``resnet50`` with ``pretrained=True``), its name and declared pretraining
+            (``imagenet-1k``); else empty.
     """
 
     module: torch.nn.Module
@@ -115,7 +117,10 @@ def load_model(spec: str | Path, **kwargs) -> LoadedModel:
         if spec_text in list_models() or not any(ch in spec_text for ch in "/\\."):
             model = create_model(spec_text, **kwargs)
             preprocessing = _architecture_preprocessing(model, spec_text)
-            return LoadedModel(model, preprocessing, model_digest(model, preprocessing), spec_text)
+            declared = getattr(model, "pretraining", None)
+            identity = {"spec": spec_text, "library": "oodml", "pretraining": declared} if declared else {}
+            return LoadedModel(model, preprocessing, model_digest(model, preprocessing), spec_text,
+                               identity=identity)
         raise OodmlError(f"model file {path} does not exist (and {spec_text!r} is not a registered model; "
                          "see `oodml models list`)")
     module, preprocessing, provenance = _LOADERS[_file_kind(path)](path)

@@ -60,7 +60,8 @@ def resnet50(embed_dim: int = 512, pretrained: bool = False, weights: str | None
                                  "ResNet-50 state dict)") from None
         return EmbeddingModel(FrozenBatchNormResNet(net), 2048, embed_dim, arch="resnet50",
                               config={"embed_dim": embed_dim, "seed": seed}, preprocessing=IMAGENET,
-                              augmentation="imagenet-crop-flip")
+                              augmentation="imagenet-crop-flip",
+                              pretraining="imagenet-1k" if pretrained or weights else None)
 
 
 GLYPH_PREPROCESSING = Preprocessing(resize=32, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
