@@ -312,8 +312,18 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_int(text: str) -> int:
-    """argparse type: a whole number >= 0 (workers)."""
+    """argparse type: a whole number >= 0 (episodes, bootstrap draws, ...)."""
     return _number(text, int, 0, strict=False, what="a whole number of at least 0")
+
+
+#: the most loader processes ``--workers`` may start: each holds a copy of the dataset index and a prefetch queue
+MAX_WORKERS = 256
+
+
+def worker_count(text: str) -> int:
+    """argparse type: loader processes, 0 (load in the main process) to :data:`MAX_WORKERS`."""
+    return _number(text, int, 0, strict=False, below=MAX_WORKERS + 1,
+                   what=f"a number of loader processes from 0 to {MAX_WORKERS} (about one per CPU core)")
 
 
 def random_seed(text: str) -> int:
@@ -447,7 +457,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(loss=args.loss, arch=args.arch, embed_dim=args.embed_dim, iterations=args.iterations,
                          epochs=args.epochs, eval_every=args.eval_every,
                          batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr,
-                         regulariser=regulariser, eta=eta, precision=args.precision, seed=args.seed)
+                         regulariser=regulariser, eta=eta, precision=args.precision, seed=args.seed,
+                         pretrained=False if args.random_init else None, weights=args.weights)
     config.resolved()  # the hyper-parameters, before any data is read
     ds = load_dataset(args.dataset, root=args.root, **dict(args.option))
 
@@ -495,6 +506,11 @@ def _add_train(commands) -> None:
     p.add_argument("--arch", type=_architecture, default="glyph-cnn",
                    help=f"{', '.join(list_models())}, or a model spec as the backbone, e.g. 'timm:resnet18'")
     p.add_argument("--embed-dim", type=positive_int)
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--weights", metavar="PATH", help="resnet50's ImageNet weights file to start from (default: "
+                      "torchvision's resnet50-0676ba61.pth from the torch hub cache, downloaded once)")
+    init.add_argument("--random-init", action="store_true",
+                      help="start resnet50 from random weights instead of ImageNet's (glyph-cnn always is)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--iterations", type=positive_int)
     group.add_argument("--epochs", type=positive_float, help="passes over the level's training images")
@@ -506,7 +522,7 @@ def _add_train(commands) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast for the forward pass (fp16 with loss scaling, GPU only)")
-    p.add_argument("--workers", type=non_negative_int, default=0)
+    p.add_argument("--workers", type=worker_count, default=0)
     p.add_argument("--reference", action="store_true",
                    help="train each level's in-distribution references instead: the same recipe on the level's test "
                         "classes, 2-fold cross-fitted over their images (writes level<N>-fold<F>.pt)")
@@ -538,7 +554,7 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--workers", type=non_negative_int, default=0)
+    p.add_argument("--workers", type=worker_count, default=0)
     p.add_argument("--decode", choices=DECODES, default="loader",
                    help="where JPEGs are decoded and images resized: loader (PIL on the workers), device (on the "
                         "GPU), auto (device on CUDA for JPEG datasets)")

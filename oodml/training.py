@@ -33,6 +33,7 @@ from .errors import OodmlError
 from .losses import REGULARISERS, get_loss
 from .metrics import retrieval_metrics
 from .models import EmbeddingModel, create_model, save
+from .models.sources import is_spec
 from .progress import progress
 from .splits import Level, SplitSet
 
@@ -58,6 +59,8 @@ class TrainConfig:
     eval_every: int | None = None
     precision: str = "fp32"             # bf16 / fp16: autocast for the model's forward pass (fp16 needs a GPU)
     seed: int = 0
+    pretrained: bool | None = None      # start from the architecture's pretrained weights (resnet50: ImageNet)
+    weights: str | None = None          # the pretrained weights file (default: torchvision's, downloaded once)
 
     def resolved(self) -> TrainConfig:
         """This config with the architecture's defaults filled in, its numbers checked.
@@ -94,10 +97,30 @@ class TrainConfig:
 #: ooDML's settings for resnet50; CPU-sized ones for the glyphs CNN
 ARCH_DEFAULTS: dict[str, dict] = {
     "resnet50": {"embed_dim": 512, "iterations": 10_000, "batch_size": 112, "samples_per_class": 2, "lr": 1e-5,
-                 "weight_decay": 4e-4, "eval_every": 500},
+                 "weight_decay": 4e-4, "eval_every": 500, "pretrained": True},
     "glyph-cnn": {"embed_dim": 32, "iterations": 400, "batch_size": 128, "samples_per_class": 4, "lr": 1e-3,
                   "weight_decay": 1e-4, "eval_every": 150},
 }
+
+
+def initial_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The model a run starts from: ``cfg.arch`` with its pretrained weights when ``cfg.pretrained`` (ooDML
+    fine-tunes an ImageNet ResNet-50), else freshly initialised from ``cfg.seed``.
+
+    Raises:
+        OodmlError: pretrained weights asked of an architecture that has none here (a model spec says it in the
+            spec: ``?pretrained=false``), or a weights file together with random initialisation.
+    """
+    if cfg.weights is not None and cfg.pretrained is False:
+        raise OodmlError("--weights gives pretrained weights; drop it or --random-init")
+    if cfg.pretrained is None or is_spec(cfg.arch):
+        if cfg.pretrained is not None or cfg.weights is not None:
+            raise OodmlError(f"{cfg.arch} has no pretrained weights to choose here; drop --weights/--random-init"
+                             + (" and add ?pretrained=false to the spec for random weights" if is_spec(cfg.arch)
+                                else ""))
+        return create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed)
+    return create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed, pretrained=cfg.pretrained,
+                        weights=cfg.weights)
 
 
 class _Train(torch.utils.data.Dataset):
@@ -263,7 +286,7 @@ class _Run:
         """Seed, build the model and the loss, and the optimiser over both (the loss's proxies at 100x the lr)."""
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
-        model = create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed).to(dev)
+        model = initial_model(cfg).to(dev)
         spec = get_loss(cfg.loss)
         # Labels inside the loss are the positions of the training classes.
         remap = {ds.class_index[c]: k for k, c in enumerate(classes)}

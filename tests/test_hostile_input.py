@@ -193,7 +193,8 @@ def test_batch_size_below_one_is_a_usage_error(argv):
 
 @pytest.mark.parametrize("option, value", [
     ("--levels", "3-1"), ("--levels", "1,,2"), ("--episodes", "-1"), ("--episodes", "0"),
-    ("--adapt-iterations", "-5"), ("--adapt-iterations", "0"), ("--workers", "-1"), ("--shard-size", "0"),
+    ("--adapt-iterations", "-5"), ("--adapt-iterations", "0"), ("--workers", "-1"), ("--workers", "100000"),
+    ("--shard-size", "0"),
     ("--fewshot", "0"), ("--fewshot", "2,-1"), ("--fewshot", ","),
 ])
 def test_evaluate_refuses_nonsense_numbers(option, value):
@@ -210,7 +211,8 @@ def test_a_reversed_level_range_says_how_to_write_it():
 @pytest.mark.parametrize("option, value", [
     ("--iterations", "0"), ("--epochs", "0"), ("--epochs", "nan"), ("--lr", "-1e-3"), ("--lr", "inf"),
     ("--samples-per-class", "0"), ("--eval-every", "0"), ("--embed-dim", "0"), ("--workers", "-1"),
-    ("--sec", "-1"), ("--l2-reg", "nan"), ("--seed", "-1"), ("--seed", str(2**64)), ("--level", "3-1"),
+    ("--workers", "257"), ("--sec", "-1"), ("--l2-reg", "nan"), ("--seed", "-1"), ("--seed", str(2**64)),
+    ("--level", "3-1"),
 ])
 def test_train_refuses_nonsense_numbers(option, value):
     line = one_line_error(*run(*train_argv(f"{option}={value}")))

@@ -61,6 +61,33 @@ def test_unknown_loss_and_regulariser(glyphs):
         train(glyphs, split_set, 1, TrainConfig(regulariser="l1"))
 
 
+def test_resnet50_starts_from_imagenet_weights_as_in_oodml(tmp_path):
+    import torchvision
+
+    from oodml.training import initial_model
+
+    assert TrainConfig(arch="resnet50").resolved().pretrained and TrainConfig().resolved().pretrained is None
+    weights = tmp_path / "resnet50-0676ba61.pth"              # torchvision's layout; random values suffice here
+    state = torchvision.models.resnet50(weights=None).state_dict()
+    torch.save(state, weights)
+    model = initial_model(TrainConfig(arch="resnet50", embed_dim=8, weights=str(weights)).resolved())
+    assert model.pretraining == "imagenet-1k" and torch.equal(model.backbone.resnet.conv1.weight, state["conv1.weight"])
+    assert initial_model(TrainConfig(arch="resnet50", embed_dim=8, pretrained=False).resolved()).pretraining is None
+    with pytest.raises(OodmlError, match="glyph-cnn has no pretrained weights to choose here; drop --weights"):
+        initial_model(TrainConfig(weights=str(weights)).resolved())
+    with pytest.raises(OodmlError, match=r"add \?pretrained=false to the spec"):
+        initial_model(TrainConfig(arch="timm:resnet18", pretrained=False).resolved())
+
+
+def test_offline_resnet50_training_says_where_the_weights_go(tmp_path, capsys):
+    from oodml.cli import main
+
+    assert main(["train", "--dataset", "glyphs", "--splits", "v1", "--level", "1", "--arch", "resnet50",
+                 "--iterations", "1", "--device", "cpu", "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "resnet50-0676ba61.pth" in err and "or pass --weights PATH" in err and "Traceback" not in err
+
+
 def test_cli_trains_by_epochs(glyphs, tmp_path, capsys):
     from oodml.cli import main
 

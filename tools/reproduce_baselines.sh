@@ -6,9 +6,13 @@
 # 4 losses x (without, with SEC) x 8 levels x 2 seeds = 128 trained models, each
 # scored per level without adaptation and after 2- and 5-shot adaptation.  Every
 # step is resumable: finished checkpoints and evaluations are kept, so rerunning
-# the script after an interruption only does what is missing.
+# the script after an interruption only does what is missing (delete
+# build/baselines/results to re-evaluate after changing the evaluation).  The
+# runs go seed by seed: train all of seed 0, evaluate them, then seed 1.
 #
-# Cost on a 2-core CPU (measured): training about 70 minutes, evaluation about 45.
+# Cost on a 2-core CPU: training about 70 minutes (measured); evaluation about
+# 1.5 hours with JOBS=2, most of it finetune-last on 10 episodes (estimated from
+# tools/bench_adapt.py: about 2.3 CPU-hours).
 # Settings (all fixed before the study was run, none tuned on test classes):
 #   glyph-cnn (width 16, 32-d: leaderboard entries stay small), 400 iterations,
 #   batch 128 = 32 classes x 4,
@@ -48,17 +52,20 @@ train_one() {  # NAME SEED [--sec ETA]
         > "$OUT/logs/train-$name-seed$seed.log"
 }
 
-evaluate_one() {  # NAME SEED [--sec ETA]
+evaluate_one() {  # NAME SEED [--sec ETA]: each evaluation whose results.parquet exists is kept, not redone
     local name=$1 seed=$2 run="$OUT/runs/$1/seed$2" results="$OUT/results/$1"
     local common=(--dataset glyphs --splits v1 --device cpu --fewshot 2,5 --no-clustering)
     local log="$OUT/logs/evaluate-$name-seed$seed.log"
     # zero-shot retrieval and prototypes on all 10 episodes (cheap; these embeddings are the entry)
-    "$OODML" -q evaluate "$run/level{level}.pt" "${common[@]}" --adapt prototypes --save-embeddings \
-        --label "$name" --out "$results/seed$seed" > "$log"
+    [ -f "$results/seed$seed/results.parquet" ] || \
+        "$OODML" -q evaluate "$run/level{level}.pt" "${common[@]}" --adapt prototypes --save-embeddings \
+            --label "$name" --out "$results/seed$seed" >> "$log"
     # the ooDML fine-tuning of the embedding head (1000 / 1500 iterations) on every episode
-    "$OODML" -q evaluate "$run/level{level}.pt" "${common[@]}" --adapt finetune-last \
-        --label "$name" --out "$results/seed$seed-finetune-last" >> "$log"
-    if [ "$seed" = 0 ]; then  # adapting every weight: seed 0, 1 episode, 100 iterations
+    [ -f "$results/seed$seed-finetune-last/results.parquet" ] || \
+        "$OODML" -q evaluate "$run/level{level}.pt" "${common[@]}" --adapt finetune-last \
+            --label "$name" --out "$results/seed$seed-finetune-last" >> "$log"
+    if [ "$seed" = 0 ] && [ ! -f "$results/seed$seed-finetune-all/results.parquet" ]; then
+        # adapting every weight: seed 0, 1 episode, 100 iterations
         "$OODML" -q evaluate "$run/level{level}.pt" "${common[@]}" --adapt finetune-all --episodes 1 \
             --adapt-iterations 100 --label "$name" --out "$results/seed$seed-finetune-all" >> "$log"
     fi
@@ -84,12 +91,14 @@ export -f train_one evaluate_one
 export OODML OUT ITERATIONS
 mkdir -p "$OUT/logs"
 step=${1:-all}
-if [ "$step" = train ] || [ "$step" = all ]; then
-    runs | xargs -P "$JOBS" -L 1 bash -c 'train_one "$@"' _
-fi
-if [ "$step" = evaluate ] || [ "$step" = all ]; then
-    runs | xargs -P "$JOBS" -L 1 bash -c 'evaluate_one "$@"' _
-fi
+for seed in $SEEDS; do  # seed by seed: a complete first seed early, and a study that resumes where it stopped
+    if [ "$step" = train ] || [ "$step" = all ]; then
+        runs | awk -v s="$seed" '$2 == s' | xargs -P "$JOBS" -L 1 bash -c 'train_one "$@"' _
+    fi
+    if [ "$step" = evaluate ] || [ "$step" = all ]; then
+        runs | awk -v s="$seed" '$2 == s' | xargs -P "$JOBS" -L 1 bash -c 'evaluate_one "$@"' _
+    fi
+done
 if [ "$step" = submit ] || [ "$step" = all ]; then
     submit_all
 fi
