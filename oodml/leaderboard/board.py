@@ -35,7 +35,8 @@ DRAWS = 2000
 STEPS = """1. Evaluate your model with embeddings saved: `oodml evaluate MODEL --dataset D --splits V --fewshot 2,5 \
 --save-embeddings --out results/my-method` (for the per-level protocol, MODEL is `runs/level{level}.pt`).
 2. Package it: `oodml leaderboard submit results/my-method --name my-method --description "..." \
---authors "..." --code URL --training-data "..."` (add more results folders, one per seed, to record the spread).
+--authors "..." --code URL --training-data "..." --pretraining DATA` (`imagenet-1k`, a library tag, or `none`; a \
+model spec declares it itself; add more results folders, one per seed, to record the spread).
 3. Check it as CI will: `oodml leaderboard verify leaderboard/submissions/D/V/my-method`.
 4. Render the board: `oodml leaderboard build`.
 5. Open a pull request with the entry folder and the regenerated `leaderboard/README.md` and `index.html`."""
