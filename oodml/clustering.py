@@ -147,21 +147,31 @@ def expected_mutual_information(class_sizes: np.ndarray, cluster_sizes: np.ndarr
     n = int(np.sum(class_sizes))
     if len(class_sizes) == 1 or len(cluster_sizes) == 1:
         return 0.0
-    b = b_values.astype(np.float64)
-    gln_b, gln_nb = gammaln(b + 1), gammaln(n - b + 1)
-    gln_n = gammaln(n + 1)
     emi = 0.0
     for a, pairs in zip(a_values.tolist(), a_counts.tolist(), strict=True):
-        # (distinct cluster sizes, n_ij = 1 .. a): the terms with max(1, a + b - N) <= n_ij <= min(a, b)
-        nij = np.arange(1, a + 1, dtype=np.float64)[None, :]
-        valid = (nij <= b[:, None]) & (nij >= a + b[:, None] - n)
-        log_term = np.log(n) + np.log(nij) - np.log(a) - np.log(b)[:, None]
-        gln = (gammaln(a + 1) + gln_b[:, None] + gammaln(n - a + 1) + gln_nb[:, None] - gammaln(nij + 1) - gln_n
-               - gammaln(np.maximum(a - nij, 0) + 1) - gammaln(np.maximum(b[:, None] - nij, 0) + 1)
-               - gammaln(np.maximum(n - a - b[:, None] + nij, 0) + 1))
-        terms = np.where(valid, nij / n * log_term * np.exp(np.where(valid, gln, -np.inf)), 0.0)
-        emi += pairs * float(terms.sum(1) @ b_counts)
+        # n_ij runs up to min(a, b): at most a columns; cluster sizes in chunks so a chunk holds ~1e6 terms
+        step = max(1, TERMS_PER_CHUNK // a)
+        for start in range(0, len(b_values), step):
+            b, counts = b_values[start:start + step], b_counts[start:start + step]
+            emi += pairs * float(_emi_terms(a, b.astype(np.float64), n).sum(1) @ counts)
     return emi
+
+
+#: (cluster sizes x n_ij) terms computed at once by :func:`expected_mutual_information` (about 8 MB each array)
+TERMS_PER_CHUNK = 1 << 20
+
+
+def _emi_terms(a: int, b: np.ndarray, n: int) -> np.ndarray:
+    """(len(b), a) float64: scikit-learn's EMI term for class size ``a``, each cluster size ``b`` and
+    n_ij = 1 .. a, 0 outside max(1, a + b - N) <= n_ij <= min(a, b)."""
+    nij = np.arange(1, a + 1, dtype=np.float64)[None, :]
+    col = b[:, None]
+    valid = (nij <= col) & (nij >= a + col - n)
+    log_term = np.log(n) + np.log(nij) - np.log(a) - np.log(col)
+    gln = (gammaln(a + 1) + gammaln(col + 1) + gammaln(n - a + 1) + gammaln(n - col + 1) - gammaln(nij + 1)
+           - gammaln(n + 1) - gammaln(np.maximum(a - nij, 0) + 1) - gammaln(np.maximum(col - nij, 0) + 1)
+           - gammaln(np.maximum(n - a - col + nij, 0) + 1))
+    return np.where(valid, nij / n * log_term * np.exp(np.where(valid, gln, -np.inf)), 0.0)
 
 
 def _entropy(sizes: np.ndarray) -> float:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import oodml.clustering
 import oodml.knn
 from oodml import OodmlError
 from oodml.clustering import _split_empty, adjusted_mutual_info, expected_mutual_information, kmeans
@@ -201,7 +202,7 @@ def test_adjusted_mutual_info_equals_scikit_learns():
                                                                      abs=1e-10)
 
 
-def test_expected_mutual_information_groups_equal_sizes_exactly():
+def test_expected_mutual_information_groups_equal_sizes_exactly(monkeypatch):
     # Many classes of few sizes (SOP's shape, scaled down): the grouped sum equals scikit-learn's pair-by-pair one.
     from sklearn.metrics.cluster import contingency_matrix
     from sklearn.metrics.cluster._expected_mutual_info_fast import expected_mutual_information as theirs
@@ -212,6 +213,8 @@ def test_expected_mutual_information_groups_equal_sizes_exactly():
     expected = theirs(contingency_matrix(truth, assigned, sparse=True), len(truth))
     ours = expected_mutual_information(np.bincount(truth), np.bincount(assigned))
     assert ours == pytest.approx(expected, rel=1e-10)
+    monkeypatch.setattr(oodml.clustering, "TERMS_PER_CHUNK", 5)     # one cluster size at a time: the same sum
+    assert expected_mutual_information(np.bincount(truth), np.bincount(assigned)) == pytest.approx(ours, rel=1e-12)
     assert expected_mutual_information(np.array([5]), np.array([2, 3])) == 0.0   # one class: no information
 
 

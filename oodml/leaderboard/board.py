@@ -131,11 +131,9 @@ def overlap_cell(meta: dict, split_set: SplitSet) -> tuple[str, float | str]:
     ``none (no pretraining)``; ``not declared``.
     """
     declared = declared_pretraining(meta)
-    if not declared:
-        return "not declared", "not declared"
-    if declared.lower() == NO_PRETRAINING:
-        return "none (no pretraining)", 0.0
-    overlap = pretraining_overlap(split_set, declared)
+    overlap = entry_overlap(meta, split_set)
+    if overlap is None:
+        return ("none (no pretraining)", 0.0) if declared else ("not declared", "not declared")
     if overlap.status == "unknown":
         return f"unknown ({declared})", "unknown"
     seen = [lv.test_classes_with_counterpart or 0 for lv in overlap.levels]
