@@ -66,7 +66,8 @@ class TrainConfig:
         """This config with the architecture's defaults filled in, its numbers checked.
 
         Raises:
-            OodmlError: both ``iterations`` and ``epochs``, or a number out of range (see :meth:`check_numbers`).
+            OodmlError: both ``iterations`` and ``epochs``, a number out of range (see :meth:`check_numbers`),
+                or a start the architecture cannot take (see :meth:`check_start`).
         """
         defaults = ARCH_DEFAULTS.get(self.arch, ARCH_DEFAULTS["glyph-cnn"])
         values = {k: (defaults.get(k) if v is None else v) for k, v in dataclasses.asdict(self).items()}
@@ -74,7 +75,20 @@ class TrainConfig:
             raise OodmlError("give --iterations or --epochs, not both")
         resolved = TrainConfig(**values)
         resolved.check_numbers()
+        resolved.check_start()
         return resolved
+
+    def check_start(self) -> None:
+        """Refuse a weights file with random initialisation, and a choice of pretrained weights for an
+        architecture that has none to choose here (glyph-cnn; a model spec says it in the spec:
+        ``?pretrained=false``).  Called on a resolved config, before any data is read."""
+        if self.weights is not None and self.pretrained is False:
+            raise OodmlError("--weights gives pretrained weights; drop it or --random-init")
+        if (self.pretrained is None or is_spec(self.arch)) and (self.pretrained is not None or
+                                                                 self.weights is not None):
+            raise OodmlError(f"{self.arch} has no pretrained weights to choose here; drop --weights/--random-init"
+                             + (" and add ?pretrained=false to the spec for random weights" if is_spec(self.arch)
+                                else ""))
 
     def check_numbers(self) -> None:
         """Refuse nonsense: counts below 1, a learning rate or epochs not above 0, negative weights, a seed
@@ -104,23 +118,16 @@ ARCH_DEFAULTS: dict[str, dict] = {
 
 
 def initial_model(cfg: TrainConfig) -> torch.nn.Module:
-    """The model a run starts from: ``cfg.arch`` with its pretrained weights when ``cfg.pretrained`` (ooDML
-    fine-tunes an ImageNet ResNet-50), else freshly initialised from ``cfg.seed``.
+    """The model a run of the resolved ``cfg`` starts from: ``cfg.arch`` with its pretrained weights when
+    ``cfg.pretrained`` (ooDML fine-tunes an ImageNet ResNet-50), else freshly initialised from ``cfg.seed``.
 
     Raises:
-        OodmlError: pretrained weights asked of an architecture that has none here (a model spec says it in the
-            spec: ``?pretrained=false``), or a weights file together with random initialisation.
+        OodmlError: the weights cannot be read or downloaded (the message says where to put them).
     """
-    if cfg.weights is not None and cfg.pretrained is False:
-        raise OodmlError("--weights gives pretrained weights; drop it or --random-init")
-    if cfg.pretrained is None or is_spec(cfg.arch):
-        if cfg.pretrained is not None or cfg.weights is not None:
-            raise OodmlError(f"{cfg.arch} has no pretrained weights to choose here; drop --weights/--random-init"
-                             + (" and add ?pretrained=false to the spec for random weights" if is_spec(cfg.arch)
-                                else ""))
-        return create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed)
-    return create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed, pretrained=cfg.pretrained,
-                        weights=cfg.weights)
+    if cfg.pretrained:
+        return create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed, pretrained=True,
+                            weights=cfg.weights)
+    return create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed)
 
 
 class _Train(torch.utils.data.Dataset):
