@@ -1,11 +1,12 @@
 """Decoding on the device (oodml.decode) gives the loader path's images, errors and embeddings.
 
-Tolerances, after normalisation (ImageNet std, so one 8-bit level is at most 1 / (255 x 0.224) = 0.0175):
-on the CPU decode_jpeg and PIL share libjpeg-turbo, so the only difference is resizing's rounding,
-at most 2 levels (1 except where bicubic upscaling amplifies a first pass's 1) in under 5% of the
-pixels; on CUDA nvJPEG may decode a few levels differently, so
-the mean difference must stay under 1 level (torchvision's own test allows 2).  The CUDA cases run
-where a GPU is present (tools/gpu_decode_check.sh).
+Two sources of difference, tested apart.  Decoding: on the CPU decode_jpeg and PIL share
+libjpeg-turbo and give equal pixels; on CUDA nvJPEG upsamples 4:2:0 chroma differently (a mean
+of 3-4 levels on these images), and is otherwise exact.  Resizing, cropping and normalising:
+from the same decoded pixels, at most 2 levels after normalisation (ImageNet std, so one 8-bit
+level is at most 1 / (255 x 0.224) = 0.0175; 1 except where bicubic upscaling amplifies a first
+pass's 1) in under 5% of the pixels, on either device.  The CUDA cases run where a GPU is present
+(tools/gpu_decode_check.sh).
 """
 
 import io
@@ -17,7 +18,7 @@ from PIL import Image
 
 from oodml import OodmlError
 from oodml.datasets import load_dataset
-from oodml.decode import DeviceBatches, choose_decode, device_decodable
+from oodml.decode import DeviceBatches, choose_decode, decode_jpegs, device_decodable
 from oodml.embedding import Preprocessing, embed
 
 
@@ -65,8 +66,21 @@ def folder(tmp_path_factory):
     return root
 
 
-def loader_images(ds, preprocessing: Preprocessing) -> torch.Tensor:
-    return torch.stack([preprocessing.transform()(ds.load_image(i)) for i in range(len(ds))])
+def decoded_as_on(ds, device: str) -> list[Image.Image]:
+    """Each image of ``ds`` with the pixels the device path decodes on ``device`` (PIL where it refuses)."""
+    images = []
+    for i in range(len(ds)):
+        data = ds.load_encoded(i)
+        decoded = None
+        if data is not None and device_decodable(data):
+            decoded = decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], torch.device(device))[0]
+        images.append(ds.load_image(i) if decoded is None else
+                      Image.fromarray(decoded.permute(1, 2, 0).cpu().numpy()))
+    return images
+
+
+def loader_images(images: list[Image.Image], preprocessing: Preprocessing) -> torch.Tensor:
+    return torch.stack([preprocessing.transform()(image) for image in images])
 
 
 def device_images(ds, preprocessing: Preprocessing, device: str, batch_size: int = 5) -> torch.Tensor:
@@ -74,13 +88,39 @@ def device_images(ds, preprocessing: Preprocessing, device: str, batch_size: int
     return torch.cat([batch.cpu() for batch in batches])
 
 
-def assert_close_to_loader(ours: torch.Tensor, reference: torch.Tensor, device: str) -> None:
+def assert_close_to_loader(ours: torch.Tensor, reference: torch.Tensor) -> None:
     difference = (ours - reference).abs()
-    if device == "cpu":
-        assert difference.max() <= 2 * LEVEL + 1e-5
-        assert (difference > 1e-5).float().mean() < 0.05
-    else:
-        assert difference.mean() < LEVEL
+    assert difference.max() <= 2 * LEVEL + 1e-5
+    assert (difference > 1e-5).float().mean() < 0.05
+
+
+def decoding_difference(data: bytes, device: str) -> float:
+    """Mean absolute difference, in 8-bit levels, between ``decode_jpegs`` on ``device`` and PIL."""
+    ours = decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], torch.device(device))[0]
+    pil = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+    return float(np.abs(ours.permute(1, 2, 0).cpu().numpy().astype(np.int16) - pil).mean())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_device_decoder_gives_pils_pixels_except_nvjpegs_chroma_upsampling(device):
+    """On the CPU the same libjpeg-turbo: equal pixels.  nvJPEG (an H200, 2026-11-27) gave PIL's pixels
+    exactly for full-resolution chroma (4:4:4) and grey, and means of 3.1-4.0 levels (maxima up to 50)
+    for 4:2:0, PIL's default and most photos': it upsamples chroma differently from libjpeg's "fancy"
+    upsampling.  The bounds below leave room for other GPUs' decoders."""
+    for seed, (height, width) in enumerate(SHAPES):
+        image = natural_image(height, width, seed)
+        full, subsampled = io.BytesIO(), io.BytesIO()
+        image.save(full, format="JPEG", quality=90, subsampling=0)
+        image.save(subsampled, format="JPEG", quality=90, subsampling=2)
+        grey = jpeg_bytes(image.convert("L"))
+        if device == "cpu":
+            assert decoding_difference(full.getvalue(), device) == 0
+            assert decoding_difference(subsampled.getvalue(), device) == 0
+            assert decoding_difference(grey, device) == 0
+        else:
+            assert decoding_difference(full.getvalue(), device) < 0.5
+            assert decoding_difference(grey, device) < 0.5
+            assert decoding_difference(subsampled.getvalue(), device) < 5
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -92,17 +132,19 @@ def assert_close_to_loader(ours: torch.Tensor, reference: torch.Tensor, device: 
     Preprocessing(resize=96, crop=None, resize_mode="squash"),
 ], ids=["shorter-side", "squash", "bicubic", "nearest", "squash-no-crop"])
 def test_device_path_gives_the_loader_paths_images(folder, preprocessing, device):
+    """From the same decoded pixels, resizing, cropping and normalising on ``device`` is PIL's to 2 levels."""
     ds = load_dataset("imagefolder", root=folder)
-    reference = loader_images(ds, preprocessing)
+    reference = loader_images(decoded_as_on(ds, device), preprocessing)
     ours = device_images(ds, preprocessing, device)
     assert ours.shape == reference.shape and ours.dtype == torch.float32
-    assert_close_to_loader(ours, reference, device)
+    assert_close_to_loader(ours, reference)
 
 
 def test_nearest_resizing_is_exact_on_the_cpu(folder):
     ds = load_dataset("imagefolder", root=folder)
     nearest = Preprocessing(interpolation="nearest", resize=77, crop=64)
-    assert torch.equal(device_images(ds, nearest, "cpu"), loader_images(ds, nearest))
+    pil = [ds.load_image(i) for i in range(len(ds))]
+    assert torch.equal(device_images(ds, nearest, "cpu"), loader_images(pil, nearest))
 
 
 def test_only_complete_rgb_or_grey_jpegs_go_to_the_device(folder):
@@ -121,7 +163,7 @@ def test_glyphs_have_no_files_and_are_resized_on_the_device():
     preprocessing = Preprocessing(resize=64, crop=56)
     reference = torch.stack([preprocessing.transform()(glyphs.load_image(i)) for i in subset])
     ours = torch.cat(list(DeviceBatches(glyphs, subset, preprocessing, torch.device("cpu"), batch_size=3)))
-    assert_close_to_loader(ours, reference, "cpu")
+    assert_close_to_loader(ours, reference)
 
 
 def test_auto_decodes_on_cuda_only_for_jpeg_files(folder):
@@ -175,7 +217,8 @@ def test_the_decompression_bomb_limit_holds_on_the_device_path(tmp_path, monkeyp
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_embeddings_agree_between_decode_modes(folder, device):
-    """A random resnet18: the decode mode moves embeddings far less than they differ between images."""
+    """A random resnet18: the decode mode moves each embedding less than half the way to its nearest other image,
+    so every image's nearest neighbour across the two modes is itself."""
     from torchvision.models import resnet18
 
     torch.manual_seed(0)
@@ -185,9 +228,11 @@ def test_embeddings_agree_between_decode_modes(folder, device):
     loader = embed(ds, model, Preprocessing(), decode="loader", **options)
     ours = embed(ds, model, Preprocessing(), decode="device", **options)
     error = np.linalg.norm(ours - loader, axis=1) / np.linalg.norm(loader, axis=1)
-    spread = np.linalg.norm(loader - loader.mean(0), axis=1) / np.linalg.norm(loader, axis=1)
+    distances = np.linalg.norm(loader[:, None] - loader[None], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    nearest_other = distances.min(axis=1) / np.linalg.norm(loader, axis=1)
     assert error.max() < (1e-2 if device == "cpu" else 3e-2)
-    assert error.max() < 0.1 * spread.min()
+    assert (error < 0.5 * nearest_other).all()
 
 
 def test_a_jpeg_whose_frame_headers_disagree_never_reaches_the_device(tmp_path):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Decoding on the GPU (oodml.decode), checked and measured in one run (about 3 minutes on one H100):
+# Decoding on the GPU (oodml.decode), checked and measured in one run (about 3 minutes on one H200):
 # the equality tests on CUDA (images within tolerance of the PIL loader path, same errors, embeddings
 # agreeing), then tools/bench_decode.py on 4,096 CUB-sized JPEGs: loader path vs device path,
 # resnet50 at fp32 and bf16 as in docs/scaling.md's GPU table (batch 256, 4 workers), the same at
