@@ -398,8 +398,8 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             "splits": f"{split_set.dataset}@{split_set.version}", "split_digest": split_set.digest,
             "distance": split_set.metadata.get("distance"), "fewshot": list(fewshot),
             "adapt": list(adaptations) if fewshot else None, "episodes": episodes,
-            "images_embedded": images_embedded, **_model_meta(models.shared),
-            **pretraining_meta(models.shared, split_set, chosen, ds), **references.meta(saved, ds, embedder),
+            "images_embedded": images_embedded, **_model_meta(models),
+            **pretraining_meta(models.identity(), split_set, chosen, ds), **references.meta(saved, ds, embedder),
             "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     return Results(rows, _level_records(chosen), meta, saved if save_embeddings else None)
 
@@ -436,10 +436,11 @@ def _score_levels(chosen: list[Level], models: _Models, scoring: _Scoring) -> tu
     return rows, saved, int(len(union)) if models.shared is not None else None
 
 
-def _model_meta(shared: LoadedModel | None) -> dict:
-    """The shared model's digest and identity (source, weights hash, declared pretraining) for ``meta``."""
-    return {"model_digest": shared.digest if shared is not None else None,
-            "model_identity": shared.identity or None if shared is not None else None}
+def _model_meta(models: _Models) -> dict:
+    """The shared model's digest, and the evaluated weights' identity (source, weights hash, declared
+    pretraining; :meth:`_Models.identity`) for ``meta``."""
+    return {"model_digest": models.shared.digest if models.shared is not None else None,
+            "model_identity": models.identity() or None}
 
 
 @dataclass
@@ -505,6 +506,7 @@ class _Models:
     protocol: str
     shared: LoadedModel | None
     adaptations: tuple[str, ...]
+    level_identities: list[dict] = field(default_factory=list)  # per level: each checkpoint's, as loaded
 
     @classmethod
     def of(cls, model: str | Path | LoadedModel, chosen: list[Level], adaptations: tuple[str, ...]) -> _Models:
@@ -528,7 +530,16 @@ class _Models:
         check_leak(loaded, level, split_set)
         for name in self.adaptations:
             check_adaptable(loaded.module, name)
+        self.level_identities.append(loaded.identity)
         return loaded
+
+    def identity(self) -> dict:
+        """What the evaluated weights declare (:attr:`LoadedModel.identity`): the shared model's; per level,
+        the checkpoints' when every level loaded so far declares the same (else empty)."""
+        if self.shared is not None:
+            return self.shared.identity
+        first = self.level_identities[0] if self.level_identities else {}
+        return first if all(identity == first for identity in self.level_identities) else {}
 
 
 def _warn_if_trained_on(shared: LoadedModel | None, ds: ImageDataset) -> None:

@@ -18,6 +18,7 @@ from oodml.splits import Level, load, read_split_set, write_split_set
 from oodml.splits.audit import (
     audit,
     audit_features,
+    audit_slug,
     imagenet_classes,
     model_overlap,
     overlap_map,
@@ -249,3 +250,12 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_audit_file_names_are_short_safe_and_distinct():
+    assert audit_slug("pixels") == "pixels" and audit_slug("lvd142m") == "lvd142m"
+    names = ["runs/a-b", "runs/a/b", "RUNS/a/b", "x" * 300 + ".pt", "//", "timm:resnet18?pretrained=false"]
+    slugs = [audit_slug(name) for name in names]
+    assert len(set(slugs)) == len(names)
+    assert all(re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", slug) and len(slug) <= 73 for slug in slugs)
+

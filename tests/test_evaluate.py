@@ -83,11 +83,27 @@ def test_per_level_checkpoints_and_leak_refusal(glyphs, split_set, tmp_path):
                        device="cpu")
     assert {r["protocol"] for r in results.rows} == {"per-level"}
     assert len({r["model_digest"] for r in results.rows}) == 2
+    assert results.meta["model_identity"] is None and "pretraining_overlap" not in results.meta  # from scratch
     leaky = tmp_path / "leaky"
     leaky.mkdir()
     (leaky / "level2.pt").write_bytes((tmp_path / "level1.pt").read_bytes())
     with pytest.raises(OodmlError, match="trained on .* of level 2's test classes"):
         evaluate(str(leaky), glyphs, split_set, levels=[2], clustering=False, device="cpu")
+
+
+def test_per_level_checkpoints_that_declare_pretraining_record_its_overlap(glyphs, split_set, tmp_path):
+    """As the checkpoints of `oodml train --arch resnet50` (from ImageNet weights) declare imagenet-1k."""
+    for level in (1, 2):
+        save(create_model("glyph-cnn", embed_dim=8, seed=level), tmp_path / f"level{level}.pt")
+        payload = torch.load(tmp_path / f"level{level}.pt", weights_only=True)
+        torch.save(payload | {"pretraining": "imagenet-1k"}, tmp_path / f"level{level}.pt")
+    options = dict(levels=[1, 2], clustering=False, device="cpu")
+    results = evaluate(str(tmp_path / "level{level}.pt"), glyphs, split_set, **options)
+    assert results.meta["model_identity"] == {"spec": "glyph-cnn", "library": "oodml", "pretraining": "imagenet-1k"}
+    assert [lv["level"] for lv in results.meta["pretraining_overlap"]["levels"]] == [1, 2]
+    torch.save(payload | {"pretraining": "laion2b"}, tmp_path / "level2.pt")  # levels that disagree: nothing
+    mixed = evaluate(str(tmp_path / "level{level}.pt"), glyphs, split_set, **options)
+    assert mixed.meta["model_identity"] is None and "pretraining_overlap" not in mixed.meta
 
 
 def test_fingerprint_mismatch_is_named(split_set, tmp_path):

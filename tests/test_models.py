@@ -60,6 +60,22 @@ def test_checkpoint_round_trip_keeps_weights_preprocessing_and_provenance(tmp_pa
     assert torch.allclose(loaded.module.eval()(x), model.eval()(x))
 
 
+def test_a_checkpoint_keeps_its_models_pretraining_declaration(tmp_path):
+    declared = create_model("glyph-cnn", embed_dim=8)
+    declared.pretraining = "imagenet-1k"         # as resnet50 built from ImageNet weights declares
+    save(declared, tmp_path / "declared.pt")
+    save(create_model("glyph-cnn", embed_dim=8), tmp_path / "scratch.pt")
+    assert load_model(tmp_path / "declared.pt").identity == {"spec": "glyph-cnn", "library": "oodml",
+                                                             "pretraining": "imagenet-1k"}
+    assert load_model(tmp_path / "scratch.pt").identity == {}
+    payload = torch.load(tmp_path / "declared.pt", weights_only=True)
+    torch.save({k: v for k, v in payload.items() if k != "pretraining"}, tmp_path / "older.pt")
+    assert load_model(tmp_path / "older.pt").identity == {}       # written before checkpoints kept it
+    torch.save(payload | {"pretraining": "imagenet\n<script>"}, tmp_path / "forged.pt")
+    with pytest.raises(OodmlError, match="checkpoint 'pretraining' must name the pretraining data in one line"):
+        load_model(tmp_path / "forged.pt")
+
+
 def test_torchscript_and_export_load_with_digests_of_their_own_code(tmp_path):
     model = create_model("glyph-cnn", embed_dim=8).eval()
     torch.jit.script(model).save(str(tmp_path / "ts.pt"))

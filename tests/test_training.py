@@ -9,7 +9,7 @@ import torch
 
 from oodml import OodmlError
 from oodml.losses import LOSSES, l2_reg_loss, sec_loss
-from oodml.models import load_model
+from oodml.models import load_model, save
 from oodml.splits import read_split_set
 from oodml.training import TrainConfig, train
 
@@ -72,6 +72,8 @@ def test_resnet50_starts_from_imagenet_weights_as_in_oodml(tmp_path):
     torch.save(state, weights)
     model = initial_model(TrainConfig(arch="resnet50", embed_dim=8, weights=str(weights)).resolved())
     assert model.pretraining == "imagenet-1k" and torch.equal(model.backbone.resnet.conv1.weight, state["conv1.weight"])
+    save(model, tmp_path / "level1.pt")                       # what train() writes keeps the declaration
+    assert load_model(tmp_path / "level1.pt").identity["pretraining"] == "imagenet-1k"
     assert initial_model(TrainConfig(arch="resnet50", embed_dim=8, pretrained=False).resolved()).pretraining is None
     with pytest.raises(OodmlError, match="glyph-cnn has no pretrained weights to choose here; drop --weights"):
         initial_model(TrainConfig(weights=str(weights)).resolved())

@@ -21,11 +21,11 @@ import numpy as np
 from ..adapt import FINETUNED
 from ..datasets import ImageDataset, load_dataset
 from ..embedding import read_embedding_table
-from ..errors import OodmlError
+from ..errors import OodmlError, brief
 from ..metrics import per_query_metrics
 from ..protocol import curve_summary, episode_split, score_episode
 from ..splits import Episode, Level, SplitSet, load
-from .submission import Submission, is_fraction, parse_file_name, read_submission, shown
+from .submission import Submission, is_fraction, parse_file_name, read_submission
 
 RETRIEVAL = ("recall@1", "recall@2", "recall@4", "recall@8", "r_precision", "map@r")
 #: claimed numbers must match the recomputed ones to this absolute difference
@@ -256,7 +256,7 @@ def _compare_claims(sub: Submission, scores: Scores) -> list[str]:
                     walk(value, real[key], (*path, key))
         elif not is_fraction(claimed) or not abs(claimed - float(real)) <= TOLERANCE:
             # read_submission admits only numbers in [0, 1]; checked again so no value can overflow here
-            problems.append(f"{sub.path}: claims {'/'.join(path)} = {shown(claimed)}, but its embeddings give "
+            problems.append(f"{sub.path}: claims {'/'.join(path)} = {brief(claimed)}, but its embeddings give "
                             f"{float(real):.6f}")
 
     walk(sub.meta["claimed"], actual, ())

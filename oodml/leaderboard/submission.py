@@ -39,7 +39,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import reprlib
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from urllib.parse import urlsplit
 
 from .._fs import file_digest
 from ..adapt import ADAPTATIONS, FINETUNED
+from ..errors import brief
 from ..protocol import PROTOCOLS, embedding_file_name, parse_embedding_file_name
 
 SCHEMA_VERSION = 2
@@ -83,17 +83,6 @@ _METRIC_KEY = re.compile(r"[a-z0-9@_-]{1,32}")
 CLAIM_SHAPES = {"levels": (_LEVEL_KEY, _METRIC_KEY), "fewshot": (_SHOT_KEY, _METRIC_KEY, _LEVEL_KEY)}
 
 
-def _quoting() -> reprlib.Repr:
-    """A ``repr`` that cuts long strings, huge numbers and deep or long containers (Python 3.11 has no kwargs)."""
-    quoting = reprlib.Repr()
-    quoting.maxstring = quoting.maxlong = quoting.maxother = 40
-    quoting.maxlevel, quoting.maxlist, quoting.maxdict = 2, 4, 4
-    return quoting
-
-
-_SHOWN = _quoting()
-
-
 @dataclass(frozen=True)
 class Submission:
     """A structurally valid entry: its folder and its ``submission.json``."""
@@ -113,11 +102,6 @@ class Submission:
 
     def fewshot_file(self, level: int, shots: int, episode: int, adaptation: str) -> str:
         return f"embeddings/{embedding_file_name(('fewshot', level, shots, episode, adaptation))}"
-
-
-def shown(value: object) -> str:
-    """``repr(value)`` cut to about 40 characters: how a submitted value is quoted in a one-line message."""
-    return _SHOWN.repr(value)
 
 
 def one_line(text: str) -> str:
@@ -191,14 +175,14 @@ def _text(limit: int, *, required: bool = False) -> Callable[[str, str], str | N
 def _name(name: str, value: str) -> str | None:
     if NAME_RE.fullmatch(value):
         return None
-    return f"{name} {shown(value)} must be letters, digits, '.', '_', '+' or '-' (at most 64, starting with a " \
+    return f"{name} {brief(value)} must be letters, digits, '.', '_', '+' or '-' (at most 64, starting with a " \
            "letter or digit)"
 
 
 def _url(name: str, value: str | None) -> str | None:
     if value is None or is_web_url(value):
         return None
-    return f"{name} {shown(value)} is not an http(s) URL; give a link such as https://arxiv.org/abs/... or null"
+    return f"{name} {brief(value)} is not an http(s) URL; give a link such as https://arxiv.org/abs/... or null"
 
 
 def _authors(name: str, value: list) -> str | None:
@@ -206,23 +190,23 @@ def _authors(name: str, value: list) -> str | None:
         return f"{name}: {len(value)} names, more than the {MAX_AUTHORS} allowed; name a group instead"
     for author in value:
         if not isinstance(author, str):
-            return f"{name} must be a list of names (strings), not hold {shown(author)}"
-        problem = _text_problem(f"{name} entry {shown(author)}", author, MAX_TEXT["author"], required=True)
+            return f"{name} must be a list of names (strings), not hold {brief(author)}"
+        problem = _text_problem(f"{name} entry {brief(author)}", author, MAX_TEXT["author"], required=True)
         if problem:
             return problem
     return None
 
 
 def _protocol(name: str, value: str) -> str | None:
-    return None if value in PROTOCOLS else f"{name} {shown(value)} is not one of {', '.join(PROTOCOLS)}"
+    return None if value in PROTOCOLS else f"{name} {brief(value)} is not one of {', '.join(PROTOCOLS)}"
 
 
 def _adaptations(name: str, value: list) -> str | None:
     bad = [a for a in value if a not in ADAPTATIONS]
     if bad:
-        return f"unknown adaptation {shown(bad[0])}; use {', '.join(ADAPTATIONS)}"
+        return f"unknown adaptation {brief(bad[0])}; use {', '.join(ADAPTATIONS)}"
     if len(set(value)) != len(value):
-        return f"{name} {shown(value)} names an adaptation twice; list each once"
+        return f"{name} {brief(value)} names an adaptation twice; list each once"
     return None
 
 
@@ -232,23 +216,23 @@ def _fewshot(name: str, value: dict) -> str | None:
             all(is_small_int(k, 1, 999) for k in shots) and len(set(shots)) == len(shots) and \
             is_small_int(episodes, 0, 9999):
         return None
-    return f'{name} must be {{"shots": [distinct ints 1..999], "episodes": int 0..9999}}, not {shown(value)}'
+    return f'{name} must be {{"shots": [distinct ints 1..999], "episodes": int 0..9999}}, not {brief(value)}'
 
 
 def _hex64(name: str, value: str) -> str | None:
-    return None if _HEX64.fullmatch(value) else f"{name} must be 64 hex digits (a sha256), not {shown(value)}"
+    return None if _HEX64.fullmatch(value) else f"{name} must be 64 hex digits (a sha256), not {brief(value)}"
 
 
 def _model_digests(name: str, value: dict) -> str | None:
     for level, digest in value.items():
         if not _LEVEL_KEY.fullmatch(level) or not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             return f"{name} must map levels (\"1\", \"2\", ...) to 64-hex-digit digests, not hold " \
-                   f"{shown(level)}: {shown(digest)}"
+                   f"{brief(level)}: {brief(digest)}"
     return None
 
 
 def _embedding_dim(name: str, value: int) -> str | None:
-    return None if 1 <= value <= 4096 else f"{name} {shown(value)} is outside 1..4096"
+    return None if 1 <= value <= 4096 else f"{name} {brief(value)} is outside 1..4096"
 
 
 def _date(name: str, value: str) -> str | None:
@@ -258,13 +242,13 @@ def _date(name: str, value: str) -> str | None:
             return None
         except ValueError:
             pass
-    return f"{name} {shown(value)} is not a date; write it as YYYY-MM-DD"
+    return f"{name} {brief(value)} is not a date; write it as YYYY-MM-DD"
 
 
 def _seeds(name: str, value: dict) -> str | None:
     runs, means, sd = value.get("runs"), value.get("mean_recall@1"), value.get("sd_mean_recall@1")
     form = (f'{name} must be {{"runs": [names], "submitted": the first run, "mean_recall@1": [one number in '
-            f'[0, 1] per run], "sd_mean_recall@1": number in [0, 1] or null}}, not {shown(value)}')
+            f'[0, 1] per run], "sd_mean_recall@1": number in [0, 1] or null}}, not {brief(value)}')
     if set(value) != {"runs", "submitted", "mean_recall@1", "sd_mean_recall@1"} or \
             not isinstance(runs, list) or not 1 <= len(runs) <= MAX_SEEDS or \
             not all(isinstance(r, str) and not _text_problem("run", r, MAX_TEXT["run"]) for r in runs) or \
@@ -278,12 +262,12 @@ def claim_problem(node: object, keys: tuple[re.Pattern, ...], where: str) -> str
     """The first problem in the claims under ``where``: a key not matching its depth's pattern, a level of the
     tree that is not an object, or a leaf that is not a number in [0, 1]."""
     if not keys:
-        return None if is_fraction(node) else f"claimed {where} = {shown(node)} must be a number in [0, 1]"
+        return None if is_fraction(node) else f"claimed {where} = {brief(node)} must be a number in [0, 1]"
     if not isinstance(node, dict):
-        return f"claimed {where} must be an object, not {shown(node)}"
+        return f"claimed {where} must be an object, not {brief(node)}"
     for key, value in node.items():
         if not keys[0].fullmatch(key):
-            return f"claimed {where}: key {shown(key)} must match {keys[0].pattern}"
+            return f"claimed {where}: key {brief(key)} must match {keys[0].pattern}"
         problem = claim_problem(value, keys[1:], f"{where}/{key}")
         if problem:
             return problem
@@ -293,7 +277,7 @@ def claim_problem(node: object, keys: tuple[re.Pattern, ...], where: str) -> str
 def _claimed(name: str, value: dict) -> str | None:
     for top, subtree in value.items():
         if top not in CLAIM_SHAPES:
-            return f"{name}: key {shown(top)} must be one of {', '.join(CLAIM_SHAPES)}"
+            return f"{name}: key {brief(top)} must be one of {', '.join(CLAIM_SHAPES)}"
         problem = claim_problem(subtree, CLAIM_SHAPES[top], top)
         if problem:
             return problem
@@ -327,12 +311,12 @@ def schema_problems(meta: object) -> list[str]:
         return ["must hold a JSON object"]
     version = meta.get("schema_version")
     if not is_small_int(version, 1, 1 << 31):
-        return [f"schema_version must be a positive integer, not {shown(version)}"]
+        return [f"schema_version must be a positive integer, not {brief(version)}"]
     if version > SCHEMA_VERSION:
         return [f"schema version {version} is newer than this oodml reads ({SCHEMA_VERSION}); upgrade oodml"]
     fields = {name: types_ for name, types_ in FIELDS.items() if version >= SINCE.get(name, 1)}
     problems = [f"field {name!r} is missing" for name in fields if name not in meta]
-    problems += [f"unknown field {shown(name)}" + (f" (schema version {version} has none; it came with version "
+    problems += [f"unknown field {brief(name)}" + (f" (schema version {version} has none; it came with version "
                                                    f"{SINCE[name]})" if name in SINCE else "")
                  for name in meta if name not in fields]
     for name, types_ in fields.items():
@@ -359,7 +343,7 @@ def _read_json(spec: Path) -> tuple[object, str | None]:
     except OSError as exc:
         return None, f"{spec}: cannot be read ({exc.strerror or exc})"
     except (UnicodeDecodeError, ValueError) as exc:
-        return None, f"{spec}: not valid JSON ({shown(str(exc))})"
+        return None, f"{spec}: not valid JSON ({brief(str(exc))})"
     except RecursionError:
         return None, f"{spec}: not valid JSON (nested too deeply)"
 
@@ -398,7 +382,7 @@ def _check_files(listed: dict, path: Path) -> list[str]:
     problems, total = [], 0
     for name, record in sorted(listed.items()):
         if parse_file_name(name) is None:
-            problems.append(f"{path}: file name {shown(name)} is not allowed (embeddings/level<L>.parquet or "
+            problems.append(f"{path}: file name {brief(name)} is not allowed (embeddings/level<L>.parquet or "
                             "embeddings/level<L>-<k>shot-episode<E>-<adaptation>.parquet)")
             continue
         if not isinstance(record, dict) or not isinstance(record.get("sha256"), str) or \

@@ -4,7 +4,7 @@
 (``timm:NAME``, ``open_clip:ARCH/TAG``, ``hf:ORG/NAME[@REVISION]``, ``torchhub:REPO:ENTRY``;
 see :mod:`oodml.models.sources`), a TorchScript file, a
 ``torch.export`` program (``.pt2``), or a checkpoint written by :func:`save`
-(architecture, config, preprocessing, state dict, provenance), read with
+(architecture, config, preprocessing, state dict, provenance, declared pretraining data), read with
 ``torch.load(weights_only=True)``.  A plain pickled module is refused: loading
 it would run whatever code the file carries.
 """
@@ -69,6 +69,8 @@ class CheckpointRecord:
         state_dict: parameter and buffer names -> dense tensors.
         preprocessing: the saved preprocessing, or None to use the architecture's.
         provenance: how the model was trained (free-form), else empty.
+        pretraining: the data the weights were pretrained on before training (``imagenet-1k``), or None:
+            none declared (random initialisation, or a checkpoint written before oodml recorded it).
     """
 
     arch: str
@@ -76,18 +78,22 @@ class CheckpointRecord:
     state_dict: dict[str, torch.Tensor]
     preprocessing: Preprocessing | None
     provenance: dict
+    pretraining: str | None = None
 
 
 def save(model: EmbeddingModel, path: str | Path, *, provenance: dict | None = None) -> Path:
     """Write an oodml checkpoint (atomically) that :func:`load_model` reads with ``weights_only=True``.
 
     ``provenance`` should say how the model was trained: dataset, split digest,
-    level, train classes, loss, hyper-parameters, seed.
+    level, train classes, loss, hyper-parameters, seed.  The model's declared
+    pretraining data (``model.pretraining``: a resnet50 trained from ImageNet
+    weights declares ``imagenet-1k``) is kept, so that evaluating the file counts
+    the test classes its weights saw.
     """
     payload = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": model.arch, "config": model.config,
         "preprocessing": json.dumps(model.preprocessing.as_dict()), "state_dict": model.state_dict(),
-        "provenance": json.dumps(provenance or {}),
+        "provenance": json.dumps(provenance or {}), "pretraining": getattr(model, "pretraining", None),
     }
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -117,10 +123,8 @@ def load_model(spec: str | Path, **kwargs) -> LoadedModel:
         if spec_text in list_models() or not any(ch in spec_text for ch in "/\\."):
             model = create_model(spec_text, **kwargs)
             preprocessing = _architecture_preprocessing(model, spec_text)
-            declared = getattr(model, "pretraining", None)
-            identity = {"spec": spec_text, "library": "oodml", "pretraining": declared} if declared else {}
             return LoadedModel(model, preprocessing, model_digest(model, preprocessing), spec_text,
-                               identity=identity)
+                               identity=_declaration(model))
         raise OodmlError(f"model file {path} does not exist (and {spec_text!r} is not a registered model; "
                          "see `oodml models list`)")
     module, preprocessing, provenance = _LOADERS[_file_kind(path)](path)
@@ -129,7 +133,16 @@ def load_model(spec: str | Path, **kwargs) -> LoadedModel:
     except (RuntimeError, TypeError, ValueError) as exc:  # a foreign module can hold anything
         raise OodmlError(f"{path}: cannot fingerprint the model for its embedding cache ({first_line(exc)}); "
                          "save it with torch.jit.script(model).save(PATH) or oodml.models.save") from None
-    return LoadedModel(module, preprocessing, digest, spec_text, provenance)
+    return LoadedModel(module, preprocessing, digest, spec_text, provenance, identity=_declaration(module))
+
+
+def _declaration(module: torch.nn.Module) -> dict:
+    """The identity of an oodml architecture whose weights declare pretraining data (its name, ``oodml``,
+    the data), else empty: random weights, an older checkpoint, or a model file of foreign code."""
+    declared = getattr(module, "pretraining", None)
+    if not isinstance(module, EmbeddingModel) or not declared:
+        return {}
+    return {"spec": module.arch, "library": "oodml", "pretraining": declared}
 
 
 def _file_kind(path: Path) -> str:
@@ -186,6 +199,7 @@ def _load_checkpoint(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict]:
     record = checkpoint_record(_read_checkpoint(path), path)
     module = _build_checkpoint_model(record, path)
     module.preprocessing = record.preprocessing or _architecture_preprocessing(module, record.arch)
+    module.pretraining = record.pretraining
     return module, module.preprocessing, record.provenance
 
 
@@ -253,7 +267,8 @@ def checkpoint_record(payload: object, path: str | Path) -> CheckpointRecord:
     if problem:
         raise OodmlError(f"{path}: checkpoint 'state_dict' {problem}; {_RESAVE}")
     return CheckpointRecord(arch, config, state, _checkpoint_preprocessing(payload.get("preprocessing"), path),
-                            _checkpoint_provenance(payload.get("provenance"), path))
+                            _checkpoint_provenance(payload.get("provenance"), path),
+                            _checkpoint_pretraining(payload.get("pretraining"), path))
 
 
 def _state_dict_problem(state: object) -> str | None:
@@ -290,6 +305,15 @@ def _checkpoint_provenance(value: object, path: str | Path) -> dict:
         raise OodmlError(f"{path}: checkpoint 'provenance' must be a JSON object in a string, got "
                          f"{brief(value)}; re-save the model with oodml.models.save(model, PATH, provenance=...)")
     return provenance
+
+
+def _checkpoint_pretraining(value: object, path: str | Path) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 100 or not value.isprintable():
+        raise OodmlError(f"{path}: checkpoint 'pretraining' must name the pretraining data in one line of at most "
+                         f"100 characters (e.g. imagenet-1k), got {brief(value)}; {_RESAVE}")
+    return value
 
 
 def _build_checkpoint_model(record: CheckpointRecord, path: Path) -> torch.nn.Module:

@@ -36,6 +36,7 @@ a map, gives ``"unknown"``, never zero.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -388,7 +389,7 @@ def model_overlap(identity: Mapping | None, split_set: SplitSet, levels: Sequenc
                   image_counts: Mapping[str, int] | None = None) -> dict | None:
     """What ``oodml evaluate`` records in ``summary.json``: the overlap of the evaluated levels' test classes
     with the model's declared pretraining data (:func:`pretraining_overlap`), or None when the model
-    declares none (random weights, an oodml checkpoint)."""
+    declares none (random weights, an oodml checkpoint trained from scratch)."""
     declared = (identity or {}).get("pretraining")
     if not declared:
         return None
@@ -526,10 +527,14 @@ def write_audit(result: Audit, out: str | Path) -> list[Path]:
 
 
 def audit_slug(name: str) -> str:
-    """A file name for an audit: lower case, runs of other characters as ``-`` (``timm:resnet18?pretrained=false``
-    -> ``timm-resnet18-pretrained-false``, ``runs/cnn/level1.pt`` -> ``runs-cnn-level1-pt``)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return slug or "audit"
+    """A file name for an audit of ``name`` (an extractor or a pretraining declaration), distinct for distinct
+    names: ``name`` itself when it is lower-case letters, digits and inner ``-`` (``pixels``), else those
+    characters (runs of others as ``-``, at most 64) and the first 8 hex digits of the name's sha256
+    (``timm:resnet18?pretrained=false`` -> ``timm-resnet18-pretrained-false-<8 hex>``)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64].strip("-")
+    if slug == name:
+        return slug
+    return f"{slug or 'audit'}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def store_audit(result: Audit, split_set: SplitSet) -> list[Path]:
@@ -564,12 +569,10 @@ def store_audit(result: Audit, split_set: SplitSet) -> list[Path]:
     return written
 
 
-def pretraining_meta(model: object | None, split_set: SplitSet, levels: Sequence, dataset: object) -> dict:
+def pretraining_meta(identity: Mapping | None, split_set: SplitSet, levels: Sequence, dataset: object) -> dict:
     """``{"pretraining_overlap": ...}`` for the ``meta`` of :func:`oodml.evaluation.evaluate`: the overlap of the
-    evaluated levels' test classes and images with the pretraining data ``model`` (a
-    :class:`~oodml.models.LoadedModel`) declares (:func:`model_overlap`); empty when it declares none or
-    differs per level."""
-    identity = getattr(model, "identity", None)
+    evaluated levels' test classes and images with the pretraining data the evaluated weights' ``identity``
+    declares (:func:`model_overlap`); empty when it declares none."""
     counts = dict(zip(dataset.classes, (int(n) for n in dataset.class_counts()), strict=True))
     overlap = model_overlap(identity, split_set, [lv.index for lv in levels], counts)
     return {} if overlap is None else {"pretraining_overlap": overlap}
