@@ -116,7 +116,10 @@ def findings(results: Path) -> None:
     print("n-way accuracy of the queries of an episode (all test classes); `none` classifies by the nearest "
           "single support image of the unadapted model, `prototypes` by the nearest class mean of the unadapted "
           "model; the fine-tuned adaptations classify by prototypes after adapting to the support set. Pooled over "
-          "methods and seeds.\n")
+          "methods and seeds; n counts the episodes compared (tools/reproduce_baselines.sh fine-tunes the head, "
+          "`finetune-last`, on all 10 episodes of each level and shot, and every weight, `finetune-all`, on the first "
+          "episode of seed 0). Fine-tuning draws its triplets with oodml's distance-weighted miner "
+          "(`oodml.miners`), whose random stream differs from pytorch-metric-learning's.\n")
     groups = {"levels 1-2": levels[:2], "levels 3-6": levels[2:-2], "levels 7-8": levels[-2:]}
     comparisons = [("prototypes", "none", "seed{s}"), ("finetune-last", "prototypes", "seed{s}-finetune-last"),
                    ("finetune-all", "prototypes", "seed{s}-finetune-all")]

@@ -10,9 +10,10 @@
 # build/baselines/results to re-evaluate after changing the evaluation).  The
 # runs go seed by seed: train all of seed 0, evaluate them, then seed 1.
 #
-# Cost on a 2-core CPU: training about 70 minutes (measured); evaluation about
-# 1.5 hours with JOBS=2, most of it finetune-last on 10 episodes (estimated from
-# tools/bench_adapt.py: about 2.3 CPU-hours).
+# Cost on a 2-core CPU with JOBS=2, measured on 2026-11-27 with other work on
+# the machine: training about 1.5 models a minute (about 85 minutes for 128);
+# evaluating a seed about 40 minutes (most of it finetune-last on 10 episodes),
+# seed 0 about 80 with finetune-all.  About 3 hours in all.
 # Settings (all fixed before the study was run, none tuned on test classes):
 #   glyph-cnn (width 16, 32-d: leaderboard entries stay small), 400 iterations,
 #   batch 128 = 32 classes x 4,
