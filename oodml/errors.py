@@ -8,6 +8,7 @@ it like any other exception.  Bugs stay ordinary exceptions with tracebacks.
 
 from __future__ import annotations
 
+import math
 import reprlib
 
 
@@ -27,15 +28,22 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _quoting() -> reprlib.Repr:
-    """A ``repr`` that cuts long strings, huge numbers and deep or long containers (Python 3.11 has no kwargs)."""
-    quoting = reprlib.Repr()
-    quoting.maxstring = quoting.maxlong = quoting.maxother = 40
-    quoting.maxlevel, quoting.maxlist, quoting.maxdict = 2, 4, 4
-    return quoting
+class _Quoting(reprlib.Repr):
+    """A ``repr`` that cuts long strings, huge numbers and deep or long containers."""
+
+    def __init__(self) -> None:
+        super().__init__()  # Python 3.11 takes no keyword arguments here
+        self.maxstring = self.maxlong = self.maxother = 40
+        self.maxlevel, self.maxlist, self.maxdict = 2, 4, 4
+
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # more digits than Python converts to text (sys.get_int_max_str_digits())
+            return f"<an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits>"
 
 
-_QUOTING = _quoting()
+_QUOTING = _Quoting()
 
 
 def brief(value: object, limit: int = 60) -> str:

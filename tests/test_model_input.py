@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from oodml import OodmlError
 from oodml.embedding import Preprocessing, embed, embed_cached, embedding_cache_dir
+from oodml.errors import brief
 from oodml.features import cache_dir, torchscript_extractor
 from oodml.models import create_model, load_model, model_digest, save
 
@@ -167,6 +168,7 @@ def load_payload(payload: dict, path):
     ({"arch": ...}, r"'arch' must name a registered architecture .*got None"),
     ({"arch": "glyph-cnm"}, r"architecture 'glyph-cnm' is not registered in this oodml \(known: .*glyph-cnn"),
     ({"version": "1"}, r"checkpoint version must be an integer, got '1'"),
+    ({"arch": 7 ** 10_000}, r"cannot read it as a checkpoint \(malformed or truncated file\)"),  # weights_only
     ({"provenance": "[1, 2]"}, r"'provenance' must be a JSON object in a string"),
     ({"preprocessing": {"resize": 32}}, r"'preprocessing' must be a JSON string, got dict"),
 ])
@@ -174,6 +176,12 @@ def test_malformed_checkpoints_are_one_line_errors(tmp_path, changes, message):
     with pytest.raises(OodmlError, match=message) as caught:
         load_payload(checkpoint_payload(**changes), tmp_path / "m.pt")
     assert str(tmp_path / "m.pt") in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_values_quoted_in_messages_stay_short_whatever_their_size():
+    assert brief(10**5000) == "<an integer of about 5001 digits>"   # more digits than Python writes as text
+    assert brief(10**100).startswith("1000") and len(brief(10**100)) <= 60
+    assert all(len(brief(value)) <= 60 for value in ("x" * 10**6, list(range(10**6)), {"a": [[[1]]] * 9}))
 
 
 def test_a_checkpoint_without_preprocessing_uses_its_architectures(tmp_path):

@@ -528,9 +528,9 @@ def write_audit(result: Audit, out: str | Path) -> list[Path]:
 
 def audit_slug(name: str) -> str:
     """A file name for an audit of ``name`` (an extractor or a pretraining declaration), distinct for distinct
-    names (but for a 32-bit hash collision): ``name`` itself when it is lower-case letters, digits and inner ``-`` (``pixels``), else those
-    characters (runs of others as ``-``, at most 64) and the first 8 hex digits of the name's sha256
-    (``timm:resnet18?pretrained=false`` -> ``timm-resnet18-pretrained-false-<8 hex>``)."""
+    names but for a 32-bit hash collision: ``name`` itself when it is lower-case letters, digits and inner
+    ``-`` (``pixels``), else those characters (runs of others as ``-``, at most 64) and the first 8 hex
+    digits of the name's sha256 (``timm:resnet18?pretrained=false`` -> ``timm-resnet18-pretrained-false-<8 hex>``)."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64].strip("-")
     if slug == name:
         return slug
