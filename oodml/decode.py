@@ -31,7 +31,8 @@ table is reproduced), on the CPU and on CUDA alike.  Decoding: on the CPU
 decode_jpeg and PIL share libjpeg-turbo and decode identically.  nvJPEG
 (measured on an H200) decodes grey and 4:4:4 JPEGs identically too, but
 upsamples 4:2:0 chroma (PIL's default, and most photos') differently from
-libjpeg's "fancy" upsampling: a mean of 3-4 levels on noisy test images.
+libjpeg's "fancy" upsampling: a mean of 3-4 levels on noisy test images
+(:func:`decoding_difference` measures it; ``tools/bench_decode.py`` prints it).
 Embeddings then move by about 5e-3 relative on CUDA (a random resnet50 on
 CUB-sized JPEGs: median 4.7e-3, max 8e-3), as much as bf16 autocast moves
 them (4.6e-3), and by at most 1e-5 on the CPU; so the decode mode is not part
@@ -206,6 +207,23 @@ def decode_jpegs(encoded: Sequence[torch.Tensor], device: torch.device) -> list[
                 except RuntimeError:
                     decoded.append(None)
             return decoded
+
+
+def decoding_difference(data: bytes, device: torch.device | str) -> np.ndarray:
+    """How far :func:`decode_jpegs` on ``device`` decodes one JPEG from PIL, the loader path's decoder.
+
+    Returns:
+        int16 (H, W, 3): the absolute difference per pixel and RGB channel, in 8-bit levels.
+
+    Raises:
+        OodmlError: ``decode_jpegs`` refused the stream (the device path would hand it to PIL).
+    """
+    ours = decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], torch.device(device))[0]
+    if ours is None:
+        raise OodmlError("the device decoder refused this JPEG; the device path decodes it with PIL")
+    with Image.open(io.BytesIO(data)) as image:
+        pil = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return np.abs(ours.permute(1, 2, 0).cpu().numpy().astype(np.int16) - pil)
 
 
 def resized_size(height: int, width: int, preprocessing: Preprocessing) -> tuple[int, int]:

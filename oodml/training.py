@@ -84,8 +84,9 @@ class TrainConfig:
         ``?pretrained=false``).  Called on a resolved config, before any data is read."""
         if self.weights is not None and self.pretrained is False:
             raise OodmlError("--weights gives pretrained weights; drop it or --random-init")
-        if (self.pretrained is None or is_spec(self.arch)) and (self.pretrained is not None or
-                                                                 self.weights is not None):
+        chosen = self.pretrained is not None or self.weights is not None
+        # resolved, pretrained is None only for an architecture without pretrained weights and no --random-init
+        if (is_spec(self.arch) and chosen) or (self.pretrained is None and self.weights is not None):
             raise OodmlError(f"{self.arch} has no pretrained weights to choose here; drop --weights/--random-init"
                              + (" and add ?pretrained=false to the spec for random weights" if is_spec(self.arch)
                                 else ""))

@@ -21,6 +21,7 @@ Run:  .venv/bin/python tools/bench_decode.py [--images 256] [--model pool] [--wo
 from __future__ import annotations
 
 import argparse
+import io
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 from PIL import Image
 
 from oodml.datasets import load_dataset
+from oodml.decode import decoding_difference
 from oodml.embedding import IMAGENET, embed, resolve_device
 from oodml.progress import set_quiet
 
@@ -94,6 +96,21 @@ def bf16_difference(ds, model, args: argparse.Namespace) -> np.ndarray:
     return relative_difference(bf16, fp32)
 
 
+def decoder_gaps(ds, device: torch.device, count: int = 32) -> dict[str, np.ndarray]:
+    """Per chroma layout, the device decoder's mean |difference| from PIL (8-bit levels) on each of the first
+    ``count`` images: the JPEGs as written (PIL's default 4:2:0 chroma), and re-saved with full-resolution
+    chroma (4:4:4) and as grey."""
+    gaps: dict[str, list[float]] = {"4:2:0": [], "4:4:4": [], "grey": []}
+    for i in range(min(count, len(ds))):
+        image = ds.load_image(i)
+        full, grey = io.BytesIO(), io.BytesIO()
+        image.save(full, format="JPEG", quality=90, subsampling=0)
+        image.convert("L").save(grey, format="JPEG", quality=90)
+        for layout, data in (("4:2:0", ds.load_encoded(i)), ("4:4:4", full.getvalue()), ("grey", grey.getvalue())):
+            gaps[layout].append(float(decoding_difference(data, device).mean()))
+    return {layout: np.array(values) for layout, values in gaps.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=256)
@@ -131,6 +148,9 @@ def main() -> None:
         apart = relative_difference(ours, loader)
         print(f"embeddings, device vs loader path: relative L2 difference median {np.median(apart):.1e}, "
               f"max {apart.max():.1e}")
+        for layout, gap in decoder_gaps(ds, dev).items():
+            print(f"decoding, device vs PIL, {layout} JPEGs: mean |difference| per image {gap.min():.2f} to "
+                  f"{gap.max():.2f} levels ({len(gap)} images)")
         if args.model != "pool":
             bf16 = bf16_difference(ds, model, args)
             print(f"for scale, bf16 vs fp32 autocast on the loader path: median {np.median(bf16):.1e}, "
