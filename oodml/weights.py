@@ -6,12 +6,13 @@ A weight file lives where torchvision keeps its own,
 name follows torchvision's rule, ``<name>-<sha256 prefix>.<ext>``: the prefix is
 the published hash, and a download whose sha256 does not start with it is refused.
 
-A missing file is downloaded with ``torch.hub.download_url_to_file``: a progress
-bar on stderr (off with ``--quiet`` or ``OODML_QUIET=1``), the bytes written to
-``<file>.<random>.partial`` beside the destination and renamed onto it only once
-complete and verified; on any failure, hash mismatch included, torch removes the
-partial file, so the cache holds the verified file or nothing.  The offline
-message comes only after that attempt fails.
+A missing file is downloaded by :func:`oodml.download.download_file`: a progress
+bar on stderr (off with ``--quiet`` or ``OODML_QUIET=1``), connecting and every
+read bounded by ``$OODML_DOWNLOAD_TIMEOUT`` seconds (default 60), the bytes
+written to ``<file>.<random>.partial`` beside the destination and renamed onto
+it only once complete and verified; on any failure (hash mismatch, a stalled
+server and Ctrl-C included) the partial file is removed, so the cache holds the
+verified file or nothing.  The offline message comes only after that attempt fails.
 
 The files come from torchvision's server, ``https://download.pytorch.org/models/``,
 unless ``$OODML_WEIGHTS_URL`` names a mirror holding the same file names (for
@@ -21,15 +22,14 @@ the name is checked all the same, so a mirror cannot substitute other weights.
 
 from __future__ import annotations
 
-import http.client
 import os
 import sys
-import urllib.error
 from pathlib import Path
 
 import torch
 
-from .errors import OodmlError, first_line
+from .download import download_file
+from .errors import OodmlError
 from .progress import is_quiet
 
 TORCHVISION_URL = "https://download.pytorch.org/models/"
@@ -74,36 +74,20 @@ def fetch_weights(file_name: str, *, owner: str, base_url: str | None = None) ->
         ``cached_weights_path(file_name)``, present.  A file already there is used as it is (as torchvision does).
 
     Raises:
-        OodmlError: the download failed (the message names the URL, the path to put the file at by hand, and
-            ``--weights PATH``), its sha256 does not match the name, or the cache cannot be written.
+        OodmlError: the download failed or waited ``$OODML_DOWNLOAD_TIMEOUT`` seconds in vain (the message
+            names the URL, the path to put the file at by hand, and ``--weights PATH``), its sha256 does not
+            match the name, or the cache cannot be written.
     """
     path = cached_weights_path(file_name)
     if path.is_file():
         return path
     url, expected = weights_url(file_name, base_url), published_hash_prefix(file_name)
-    by_hand = f"fetch it on a machine that can and put it at {path}, or pass --weights PATH"
-    quiet = is_quiet()
-    if not quiet:
+    if not is_quiet():
         print(f"{owner}: downloading {url} to {path}", file=sys.stderr)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(path), hash_prefix=expected, progress=not quiet)
-    except urllib.error.HTTPError as exc:
-        raise OodmlError(f"{owner}: cannot download {url} (HTTP {exc.code} {exc.reason}); {by_hand}") from None
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        reason = first_line(reason) if isinstance(reason, BaseException) else reason
-        raise OodmlError(f"{owner}: cannot download {url} ({reason}); if this machine is offline, {by_hand}") from None
-    except OSError as exc:  # the cache folder: not writable, disk full
-        raise OodmlError(f"{owner}: cannot save {url} to {path} ({exc.strerror or first_line(exc)}); set TORCH_HOME "
-                         "to a writable folder, or pass --weights PATH") from None
-    except RuntimeError as exc:
-        if "invalid hash value" not in str(exc):  # torch's hash check: 'invalid hash value (expected .., got ..)'
-            raise
-        raise OodmlError(f"{owner}: the file downloaded from {url} failed its sha256 check ({first_line(exc)}) and "
-                         f"was discarded; the transfer was corrupted or the server holds another file. Try again, "
-                         f"or {by_hand}") from None
-    return path
+    return download_file(url, path, algorithm="sha256", expected=expected, who=owner,
+                         by_hand=f"fetch it on a machine that can and put it at {path}, or pass --weights PATH",
+                         unwritable="set TORCH_HOME to a writable folder, or pass --weights PATH",
+                         desc=f"download {file_name}")
 
 
 def resnet50_weights_path(weights: str | None, *, base_url: str | None = None) -> Path:

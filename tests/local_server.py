@@ -22,13 +22,19 @@ class LocalServer:
         url: the base URL, ``http://127.0.0.1:<port>/``.
         files: URL path (``"/name"``) -> the bytes served there; any other path is a 404.
         short: URL paths whose response announces its full ``Content-Length`` but stops halfway (a dropped transfer).
+        stalled: URL paths whose response announces its full length, sends the first 1 KiB and then nothing more,
+            keeping the connection open until the server stops (a server that hangs mid-transfer).
+        silent: URL paths whose request is accepted and never answered until the server stops (no headers).
         requests: the paths of every GET received, in order.
     """
 
     url: str = ""
     files: dict[str, bytes] = field(default_factory=dict)
     short: set[str] = field(default_factory=set)
+    stalled: set[str] = field(default_factory=set)
+    silent: set[str] = field(default_factory=set)
     requests: list[str] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 @contextlib.contextmanager
@@ -39,6 +45,9 @@ def serving() -> Iterator[LocalServer]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the name http.server dispatches to)
             state.requests.append(self.path)
+            if self.path in state.silent:
+                state.stopping.wait(60)
+                return
             body = state.files.get(self.path)
             if body is None:
                 self.send_error(404)
@@ -46,6 +55,11 @@ def serving() -> Iterator[LocalServer]:
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if self.path in state.stalled:
+                self.wfile.write(body[:1024])
+                self.wfile.flush()
+                state.stopping.wait(60)  # hold the connection open, sending nothing, until the server stops
+                return
             self.wfile.write(body[:len(body) // 2] if self.path in state.short else body)
 
         def log_message(self, *args) -> None:  # keep test output clean
@@ -58,6 +72,7 @@ def serving() -> Iterator[LocalServer]:
     try:
         yield state
     finally:
+        state.stopping.set()  # release stalled and silent handlers, so that closing does not wait for them
         server.shutdown()
         server.server_close()
         thread.join()

@@ -62,8 +62,8 @@ def test_download_verifies_and_unpacks_then_serves_from_disk(archive, server, re
 
 
 @pytest.mark.parametrize("fault, message", [
-    ("corrupted", "has md5 .* expected 0000.*; the download is corrupt or the file changed upstream, so it was "
-                  "discarded"),
+    ("corrupted", r"the file downloaded from .* failed its md5 check \(expected 0{32}, got [0-9a-f]{32}\) and was "
+                  "discarded; the transfer was corrupted or the server holds another file"),
     ("truncated", r"the download of http://127\.0\.0\.1:\d+/CUB_200_2011\.tgz stopped after [\d,]+ of [\d,]+ bytes "
                   "and was discarded; try again"),
 ])
@@ -90,9 +90,9 @@ def test_a_failed_download_names_the_url_and_where_to_put_the_archive(server, re
     with pytest.raises(OodmlError) as failed:
         download_dataset("cub-offline", tmp_path / "data", timeout=5)
     message = str(failed.value)
-    reason = "HTTP 404 Not Found" if reachable else "Connection refused"
+    reason = "HTTP 404 Not Found); " if reachable else "Connection refused); if this machine is offline, "
     assert message.startswith(f"cub-offline: cannot download {url} (") and reason in message
-    assert message.endswith(f"if this machine is offline, fetch it elsewhere and put it at "
+    assert message.endswith(f"fetch it elsewhere and put it at "
                             f"{tmp_path / 'data' / 'CUB_200_2011.tgz'} (then run this again), or unpack it into "
                             f"{tmp_path / 'data'} so that it holds CUB_200_2011/")
     assert list((tmp_path / "data").iterdir()) == []
