@@ -1,17 +1,26 @@
-"""Filesystem helpers shared by every writer: the cache home, atomic writes,
-destinations checked before any work, and paths that must stay inside a root."""
+"""Filesystem helpers shared by every writer: the cache home, atomic writes, claims that keep a
+destination to one writer at a time, destinations checked before any work, and paths that must stay
+inside a root."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from .errors import OodmlError
+
+try:
+    import fcntl
+except ImportError:  # Windows: an O_EXCL lock file instead, which a killed writer leaves behind
+    fcntl = None
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
@@ -57,6 +66,163 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             os.replace(target, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- claims: one writer per destination ------------------------------------------------------------
+
+_HELD: dict[Path, int] = {}  # lock file -> how many nested claims this process holds on it
+
+
+def lock_path(dest: str | os.PathLike) -> Path:
+    """The lock file of a claim on ``dest``: ``.<name>.lock`` beside it (hidden, never an entry or a run)."""
+    dest = Path(os.path.abspath(dest))
+    return dest.with_name(f".{dest.name}.lock")
+
+
+@contextlib.contextmanager
+def claim(dest: str | os.PathLike, *, what: str, fix: str, tidy: bool = True) -> Iterator[Path]:
+    """Hold ``dest`` (a file or folder, existing or not) for this process alone while the block runs.
+
+    Every writer that claims a destination before checking and writing it is refused while another
+    holds it, so two runs never both report writing the same result.  The claim is an exclusive
+    ``flock`` on :func:`lock_path`, which the kernel releases when the holder dies, even by SIGKILL,
+    so a killed run never blocks the next (without ``fcntl``: a lock file created with ``O_EXCL``,
+    which a killed run leaves behind).  Claims nest within one process.
+
+    Args:
+        what: ``dest`` as the user named it, for the error (``"--out results"``).
+        fix: what to do instead of waiting (``"choose another --out"``).
+        tidy: on taking the claim, tidy what a killed writer of ``dest`` left beside it
+            (:func:`remove_leftovers`).
+
+    Yields:
+        ``dest`` as an absolute path.
+
+    Raises:
+        OodmlError: another process holds the claim; or the lock file cannot be made.
+    """
+    dest = Path(os.path.abspath(dest))
+    lock = lock_path(dest)
+    if lock in _HELD:
+        _HELD[lock] += 1
+        try:
+            yield dest
+        finally:
+            _HELD[lock] -= 1
+        return
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = _take_lock(lock)
+    except OSError as exc:
+        raise OodmlError(f"{what}: cannot create the lock file {lock} ({exc.strerror or exc}); {fix}") from None
+    if fd is None:
+        stale = "" if fcntl else f"; if it no longer runs, delete {lock}"
+        raise OodmlError(f"{what} is being written by another process ({_holder(lock)}); wait for it to "
+                         f"finish or {fix}{stale}")
+    _HELD[lock] = 1
+    try:
+        if tidy:
+            remove_leftovers(dest)
+        yield dest
+    finally:
+        del _HELD[lock]
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still locked: a waiting process then finds the file gone and retries
+        os.close(fd)
+
+
+def _take_lock(lock: Path) -> int | None:
+    """An open descriptor holding ``lock`` exclusively, or None when another process holds it."""
+    for _ in range(100):
+        if fcntl is None:
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return None
+        else:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return None
+            if not _same_file(fd, lock):  # the holder released and unlinked it after we opened it
+                os.close(fd)
+                continue
+        os.ftruncate(fd, 0)
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {now}\n".encode())
+        return fd
+    raise OodmlError(f"cannot take the lock {lock}: it is replaced faster than it can be held")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _holder(lock: Path) -> str:
+    """Who holds ``lock``, as its holder wrote it (``pid 12 on host, since ...``)."""
+    try:
+        text = lock.read_text(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text[:120] if text else "it has not said which"
+
+
+def _leftover_pattern(name: str) -> re.Pattern:
+    """Names :func:`atomic_path` gives its temporaries for ``name``: ``.<name>.<8 random>.tmp`` (the
+    staging folder) and ``.<name>.<pid>.old`` (the folder being replaced); no other name's match."""
+    return re.compile(rf"\.{re.escape(name)}\.(?:[a-z0-9_]{{8}}\.tmp|[0-9]+\.old)")
+
+
+def remove_leftovers(dest: str | os.PathLike) -> list[Path]:
+    """Tidy what writers of ``dest`` killed inside :func:`atomic_path` left beside it: staging
+    temporaries are removed; a replaced folder (``.old``) is put back when ``dest`` itself is missing
+    (the writer died between the two renames), else removed.  Call it only while holding a
+    :func:`claim` on ``dest``: a live writer's temporaries look the same.
+
+    Returns:
+        The paths removed or put back.
+    """
+    dest = Path(os.path.abspath(dest))
+    pattern = _leftover_pattern(dest.name)
+    found = sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name)) if dest.parent.is_dir() else []
+    for path in found:
+        if path.suffix == ".old" and not dest.exists():
+            os.replace(path, dest)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
+
+
+def remove_abandoned(directory: str | os.PathLike) -> list[Path]:
+    """Tidy the leftovers (:func:`remove_leftovers`) of every destination in ``directory`` that no live
+    process claims, and the lock files of killed writers.  Only for folders whose writers all claim
+    their destinations (leaderboard entries), as a live unclaimed writer's temporaries would go too.
+
+    Returns:
+        The paths removed or put back.
+    """
+    directory = Path(directory)
+    names = set()
+    for path in directory.iterdir() if directory.is_dir() else []:
+        match = re.fullmatch(r"\.(.+)\.(?:[a-z0-9_]{8}\.tmp|[0-9]+\.old|lock)", path.name)
+        if match:
+            names.add(match.group(1))
+    tidied = []
+    for name in sorted(names):
+        try:
+            with claim(directory / name, what=name, fix="retry later", tidy=False) as dest:
+                tidied += remove_leftovers(dest)
+        except OodmlError:  # a live writer: its temporaries are its own
+            continue
+    return tidied
 
 
 def nearest_existing(path: str | os.PathLike) -> Path:

@@ -197,22 +197,22 @@ def cmd_splits_import(args: argparse.Namespace) -> int:
 
 
 def cmd_splits_audit(args: argparse.Namespace) -> int:
-    from ._fs import check_writable
-    from .splits.audit import audit, format_audit, store_audit, write_audit
+    from .splits.audit import audit, audit_destinations, format_audit, store_audit, write_audit
 
-    out = args.out
-    if out is not None:
-        check_writable(out)
     split_set = _load_split_set(args.ref)
-    result = audit(split_set, args.extractor, pretraining=args.pretraining, root=args.root,
-                   dataset_options=dict(args.option), draws=args.bootstrap, seed=args.seed, device=args.device,
-                   batch_size=args.batch_size)
+    out = args.out or f"{split_set.dataset}-{split_set.version}-audit"
+    with audit_destinations(split_set, out, extractors=args.extractor, pretraining=args.pretraining,
+                            store=args.store, replace=args.replace):  # claimed and checked before any work
+        result = audit(split_set, args.extractor, pretraining=args.pretraining, root=args.root,
+                       dataset_options=dict(args.option), draws=args.bootstrap, seed=args.seed, device=args.device,
+                       batch_size=args.batch_size)
+        written = write_audit(result, out, replace=args.replace)
+        stored = store_audit(result, split_set, replace=args.replace) if args.store else []
     print(format_audit(result))
-    for path in write_audit(result, out or f"{split_set.dataset}-{split_set.version}-audit"):
+    for path in written:
         print(f"wrote {path}")
-    if args.store:
-        for path in store_audit(result, split_set):
-            print(f"stored {path}")
+    for path in stored:
+        print(f"stored {path}")
     return 0
 
 
@@ -281,6 +281,9 @@ def _add_splits(commands) -> None:
     aud.add_argument("--out", help="folder for audit.json and audit.png/.svg (default DATASET-VERSION-audit)")
     aud.add_argument("--store", action="store_true",
                      help="also keep the audit beside the split set, in its audits/ folder (digest unchanged)")
+    aud.add_argument("--replace", action="store_true",
+                     help="replace stored audits of the same extractors (with --store) and an audit.json of "
+                     "another split set in --out")
     aud.add_argument("--device", default="auto")
     aud.add_argument("--batch-size", type=positive_int, default=128)
     aud.set_defaults(func=cmd_splits_audit)
@@ -371,7 +374,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .datasets import dataset_spec
     from .distributed import is_main_process
     from .embedding import resolve_device
-    from .evaluation import check_output_dir, evaluate, parse_levels, zero_shot_metrics
+    from .evaluation import check_output_dir, claim_output_dir, parse_levels, zero_shot_metrics
     from .reference import format_gaps
     from .splits import resolve
 
@@ -383,17 +386,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     split_set = resolve(dataset_spec(args.dataset).name, args.splits)
     levels = parse_levels(args.levels, split_set)
     run = {"model": args.model, "dataset": args.dataset, "split_digest": split_set.digest}
-    replaced = check_output_dir(args.out, run, overwrite=args.overwrite) if is_main_process() else None
-    results = evaluate(args.model, args.dataset, split_set, root=args.root, levels=levels,
-                       fewshot=args.fewshot or (), adapt=args.adapt, episodes=args.episodes,
-                       adapt_iterations=args.adapt_iterations, device=args.device,
-                       precision=args.precision, batch_size=args.batch_size, workers=args.workers, decode=args.decode,
-                       clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label,
-                       save_embeddings=args.save_embeddings, dataset_options=dict(args.option),
-                       reference=args.reference)
     if not is_main_process():
+        _evaluate_with(args, split_set, levels)
         return 0
-    written = results.save(args.out, metric=args.metric, overwrite=args.overwrite)
+    with claim_output_dir(args.out):  # held from the check to the save: a second run into --out is refused
+        replaced = check_output_dir(args.out, run, overwrite=args.overwrite)
+        results = _evaluate_with(args, split_set, levels)
+        written = results.save(args.out, metric=args.metric, overwrite=args.overwrite)
     print(results.format_table())
     if "reference" in results.meta:
         print(f"\nagainst the in-distribution references in {args.reference} (Recall@1 on the same halves):")
@@ -407,6 +406,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _evaluate_with(args: argparse.Namespace, split_set, levels: list[int] | None):
+    """:func:`oodml.evaluation.evaluate` with the command's arguments."""
+    from .evaluation import evaluate
+
+    return evaluate(args.model, args.dataset, split_set, root=args.root, levels=levels,
+                    fewshot=args.fewshot or (), adapt=args.adapt, episodes=args.episodes,
+                    adapt_iterations=args.adapt_iterations, device=args.device,
+                    precision=args.precision, batch_size=args.batch_size, workers=args.workers, decode=args.decode,
+                    clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label,
+                    save_embeddings=args.save_embeddings, dataset_options=dict(args.option),
+                    reference=args.reference)
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ on the same queries.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -25,7 +26,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from ._fs import atomic_path, check_writable
+from ._fs import atomic_path, check_writable, claim
 from .adapt import ADAPTATIONS, EpisodeInput, check_adaptable
 from .datasets import ImageDataset, dataset_spec, load_dataset
 from .embedding import PRECISIONS, embed_cached, read_embedding_table, resolve_device, write_embedding_table
@@ -171,7 +172,8 @@ class Results:
 
         The files are written together: into a temporary folder beside ``out_dir``, renamed onto it once all
         are complete, so a failure leaves ``out_dir`` as it was.  An earlier run there is replaced as a whole,
-        none of its files kept, under the rule of :func:`check_output_dir`.
+        none of its files kept, under the rule of :func:`check_output_dir`.  ``out_dir`` is claimed
+        (:func:`claim_output_dir`) from the check to the rename, so a concurrent run is refused, not lost.
 
         Returns:
             The paths written, inside ``out_dir``.
@@ -179,8 +181,12 @@ class Results:
         Raises:
             OodmlError: see :func:`check_output_dir`; or ``metric`` is not among this run's zero-shot metrics.
         """
-        out = Path(os.path.abspath(out_dir))
-        check_output_dir(out_dir, self.meta, overwrite=overwrite)
+        with claim_output_dir(out_dir) as out:
+            check_output_dir(out_dir, self.meta, overwrite=overwrite)
+            return self._write(out_dir, out, metric)
+
+    def _write(self, out_dir: str | Path, out: Path, metric: str) -> list[Path]:
+        """For :meth:`save`, once ``out`` is claimed and checked: every file, staged, then renamed onto ``out``."""
         with atomic_path(out) as staging:
             staging.mkdir()
             written = self.plot(staging / f"curve-{metric.replace('@', '_at_')}", metric=metric)
@@ -191,6 +197,22 @@ class Results:
                 (staging / "embeddings").mkdir(exist_ok=True)
                 written.append(write_embedding_table(staging / "embeddings" / embedding_file_name(key), ids, values))
         return [Path(out_dir) / path.relative_to(staging) for path in written]
+
+
+@contextlib.contextmanager
+def claim_output_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Hold ``out_dir`` (``--out``) for this run alone (:func:`oodml._fs.claim`): a second evaluation into
+    it while this one runs is refused in one line.  Enter it before :func:`check_output_dir` and leave it
+    after :meth:`Results.save`; it yields ``out_dir`` as an absolute path.
+
+    Raises:
+        OodmlError: ``out_dir`` or the folder beside it cannot be written, or another process holds it.
+    """
+    out = Path(os.path.abspath(out_dir))
+    check_writable(out)          # the folder itself, when it exists ...
+    check_writable(out.parent)   # ... and beside it, where the run is staged and the claim's lock file lies
+    with claim(out, what=f"--out {out_dir}", fix="choose another --out"):
+        yield out
 
 
 def check_output_dir(out_dir: str | Path, run: Mapping[str, object], *, overwrite: bool = False) -> dict | None:

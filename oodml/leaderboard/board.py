@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._fs import atomic_path
+from .._fs import atomic_path, remove_abandoned
 from ..splits import SplitSet, iter_published, read_split_set
 from ..splits.audit import PretrainingOverlap, pretraining_overlap
 from .scoring import Verification, iter_entries, verify_entries
@@ -436,11 +436,14 @@ def render_html(boards: list[Board], rejected: Sequence[Verification]) -> str:
 
 def build(root: str | Path = "leaderboard", *, data_root: str | Path | None = None,
           verifications: Sequence[Verification] | None = None) -> tuple[list[Path], list[Verification]]:
-    """Verify every entry under ``root`` and write ``root/README.md`` and ``root/index.html``.
+    """Verify every entry under ``root`` and write ``root/README.md`` and ``root/index.html``.  What killed
+    submissions left beside the entries (hidden temporaries that no live submission claims) is removed first.
 
     Returns the files written and the entries that did not verify (they are listed, never rendered).
     """
     root = Path(root)
+    for folder in sorted((root / "submissions").glob("*/*")):
+        remove_abandoned(folder)
     if verifications is None:
         verifications = verify_entries(iter_entries(root), data_root=data_root)
     rejected = [v for v in verifications if not v.ok]

@@ -318,6 +318,9 @@ def verify_entries(paths: list[Path], *, data_root: str | Path | None = None) ->
 
 
 def iter_entries(root: str | Path) -> list[Path]:
-    """Every entry folder under ``root/submissions/<dataset>/<version>/``, sorted."""
+    """Every entry folder under ``root/submissions/<dataset>/<version>/``, sorted.  Hidden names are not
+    entries (no entry name starts with ``.``): they are what a submission being written, or killed
+    midway, keeps beside its entry (temporaries, lock files)."""
     base = Path(root) / "submissions"
-    return sorted(p for p in base.glob("*/*/*") if p.is_dir()) if base.is_dir() else []
+    return sorted(p for p in base.glob("*/*/*") if p.is_dir() and not p.name.startswith(".")) \
+        if base.is_dir() else []

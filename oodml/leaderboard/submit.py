@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from .._fs import atomic_path
+from .._fs import atomic_path, claim, remove_abandoned
 from ..adapt import ADAPTATIONS, FINETUNED
 from ..datasets import ImageDataset, load_dataset
 from ..embedding import write_embedding_table
@@ -35,7 +35,8 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
     The first run is the one submitted (its embeddings, as float16); the others
     (other seeds of the same method) only contribute the spread of mean Recall@1
     recorded under ``seeds``.  The claimed numbers are computed from the float16
-    files exactly as ``verify`` will recompute them.
+    files exactly as ``verify`` will recompute them.  The entry appears whole or not
+    at all, and two submissions of one name at once cannot both succeed (:func:`_publish`).
 
     Args:
         results_dirs: output folders of ``oodml evaluate --save-embeddings``.
@@ -58,12 +59,7 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
         raise OodmlError(f"{results_dirs[0]} holds no embeddings; rerun `oodml evaluate` with --save-embeddings")
     split_set = _published_split_set(first, results_dirs[0])
     chosen, shots, n_episodes = _protocol_of(first, split_set, adaptations, episodes, results_dirs[0])
-    files = {key: value for key, value in saved.items()
-             if key[0] == "test" or (key[4] in chosen and key[4] in FINETUNED and key[2] in shots
-                                     and key[3] < n_episodes)}
-    widths = {values.shape[1] for _, values in files.values()}
-    if len(widths) != 1:
-        raise OodmlError(f"{results_dirs[0]}: embeddings of different widths {sorted(widths)}")
+    files, width = _entry_files(saved, chosen, shots, n_episodes, results_dirs[0])
     out = entry_path(root, split_set.dataset, split_set.version, name)
     if out.exists() and not replace:
         raise OodmlError(f"{out} exists; choose another --name or pass --replace")
@@ -75,7 +71,7 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
         "pretraining": _pretraining(pretraining, first.meta.get("model_identity")),
         "baseline": baseline, "dataset": split_set.dataset, "split_version": split_set.version,
         "split_digest": split_set.digest, "model_digests": {str(r["level"]): r["model_digest"] for r in first.rows},
-        "embedding_dim": widths.pop(), "oodml_version": __version__,
+        "embedding_dim": width, "oodml_version": __version__,
         "date": dt.datetime.now(dt.timezone.utc).date().isoformat(),
         "seeds": _seeds(runs, results_dirs),
         "claimed": {}, "files": {},
@@ -83,8 +79,34 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
     problems = schema_problems(meta)
     if problems:
         raise OodmlError(f"cannot make a valid entry: {problems[0]}")
-    _write_entry(out, meta, files, split_set, load_dataset(split_set.dataset, root=data_root))
+    _publish(out, meta, files, split_set, data_root, replace=replace)
     return out
+
+
+def _entry_files(saved: dict[tuple, tuple[list[str], np.ndarray]], chosen: Sequence[str], shots: Sequence[int],
+                 n_episodes: int, folder: str | Path) -> tuple[dict[tuple, tuple[list[str], np.ndarray]], int]:
+    """The saved embeddings an entry holds (test ones, and the episodes of the chosen fine-tuned
+    adaptations), and their common width; refused when the widths differ."""
+    files = {key: value for key, value in saved.items()
+             if key[0] == "test" or (key[4] in chosen and key[4] in FINETUNED and key[2] in shots
+                                     and key[3] < n_episodes)}
+    widths = {values.shape[1] for _, values in files.values()}
+    if len(widths) != 1:
+        raise OodmlError(f"{folder}: embeddings of different widths {sorted(widths)}")
+    return files, widths.pop()
+
+
+def _publish(out: Path, meta: dict, files: dict[tuple, tuple[list[str], np.ndarray]], split_set: SplitSet,
+             data_root: str | Path | None, *, replace: bool) -> None:
+    """Write the entry at ``out`` with the folder claimed (:func:`oodml._fs.claim`): a second submission
+    of the same name meanwhile is refused in one line, and the check that ``out`` is new holds until the
+    entry is renamed into place.  What killed submissions left in the version folder (hidden
+    temporaries, which ``verify`` and ``build`` skip) is removed first."""
+    with claim(out, what=f"the entry {out}", fix="choose another --name"):
+        remove_abandoned(out.parent)
+        if out.exists() and not replace:
+            raise OodmlError(f"{out} exists; choose another --name or pass --replace")
+        _write_entry(out, meta, files, split_set, load_dataset(split_set.dataset, root=data_root))
 
 
 def _seeds(runs: Sequence[Results], results_dirs: Sequence[str | Path]) -> dict:

@@ -36,11 +36,12 @@ a map, gives ``"unknown"``, never zero.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
@@ -48,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._fs import atomic_path, check_writable
+from .._fs import atomic_path, check_writable, claim
 from ..errors import OodmlError
 from ..shift import MODES, ClassFeatures, get_distance
 from .levels import bootstrap_interval
@@ -511,19 +512,49 @@ def plot_audit(result: Audit, out_prefix: str | Path) -> list[Path]:
     return save_figure(fig, out_prefix)
 
 
-def write_audit(result: Audit, out: str | Path) -> list[Path]:
+def write_audit(result: Audit, out: str | Path, *, replace: bool = False) -> list[Path]:
     """Write ``audit.json`` and, when extractors were audited, ``audit.png``/``audit.svg`` into ``out``, each
-    file atomically; returns the paths."""
+    file atomically, with ``out`` claimed (:func:`audit_destinations`); plots of an earlier audit that this
+    one has none of are removed.  An ``audit.json`` of another split set is replaced only with ``replace``.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        OodmlError: ``out`` cannot be written, another process writes it, or it holds the audit of another
+            split set and ``replace`` is false.
+    """
     out = Path(out)
-    check_writable(out)
-    out.mkdir(parents=True, exist_ok=True)
     dest = out / "audit.json"
-    with atomic_path(dest) as tmp:
-        tmp.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
-    written = [dest]
-    if result.extractors:
-        written += plot_audit(result, out / "audit")
-    return written
+    with _claim_out(out):
+        _check_out(out, result.split_set, result.split_digest, replace=replace)
+        with atomic_path(dest) as tmp:
+            tmp.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        if result.extractors:
+            return [dest, *plot_audit(result, out / "audit")]
+        for stale in (out / "audit.png", out / "audit.svg"):
+            stale.unlink(missing_ok=True)
+    return [dest]
+
+
+def _claim_out(out: Path) -> contextlib.AbstractContextManager[Path]:
+    check_writable(out)
+    return claim(out / "audit.json", what=f"--out {out}", fix="choose another --out")
+
+
+def _check_out(out: Path, split_set: str, digest: str, *, replace: bool) -> None:
+    """Refuse to replace, unasked, an ``audit.json`` in ``out`` that is not of the split set ``digest``."""
+    if replace or not (out / "audit.json").exists():
+        return
+    try:
+        earlier = json.loads((out / "audit.json").read_text(encoding="utf-8"))
+        what = f"the audit of {earlier['split_set']} ({str(earlier['split_digest'])[:12]})"
+        if earlier["split_digest"] == digest:
+            return
+    except (OSError, ValueError, TypeError, KeyError):
+        what = "an audit.json that is not readable"
+    raise OodmlError(f"--out {out} holds {what}, not of {split_set} ({digest[:12]}); pass --replace to replace "
+                     "it, or choose another --out")
 
 
 def audit_slug(name: str) -> str:
@@ -537,36 +568,88 @@ def audit_slug(name: str) -> str:
     return f"{slug or 'audit'}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
-def store_audit(result: Audit, split_set: SplitSet) -> list[Path]:
-    """Keep the audit beside the published split set, in ``<split set>/audits/``: one
-    ``<extractor slug>.json`` per extractor and ``pretraining-<name>.json``.  The folder is outside the
-    manifest, so the digest and ``oodml splits verify`` do not change.
+def stored_audit_paths(split_set: SplitSet, extractors: Sequence[str] = (),
+                       pretraining: str | None = None) -> list[Path]:
+    """Where :func:`store_audit` keeps the audits of ``extractors`` (as given) and of ``pretraining``:
+    ``<split set>/audits/<extractor slug>.json`` and ``pretraining-<slug>.json``.
 
     Raises:
-        OodmlError: the split set has no directory, or the audit is of another split set.
+        OodmlError: the split set was built in memory and has no directory.
     """
     if split_set.path is None:
         raise OodmlError("this split set was built in memory and has no directory to keep audits in; "
                          "publish it first (write_split_set) or write the audit with --out")
+    names = [audit_slug(spec) for spec in extractors]
+    if pretraining is not None:
+        names.append(f"pretraining-{audit_slug(pretraining)}")
+    return [split_set.path / AUDITS / f"{name}.json" for name in names]
+
+
+@contextlib.contextmanager
+def audit_destinations(split_set: SplitSet, out: str | Path, *, extractors: Sequence[str] = (),
+                       pretraining: str | None = None, store: bool = False, replace: bool = False) -> Iterator[None]:
+    """Claim and check, before any work, every file an audit will write: ``out/audit.json`` and, with
+    ``store``, the stored audits.  While the block runs, another process writing any of them is refused;
+    :func:`write_audit` and :func:`store_audit` inside it reuse these claims.
+
+    Raises:
+        OodmlError: a destination cannot be written or is being written by another process, ``out``
+            holds the audit of another split set, or a stored audit exists, unless ``replace``.
+    """
+    out = Path(out)
+    with contextlib.ExitStack() as claims:
+        claims.enter_context(_claim_out(out))
+        _check_out(out, f"{split_set.dataset}@{split_set.version}", split_set.digest, replace=replace)
+        for dest in stored_audit_paths(split_set, extractors, pretraining) if store else []:
+            claims.enter_context(_claim_stored(dest))
+            _check_stored(dest, replace=replace)
+        yield
+
+
+def _claim_stored(dest: Path) -> contextlib.AbstractContextManager[Path]:
+    check_writable(dest.parent, option="the split set folder")
+    return claim(dest, what=f"the stored audit {dest}", fix="leave out --store")
+
+
+def _check_stored(dest: Path, *, replace: bool) -> None:
+    """Refuse to replace a stored audit unasked, naming how many draws it was made with."""
+    if replace or not dest.exists():
+        return
+    try:
+        draws = f"{int(json.loads(dest.read_text(encoding='utf-8'))['draws'])} draws"
+    except (OSError, ValueError, TypeError, KeyError):
+        draws = "not readable"
+    raise OodmlError(f"{dest} already holds a stored audit ({draws}); pass --replace to replace it, or leave "
+                     "out --store")
+
+
+def store_audit(result: Audit, split_set: SplitSet, *, replace: bool = False) -> list[Path]:
+    """Keep the audit beside the published split set, in ``<split set>/audits/``: one
+    ``<extractor slug>.json`` per extractor and ``pretraining-<name>.json``.  The folder is outside the
+    manifest, so the digest and ``oodml splits verify`` do not change.  Each file is claimed while it is
+    checked and written; one that exists is replaced only with ``replace``.
+
+    Raises:
+        OodmlError: the split set has no directory, the audit is of another split set, a stored audit
+            exists and ``replace`` is false, or another process is storing the same audit.
+    """
+    pretraining = result.pretraining.pretraining if result.pretraining is not None else None
+    paths = stored_audit_paths(split_set, [ex.extractor for ex in result.extractors], pretraining)
     if split_set.digest != result.split_digest:
         raise OodmlError(f"the audit is of split set digest {result.split_digest[:12]}, not of "
                          f"{split_set.dataset}@{split_set.version} ({split_set.digest[:12]})")
-    folder = split_set.path / AUDITS
-    check_writable(folder, option="the split set folder")
-    folder.mkdir(exist_ok=True)
     common = {k: v for k, v in result.as_dict().items() if k not in ("extractors", "pretraining")}
-    records = {audit_slug(ex.extractor): {**common, "extractors": [_json_safe(asdict(ex))]}
-               for ex in result.extractors}
+    records = [{**common, "extractors": [_json_safe(asdict(ex))]} for ex in result.extractors]
     if result.pretraining is not None:
-        records[f"pretraining-{audit_slug(result.pretraining.pretraining)}"] = {
-            **common, "pretraining": _json_safe(asdict(result.pretraining))}
-    written = []
-    for slug, record in records.items():
-        dest = folder / f"{slug}.json"
-        with atomic_path(dest) as tmp:
-            tmp.write_text(json.dumps(record, indent=2) + "\n")
-        written.append(dest)
-    return written
+        records.append({**common, "pretraining": _json_safe(asdict(result.pretraining))})
+    with contextlib.ExitStack() as claims:
+        for dest in paths:
+            claims.enter_context(_claim_stored(dest))
+            _check_stored(dest, replace=replace)
+        for dest, record in zip(paths, records, strict=True):
+            with atomic_path(dest) as tmp:
+                tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return paths
 
 
 def pretraining_meta(identity: Mapping | None, split_set: SplitSet, levels: Sequence, dataset: object) -> dict:
