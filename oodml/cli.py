@@ -38,6 +38,15 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
                    help="adapter option, e.g. -o subset=test for sop; repeatable")
 
 
+TRUST_REPO_HELP = ("agree to run the code (hubconf.py) of the torch hub repositories that torchhub: specs name, "
+                   "without torch's y/N question; also OODML_TRUST_REPO=1. torch's trusted list is left as it is")
+
+
+def _add_trust_repo(p: argparse.ArgumentParser) -> None:
+    """``--trust-repo`` after a command that loads model specs; the same flag before the command sets it for all."""
+    p.add_argument("--trust-repo", dest="trust_repo_after", action="store_true", help=TRUST_REPO_HELP)
+
+
 def _load(args: argparse.Namespace):
     from .datasets import load_dataset
 
@@ -224,6 +233,7 @@ def _add_make_splits(commands) -> None:
     _add_dataset_args(p)
     p.add_argument("--extractor", help="feature extractor (default: the dataset's, resnet50 or pixels for glyphs), "
                    "a model spec such as 'timm:resnet50' (see `oodml models list`), or a TorchScript file")
+    _add_trust_repo(p)
     p.add_argument("--weights", help="weights file for the extractor (default for resnet50: torchvision's ImageNet "
                    "file, downloaded once into the torch hub cache, $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--levels", type=positive_int, default=8)
@@ -270,6 +280,7 @@ def _add_splits(commands) -> None:
     aud.add_argument("--extractor", action="append", default=[], metavar="SPEC",
                      help="an extractor (pixels, resnet50), a model spec ('timm:resnet18?pretrained=false') or a "
                      "model file; repeatable")
+    _add_trust_repo(aud)
     aud.add_argument("--pretraining", metavar="NAME",
                      help="pretraining data to count overlap with, e.g. imagenet-1k (others report 'unknown')")
     aud.add_argument("--root", help="dataset directory (default: where `oodml datasets download` puts it)")
@@ -487,15 +498,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _architecture(text: str) -> str:
     """``--arch``: a registered architecture or a model spec, checked for its form only (nothing is loaded)."""
     from .models import list_models
-    from .models.sources import is_spec, parse_spec
+    from .models.sources import checkpoint_spec_problem, is_spec, parse_spec
 
     if text in list_models():
         return text
     if is_spec(text):
         try:
-            return parse_spec(text).text()
+            spec = parse_spec(text)
         except OodmlError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+        problem = checkpoint_spec_problem(spec)
+        if problem:  # refused before anything is trained or written
+            raise argparse.ArgumentTypeError(f"{spec.text()} cannot be a training backbone: {problem}")
+        return spec.text()
     raise argparse.ArgumentTypeError(f"unknown architecture {text!r}; choose one of {', '.join(list_models())} "
                                      "or a model spec such as 'timm:resnet18'")
 
@@ -548,9 +563,11 @@ def _add_evaluate(commands) -> None:
 
     p = commands.add_parser("evaluate", help="score a model on every level of a split set")
     p.add_argument("model", help="registered model, model spec ('timm:NAME', 'open_clip:ARCH/TAG', "
-                   "'hf:ORG/NAME[@REV]', 'torchhub:REPO:ENTRY'; add ?pretrained=false for random weights), model "
+                   "'hf:ORG/NAME[@REV]', 'torchhub:REPO:ENTRY'; add ?pretrained=false for random weights; a local "
+                   "folder starts with ./, ../, / or ~), model "
                    "file (.pt checkpoint / TorchScript, .pt2), or per-level template 'runs/level{level}.pt' / "
                    "directory of level<N>.pt")
+    _add_trust_repo(p)
     p.add_argument("--dataset", required=True)
     p.add_argument("--root", help="dataset directory")
     p.add_argument("--splits", help="split set version or manifest directory (default: latest published)")
@@ -716,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="oodml", description="Out-of-distribution benchmark for deep metric learning.")
     parser.add_argument("--version", action=_ShowVersion, help="version, install location and split set search paths")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--trust-repo", action="store_true", help=TRUST_REPO_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     datasets = commands.add_parser("datasets", help="list, inspect, verify and download datasets")
@@ -748,6 +766,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quiet:
         set_quiet(True)
+    if args.trust_repo or getattr(args, "trust_repo_after", False):  # model loading reads OODML_TRUST_REPO
+        os.environ["OODML_TRUST_REPO"] = "1"
     from .distributed import init_from_env, is_main_process
 
     if init_from_env() and not is_main_process():  # torchrun: one voice, one writer

@@ -27,7 +27,7 @@ from ..errors import OodmlError, brief, first_line
 from .base import EmbeddingModel
 from .digest import model_digest
 from .registry import create_model, list_models
-from .sources import is_spec, load_spec
+from .sources import checkpoint_spec_problem, is_spec, load_spec, parse_spec
 
 CHECKPOINT_FORMAT = "oodml-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -323,6 +323,7 @@ def _build_checkpoint_model(record: CheckpointRecord, path: Path) -> torch.nn.Mo
     that does not fit the weights (or asks for a huge model) fails before any memory is used.
     """
     if is_spec(record.arch):
+        _check_checkpoint_spec(record.arch, path)
         return _build_spec_checkpoint_model(record, path)
     if record.arch not in list_models():
         raise OodmlError(f"{path}: checkpoint architecture {brief(record.arch)} is not registered in this oodml "
@@ -342,6 +343,18 @@ def _build_checkpoint_model(record: CheckpointRecord, path: Path) -> torch.nn.Mo
     except (RuntimeError, NotImplementedError) as exc:
         raise OodmlError(f"{path}: weights do not fit {config} ({first_line(exc)})") from None
     return model
+
+
+def _check_checkpoint_spec(arch: str, path: Path) -> None:
+    """Refuse, before anything is imported or run, a checkpoint architecture that names code (``torchhub:``) or
+    a local folder: the file is untrusted input, and loading weights must run nothing."""
+    try:
+        problem = checkpoint_spec_problem(parse_spec(arch))
+    except OodmlError as exc:
+        raise OodmlError(f"{path}: checkpoint architecture is not a valid model spec: {exc}; {_RESAVE}") from None
+    if problem:
+        raise OodmlError(f"{path}: refused checkpoint architecture {brief(arch)}: {problem}; a checkpoint may name "
+                         "a registered architecture or a timm:, open_clip: or hf: hub model")
 
 
 def _build_spec_checkpoint_model(record: CheckpointRecord, path: Path) -> torch.nn.Module:

@@ -7,13 +7,27 @@ A spec is ``SOURCE:REFERENCE`` with optional ``?key=value,key=value`` options:
                             preprocessing from ``timm.data.resolve_model_data_config``.
 ``open_clip:ARCH/TAG``      the image tower of ``open_clip.create_model_and_transforms(ARCH, TAG)``;
                             preprocessing from the model's own preprocessing config.
-``hf:ORG/NAME[@REVISION]``  transformers ``AutoModel`` + ``AutoImageProcessor`` (a hub id or a local
-                            folder written by ``save_pretrained``); CLIP-like models give their image
-                            embedding, others the CLS token (``pool=cls``) or the mean of the patch
-                            tokens (``pool=mean``).
-``torchhub:REPO:ENTRY``     ``torch.hub.load(REPO, ENTRY)``; ``REPO`` is ``owner/name[@ref]`` or a local
-                            folder holding a ``hubconf.py``.
+``hf:ORG/NAME[@REVISION]``  transformers ``AutoModel`` + ``AutoImageProcessor`` (a hub id, or a local
+                            folder written by ``save_pretrained``, ``hf:./FOLDER``); CLIP-like models give
+                            their image embedding, others the CLS token (``pool=cls``) or the mean of the
+                            patch tokens (``pool=mean``).
+``torchhub:REPO:ENTRY``     ``torch.hub.load(REPO, ENTRY)``; ``REPO`` is ``owner/name[@ref]`` on GitHub or a
+                            local folder holding a ``hubconf.py`` (``torchhub:./FOLDER:ENTRY``).
 ==========================  ============================================================================
+
+A reference is a local folder only when it is written as a path: it starts with
+``./``, ``../``, ``/`` or ``~`` (:func:`is_local_reference`; there ``@`` is part of
+the folder's name, not a revision).  Any other reference is a hub id, whatever
+folders the current directory holds; ``hf:ORG/NAME`` is refused while a folder
+``./ORG/NAME`` exists, because transformers would read it in place of the hub model.
+
+Code runs only when the user asked for it.  A GitHub repository's ``hubconf.py`` is
+run after agreement given beforehand (``oodml --trust-repo`` or
+``OODML_TRUST_REPO=1``: torch's trusted list is left as it is) or given to torch's
+own y/N question on a terminal (``trust_repo="check"``); otherwise the spec is
+refused and nothing is downloaded.  torch's fork validation stays on.  A local
+torch hub folder named by a path is the user's own code.  A checkpoint never names a
+torch hub repository or a local folder (:func:`checkpoint_spec_problem`).
 
 Options every source takes: ``pretrained=false`` (random weights, initialised
 from ``seed=N``, default 0; a warning says so every time) and, for timm,
@@ -30,10 +44,13 @@ model's digest, so it keys the embedding cache and is recorded with results.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import os
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +59,7 @@ from pathlib import Path
 import torch
 
 from ..embedding import IMAGENET, Preprocessing
-from ..errors import OodmlError, first_line
+from ..errors import OodmlError, brief, first_line
 from .digest import weights_sha256
 
 COMMON_OPTIONS = ("pretrained", "seed")
@@ -135,11 +152,22 @@ def register_source(source: Source) -> Source:
     return source
 
 
-_SPEC = re.compile(r"(?P<source>[a-z_]+):(?P<ref>[^?]+)(?:\?(?P<options>.*))?", re.S)
+_SPEC = re.compile(r"(?P<source>[a-z_]+):(?P<ref>[^?]*)(?:\?(?P<options>.*))?", re.S)
+#: a GitHub repository (torch hub) or a Hugging Face hub id: ``owner/name`` (hf also takes a bare ``name``)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_LOCAL_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
+
+
+def is_local_reference(ref: str) -> bool:
+    """Whether a spec's reference names a local folder: it starts with ``./``, ``../``, ``/`` or ``~`` (or is
+    ``.`` or ``..``).  Any other reference is a hub id, even when a folder of that name exists in the current
+    directory: oodml reads a folder, or runs the code in it, only when the spec says so."""
+    return ref in (".", "..") or ref.startswith(_LOCAL_PREFIXES)
 
 
 def is_spec(text: str | Path) -> bool:
-    """Whether ``text`` is written as a spec (``SOURCE:...`` with a known source), not a name or a file."""
+    """Whether ``text`` is written as a spec (``SOURCE:...`` with a known source), not a name or a file; an empty
+    reference (``timm:``) counts, so that :func:`parse_spec` says what is missing."""
     m = _SPEC.fullmatch(str(text))
     return m is not None and m.group("source") in SOURCES
 
@@ -165,19 +193,31 @@ def parse_spec(text: str) -> ModelSpec:
             raise OodmlError(f"model spec {text!r}: name the pretrained weights, {source.grammar} (see "
                              "open_clip.list_pretrained()), or add ?pretrained=false for random weights")
     elif source.name == "hf":
-        if "@" in ref:
+        if "@" in ref and not is_local_reference(ref):
             ref, revision = ref.rsplit("@", 1)
+        _check_hub_id(text, ref, "hf:./FOLDER", bare_name=True)
     elif source.name == "torchhub":
         repo, sep, entry = ref.rpartition(":")
         if not sep or not repo or not entry:
             raise OodmlError(f"model spec {text!r}: write {source.grammar}, e.g. "
                              "torchhub:facebookresearch/dinov2:dinov2_vits14")
-        if "@" in repo and not Path(repo).expanduser().is_dir():
+        if "@" in repo and not is_local_reference(repo):
             repo, revision = repo.rsplit("@", 1)
+        _check_hub_id(text, repo, f"torchhub:./FOLDER:{entry}", bare_name=False)
         ref = f"{repo}:{entry}"
     if not ref or revision == "":
         raise OodmlError(f"model spec {text!r}: empty name; write {source.grammar}")
     return ModelSpec(source.name, ref, revision, options)
+
+
+def _check_hub_id(text: str, ref: str, local_form: str, *, bare_name: bool) -> None:
+    """Refuse a reference that is neither a local path (:func:`is_local_reference`) nor a hub id."""
+    if not ref or is_local_reference(ref) or _HUB_ID.fullmatch(ref):
+        return
+    if bare_name and "/" not in ref and _HUB_ID.fullmatch(f"x/{ref}"):
+        return
+    raise OodmlError(f"model spec {text!r}: {ref!r} is not a hub id (OWNER/NAME); for a local folder start the "
+                     f"path with ./, ../, / or ~, as in {local_form}")
 
 
 def _parse_options(text: str, raw: str | None, source: Source) -> dict:
@@ -238,7 +278,11 @@ def load_spec(text: str | ModelSpec) -> SourceModel:
     with torch.random.fork_rng(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         torch.manual_seed(spec.seed)
-        module, preprocessing, pretraining = source.build(spec, library)
+        try:
+            module, preprocessing, pretraining = source.build(spec, library)
+        except SystemExit as exc:  # a hub entry's sys.exit() must not end oodml as if it had succeeded
+            raise OodmlError(f"{spec.text()}: the model's code called exit({brief(exc.code, 60)}) while building "
+                             "it; fix that entry or name another model") from None
     module = module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -263,6 +307,10 @@ def spec_embedding_model(text: str, embed_dim: int = 512, seed: int = 0, *, load
     from .base import EmbeddingModel
 
     spec = parse_spec(text)
+    problem = checkpoint_spec_problem(spec)
+    if problem:
+        raise OodmlError(f"{spec.text()} cannot be a training backbone: {problem}; train on a hub model of timm:, "
+                         "open_clip: or hf:, or on a registered architecture")
     if not load_weights:
         spec = ModelSpec(spec.source, spec.name, spec.revision, {**spec.options, "pretrained": False})
         with warnings.catch_warnings():
@@ -281,6 +329,20 @@ def spec_embedding_model(text: str, embed_dim: int = 512, seed: int = 0, *, load
         return EmbeddingModel(backbone, features, embed_dim, arch=parse_spec(text).text(),
                               config={"embed_dim": embed_dim, "seed": seed}, preprocessing=built.preprocessing,
                               augmentation="imagenet-crop-flip")
+
+
+def checkpoint_spec_problem(spec: ModelSpec) -> str | None:
+    """Why a checkpoint may not name ``spec`` as its architecture, else None.
+
+    Loading a checkpoint must run no code and read nothing but the file and library caches, so it names a torch
+    hub repository (code: its hubconf.py) or a local folder (whatever lies at that path wherever it is loaded)
+    never; training on them is refused too, since it would write such checkpoints.
+    """
+    if spec.source == "torchhub":
+        return "a torch hub repository is code (its hubconf.py) that loading a checkpoint naming it would run"
+    if is_local_reference(spec.name):
+        return f"{spec.name} is a local folder, read wherever a checkpoint naming it is loaded"
+    return None
 
 
 def _import_library(source: Source, spec: ModelSpec) -> object:
@@ -464,19 +526,38 @@ def _hf_preprocessing(processor) -> Preprocessing:
                          resize_mode="squash")
 
 
+def _hf_name(spec: ModelSpec) -> str:
+    """What to give ``from_pretrained``: the folder of an explicitly local spec, else the hub id.
+
+    transformers reads a folder of the hub id's name in the current directory in place of the hub model, so
+    such a folder is refused rather than read by coincidence.
+    """
+    if is_local_reference(spec.name):
+        folder = Path(spec.name).expanduser()
+        if not folder.is_dir():
+            raise OodmlError(f"{spec.text()}: no folder {folder}; name a folder written by save_pretrained")
+        return str(folder)
+    if Path(spec.name).exists():
+        raise OodmlError(f"{spec.text()}: the current directory holds {spec.name}, which transformers would read in "
+                         f"place of the hub model; run oodml from another directory, or write hf:./{spec.name} "
+                         "to use that folder")
+    return spec.name
+
+
 def _build_hf(spec: ModelSpec, transformers) -> tuple[torch.nn.Module, Preprocessing, str | None]:
     pool = spec.options.get("pool", "cls")
     if pool not in POOLINGS:
         raise OodmlError(f"{spec.text()}: pool must be one of {', '.join(POOLINGS)}")
     where = {"revision": spec.revision} if spec.revision else {}
+    name = _hf_name(spec)
     try:
-        processor = transformers.AutoImageProcessor.from_pretrained(spec.name, **where)
+        processor = transformers.AutoImageProcessor.from_pretrained(name, **where)
         if spec.pretrained:
-            model = transformers.AutoModel.from_pretrained(spec.name, **where)
+            model = transformers.AutoModel.from_pretrained(name, **where)
         else:
-            model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(spec.name, **where))
+            model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(name, **where))
     except Exception as exc:
-        if _offline(exc) or not Path(spec.name).exists():
+        if _offline(exc) or not is_local_reference(spec.name):
             raise _fetch_error(spec, exc, f"{spec.name} from the Hugging Face hub",
                                f"huggingface-cli download {spec.name}"
                                + (f" --revision {spec.revision}" if spec.revision else "")) from None
@@ -502,21 +583,37 @@ HUB_PRETRAINING = {"facebookresearch/dinov2": "lvd142m", "facebookresearch/dino"
 HUB_PREPROCESSING = {"facebookresearch/dinov2": Preprocessing(interpolation="bicubic")}
 
 
+#: the environment variable that agrees beforehand to run the code of the torch hub repositories a spec names
+TRUST_REPO_ENV = "OODML_TRUST_REPO"
+
+
+def trust_repo_given() -> bool:
+    """Whether the user agreed beforehand to run torch hub repositories' code: ``OODML_TRUST_REPO`` is 1, true
+    or yes (``oodml --trust-repo`` sets it)."""
+    return os.environ.get(TRUST_REPO_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def _build_torchhub(spec: ModelSpec, _torch) -> tuple[torch.nn.Module, Preprocessing, str | None]:
     repo, entry = spec.name.rsplit(":", 1)
-    local = Path(repo).expanduser()
     kwargs = {"pretrained": spec.pretrained}
     try:
-        if local.is_dir():
+        if is_local_reference(repo):
+            local = Path(repo).expanduser()
+            if not (local / "hubconf.py").is_file():
+                raise OodmlError(f"{spec.text()}: no hubconf.py in {local}; name a folder holding one")
             model = torch.hub.load(str(local), entry, source="local", **kwargs)
         else:
-            ref = f"{repo}:{spec.revision}" if spec.revision else repo
-            model = torch.hub.load(ref, entry, source="github", trust_repo=True, skip_validation=True, **kwargs)
+            model = _load_hub_repo(spec, repo, entry, kwargs)
+    except OodmlError:
+        raise
     except Exception as exc:
         if _offline(exc):
             raise _fetch_error(spec, exc, f"{repo} from GitHub and its weights",
                                f"python -c \"import torch; torch.hub.load('{repo}', '{entry}')\"") from None
         raise _build_error(spec, exc) from None
+    if not isinstance(model, torch.nn.Module):
+        raise OodmlError(f"{spec.text()}: entry {entry!r} returned {type(model).__name__}, not a torch.nn.Module; "
+                         "name an entry of the repository's hubconf.py that returns a model")
     carried = getattr(model, "preprocessing", None)
     if isinstance(carried, dict):
         carried = Preprocessing.from_dict(carried)
@@ -529,8 +626,51 @@ def _build_torchhub(spec: ModelSpec, _torch) -> tuple[torch.nn.Module, Preproces
     return model, carried, HUB_PRETRAINING.get(repo)
 
 
+def _load_hub_repo(spec: ModelSpec, repo: str, entry: str, kwargs: dict) -> object:
+    """``torch.hub.load`` of a GitHub repository, once the user has agreed to run its hubconf.py.
+
+    Agreement is given beforehand (:func:`trust_repo_given`: nothing is asked, and torch's trusted list is left
+    as it is), or on a terminal by answering torch's own y/N question (``trust_repo="check"``: asked for a
+    repository torch does not trust yet; on yes torch adds it to its trusted list, the user's own choice).
+    Without either nothing is downloaded or run.  torch's check that the ref is not from a fork stays on.
+    """
+    ref = f"{repo}:{spec.revision}" if spec.revision else repo
+    if trust_repo_given():
+        with _trusted_without_listing():
+            return torch.hub.load(ref, entry, source="github", trust_repo=True, skip_validation=False, **kwargs)
+    stdin = sys.stdin
+    if stdin is None or not stdin.isatty():
+        raise OodmlError(f"{spec.text()}: running {repo}'s hubconf.py needs your agreement and there is no terminal "
+                         f"to ask on; if you trust {repo}, pass oodml --trust-repo or set {TRUST_REPO_ENV}=1")
+    try:
+        return torch.hub.load(ref, entry, source="github", trust_repo="check", skip_validation=False, **kwargs)
+    except Exception as exc:
+        if "Untrusted repository" in str(exc) or "Unrecognized response" in str(exc):
+            raise OodmlError(f"{spec.text()}: {repo} not trusted, so nothing was downloaded or run; answer y to run "
+                             f"its hubconf.py, or pass oodml --trust-repo") from None
+        raise
+
+
+@contextlib.contextmanager
+def _trusted_without_listing():
+    """torch.hub without its trust check: with ``trust_repo=True`` torch would add the repository to its trusted
+    list, a record that only the user's own answer to its question should write.  (torch has no value of
+    ``trust_repo`` that trusts without listing.)  Process-wide while it lasts."""
+    hub = torch.hub
+    check = getattr(hub, "_check_repo_is_trusted", None)
+    if check is None:
+        raise OodmlError(f"torch {torch.__version__} cannot be told to trust a repository without adding it to its "
+                         "trusted list; run oodml on a terminal and answer torch's question instead")
+    hub._check_repo_is_trusted = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        hub._check_repo_is_trusted = check
+
+
 register_source(Source("torchhub", "torchhub:REPO:ENTRY", "torch", "all",
-                       "torch.hub.load(REPO, ENTRY); REPO is owner/name[@ref] or a folder with hubconf.py", (),
+                       "torch.hub.load(REPO, ENTRY); REPO is owner/name[@ref], or ./FOLDER (./, ../, / or ~) "
+                       "holding a hubconf.py; GitHub code runs only with your agreement (--trust-repo)", (),
                        _build_torchhub))
 
 
