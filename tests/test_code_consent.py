@@ -119,10 +119,11 @@ def test_a_checkpoint_naming_torch_hub_code_is_refused_before_it_runs(arch, tmp_
     assert not marker.exists()
 
 
-def test_a_checkpoint_naming_a_local_folder_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch", ["hf:./vit", "hf:~/vit", "timm:local-dir:/models/vit"])
+def test_a_checkpoint_naming_a_local_folder_is_refused(arch, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = write_checkpoint(tmp_path / "model.pt", "hf:./vit")
-    with pytest.raises(OodmlError, match=r"refused checkpoint architecture 'hf:./vit': ./vit is a local folder"):
+    path = write_checkpoint(tmp_path / "model.pt", arch)
+    with pytest.raises(OodmlError, match=rf"refused checkpoint architecture '{arch}': .* is a local folder"):
         load_model(path)
 
 

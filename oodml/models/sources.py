@@ -340,7 +340,7 @@ def checkpoint_spec_problem(spec: ModelSpec) -> str | None:
     """
     if spec.source == "torchhub":
         return "a torch hub repository is code (its hubconf.py) that loading a checkpoint naming it would run"
-    if is_local_reference(spec.name):
+    if is_local_reference(spec.name) or spec.name.startswith("local-dir:"):  # timm's and open_clip's folder form
         return f"{spec.name} is a local folder, read wherever a checkpoint naming it is loaded"
     return None
 
