@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import string
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from ._fs import atomic_path, check_writable, claim
 from .adapt import ADAPTATIONS, EpisodeInput, check_adaptable
 from .datasets import ImageDataset, dataset_spec, load_dataset
 from .embedding import PRECISIONS, embed_cached, read_embedding_table, resolve_device, write_embedding_table
-from .errors import OodmlError
+from .errors import OodmlError, brief
 from .metrics import MAP_DEPTH, retrieval_metrics
 from .models import LoadedModel, load_model
 from .models.sources import declared_training_on
@@ -294,11 +295,37 @@ def plot_curves(results: Sequence[Results], out_prefix: str | Path, *, metric: s
 # --- protocol helpers -------------------------------------------------------------------------------
 
 def _per_level_path(model: str, level: int) -> Path | None:
+    """Level ``level``'s checkpoint of a per-level ``model`` (a template containing ``{level}``, or a directory
+    of ``level<N>.pt``); None when ``model`` is neither."""
     if "{level}" in model:
-        return Path(model.format(level=level))
+        return Path(expand_level_template(model, level))
     if Path(model).is_dir():
         return Path(model) / f"level{level}.pt"
     return None
+
+
+def expand_level_template(template: str, level: int) -> str:
+    """``runs/ms/level{level}.pt`` with the level number in place of ``{level}``: the one placeholder a
+    per-level model template may hold (``{{`` and ``}}`` write literal braces).
+
+    Raises:
+        OodmlError: another placeholder (``{seed}``, ``{}``, ``{level:02d}``, ``{level.real}``) or an unpaired
+            brace, named in one line before anything is loaded.
+    """
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError:  # a '{' or '}' without its pair
+        problem = "a brace in it is unpaired"
+    else:
+        others = ["{" + name + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
+                  for name, spec, conversion in fields if (name, spec, conversion) != ("level", "", None)]
+        problem = f"it holds {others[0]}" if others else None
+    if problem is not None:
+        raise OodmlError(f"per-level model template {brief(template, 200)}: {problem}; the only placeholder "
+                         "allowed is {level} (the level number): write the rest of the path out, e.g. "
+                         "'runs/seed0/level{level}.pt', and any literal brace as {{ or }}")
+    return template.format(level=level)
 
 
 def check_leak(loaded: LoadedModel, level: Level, split_set: SplitSet) -> None:
@@ -405,8 +432,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
     fewshot = tuple(dict.fromkeys(fewshot))
     split_set, chosen = _levels_of(dataset, splits, levels)
     _check_fewshot(chosen, fewshot, episodes)
-    references = References.open(reference, split_set, chosen)
-    models = _Models.of(model, chosen, adaptations if fewshot else ())
+    references, models = _references_and_models(reference, model, split_set, chosen, adaptations if fewshot else ())
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root, **(dataset_options or {}))
     split_set.check_dataset(ds.fingerprint, ds.root)
     _warn_if_trained_on(models.shared, ds)
@@ -562,6 +588,19 @@ class _Models:
             return self.shared.identity
         first = self.level_identities[0] if self.level_identities else {}
         return first if all(identity == first for identity in self.level_identities) else {}
+
+
+def _references_and_models(reference: str | Path | None, model: str | Path | LoadedModel, split_set: SplitSet,
+                           chosen: list[Level], adaptations: tuple[str, ...]) -> tuple[References, _Models]:
+    """Load the references (:meth:`References.open`) and the model(s) (:meth:`_Models.of`), and warn when the
+    references are of another architecture than the model (per level, the first level's checkpoint stands
+    for the others)."""
+    references = References.open(reference, split_set, chosen)
+    models = _Models.of(model, chosen, adaptations)
+    if references:
+        references.warn_if_other_architecture(models.shared if models.shared is not None
+                                              else load_model(_per_level_path(str(model), chosen[0].index)))
+    return references, models
 
 
 def _warn_if_trained_on(shared: LoadedModel | None, ds: ImageDataset) -> None:

@@ -29,6 +29,11 @@ level's classes with replacement, the same classes for both).
 What the reference does not equalise: it trains on half the images of each
 test class, and on as many classes as the level tests rather than as it
 trains on; the iterations, batch layout and hyper-parameters are the model's.
+References of another architecture than the evaluated model (another
+``--arch``, ``--embed-dim`` or width, or a model oodml did not build) are
+used with a one-line warning (:func:`architecture_warning`): their gap also
+measures the architectures' difference, while their own Recall@1 from level
+to level still shows each level's difficulty.
 
 Files: ``level{k}-fold{f}.pt``, the reference of level k trained on half f
 (``oodml train --reference``); ``oodml evaluate MODEL --reference DIR`` adds
@@ -40,7 +45,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -269,6 +275,13 @@ class References:
                                      "--reference`")
         return cls(Path(folder) if folder is not None else None, split_set, models)
 
+    def warn_if_other_architecture(self, model: LoadedModel) -> None:
+        """Warn in one line when these references are not all of ``model``'s architecture
+        (:func:`architecture_warning`); nothing when falsy."""
+        message = architecture_warning(model, self.models.values()) if self else None
+        if message is not None:
+            warnings.warn(f"--reference {self.folder}: {message}", stacklevel=4)
+
     def meta(self, test_embeddings: Mapping[tuple, tuple[list[str], np.ndarray]], ds: ImageDataset,
              embed: Embed) -> dict:
         """``{"reference": {...}}`` for the results' meta (``{}`` when falsy): folder, rule, the references'
@@ -314,6 +327,34 @@ class References:
             reference_emb[folds == half] = values
         return level_gap(model_emb, reference_emb, labels, folds,
                          seed=derive_seed("reference-gap", self.split_set.digest, level.index))
+
+
+def architecture_of(loaded: LoadedModel) -> str | None:
+    """What a model computes, to compare it with its references: ``glyph-cnn(embed_dim=32, width=16)``, the
+    registered architecture (or model spec) and the configuration that builds it, less the seed; None for a
+    module oodml did not build (TorchScript, torch.export, a model spec evaluated as it is)."""
+    module = loaded.module
+    if not isinstance(module, EmbeddingModel):
+        return None
+    options = ", ".join(f"{key}={value}" for key, value in sorted(module.config.items()) if key != "seed")
+    return f"{module.arch}({options})"
+
+
+def architecture_warning(model: LoadedModel, references: Iterable[LoadedModel]) -> str | None:
+    """Why a gap between ``model`` and ``references`` is not the shift alone, or None when every reference is
+    of the model's architecture (:func:`architecture_of`).
+
+    The rule (:data:`RULE`) assumes a reference of the model's own architecture and recipe: with another, the
+    gap also measures the architectures' difference.  It is a warning, not a refusal, because the references'
+    own Recall@1 from level to level still shows how hard each level's test classes are.
+    """
+    mine = architecture_of(model)
+    theirs = sorted({architecture_of(reference) or "not built by oodml" for reference in references})
+    if mine is not None and theirs == [mine]:
+        return None
+    return (f"the references are {' and '.join(theirs)} but {model.source} is {mine or 'not built by oodml'}, so "
+            "the gap measures the difference of architecture as well as the shift; train the references with "
+            "the model's --arch and --embed-dim (`oodml train --reference`)")
 
 
 def format_gaps(reference: Mapping) -> str:

@@ -3,10 +3,11 @@ reading whitespace-separated annotation tables with line-numbered errors."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import OodmlError
+from ..errors import OodmlError, brief
 
 
 def find_layout(name: str, root: Path, candidates: Sequence[tuple[str, str]], expected: str) -> tuple[Path, str]:
@@ -32,6 +33,33 @@ def find_layout(name: str, root: Path, candidates: Sequence[tuple[str, str]], ex
         if (base / marker).exists():
             return base, marker
     raise OodmlError(f"{name}: no dataset found under {root}: expected {expected}")
+
+
+def utf8_name(name: str, folder: Path, dataset: str, what: str) -> str:
+    """Return the file or folder ``name`` (an entry of ``folder``) when it is UTF-8 text.
+
+    Class names and sample ids are written into split manifests, caches and results as UTF-8, so a name
+    whose bytes are not UTF-8 (which Python reads with surrogate escapes) is refused where it is found,
+    not later by whichever writer meets it first.
+
+    Raises:
+        OodmlError: naming the entry by its bytes (``b'caf\\xe9'``) and asking to rename it.
+    """
+    if is_utf8(name):
+        return name
+    shown = folder if is_utf8(str(folder)) else brief(os.fsencode(folder), 200)
+    raise OodmlError(f"{dataset}: the {what} {brief(os.fsencode(name), 80)} in {shown} has a name that is not "
+                     "valid UTF-8; rename it to UTF-8 text (class names and sample ids are written to split "
+                     "manifests and results as UTF-8)")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: False for a name read from bytes that are not (surrogate escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def require(path: Path, name: str, expected: str) -> Path:

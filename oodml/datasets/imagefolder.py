@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OodmlError
-from ._layout import find_layout
+from ._layout import find_layout, utf8_name
 from .base import ImageDataset
 from .registry import register_dataset
 
@@ -28,14 +28,16 @@ def scan_class_folders(base: Path, name: str) -> tuple[list[str], np.ndarray, li
         int64 labels indexing ``classes`` (sorted directory names).
 
     Raises:
-        OodmlError: when there are no class directories or a class has no image.
+        OodmlError: when there are no class directories, a class has no image, or a class folder or image
+            file has a name that is not UTF-8.
     """
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(utf8_name(p.name, base, name, "class folder") for p in base.iterdir()
+                     if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise OodmlError(f"{name}: no class directories under {base}; expected {LAYOUT}")
     sample_ids, labels = [], []
     for k, cname in enumerate(classes):
-        files = sorted(p.name for p in (base / cname).iterdir()
+        files = sorted(utf8_name(p.name, base / cname, name, "image file") for p in (base / cname).iterdir()
                        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise OodmlError(f"{name}: class directory {base / cname} holds no image file "
