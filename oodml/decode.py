@@ -18,27 +18,33 @@ the bottleneck.  The device path splits the work:
   ``load_image``, which gives the loader path's one-line error or its pixels;
 * then resizing, centre cropping and normalising run on the device, batched
   over images of equal size, with the loader path's semantics
-  (:func:`preprocess`).
+  (:func:`preprocess`).  On the CPU they are the loader path's own PIL
+  transform instead, run in the main process (see below).
 
-*Equality with the loader path.*  PIL resizes 8-bit images separably,
-horizontal pass first, rounding to 8 bits after each pass (fixed-point
-coefficients, round half up); :func:`preprocess` does the same passes in
-float32 and rounds the same way, so a resized pixel differs from PIL's by at
-most 1 of 255 levels (2 where bicubic upscaling amplifies a first pass's 1),
-in under 0.1% of the pixels when shrinking and a few percent when enlarging
-(antialiased bilinear and bicubic; nearest is exact: PIL's source index
-table is reproduced), on the CPU and on CUDA alike.  Decoding: on the CPU
-decode_jpeg and PIL share libjpeg-turbo and decode identically.  nvJPEG
-(measured on an H200) decodes grey and 4:4:4 JPEGs identically too, but
-upsamples 4:2:0 chroma (PIL's default, and most photos') differently from
-libjpeg's "fancy" upsampling: a mean of 3-4 levels on noisy test images
+*Equality with the loader path.*  On the CPU, decode_jpeg and PIL share
+libjpeg-turbo and decode identically, and the resizing is PIL's: the batches,
+and so the embeddings, equal the loader path's exactly (the CPU gains no speed
+from this path; it exists for CUDA).  On CUDA and MPS :func:`preprocess`
+resizes separably in float32, rounding to 8 bits after each pass as PIL does
+(fixed-point coefficients, round half up), horizontal pass first.  Pillow 13
+picks the order of the passes per shape and runs some vertical pass first
+(e.g. a 500x333 portrait resized to 256x256), and its rounding of exact ties
+differs, so a resized pixel differs from PIL's by at most 1 of 255 levels (2
+where bicubic upscaling amplifies a first pass's 1): where the order agrees, in
+under 0.1% of an image's pixels when shrinking and a few percent when bilinear
+enlarges; where it does not, in 19-24% of them (measured with this code on the
+CPU against Pillow 13.0); nearest is exact (PIL's source index table is
+reproduced).  Decoding: nvJPEG (measured on an
+H200) decodes grey and 4:4:4 JPEGs as PIL does, but upsamples 4:2:0 chroma
+(PIL's default, and most photos') differently from libjpeg's "fancy"
+upsampling: a mean of 3-4 levels on noisy test images
 (:func:`decoding_difference` measures it; ``tools/bench_decode.py`` prints it).
 Embeddings then move by about 5e-3 relative on CUDA (a random resnet50 on
 CUB-sized JPEGs: median 4.7e-3, max 8e-3), as much as bf16 autocast moves
-them (4.6e-3), and by at most 1e-5 on the CPU; so the decode mode is not part
-of the embedding-cache key, like the device and the precision, and it is not
-the default (``tests/test_device_decode.py`` states the tolerances,
-``tools/bench_decode.py`` measures the agreement on any device).
+them (4.6e-3).  So the decode mode is part of the embedding-cache key
+(:func:`oodml.embedding.embedding_cache_dir`): the two paths never share cached
+embeddings.  It is not the default (``tests/test_device_decode.py`` states the
+tolerances, ``tools/bench_decode.py`` measures the agreement on any device).
 """
 
 from __future__ import annotations
@@ -301,11 +307,14 @@ class DeviceBatches:
 
     An iterable with a length, like the DataLoader it replaces in :func:`oodml.embedding.embed`.
     Iterating raises :class:`OodmlError` for an unreadable image, with the loader path's message.
+    On the CPU the decoded images are preprocessed by ``preprocessing.transform()`` (PIL), so the
+    batches equal the loader path's; elsewhere by :func:`preprocess`.
     """
 
     def __init__(self, dataset: ImageDataset, indices: Sequence[int], preprocessing: Preprocessing,
                  device: torch.device, *, batch_size: int = 128, workers: int = 0):
         self.dataset, self.preprocessing, self.device = dataset, preprocessing, device
+        self.pil_transform = preprocessing.transform() if device.type == "cpu" else None
         self.loader = torch.utils.data.DataLoader(_EncodedImages(dataset, indices), batch_size=batch_size,
                                                   num_workers=workers, collate_fn=_as_list,
                                                   pin_memory=device.type == "cuda")
@@ -328,5 +337,8 @@ class DeviceBatches:
             if image is None:  # refused on the device: PIL decides, as on the loader path
                 image = _pixels(self.dataset.load_image(items[k][0])).to(self.device).permute(2, 0, 1)
             images[k] = image
+        if self.pil_transform is not None:  # the CPU: PIL's own resampling, the loader path's pixels exactly
+            return torch.stack([self.pil_transform(Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()))
+                                for image in images])
         return preprocess(images, self.preprocessing)
 

@@ -282,10 +282,26 @@ def _prep_hash(preprocessing: Preprocessing) -> str:
     return hashlib.sha256(json.dumps(preprocessing.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def embedding_cache_dir(dataset: ImageDataset, model_digest: str, preprocessing: Preprocessing) -> Path:
-    """``$OODML_HOME/embeddings/<dataset>/<fingerprint>-<model digest>-<preprocessing hash>/``."""
+#: resolved decode modes (never ``auto``), each with its own cache entries
+CACHED_DECODES = ("loader", "device")
+
+
+def embedding_cache_dir(dataset: ImageDataset, model_digest: str, preprocessing: Preprocessing,
+                        decode: str = "loader") -> Path:
+    """``$OODML_HOME/embeddings/<dataset>/<fingerprint>-<model digest>-<preprocessing hash>-<decode>/``.
+
+    ``decode`` is where the images were decoded and resized, ``loader`` or ``device`` (as resolved by
+    :func:`oodml.decode.choose_decode`): on CUDA the two paths' embeddings differ by about 5e-3 relative
+    (:mod:`oodml.decode`), so they never share entries.  (Caches written before the mode was part of the
+    key, named without the suffix, are not read: they may mix the two.)
+
+    Raises:
+        ValueError: ``decode`` is not one of :data:`CACHED_DECODES` (a programming error).
+    """
+    if decode not in CACHED_DECODES:
+        raise ValueError(f"decode must be resolved to one of {CACHED_DECODES} before keying the cache, got {decode!r}")
     return (oodml_home() / "embeddings" / dataset.name /
-            f"{dataset.fingerprint[:16]}-{model_digest[:16]}-{_prep_hash(preprocessing)}")
+            f"{dataset.fingerprint[:16]}-{model_digest[:16]}-{_prep_hash(preprocessing)}-{decode}")
 
 
 def write_embedding_table(path: Path, sample_ids: Sequence[str], values: np.ndarray,
@@ -353,15 +369,18 @@ def embed_cached(dataset: ImageDataset, model: torch.nn.Module, preprocessing: P
     so a killed run loses at most one shard of work.  Under torch.distributed,
     shard ``b`` of the missing images is embedded by rank ``b mod world`` and
     every rank then reads the complete cache (which must be on a filesystem all
-    ranks share), so the result equals a single process's.  ``embed_options`` go to :func:`embed`;
-    like ``device`` and ``precision``, ``decode`` is not part of the key: its embeddings agree with
-    the loader path's within the tolerances :mod:`oodml.decode` states.
+    ranks share), so the result equals a single process's.  ``embed_options`` go to :func:`embed`.
+    The decode mode (``decode``, resolved once for all of ``indices``) is part of the key; ``device`` and
+    ``precision`` are not.
     """
     indices = list(indices)
     rank, world = rank_world()
+    decode = choose_decode(embed_options.get("decode", "loader"), resolve_device(embed_options.get("device", "auto")),
+                           dataset, indices)
+    embed_options = {**embed_options, "decode": decode}
     if not use_cache and world == 1:
         return embed(dataset, model, preprocessing, indices=indices, **embed_options)
-    directory = embedding_cache_dir(dataset, model_digest, preprocessing)
+    directory = embedding_cache_dir(dataset, model_digest, preprocessing, decode)
     if rank == 0:
         remove_stale_temporaries(directory)
     cached = read_shards(directory)

@@ -7,7 +7,7 @@ same images, same model, same batch size and workers, best of ``--repeats``
 timed passes after a warm-up each, on whatever device ``--device`` resolves to.
 Prints both rates and their ratio, and how far the two paths' embeddings are
 apart, next to how far bf16 autocast moves the loader path's (which the
-embedding cache key also ignores).
+embedding cache key ignores; it keys the decode mode).
 
 ``--model pool`` (8 x 8 average pooling, flattened) measures the input pipeline
 alone; ``resnet50`` (random weights: speed does not depend on them) is the
