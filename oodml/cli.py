@@ -537,7 +537,8 @@ def _add_train(commands) -> None:
     init.add_argument("--weights", metavar="PATH", help="resnet50's ImageNet weights file to start from (default: "
                       "torchvision's resnet50-0676ba61.pth from the torch hub cache, downloaded once)")
     init.add_argument("--random-init", action="store_true",
-                      help="start resnet50 from random weights instead of ImageNet's (glyph-cnn always is)")
+                      help="start resnet50 from random weights instead of ImageNet's, warned about and recorded in "
+                           "the checkpoints (glyph-cnn always starts so; a model spec says ?pretrained=false)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--iterations", type=positive_int)
     group.add_argument("--epochs", type=positive_float, help="passes over the level's training images")
@@ -562,7 +563,9 @@ def _add_evaluate(commands) -> None:
     from .decode import DECODES
 
     p = commands.add_parser("evaluate", help="score a model on every level of a split set")
-    p.add_argument("model", help="registered model, model spec ('timm:NAME', 'open_clip:ARCH/TAG', "
+    p.add_argument("model", help="registered model ('resnet50': torchvision's ImageNet weights, downloaded once; "
+                   "'resnet50?weights=PATH' reads them from PATH; ?pretrained=false for random weights, always "
+                   "warned and recorded), model spec ('timm:NAME', 'open_clip:ARCH/TAG', "
                    "'hf:ORG/NAME[@REV]', 'torchhub:REPO:ENTRY'; add ?pretrained=false for random weights; a local "
                    "folder starts with ./, ../, / or ~), model "
                    "file (.pt checkpoint / TorchScript, .pt2), or per-level template 'runs/level{level}.pt' / "

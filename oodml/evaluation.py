@@ -43,6 +43,7 @@ from .embedding import PRECISIONS, embed_cached, read_embedding_table, resolve_d
 from .errors import OodmlError, brief
 from .metrics import MAP_DEPTH, retrieval_metrics
 from .models import LoadedModel, load_model
+from .models.identity import levels_identity
 from .models.sources import declared_training_on
 from .plotting import new_figure, save_figure
 from .protocol import (
@@ -554,7 +555,7 @@ class _Models:
     protocol: str
     shared: LoadedModel | None
     adaptations: tuple[str, ...]
-    level_identities: list[dict] = field(default_factory=list)  # per level: each checkpoint's, as loaded
+    level_identities: dict[int, dict] = field(default_factory=dict)  # level -> its checkpoint's, as loaded
 
     @classmethod
     def of(cls, model: str | Path | LoadedModel, chosen: list[Level], adaptations: tuple[str, ...]) -> _Models:
@@ -578,16 +579,15 @@ class _Models:
         check_leak(loaded, level, split_set)
         for name in self.adaptations:
             check_adaptable(loaded.module, name)
-        self.level_identities.append(loaded.identity)
+        self.level_identities[level.index] = loaded.identity
         return loaded
 
     def identity(self) -> dict:
-        """What the evaluated weights declare (:attr:`LoadedModel.identity`): the shared model's; per level,
-        the checkpoints' when every level loaded so far declares the same (else empty)."""
+        """What ran (:attr:`LoadedModel.identity`): the shared model's; per level, what the checkpoints loaded
+        so far share, with each one's under ``levels`` (:func:`oodml.models.identity.levels_identity`)."""
         if self.shared is not None:
             return self.shared.identity
-        first = self.level_identities[0] if self.level_identities else {}
-        return first if all(identity == first for identity in self.level_identities) else {}
+        return levels_identity(str(self.model), self.level_identities)
 
 
 def _references_and_models(reference: str | Path | None, model: str | Path | LoadedModel, split_set: SplitSet,

@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cache
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ._fs import file_digest
+from . import __version__
 from .datasets import ImageDataset
 from .embedding import IMAGENET, Preprocessing, embed_cached, embedding_cache_dir
 from .errors import OodmlError
+from .models.digest import file_sha256
 from .registry import Registry
 from .weights import resnet50_weights_path
 
@@ -49,12 +49,15 @@ class Extractor:
         weights_hash: sha256 of the weights file (``"none"`` when there are no weights).
         preprocessing: how images become tensors.
         build: returns the ``torch.nn.Module`` (B, 3, H, W) -> (B, d).
+        identity: what runs (:mod:`oodml.models.identity`): spec, architecture, weights sha256 and file,
+            declared pretraining, random weights or not.
     """
 
     id: str
     weights_hash: str
     preprocessing: Preprocessing
     build: Callable[[], torch.nn.Module]
+    identity: dict = field(default_factory=dict)
 
 
 ExtractorFactory = Callable[[str | None], Extractor]
@@ -72,18 +75,6 @@ def register_extractor(name: str) -> Callable[[ExtractorFactory], ExtractorFacto
 def list_extractors() -> list[str]:
     """Registered extractor names, sorted."""
     return EXTRACTORS.names()
-
-
-@cache
-def _memo_sha256(path: Path, mtime_ns: int, size: int) -> str:
-    return file_digest(path)
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, memoised per (path, mtime, size) within the process (weights are hashed once)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    return _memo_sha256(path, st.st_mtime_ns, st.st_size)
 
 
 def get_extractor(name: str, weights: str | None = None) -> Extractor:
@@ -113,7 +104,8 @@ def spec_extractor(spec: str, weights: str | None = None) -> Extractor:
     if weights is not None:
         raise OodmlError(f"{spec}: a model spec's weights come from its library; drop --weights")
     built = load_spec(spec)
-    return Extractor(built.spec.text(), built.identity["weights_sha256"], built.preprocessing, lambda: built.module)
+    return Extractor(built.spec.text(), built.identity["weights_sha256"], built.preprocessing, lambda: built.module,
+                     built.identity)
 
 
 @register_extractor("resnet50")
@@ -126,7 +118,10 @@ def resnet50_extractor(weights: str | None = None) -> Extractor:
 
         return create_model("resnet50", weights=str(path)).backbone
 
-    return Extractor("resnet50", file_sha256(path), IMAGENET, build)
+    identity = {"spec": "resnet50" if weights is None else f"resnet50?weights={path.name}", "arch": "resnet50",
+                "library": f"oodml {__version__}", "weights_sha256": file_sha256(path), "weights_file": path.name,
+                "pretraining": "imagenet-1k", "pretraining_declared": True, "random_weights": False}
+    return Extractor("resnet50", identity["weights_sha256"], IMAGENET, build, identity)
 
 
 class GreyPixels(torch.nn.Module):
@@ -146,7 +141,9 @@ def pixels_extractor(weights: str | None = None) -> Extractor:
     if weights is not None:
         raise OodmlError("the pixels extractor has no weights; drop --weights")
     no_norm = Preprocessing(resize=32, crop=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    return Extractor("pixels-16", "none", no_norm, lambda: GreyPixels(16))
+    identity = {"spec": "pixels", "arch": "pixels-16", "library": f"oodml {__version__}", "weights_sha256": None,
+                "weights_file": None, "pretraining": None, "pretraining_declared": True, "random_weights": False}
+    return Extractor("pixels-16", "none", no_norm, lambda: GreyPixels(16), identity)
 
 
 def torchscript_extractor(path: Path) -> Extractor:
@@ -156,7 +153,8 @@ def torchscript_extractor(path: Path) -> Extractor:
     if not path.is_file():
         raise OodmlError(f"TorchScript extractor {path} does not exist")
     loaded = load_model(path)
-    return Extractor(f"torchscript:{path.name}", file_sha256(path), loaded.preprocessing, lambda: loaded.module)
+    return Extractor(f"torchscript:{path.name}", file_sha256(path), loaded.preprocessing, lambda: loaded.module,
+                     loaded.identity)
 
 
 # --- cache ------------------------------------------------------------------------------------

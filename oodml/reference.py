@@ -285,7 +285,8 @@ class References:
     def meta(self, test_embeddings: Mapping[tuple, tuple[list[str], np.ndarray]], ds: ImageDataset,
              embed: Embed) -> dict:
         """``{"reference": {...}}`` for the results' meta (``{}`` when falsy): folder, rule, the references'
-        config, and per level the model's and the reference's Recall@1 on the halves, the gap and its interval.
+        config and identities (``model_identities``: ``level<k>-fold<f>`` -> what each reference ran), and per
+        level the model's and the reference's Recall@1 on the halves, the gap and its interval.
 
         Args:
             test_embeddings: ``("test", level) -> (sample ids, (N, d) embeddings)`` of the evaluated model.
@@ -302,8 +303,10 @@ class References:
                          "reference_recall@1": gap.reference, "gap": gap.gap, "ci_low": gap.ci_low,
                          "ci_high": gap.ci_high, "queries": gap.queries})
         config = self.models[(levels[0], 0)].provenance.get("config")
+        identities = {checkpoint_name(k, f).removesuffix(".pt"): loaded.identity
+                      for (k, f), loaded in sorted(self.models.items())}
         return {"reference": {"folder": str(self.folder), "rule": RULE, "draws": DRAWS, "config": config,
-                              "levels": rows}}
+                              "levels": rows, "model_identities": identities}}
 
     def _level_gap(self, level: Level, ids: Sequence[str], model_emb: np.ndarray, ds: ImageDataset,
                    embed: Embed) -> Gap:

@@ -33,6 +33,7 @@ from .errors import OodmlError
 from .losses import REGULARISERS, get_loss
 from .metrics import retrieval_metrics
 from .models import EmbeddingModel, create_model, save
+from .models.identity import warn_random_weights
 from .models.sources import is_spec
 from .progress import progress
 from .splits import Level, SplitSet
@@ -120,7 +121,10 @@ ARCH_DEFAULTS: dict[str, dict] = {
 
 def initial_model(cfg: TrainConfig) -> torch.nn.Module:
     """The model a run of the resolved ``cfg`` starts from: ``cfg.arch`` with its pretrained weights when
-    ``cfg.pretrained`` (ooDML fine-tunes an ImageNet ResNet-50), else freshly initialised from ``cfg.seed``.
+    ``cfg.pretrained`` (ooDML fine-tunes an ImageNet ResNet-50), freshly initialised from ``cfg.seed`` when
+    ``cfg.pretrained`` is False (``--random-init``, warned about) or None (an architecture without pretrained
+    weights, such as glyph-cnn).  A model spec's backbone comes as its spec says.  The model declares its
+    pretraining (``model.pretraining``), which its checkpoint keeps.
 
     Raises:
         OodmlError: the weights cannot be read or downloaded (the message says where to put them).
@@ -128,6 +132,9 @@ def initial_model(cfg: TrainConfig) -> torch.nn.Module:
     if cfg.pretrained:
         return create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed, pretrained=True,
                             weights=cfg.weights)
+    if cfg.pretrained is False:
+        warn_random_weights(f"training {cfg.arch} (seed {cfg.seed})", "--random-init")
+        return create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed, pretrained=False)
     return create_model(cfg.arch, embed_dim=cfg.embed_dim, seed=cfg.seed)
 
 

@@ -112,7 +112,8 @@ def test_timm_embedding_shape_digest_and_identity():
     assert a.identity | {"weights_sha256": None, "library": None} == {
         "spec": TIMM_TINY, "source": "timm", "name": "test_vit", "revision": None,
         "options": {"pretrained": False, "size": 16}, "library": None, "weights_sha256": None,
-        "pretraining": None, "random_weights": True}
+        "arch": TIMM_TINY, "weights_file": None, "pretraining": None, "pretraining_declared": True,
+        "random_weights": True}
 
 
 def test_a_spec_without_its_weights_offline_names_what_to_fetch(monkeypatch, tmp_path):

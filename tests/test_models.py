@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from oodml import OodmlError
+from oodml._fs import file_digest
 from oodml.models import EmbeddingModel, create_model, list_models, load_model, register_model, save
 
 
@@ -38,13 +39,16 @@ def test_resnet50_with_imagenet_weights_declares_imagenet_pretraining(tmp_path):
     weights = tmp_path / "resnet50-0676ba61.pth"       # torchvision's file name; random values suffice here
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)
     pretrained = load_model("resnet50", embed_dim=8, weights=str(weights))
-    assert pretrained.identity == {"spec": "resnet50", "library": "oodml", "pretraining": "imagenet-1k"}
-    assert load_model("resnet50", embed_dim=8).identity == {}       # random weights declare nothing
-    assert load_model("glyph-cnn").identity == {}
+    assert pretrained.identity["pretraining"] == "imagenet-1k" and not pretrained.identity["random_weights"]
+    assert pretrained.identity["weights_file"] == "resnet50-0676ba61.pth"
+    assert pretrained.identity["weights_sha256"] == file_digest(weights)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        random = load_model("resnet50?pretrained=false", embed_dim=8)
+    assert random.identity["random_weights"] and random.identity["pretraining"] is None
 
 
 def test_resnet50_batch_norm_stays_frozen_in_training_mode():
-    model = create_model("resnet50", embed_dim=8).train()
+    model = create_model("resnet50", embed_dim=8, pretrained=False).train()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and not any(m.training for m in bns)
     assert not any(p.requires_grad for m in bns for p in m.parameters())
@@ -65,12 +69,13 @@ def test_a_checkpoint_keeps_its_models_pretraining_declaration(tmp_path):
     declared.pretraining = "imagenet-1k"         # as resnet50 built from ImageNet weights declares
     save(declared, tmp_path / "declared.pt")
     save(create_model("glyph-cnn", embed_dim=8), tmp_path / "scratch.pt")
-    assert load_model(tmp_path / "declared.pt").identity == {"spec": "glyph-cnn", "library": "oodml",
-                                                             "pretraining": "imagenet-1k"}
-    assert load_model(tmp_path / "scratch.pt").identity == {}
+    declaration = ("pretraining", "pretraining_declared", "random_weights")
+    assert [load_model(tmp_path / "declared.pt").identity[k] for k in declaration] == ["imagenet-1k", True, False]
+    assert [load_model(tmp_path / "scratch.pt").identity[k] for k in declaration] == [None, True, False]
     payload = torch.load(tmp_path / "declared.pt", weights_only=True)
     torch.save({k: v for k, v in payload.items() if k != "pretraining"}, tmp_path / "older.pt")
-    assert load_model(tmp_path / "older.pt").identity == {}       # written before checkpoints kept it
+    # written before checkpoints kept it: no pretraining known, not "none"
+    assert [load_model(tmp_path / "older.pt").identity[k] for k in declaration] == [None, False, False]
     torch.save(payload | {"pretraining": "imagenet\n<script>"}, tmp_path / "forged.pt")
     with pytest.raises(OodmlError, match="checkpoint 'pretraining' must name the pretraining data in one line"):
         load_model(tmp_path / "forged.pt")

@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 from .._fs import file_digest
 from ..adapt import ADAPTATIONS, FINETUNED
 from ..errors import brief
+from ..models import identity
 from ..protocol import PROTOCOLS, embedding_file_name, parse_embedding_file_name
 
 SCHEMA_VERSION = 2
@@ -70,8 +71,13 @@ FIELDS: dict[str, tuple[type, ...]] = {
 }
 #: fields added after schema version 1 -> the version that introduced them (absent from older entries)
 SINCE = {"pretraining": 2}
-#: what ``pretraining`` holds for a model trained from scratch (empty: not declared)
-NO_PRETRAINING = "none"
+#: what ``pretraining`` holds for a model trained from scratch (empty: not declared); one value with
+#: :func:`oodml.models.identity.entry_pretraining`, which derives an entry's declaration from what ran
+NO_PRETRAINING = identity.NO_PRETRAINING
+#: what ``oodml leaderboard submit`` appends to ``training_data`` for a model spec (or a checkpoint trained on one)
+_DECLARATION = re.compile(r"(?P<spec>[^\s;()]+) \(pretraining declared by [^:()]{1,80}: (?P<data>[^()]{1,100})\)")
+#: a model spec named in free text, with its options
+_SPEC_IN_TEXT = re.compile(r"(?<![\w:])(?:timm|open_clip|hf|torchhub):[^\s;()]+")
 # control characters, bidirectional overrides (they reorder what a reader sees) and lone surrogates (they
 # cannot be written as UTF-8)
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -295,6 +301,29 @@ FIELD_CHECKS: dict[str, Callable[[str, object], str | None]] = {
 }
 
 
+def pretraining_problems(meta: dict) -> list[str]:
+    """Where an entry's ``pretraining`` contradicts its own ``training_data``: a model declaration that
+    ``submit`` wrote there (``timm:x (pretraining declared by timm 1.0: a1_in1k)``; ``random weights`` means
+    ``none``) names other data, or ``none`` is declared for a pretrained model spec named there (one without
+    ``pretrained=false`` or its own ``checkpoint_path``).  One line each; none for a schema 1 entry."""
+    if "pretraining" not in meta:
+        return []
+    given, text = declared_pretraining(meta), meta["training_data"]
+    problems = []
+    for match in _DECLARATION.finditer(text):
+        data = match.group("data").strip()
+        expected = NO_PRETRAINING if data == "random weights" else None if data == "not declared" else data
+        if expected is not None and given != expected:
+            problems.append(f"pretraining {given!r} contradicts training_data, which declares {expected!r} for "
+                            f"{brief(match.group('spec'), 120)}; set pretraining to {expected!r}")
+    if given == NO_PRETRAINING and not problems:
+        problems += [f"pretraining 'none' contradicts training_data, which names the pretrained model "
+                     f"{brief(spec, 120)}; declare its pretraining data (e.g. imagenet-1k, a library's tag)"
+                     for spec in _SPEC_IN_TEXT.findall(text)
+                     if "pretrained=false" not in spec.lower() and "checkpoint_path=" not in spec]
+    return problems
+
+
 def declared_pretraining(meta: dict) -> str:
     """An entry's declared pretraining data: ``none``, a declaration, or ``""`` (not declared; schema 1)."""
     return meta.get("pretraining", "").strip()
@@ -327,6 +356,7 @@ def schema_problems(meta: object) -> list[str]:
     if problems:
         return problems
     problems = [p for name, check in FIELD_CHECKS.items() if name in fields and (p := check(name, meta[name]))]
+    problems += pretraining_problems(meta) if not problems else []
     fewshot = meta["fewshot"]
     if meta["adaptations"] and not (fewshot.get("shots") and fewshot.get("episodes")):
         problems.append("adaptations are declared but fewshot names no shots or episodes")

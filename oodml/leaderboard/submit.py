@@ -16,9 +16,11 @@ from ..datasets import ImageDataset, load_dataset
 from ..embedding import write_embedding_table
 from ..errors import OodmlError
 from ..evaluation import Results, read_saved_embeddings
+from ..models.identity import entry_pretraining
+from ..models.sources import is_spec
 from ..splits import SplitSet, load
 from .scoring import score
-from .submission import NAME_RE, NO_PRETRAINING, SCHEMA_VERSION, Submission, file_record, schema_problems
+from .submission import NAME_RE, SCHEMA_VERSION, Submission, file_record, schema_problems
 
 
 def entry_path(root: str | Path, dataset: str, version: str, name: str) -> Path:
@@ -176,21 +178,22 @@ def _write_entry(out: Path, meta: dict, files: dict[tuple, tuple[list[str], np.n
 
 
 def _with_model_declaration(training_data: str, identity: dict | None) -> str:
-    """``training_data`` with what a model spec declares appended: the spec and its pretraining data, as the
-    library records them (``timm:resnet50 (pretraining declared by timm 1.0: a1_in1k)``)."""
-    if not identity:
+    """``training_data`` with what a model spec declares appended: the spec (or the spec a checkpoint was trained
+    on) and its pretraining data, as the library records them (``timm:resnet50 (pretraining declared by timm
+    1.0: a1_in1k)``), which ``verify`` holds the entry's ``pretraining`` to.  Other models add nothing."""
+    spec = str((identity or {}).get("arch") or (identity or {}).get("spec") or "")
+    if not identity or not is_spec(spec):
         return training_data
-    declared = "random weights" if identity.get("random_weights") else identity.get("pretraining") or "not declared"
-    declaration = f"{identity.get('spec')} (pretraining declared by {identity.get('library')}: {declared})"
+    declared = "random weights" if identity.get("random_weights") else entry_pretraining(identity) or "not declared"
+    declaration = f"{spec} (pretraining declared by {identity.get('library')}: {declared})"
     return f"{training_data}; {declaration}" if training_data else declaration
 
 
 def _pretraining(given: str | None, identity: dict | None) -> str:
-    """The entry's ``pretraining``: ``given``, else what the model spec declares (``none`` for random
-    weights), else ``""`` (not declared).  A ``given`` that contradicts the spec's declaration is refused."""
-    declared = None
-    if identity:
-        declared = NO_PRETRAINING if identity.get("random_weights") else identity.get("pretraining")
+    """The entry's ``pretraining``: ``given``, else what the evaluated weights declare
+    (:func:`oodml.models.identity.entry_pretraining`: ``none`` for random weights or a model trained from
+    scratch), else ``""`` (not declared).  A ``given`` that contradicts the declaration is refused."""
+    declared = entry_pretraining(identity)
     if given is None:
         return declared or ""
     given = given.strip()

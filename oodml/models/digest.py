@@ -31,9 +31,12 @@ import hashlib
 import inspect
 import json
 from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
 
 import torch
 
+from .._fs import file_digest
 from ..embedding import Preprocessing
 
 DIGEST_FORMAT = b"oodml-model-digest/2"
@@ -71,6 +74,18 @@ def weights_sha256(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     _tensor_fields(h, dict(module.state_dict()))
     return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, memoised per (path, mtime, size) within the process (weights are hashed once)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return _memo_file_sha256(path, st.st_mtime_ns, st.st_size)
+
+
+@cache
+def _memo_file_sha256(path: Path, mtime_ns: int, size: int) -> str:
+    return file_digest(path)
 
 
 def module_state(module: torch.nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -26,7 +26,8 @@ from ..embedding import Preprocessing
 from ..errors import OodmlError, brief, first_line
 from .base import EmbeddingModel
 from .digest import model_digest
-from .registry import create_model, list_models
+from .identity import checkpoint_identity, foreign_file_identity, registered_identity, warn_random_weights
+from .registry import create_model, list_models, split_options, untrained_config
 from .sources import checkpoint_spec_problem, is_spec, load_spec, parse_spec
 
 CHECKPOINT_FORMAT = "oodml-checkpoint"
@@ -45,10 +46,9 @@ class LoadedModel:
             tensors, preprocessing), the cache key of its embeddings.
         source: the spec it was loaded from.
         provenance: what the checkpoint says about its training (split digest, level, ...), else empty.
-        identity: for a model spec, :attr:`oodml.models.sources.SourceModel.identity` (spec, weights sha256,
-            declared pretraining data, random weights or not); for a registered model built with pretrained
-            weights (``resnet50`` with ``pretrained=True``), its name and declared pretraining
-            (``imagenet-1k``); else empty.
+        identity: what ran, for every route (:mod:`oodml.models.identity`): spec, architecture, library,
+            weights sha256 (of the file they came from, else of the state dict), declared pretraining data,
+            and whether the weights are random.
     """
 
     module: torch.nn.Module
@@ -69,8 +69,10 @@ class CheckpointRecord:
         state_dict: parameter and buffer names -> dense tensors.
         preprocessing: the saved preprocessing, or None to use the architecture's.
         provenance: how the model was trained (free-form), else empty.
-        pretraining: the data the weights were pretrained on before training (``imagenet-1k``), or None:
-            none declared (random initialisation, or a checkpoint written before oodml recorded it).
+        pretraining: the data the weights were pretrained on before training (``imagenet-1k``), or None.
+        pretraining_declared: False when the checkpoint does not say (written before oodml recorded it, or
+            trained on a pretrained spec's backbone by an oodml that did not store its pretraining): then a
+            None ``pretraining`` means unknown, not none.
     """
 
     arch: str
@@ -79,6 +81,7 @@ class CheckpointRecord:
     preprocessing: Preprocessing | None
     provenance: dict
     pretraining: str | None = None
+    pretraining_declared: bool = True
 
 
 def save(model: EmbeddingModel, path: str | Path, *, provenance: dict | None = None) -> Path:
@@ -119,30 +122,45 @@ def load_model(spec: str | Path, **kwargs) -> LoadedModel:
         built = load_spec(spec_text)
         digest = model_digest(built.module, built.preprocessing, built.identity)
         return LoadedModel(built.module, built.preprocessing, digest, built.spec.text(), identity=built.identity)
+    name, options = split_options(spec_text)
+    if not path.exists() and (name in list_models() or not any(ch in spec_text for ch in "/\\.")):
+        return _load_registered(spec_text, name, options, kwargs)
     if not path.exists():
-        if spec_text in list_models() or not any(ch in spec_text for ch in "/\\."):
-            model = create_model(spec_text, **kwargs)
-            preprocessing = _architecture_preprocessing(model, spec_text)
-            return LoadedModel(model, preprocessing, model_digest(model, preprocessing), spec_text,
-                               identity=_declaration(model))
         raise OodmlError(f"model file {path} does not exist (and {spec_text!r} is not a registered model; "
                          "see `oodml models list`)")
-    module, preprocessing, provenance = _LOADERS[_file_kind(path)](path)
+    kind = _file_kind(path)
+    module, preprocessing, provenance, declaration = _LOADERS[kind](path)
     try:
         digest = model_digest(module, preprocessing)
     except (RuntimeError, TypeError, ValueError) as exc:  # a foreign module can hold anything
         raise OodmlError(f"{path}: cannot fingerprint the model for its embedding cache ({first_line(exc)}); "
                          "save it with torch.jit.script(model).save(PATH) or oodml.models.save") from None
-    return LoadedModel(module, preprocessing, digest, spec_text, provenance, identity=_declaration(module))
+    return LoadedModel(module, preprocessing, digest, spec_text, provenance,
+                       identity=_file_identity(module, path, spec_text, kind, declaration))
 
 
-def _declaration(module: torch.nn.Module) -> dict:
-    """The identity of an oodml architecture whose weights declare pretraining data (its name, ``oodml``,
-    the data), else empty: random weights, an older checkpoint, or a model file of foreign code."""
-    declared = getattr(module, "pretraining", None)
-    if not isinstance(module, EmbeddingModel) or not declared:
-        return {}
-    return {"spec": module.arch, "library": "oodml", "pretraining": declared}
+def _load_registered(spec_text: str, name: str, options: dict, kwargs: dict) -> LoadedModel:
+    """A registered model built with ``options`` (``NAME?key=value``) and ``kwargs``; random weights warned."""
+    both = sorted(set(options) & set(kwargs))
+    if both:
+        raise OodmlError(f"model {spec_text!r}: {both[0]} is given in the name and as an argument; give it once")
+    model = create_model(name, **options, **kwargs)
+    preprocessing = _architecture_preprocessing(model, spec_text)
+    identity = registered_identity(model, spec_text)
+    if identity["random_weights"]:
+        chosen = options.get("pretrained") is False or kwargs.get("pretrained") is False
+        how = "pretrained=false" if chosen else f"{name} has no pretrained weights"
+        warn_random_weights(f"{spec_text} (seed {getattr(model, 'config', {}).get('seed', 0)})", how, stacklevel=4)
+    return LoadedModel(model, preprocessing, model_digest(model, preprocessing), spec_text, identity=identity)
+
+
+def _file_identity(module: torch.nn.Module, path: Path, spec_text: str, kind: str, declaration: dict) -> dict:
+    """What a model file ran: an oodml checkpoint with its ``declaration`` (``pretraining``,
+    ``pretraining_declared``, as the file records them), or a TorchScript / ``torch.export`` file, whose
+    pretraining is undeclared."""
+    if kind == "checkpoint":
+        return checkpoint_identity(module, path, spec_text, **declaration)
+    return foreign_file_identity(module, path, spec_text, "torch.export" if kind == "export" else kind)
 
 
 def _file_kind(path: Path) -> str:
@@ -162,8 +180,8 @@ def _refuse_pickle(path: Path) -> OodmlError:
                       "torch.export.save(program, PATH)")
 
 
-def _load_torchscript(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict]:
-    """A TorchScript archive and its extra file ``preprocessing.json``; no provenance."""
+def _load_torchscript(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict, dict]:
+    """A TorchScript archive and its extra file ``preprocessing.json``; no provenance, no declaration."""
     extra = {"preprocessing.json": ""}
     try:
         with warnings.catch_warnings():
@@ -174,10 +192,10 @@ def _load_torchscript(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict]
     if not module._c._has_method("forward"):
         raise OodmlError(f"{path}: the TorchScript module has no forward method to embed images with; script a "
                          "module whose forward maps (B, 3, H, W) images to (B, d) embeddings")
-    return module, _read_preprocessing(extra["preprocessing.json"], path), {}
+    return module, _read_preprocessing(extra["preprocessing.json"], path), {}, {}
 
 
-def _load_export(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict]:
+def _load_export(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict, dict]:
     """A ``torch.export`` program (as the module it runs) and its extra file ``preprocessing.json``."""
     extra = {"preprocessing.json": ""}
     logger = logging.getLogger("torch.export")
@@ -191,16 +209,18 @@ def _load_export(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict]:
                          f"{first_line(exc)})") from None
     finally:
         logger.setLevel(previous)
-    return module, _read_preprocessing(extra["preprocessing.json"], path), {}
+    return module, _read_preprocessing(extra["preprocessing.json"], path), {}, {}
 
 
-def _load_checkpoint(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict]:
-    """An oodml checkpoint: the architecture rebuilt with its weights, its preprocessing and provenance."""
+def _load_checkpoint(path: Path) -> tuple[torch.nn.Module, Preprocessing, dict, dict]:
+    """An oodml checkpoint: the architecture rebuilt with its weights, its preprocessing, provenance and
+    pretraining declaration (``{"pretraining", "pretraining_declared"}``)."""
     record = checkpoint_record(_read_checkpoint(path), path)
     module = _build_checkpoint_model(record, path)
     module.preprocessing = record.preprocessing or _architecture_preprocessing(module, record.arch)
     module.pretraining = record.pretraining
-    return module, module.preprocessing, record.provenance
+    declaration = {"pretraining": record.pretraining, "pretraining_declared": record.pretraining_declared}
+    return module, module.preprocessing, record.provenance, declaration
 
 
 def _read_preprocessing(text: str | bytes, path: Path, name: str = "preprocessing.json") -> Preprocessing:
@@ -268,7 +288,8 @@ def checkpoint_record(payload: object, path: str | Path) -> CheckpointRecord:
         raise OodmlError(f"{path}: checkpoint 'state_dict' {problem}; {_RESAVE}")
     return CheckpointRecord(arch, config, state, _checkpoint_preprocessing(payload.get("preprocessing"), path),
                             _checkpoint_provenance(payload.get("provenance"), path),
-                            _checkpoint_pretraining(payload.get("pretraining"), path))
+                            _checkpoint_pretraining(payload.get("pretraining"), path),
+                            _pretraining_declared(payload, arch))
 
 
 def _state_dict_problem(state: object) -> str | None:
@@ -316,6 +337,21 @@ def _checkpoint_pretraining(value: object, path: str | Path) -> str | None:
     return value
 
 
+def _pretraining_declared(payload: dict, arch: str) -> bool:
+    """Whether a checkpoint states its pretraining: it holds the field (oodml writes it since it recorded
+    pretraining), and, for a model spec's backbone loaded with pretrained weights, names some data (an
+    older oodml stored none for those)."""
+    if "pretraining" not in payload:
+        return False
+    if payload.get("pretraining") or not is_spec(arch):
+        return True
+    try:
+        spec = parse_spec(arch)
+    except OodmlError:
+        return False
+    return not spec.pretrained and "checkpoint_path" not in spec.options
+
+
 def _build_checkpoint_model(record: CheckpointRecord, path: Path) -> torch.nn.Module:
     """The architecture built from the record's config, with its weights.
 
@@ -329,15 +365,16 @@ def _build_checkpoint_model(record: CheckpointRecord, path: Path) -> torch.nn.Mo
         raise OodmlError(f"{path}: checkpoint architecture {brief(record.arch)} is not registered in this oodml "
                          f"(known: {', '.join(list_models())}); install the package that registers it")
     config = f"{record.arch} with config {brief(record.config, 200)}"
+    untrained = untrained_config(record.arch, record.config)
     try:
         with torch.device("meta"):
-            skeleton = create_model(record.arch, **record.config)
+            skeleton = create_model(record.arch, **untrained)
     except OodmlError as exc:
         raise OodmlError(f"{path}: checkpoint architecture cannot be built: {exc}; {_RESAVE}") from None
     problem = _weights_mismatch(skeleton.state_dict(), record.state_dict)
     if problem:
         raise OodmlError(f"{path}: weights do not fit {config} ({problem}); {_RESAVE}")
-    model = create_model(record.arch, **record.config)
+    model = create_model(record.arch, **untrained)
     try:
         model.load_state_dict(record.state_dict)
     except (RuntimeError, NotImplementedError) as exc:

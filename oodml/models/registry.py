@@ -7,6 +7,7 @@ Other packages add models through the entry-point group ``oodml.models``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -35,6 +36,42 @@ def register_model(name: str | Factory | None = None) -> Callable[[Factory], Fac
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern``, sorted."""
     return MODELS.names(pattern)
+
+
+def split_options(text: str) -> tuple[str, dict]:
+    """``NAME?key=value,...`` -> ``(NAME, {key: value})``, values read as in model specs (``true``/``false``,
+    numbers, else text): how a command line passes a registered factory its arguments
+    (``resnet50?pretrained=false,embed_dim=128``).  A text without ``?`` has no options.
+
+    Raises:
+        OodmlError: an option not written ``key=value``, or one given twice.
+    """
+    from .sources import _option_value
+
+    name, sep, raw = text.partition("?")
+    options: dict = {}
+    for item in raw.split(",") if sep else ():
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise OodmlError(f"model {text!r}: option {item!r} must be written key=value "
+                             "(e.g. resnet50?pretrained=false)")
+        if key.strip() in options:
+            raise OodmlError(f"model {text!r}: option {key.strip()!r} is given twice; give it once")
+        options[key.strip()] = _option_value(value.strip())
+    return name, options
+
+
+def untrained_config(name: str, config: dict) -> dict:
+    """``config`` for building the registered ``name`` only to load a checkpoint's weights into it: a factory
+    that can load pretrained weights (a ``pretrained`` argument) is told not to, and never given a weights
+    file, so loading a checkpoint downloads and reads nothing else, and warns of no random weights."""
+    try:
+        parameters = inspect.signature(MODELS[name]).parameters
+    except (TypeError, ValueError):  # a callable without a signature: it takes what it takes
+        return config
+    if "pretrained" not in parameters:
+        return config
+    return {**{k: v for k, v in config.items() if k not in ("pretrained", "weights")}, "pretrained": False}
 
 
 def create_model(name: str, **kwargs) -> torch.nn.Module:

@@ -31,7 +31,10 @@ torch hub repository or a local folder (:func:`checkpoint_spec_problem`).
 
 Options every source takes: ``pretrained=false`` (random weights, initialised
 from ``seed=N``, default 0; a warning says so every time) and, for timm,
-``size=N`` (input side in pixels).  Other timm options go to ``create_model``.
+``size=N`` (input side in pixels).  Other timm options go to ``create_model``;
+``checkpoint_path=FILE`` loads that file's weights (read weights-only) in place
+of timm's, with or without ``pretrained=false``: the identity then names the
+file and its sha256, and declares no pretraining, since the file does not say.
 Write the spec in quotes on a shell command line: ``'timm:resnet18?pretrained=false'``.
 
 Weights come through each library's own cache and download code (Hugging Face
@@ -60,7 +63,7 @@ import torch
 
 from ..embedding import IMAGENET, Preprocessing
 from ..errors import OodmlError, brief, first_line
-from .digest import weights_sha256
+from .identity import warn_random_weights, weights_record
 
 COMMON_OPTIONS = ("pretrained", "seed")
 
@@ -112,9 +115,10 @@ class SourceModel:
         module: (B, 3, H, W) float images -> (B, d) embeddings, in eval mode.
         preprocessing: how images must be prepared for it.
         spec: what it was built from.
-        identity: JSON-able: source, name, revision, options, library and version, ``weights_sha256``
-            (of the state dict actually loaded), ``pretraining`` (the declared pretraining data, or None
-            when the library does not know it) and ``random_weights``.
+        identity: JSON-able (:mod:`oodml.models.identity`): spec, source, name, revision, options, library and
+            version, ``weights_sha256`` (of the ``checkpoint_path`` file, else of the state dict actually
+            loaded) and ``weights_file``, ``pretraining`` (the declared pretraining data, or None),
+            ``pretraining_declared`` (False when the library does not know it) and ``random_weights``.
     """
 
     module: torch.nn.Module
@@ -286,16 +290,28 @@ def load_spec(text: str | ModelSpec) -> SourceModel:
     module = module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    if not spec.pretrained:
+    return SourceModel(module, preprocessing, spec, _spec_identity(spec, source, library, module, pretraining))
+
+
+def _spec_identity(spec: ModelSpec, source: Source, library: object, module: torch.nn.Module,
+                   pretraining: str | None) -> dict:
+    """What a spec ran (:mod:`oodml.models.identity`): the weights file it names (timm's ``checkpoint_path``,
+    whose pretraining is unknown) or the library's weights, with the pretraining the library declares;
+    random weights (``pretrained=false`` and no file) are warned about."""
+    weights_file = spec.options.get("checkpoint_path")
+    random = not spec.pretrained and weights_file is None
+    if not spec.pretrained or weights_file is not None:
         pretraining = None
-        warnings.warn(f"{spec.text()}: RANDOM weights (pretrained=false, seed {spec.seed}): not a pretrained model; "
-                      "its results measure the architecture only", stacklevel=2)
-    identity = {
-        "spec": spec.text(), "source": spec.source, "name": spec.name, "revision": spec.revision,
-        "options": spec.options, "library": f"{source.library} {getattr(library, '__version__', 'unknown')}",
-        "weights_sha256": weights_sha256(module), "pretraining": pretraining, "random_weights": not spec.pretrained,
+    if random:
+        warn_random_weights(spec.text(), f"pretrained=false, seed {spec.seed}", stacklevel=4)
+    return {
+        "spec": spec.text(), "arch": spec.text(), "source": spec.source, "name": spec.name,
+        "revision": spec.revision, "options": spec.options,
+        "library": f"{source.library} {getattr(library, '__version__', 'unknown')}",
+        **weights_record(module, Path(str(weights_file)).expanduser() if weights_file is not None else None),
+        "pretraining": pretraining, "pretraining_declared": random or pretraining is not None,
+        "random_weights": random,
     }
-    return SourceModel(module, preprocessing, spec, identity)
 
 
 def spec_embedding_model(text: str, embed_dim: int = 512, seed: int = 0, *, load_weights: bool = True):
@@ -311,8 +327,9 @@ def spec_embedding_model(text: str, embed_dim: int = 512, seed: int = 0, *, load
     if problem:
         raise OodmlError(f"{spec.text()} cannot be a training backbone: {problem}; train on a hub model of timm:, "
                          "open_clip: or hf:, or on a registered architecture")
-    if not load_weights:
-        spec = ModelSpec(spec.source, spec.name, spec.revision, {**spec.options, "pretrained": False})
+    if not load_weights:  # nothing fetched or read: not the library's weights, nor a checkpoint_path file
+        options = {k: v for k, v in spec.options.items() if k != "checkpoint_path"}
+        spec = ModelSpec(spec.source, spec.name, spec.revision, {**options, "pretrained": False})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             built = load_spec(spec)
@@ -328,7 +345,7 @@ def spec_embedding_model(text: str, embed_dim: int = 512, seed: int = 0, *, load
         torch.manual_seed(seed)
         return EmbeddingModel(backbone, features, embed_dim, arch=parse_spec(text).text(),
                               config={"embed_dim": embed_dim, "seed": seed}, preprocessing=built.preprocessing,
-                              augmentation="imagenet-crop-flip")
+                              augmentation="imagenet-crop-flip", pretraining=built.identity["pretraining"])
 
 
 def checkpoint_spec_problem(spec: ModelSpec) -> str | None:
@@ -409,8 +426,14 @@ def _build_timm(spec: ModelSpec, timm) -> tuple[torch.nn.Module, Preprocessing, 
         raise OodmlError(f"{spec.text()}: timm has no model {spec.name.split('.')[0]!r}; see timm.list_models()")
     if size is not None and getattr(timm.models.get_pretrained_cfg(spec.name), "fixed_input_size", False):
         kwargs.setdefault("img_size", size)  # a ViT's position embeddings are built for one size
+    if "checkpoint_path" in kwargs:  # these weights replace the library's: never download those first
+        checkpoint = Path(str(kwargs["checkpoint_path"])).expanduser()
+        if not checkpoint.is_file():
+            raise OodmlError(f"{spec.text()}: checkpoint_path {checkpoint} is not a file; name a timm weights file")
+        kwargs["checkpoint_path"] = str(checkpoint)
     try:
-        model = timm.create_model(spec.name, pretrained=spec.pretrained, num_classes=0, **kwargs)
+        model = timm.create_model(spec.name, pretrained=spec.pretrained and "checkpoint_path" not in kwargs,
+                                  num_classes=0, **kwargs)
     except OodmlError:
         raise
     except Exception as exc:

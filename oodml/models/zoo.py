@@ -8,6 +8,7 @@ from ..embedding import IMAGENET, Preprocessing
 from ..errors import OodmlError, brief, first_line
 from ..weights import resnet50_weights_path
 from .base import EmbeddingModel
+from .digest import file_sha256
 from .registry import register_model
 
 
@@ -36,32 +37,43 @@ class FrozenBatchNormResNet(torch.nn.Module):
 
 
 @register_model("resnet50")
-def resnet50(embed_dim: int = 512, pretrained: bool = False, weights: str | None = None,
+def resnet50(embed_dim: int = 512, pretrained: bool = True, weights: str | None = None,
              seed: int = 0) -> EmbeddingModel:
     """ooDML's: ImageNet ResNet-50 (frozen batch norm, average pooling), a linear layer, L2 normalisation.
 
     The linear layer maps the 2048-d pooled features to ``embed_dim``.
 
-    ``pretrained=True`` loads torchvision's ImageNet weights from ``weights``, else
-    from the torch hub cache, downloading them once if absent (:mod:`oodml.weights`).  The
-    randomly initialised parts come from ``seed`` without touching the global random state.
+    The trunk's weights are torchvision's ImageNet ones (IMAGENET1K_V1), read from ``weights`` if given, else
+    from the torch hub cache, downloaded once if absent (:mod:`oodml.weights`; offline, a one-line error says
+    where to put the file); the model declares ``pretraining="imagenet-1k"`` and names the file it read
+    (``model.weights_file``).  Random weights only with ``pretrained=False`` (``resnet50?pretrained=false``
+    on the command line), which :func:`oodml.models.load_model` records and warns about.  The randomly
+    initialised parts come from ``seed`` without touching the global random state.
+
+    Raises:
+        OodmlError: ``weights`` with ``pretrained=False``, or weights that cannot be fetched or loaded.
     """
     import torchvision
 
+    if weights is not None and not pretrained:
+        raise OodmlError("resnet50: weights=PATH gives pretrained weights; drop it, or drop pretrained=false")
+    path = resnet50_weights_path(weights) if pretrained else None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         net = torchvision.models.resnet50(weights=None)
-        if pretrained or weights:
-            path = resnet50_weights_path(weights)
+        if path is not None:
             try:
                 net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             except Exception as exc:  # torch.load / load_state_dict fail in many ways on a wrong file
                 raise OodmlError(f"resnet50: cannot load weights {path}: {first_line(exc)} (expected a torchvision "
                                  "ResNet-50 state dict)") from None
-        return EmbeddingModel(FrozenBatchNormResNet(net), 2048, embed_dim, arch="resnet50",
-                              config={"embed_dim": embed_dim, "seed": seed}, preprocessing=IMAGENET,
-                              augmentation="imagenet-crop-flip",
-                              pretraining="imagenet-1k" if pretrained or weights else None)
+        model = EmbeddingModel(FrozenBatchNormResNet(net), 2048, embed_dim, arch="resnet50",
+                               config={"embed_dim": embed_dim, "seed": seed}, preprocessing=IMAGENET,
+                               augmentation="imagenet-crop-flip",
+                               pretraining="imagenet-1k" if path is not None else None)
+    if path is not None:  # what the model's identity records (oodml.models.identity); the same on every machine
+        model.weights_file = {"name": path.name, "sha256": file_sha256(path)}
+    return model
 
 
 GLYPH_PREPROCESSING = Preprocessing(resize=32, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
