@@ -45,7 +45,7 @@ def training_images_per_second(device: str, precision: str, steps: int, batch: i
     from oodml.losses import get_loss
     from oodml.training import _Objective
 
-    model = create_model("resnet50", embed_dim=512).to(device).train()
+    model = create_model("resnet50", embed_dim=512, pretrained=False).to(device).train()
     loss_fn, miner = get_loss("multi-similarity").build(batch // 2, 512)
     objective = _Objective(model, loss_fn, miner, None, 0.0, PRECISIONS[precision] if device == "cuda" else None)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=4e-4)
@@ -80,7 +80,7 @@ def main() -> None:
         print("skip: no CUDA device here; run tools/bench_gpu.py on a machine with a GPU")
         return
     ds = load_dataset("glyphs")
-    model = create_model("resnet50", embed_dim=512)
+    model = create_model("resnet50", embed_dim=512, pretrained=False)
     print(f"device: {torch.cuda.get_device_name(0)}; {args.images} images at 224 px, batch {args.batch_size}")
     cpu = images_per_second(ds, model, min(args.images, 256), "cpu", "fp32", 64)
     for precision in ("fp32", "bf16"):
