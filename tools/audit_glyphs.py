@@ -16,10 +16,11 @@
 
 Run (about 5-10 minutes on 2 cores)::
 
-    .venv/bin/python tools/audit_glyphs.py [--work build/audit-glyphs] [--store]
+    .venv/bin/python tools/audit_glyphs.py [--work build/audit-glyphs] [--store [--replace]]
 
 It prints the audit table and writes ``audit.json`` and ``audit.png`` into ``WORK/audit``; with ``--store``
-it also keeps the audits in ``splits/glyphs/v1/audits/`` (the digest does not change).
+it also keeps the audits in ``splits/glyphs/v1/audits/`` (the digest does not change), replacing the
+published ones only with ``--replace``.
 """
 
 from __future__ import annotations
@@ -89,15 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("build/audit-glyphs"))
     parser.add_argument("--store", action="store_true", help="keep the audits in splits/glyphs/v1/audits/")
+    parser.add_argument("--replace", action="store_true", help="with --store: replace the audits stored there")
     args = parser.parse_args(argv)
     checkpoint = trained_extractor(args.work)
     split_set = load("glyphs", "v1")
     result = audit(split_set, ["pixels", RANDOM_RESNET, str(checkpoint)])
     print(format_audit(result))
-    for path in write_audit(result, args.work / "audit"):
+    for path in write_audit(result, args.work / "audit", replace=args.replace):
         print(f"wrote {path}")
     if args.store:
-        for path in store_audit(result, split_set):
+        for path in store_audit(result, split_set, replace=args.replace):
             print(f"stored {path}")
     return 0
 
