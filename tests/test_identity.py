@@ -115,6 +115,18 @@ def test_registered_options_are_checked(tmp_path):
         load_model("resnet50?pretrained=false", pretrained=False)
     with pytest.raises(OodmlError, match="weights=PATH gives pretrained weights"):
         load_model(f"resnet50?pretrained=false,weights={tmp_path}/w.pth")
+    with pytest.raises(OodmlError, match="option 'pretrained' is given twice"):
+        load_model("resnet50?pretrained=false,pretrained=true")
+
+
+def test_train_says_random_weights_with_its_own_option(tmp_path, capsys):
+    from oodml.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--dataset", "glyphs", "--arch", "resnet50?pretrained=false", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "--arch takes a registered name without options; start from random weights with --random-init" in \
+        capsys.readouterr().err
 
 
 # --- checkpoints --------------------------------------------------------------------------------------------
