@@ -125,14 +125,17 @@ def cmd_make_splits(args: argparse.Namespace) -> int:
 
 def _compare_with_published(split_set) -> None:
     """Say whether a freshly built split set reproduces the one published under the same name elsewhere,
-    and what differs when it does not (:func:`oodml.splits.compare`)."""
-    from .splits import compare, iter_published, read_split_set
+    and what differs when it does not (:func:`oodml.splits.compare`); every other place on the search paths
+    that holds the name is compared, also those the new one now shadows."""
+    from .splits import compare, read_split_set
+    from .splits.manifest import split_set_copies
 
-    for _, version, path in iter_published(split_set.dataset):
-        if version == split_set.version and path.resolve() != split_set.path.resolve():
-            diff = compare(split_set, read_split_set(path))
+    for copy in split_set_copies(split_set.dataset, split_set.version):
+        if copy.path.resolve() != split_set.path.resolve():
+            diff = compare(split_set, read_split_set(copy.path))
             verdict = "reproduces" if diff.reproduces else "DIFFERS from"
-            print(f"{verdict} the published {split_set.dataset}@{version} at {path}")
+            print(f"{verdict} the published {split_set.dataset}@{split_set.version} at {copy.path} "
+                  f"({copy.location.source})")
             if not diff.reproduces:
                 print(diff.format())
 

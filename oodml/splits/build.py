@@ -93,18 +93,22 @@ def _problems(cfg: SplitConfig) -> list[str]:
     return [message for ok, message in checks if not ok]
 
 
-def fit_levels(cfg: SplitConfig, num_classes: int, exhaustive: bool) -> tuple[SplitConfig, str | None]:
+def fit_levels(cfg: SplitConfig, num_classes: int, exhaustive: bool, made_by_removal: int | None = None
+               ) -> tuple[SplitConfig, str | None]:
     """``cfg`` fitted to ``num_classes``, and a one-line note saying what changed (None if nothing).
 
     ``levels`` is capped at :func:`level_capacity`, and ``removal_levels`` at
     ``levels - 2`` so that at least two swap levels remain (the searches treat
-    removal levels as "up to" anyway: those removal cannot reach become swap levels).
+    removal levels as "up to" anyway: those removal cannot reach become swap
+    levels).  ``made_by_removal``, when the search has run, is how many
+    levels it made by removal: the note counts those, not the room for them.
     """
     cap = level_capacity(num_classes, exhaustive)
     levels = min(cfg.levels, cap)
     removal = min(cfg.removal_levels, levels - 2)
     fitted = dataclasses.replace(cfg, levels=levels, removal_levels=removal)
-    also = f", {removal} by removal" if removal != cfg.removal_levels else ""
+    made = removal if made_by_removal is None else made_by_removal
+    also = f", {made} by removal" if made != cfg.removal_levels else ""
     if levels < cfg.levels:
         why = (f"have only {balanced_split_count(num_classes)} balanced splits" if exhaustive
                else f"allow at most {cap} levels ({num_classes // 2} classes per side)")
@@ -149,11 +153,9 @@ def _oodml_states(cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig, r
 
 
 def _fitted(cfg: SplitConfig, num_classes: int, exhaustive: bool) -> SplitConfig:
-    """``cfg`` with ``levels`` capped to what the classes allow, warning in one line when it was."""
-    cfg, note = fit_levels(cfg, num_classes, exhaustive)
-    if note:
-        warnings.warn(note, stacklevel=4)
-    return cfg
+    """``cfg`` with ``levels`` capped to what the classes allow (:func:`_search` says so, once it knows the
+    levels made)."""
+    return fit_levels(cfg, num_classes, exhaustive)[0]
 
 
 def _search_options(cfg: SplitConfig) -> dict:
@@ -190,7 +192,12 @@ def _search(scorer: Scorer, cf: ClassFeatures, classes: Sequence[str], cfg: Spli
     searches by swaps.  A one-line warning says when ``--levels`` was capped or
     fewer distinct levels exist than asked.
     """
+    asked = cfg
     result, cfg = ALGORITHMS[cfg.algorithm](scorer, cf, classes, cfg)
+    by_removal = sum(state.kind == "removal" for state in result.levels)
+    _, note = fit_levels(asked, len(classes), result.search.get("method") == "exhaustive", by_removal)
+    if note:
+        warnings.warn(note, stacklevel=3)
     if len(result.levels) < cfg.levels:
         made = len(result.levels)
         warnings.warn(f"made {made} level{'s' * (made != 1)}, not {cfg.levels}: the search found no more splits "

@@ -1,8 +1,8 @@
 """Comparing two split sets by content: do they define the same benchmark?
 
 Two split sets *reproduce* each other when they have the same levels, every
-level has the same train, test and validation classes and the same few-shot
-episodes, the generation records agree (dataset fingerprint, extractor,
+level has the same kind, train, test and validation classes and the same
+few-shot episodes, the generation records agree (dataset fingerprint, extractor,
 distance, mode, algorithm, parameters, seed), and every measured value
 (distance, interval bounds, default split distance) agrees within ``RTOL``
 relative (``ATOL`` absolute near zero).
@@ -80,6 +80,7 @@ class LevelComparison:
         episodes_differing: ``(shots, episode)`` of the episodes whose support differs or that only one has.
         distance_a, distance_b: the level's distance in each (squared feature units).
         abs_difference, rel_difference: the largest over distance, ci_low and ci_high.
+        kind_a, kind_b: how the level was made in each (``swap`` or ``removal``).
     """
 
     index: int
@@ -90,6 +91,8 @@ class LevelComparison:
     abs_difference: float
     rel_difference: float
     distances_agree: bool
+    kind_a: str = "swap"
+    kind_b: str = "swap"
 
     @property
     def classes_same(self) -> bool:
@@ -101,7 +104,16 @@ class LevelComparison:
 
     @property
     def same(self) -> bool:
-        return self.classes_same and self.episodes_same and self.distances_agree
+        return self.classes_same and self.episodes_same and self.distances_agree and self.kind_a == self.kind_b
+
+    def differences(self) -> list[str]:
+        """What differs in this level, a few words each (empty when it is the same)."""
+        found = [f"kind {self.kind_a} vs {self.kind_b}"] if self.kind_a != self.kind_b else []
+        found += [f"{len(self.moved)} classes moved"] if self.moved else []
+        found += [f"{len(self.episodes_differing)} episodes differ"] if self.episodes_differing else []
+        if not self.distances_agree:
+            found.append(f"distance {self.distance_a:.6g} vs {self.distance_b:.6g} (beyond relative {RTOL:g})")
+        return found
 
 
 def compare_levels(a: Level, b: Level) -> LevelComparison:
@@ -113,7 +125,7 @@ def compare_levels(a: Level, b: Level) -> LevelComparison:
     pairs = [(a.distance, b.distance), (a.ci_low, b.ci_low), (a.ci_high, b.ci_high)]
     diffs = [_difference(x, y) for x, y in pairs]
     return LevelComparison(a.index, moved, episodes, a.distance, b.distance, max(d[0] for d in diffs),
-                           max(d[1] for d in diffs), all(_within(x, y) for x, y in pairs))
+                           max(d[1] for d in diffs), all(_within(x, y) for x, y in pairs), a.kind, b.kind)
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,21 @@ class SplitComparison:
         return (max((lv.abs_difference for lv in self.levels), default=0.0),
                 max((lv.rel_difference for lv in self.levels), default=0.0))
 
+    def first_difference(self) -> str:
+        """The first thing that differs, in a few words (empty when A reproduces B): a generation record,
+        the levels each has, the default split's distance, or a level's kind, classes, episodes or distance."""
+        for key, x, y in self.metadata:
+            return f"metadata {key}: {brief(x)} vs {brief(y)}"
+        if self.only_a or self.only_b:
+            return f"{len(self.a.levels)} levels vs {len(self.b.levels)}"
+        if not self.default_distances_agree:
+            return (f"default split distance {brief(self.a.metadata.get('default_distance'))} vs "
+                    f"{brief(self.b.metadata.get('default_distance'))}")
+        for lv in self.levels:
+            if not lv.same:
+                return f"level {lv.index}: {', '.join(lv.differences())}"
+        return ""
+
     def format(self) -> str:
         """A verdict line, then (when they differ) what differs, level by level."""
         a, b = _label(self.a), _label(self.b)
@@ -169,6 +196,7 @@ class SplitComparison:
             classes = "same" if lv.classes_same else f"{len(lv.moved)} moved"
             episodes = "same" if lv.episodes_same else f"{len(lv.episodes_differing)} differ"
             mark = "" if lv.distances_agree else "  beyond tolerance"
+            mark += "" if lv.kind_a == lv.kind_b else f"  kind {lv.kind_a} vs {lv.kind_b}"
             lines.append(f"  {lv.index:>5}  {classes:<17}  {episodes:<12}  {lv.distance_a:<12.6g}  "
                          f"{lv.distance_b:<12.6g}  {lv.rel_difference:.2g}{mark}")
             for name, role_a, role_b in lv.moved[:5]:
@@ -176,6 +204,15 @@ class SplitComparison:
             if len(lv.moved) > 5:
                 lines.append(f"         ... and {len(lv.moved) - 5} more classes")
         return "\n".join(lines)
+
+
+def _canonical(key: str, value: object) -> object:
+    """A generation record in the form compared: a ``dataset_source`` split selection of parts joined with
+    ``+`` names the same rows in any order (sample ids name their split, the fingerprint sorts them), so its
+    parts are sorted (``test+train`` is ``train+test``)."""
+    if key == "dataset_source" and isinstance(value, dict) and isinstance(value.get("split"), str):
+        return {**value, "split": "+".join(sorted(part.strip() for part in value["split"].split("+")))}
+    return value
 
 
 def _label(split_set: SplitSet) -> str:
@@ -194,7 +231,7 @@ def compare(a: SplitSet | str | Path, b: SplitSet | str | Path) -> SplitComparis
     levels_a, levels_b = {lv.index: lv for lv in a.levels}, {lv.index: lv for lv in b.levels}
     common = sorted(set(levels_a) & set(levels_b))
     metadata = tuple((k, a.metadata.get(k), b.metadata.get(k)) for k in GENERATION_KEYS
-                     if a.metadata.get(k) != b.metadata.get(k))
+                     if _canonical(k, a.metadata.get(k)) != _canonical(k, b.metadata.get(k)))
     da, db = a.metadata.get("default_distance"), b.metadata.get("default_distance")
     default_agree = (da is None) == (db is None) and (da is None or _within(float(da), float(db)))
     return SplitComparison(a, b, tuple(compare_levels(levels_a[i], levels_b[i]) for i in common),

@@ -12,6 +12,9 @@ import numpy as np
 from ..errors import OodmlError
 from ..seeding import rng_for
 
+#: What a level is made by: swapping classes between the sides, or removing classes from both.
+LEVEL_KINDS = ("swap", "removal")
+
 
 @dataclass(frozen=True)
 class Episode:
@@ -33,7 +36,7 @@ class Level:
         index: 1 = easiest.
         distance: train-to-test distance (squared feature units), with its
             bootstrap interval ``ci_low``..``ci_high``.
-        kind: ``"swap"`` or ``"removal"``.
+        kind: one of :data:`LEVEL_KINDS`: ``"swap"`` or ``"removal"``.
         train_classes, test_classes: class names of each side.
         val_classes: the tuning validation classes (a subset of train_classes);
             ``tuning_train_classes`` are the rest.

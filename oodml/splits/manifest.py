@@ -34,16 +34,21 @@ they were published with.
 
 The digest does not depend on the Parquet writer's bytes; the per-file sha256
 sums catch any change to the files themselves.  A published version is
-immutable.
+immutable: a ``dataset@version`` has one digest wherever it is published
+(:func:`write_split_set` keeps or copies the published files for content that
+reproduces them and refuses other content; :func:`load` refuses a name that two
+places on the search paths hold with different digests).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +56,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .._fs import atomic_path, file_digest
-from ..errors import OodmlError
-from .levels import Episode, Level
+from .._fs import atomic_path, claim, file_digest
+from ..errors import OodmlError, brief
+from .levels import LEVEL_KINDS, Episode, Level
 
 SCHEMA_VERSION = 2
 SCHEMA_VERSIONS = (1, 2)  # the digest rules this oodml can verify
@@ -240,10 +245,12 @@ def split_set_of(dataset: str, version: str, levels: tuple[Level, ...], metadata
 def write_split_set(out: Path, dataset: str, version: str, levels: tuple[Level, ...], metadata: dict) -> SplitSet:
     """Publish a split set under ``out/<dataset>/<version>/``, atomically.
 
-    Publishing content that reproduces what is already there (same class sets
-    and episodes, measured values within :data:`oodml.splits.compare.RTOL`) is
-    a no-op that keeps the published files; different content under an
-    existing version is refused.
+    A published name is immutable: when ``dataset@version`` is already
+    published there or on the search paths (:func:`published_copy`), content
+    that reproduces it (same class sets and episodes, measured values within
+    :data:`oodml.splits.compare.RTOL`) keeps the published files -- copied to
+    ``out`` when they live elsewhere, so the name has one digest everywhere --
+    and different content is refused.
 
     Returns:
         The published :class:`SplitSet` (as read back and verified).
@@ -252,15 +259,29 @@ def write_split_set(out: Path, dataset: str, version: str, levels: tuple[Level, 
     check_levels(levels, f"split set {dataset}@{version}")
     new = split_set_of(dataset, version, levels, metadata)
     dest = Path(out) / dataset / version
-    if dest.exists():
-        from .compare import compare
+    # One writer at a time, from the check to the rename: another's result is then published, or refused.
+    with _empty_folders_removed(dest.parent), claim(dest, what=f"split set {dataset}@{version} at {dest}",
+                                                   fix="choose another --version or --out"):
+        reference = published_copy(dataset, version, dest)
+        return _republish(reference, new, dest) if reference is not None else _publish(new, dest)
 
-        existing = read_split_set(dest)
-        if compare(existing, new).reproduces:
-            return existing
-        raise OodmlError(f"{dataset}@{version} is already published at {dest} with different content "
-                         f"(see `oodml splits diff {dest} ...`); published versions are immutable, "
-                         "choose a new --version")
+
+@contextlib.contextmanager
+def _empty_folders_removed(folder: Path) -> Iterator[None]:
+    """On an error in the block, remove ``folder`` and those of its parents that it created, if still empty
+    (a refused split set leaves nothing behind, not even ``out/<dataset>/``)."""
+    new = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in new:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
+def _publish(new: SplitSet, dest: Path) -> SplitSet:
+    """Write ``new``'s files at ``dest`` (a new name), atomically; returns it as read back and verified."""
     tables = levels_to_tables(new.levels)
     with atomic_path(dest) as tmp:
         tmp.mkdir()
@@ -273,42 +294,112 @@ def write_split_set(out: Path, dataset: str, version: str, levels: tuple[Level, 
     return read_split_set(dest)
 
 
+def published_copy(dataset: str, version: str, dest: Path) -> SplitSet | None:
+    """The published ``dataset@version`` that a split set written at ``dest`` must reproduce: the one at
+    ``dest`` when it exists, else the one on the search paths (verified); None when the name is free.
+
+    Raises:
+        OodmlError: when the places holding the name record different digests (naming two of them).
+    """
+    dest = Path(dest)
+    copies = split_set_copies(dataset, version)
+    if dest.exists():  # first, as itself when it is on the search paths
+        here = [p for p in copies if p.path.resolve() == dest.resolve()] or [
+            PublishedSplitSet(dataset, version, dest, SplitLocation("--out", dest.parent.parent))]
+        copies = here + [p for p in copies if p.path.resolve() != dest.resolve()]
+    return read_split_set(one_content(copies).path) if copies else None
+
+
+def name_taken(reference: SplitSet, difference: str) -> OodmlError:
+    """The refusal of other content under ``reference``'s published name; ``difference`` says what differs."""
+    return OodmlError(f"{reference.dataset}@{reference.version} is already published at {reference.path} with "
+                      f"different content ({difference}); published versions are immutable, choose a new --version "
+                      "(then `oodml splits diff` compares the two)")
+
+
+def _republish(reference: SplitSet, new: SplitSet, dest: Path) -> SplitSet:
+    """``new`` published under ``reference``'s name at ``dest``: refused unless it reproduces ``reference``,
+    whose files are then kept (at ``dest``) or copied there (audits stay behind)."""
+    from .compare import compare
+
+    comparison = compare(new, reference)
+    if not comparison.reproduces:
+        raise name_taken(reference, comparison.first_difference())
+    if reference.path.resolve() == dest.resolve():
+        return reference
+    with atomic_path(dest) as tmp:
+        tmp.mkdir()
+        for name in (*FILES, CHECKSUMS):
+            shutil.copyfile(reference.path / name, tmp / name)
+    return read_split_set(dest)
+
+
 # --- reading --------------------------------------------------------------------------------
+
+def _read_json(path: Path, where: str) -> object:
+    """The JSON value in file ``path``; one line naming ``where`` when it is missing, not a file, not text,
+    not JSON, or nested too deeply to parse."""
+    name = path.name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise OodmlError(f"{where}: missing {name}; not a published split set") from None
+    except IsADirectoryError:
+        raise OodmlError(f"{where}: {name} is a directory, not a file; restore the split set from where it was "
+                         "published") from None
+    except OSError as exc:
+        raise OodmlError(f"{where}: cannot read {name}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OodmlError(f"{where}: {name} is not valid JSON ({exc}); restore it from where the split set was "
+                         "published") from None
+    except RecursionError:
+        raise OodmlError(f"{where}: {name} is nested too deeply to read; restore it from where the split set was "
+                         "published") from None
+
+
+def _read_checksums(path: Path, where: str) -> dict:
+    """``checksums.json`` of the split set at ``path``, its shape checked (not yet the files it names)."""
+    sums = _read_json(path / CHECKSUMS, where)
+    if not isinstance(sums, dict) or not isinstance(sums.get("files"), dict) or not isinstance(sums.get("digest"), str):
+        raise OodmlError(f"{where}: {CHECKSUMS} lacks 'files' and 'digest'")
+    rule = sums.get("schema_version")
+    if type(rule) is not int or rule < 1:
+        raise OodmlError(f"{where}: {CHECKSUMS} has schema_version {brief(rule)}, expected a positive integer; "
+                         "restore the file from version control")
+    if rule > SCHEMA_VERSION:
+        raise OodmlError(f"{where}: schema version {rule} is newer than this oodml understands "
+                         f"({SCHEMA_VERSION}); upgrade oodml")
+    return sums
+
+
+def _check_files(path: Path, sums: dict, where: str) -> None:
+    """Every manifest file present, a plain file, and matching its sha256; nothing foreign beside them."""
+    present = {p.name for p in path.iterdir()} - {CHECKSUMS} - ({AUDITS} if (path / AUDITS).is_dir() else set())
+    foreign = sorted(present - set(FILES))
+    if foreign:
+        raise OodmlError(f"{where}: foreign file {brief(foreign[0])} is not part of the manifest; remove it")
+    for name in FILES:
+        if name not in present:
+            raise OodmlError(f"{where}: missing file {name}")
+        if not (path / name).is_file():
+            raise OodmlError(f"{where}: {name} is not a file; restore the split set from where it was published")
+        expected = sums["files"].get(name)
+        if not isinstance(expected, str) or file_digest(path / name) != expected:
+            raise OodmlError(f"{where}: {name} does not match its sha256 in {CHECKSUMS}; the file was modified "
+                             "or corrupted (restore it from version control)")
+
 
 def read_split_set(path: Path) -> SplitSet:
     """Read and verify a split set directory; any tampered, missing or foreign file is an error."""
     path = Path(path)
     where = f"split set {path}"
+    sums = _read_checksums(path, where)
+    rule = sums["schema_version"]
+    _check_files(path, sums, where)
+    metadata = _read_json(path / "metadata.json", where)
     try:
-        sums = json.loads((path / CHECKSUMS).read_text())
-    except FileNotFoundError:
-        raise OodmlError(f"{where}: missing {CHECKSUMS}; not a published split set") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OodmlError(f"{where}: {CHECKSUMS} is not valid JSON ({exc})") from None
-    if not isinstance(sums, dict) or not isinstance(sums.get("files"), dict) or not isinstance(sums.get("digest"), str):
-        raise OodmlError(f"{where}: {CHECKSUMS} lacks 'files' and 'digest'")
-    rule = sums.get("schema_version")
-    if type(rule) is not int or rule < 1:
-        raise OodmlError(f"{where}: {CHECKSUMS} has schema_version {rule!r}, expected a positive integer; "
-                         "restore the file from version control")
-    if rule > SCHEMA_VERSION:
-        raise OodmlError(f"{where}: schema version {rule} is newer than this oodml understands "
-                         f"({SCHEMA_VERSION}); upgrade oodml")
-    present = {p.name for p in path.iterdir()} - {CHECKSUMS} - ({AUDITS} if (path / AUDITS).is_dir() else set())
-    foreign = sorted(present - set(FILES))
-    if foreign:
-        raise OodmlError(f"{where}: foreign file {foreign[0]!r} is not part of the manifest; remove it")
-    for name in FILES:
-        if name not in present:
-            raise OodmlError(f"{where}: missing file {name}")
-        expected = sums["files"].get(name)
-        if not isinstance(expected, str) or file_digest(path / name) != expected:
-            raise OodmlError(f"{where}: {name} does not match its sha256 in {CHECKSUMS}; the file was modified "
-                             "or corrupted (restore it from version control)")
-    try:
-        metadata = json.loads((path / "metadata.json").read_text())
         tables = {name: pq.read_table(path / f"{name}.parquet") for name in TABLES}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, pa.ArrowException) as exc:
+    except (OSError, pa.ArrowException) as exc:
         raise OodmlError(f"{where}: cannot read it: {exc}") from None
     if not isinstance(metadata, dict) or metadata.get("schema_version", 1) != rule:
         raise OodmlError(f"{where}: metadata.json is not a schema-{rule} record")
@@ -316,7 +407,11 @@ def read_split_set(path: Path) -> SplitSet:
         if not tables[name].schema.equals(schema):
             raise OodmlError(f"{where}: {name}.parquet has columns {tables[name].schema.names}, "
                              f"expected {schema.names}")
-    digest = content_digest(tables, metadata, rule)
+    try:
+        digest = content_digest(tables, metadata, rule)
+    except RecursionError:
+        raise OodmlError(f"{where}: metadata.json is nested too deeply to hash; restore it from where the split "
+                         "set was published") from None
     if digest != sums["digest"]:
         raise OodmlError(f"{where}: content digest {digest[:12]} does not match the recorded {sums['digest'][:12]}")
     levels = tables_to_levels(tables)
@@ -340,8 +435,10 @@ def check_levels(levels: tuple[Level, ...], where: str) -> None:
             problem = "no train classes"
         elif len(test) < 2:
             problem = f"{len(test)} test classes (retrieval needs at least 2)"
+        elif lv.kind not in LEVEL_KINDS:
+            problem = f"kind {brief(lv.kind)}, not one of {', '.join(LEVEL_KINDS)}"
         elif train & test:
-            problem = f"class {sorted(train & test)[0]!r} on both sides"
+            problem = f"class {brief(sorted(train & test)[0])} on both sides"
         elif not set(lv.val_classes) <= train:
             problem = "validation classes that are not train classes"
         elif any(not set(ep.support) <= test for eps in lv.episode_table.values() for ep in eps):
@@ -413,18 +510,60 @@ def search_paths() -> list[Path]:
     return [location.path for location in split_locations()]
 
 
-def published_split_sets(dataset: str | None = None) -> list[PublishedSplitSet]:
-    """Every published split set on the search paths (only ``dataset``'s when given); a ``dataset@version``
-    found in several places is listed once, from the earliest location."""
-    found: dict[tuple[str, str], PublishedSplitSet] = {}
+def _all_copies(dataset: str | None = None) -> list[PublishedSplitSet]:
+    """Every split set directory on the search paths (only ``dataset``'s when given), in search order; a
+    ``dataset@version`` found in several places is listed once per place."""
+    found = []
     for location in split_locations():
         base = location.path
         for ds_dir in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
             if dataset is not None and ds_dir.name != dataset:
                 continue
             for v_dir in sorted(p for p in ds_dir.iterdir() if (p / CHECKSUMS).exists()):
-                found.setdefault((ds_dir.name, v_dir.name), PublishedSplitSet(ds_dir.name, v_dir.name, v_dir, location))
+                found.append(PublishedSplitSet(ds_dir.name, v_dir.name, v_dir, location))
+    return found
+
+
+def published_split_sets(dataset: str | None = None) -> list[PublishedSplitSet]:
+    """Every published split set on the search paths (only ``dataset``'s when given); a ``dataset@version``
+    found in several places is listed once, from the earliest location (:func:`load` refuses the name when
+    the places hold different content)."""
+    found: dict[tuple[str, str], PublishedSplitSet] = {}
+    for published in _all_copies(dataset):
+        found.setdefault((published.dataset, published.version), published)
     return list(found.values())
+
+
+def split_set_copies(dataset: str, version: str) -> list[PublishedSplitSet]:
+    """Every copy of ``dataset@version`` on the search paths, in search order (usually one or none)."""
+    return [p for p in _all_copies(dataset) if p.version == version]
+
+
+def _conflict(name: str, first: PublishedSplitSet, digest: str, other: PublishedSplitSet, other_digest: str) -> str:
+    """The one-line refusal of a name that two places hold with different digests."""
+    where = {p.location.source: p.path for p in (first, other)}
+    keep = "installed" if "installed" in where else "project" if "project" in where else None
+    drop = next(p.path for p in (first, other) if p.location.source != keep) if keep else None
+    fix = (f"keep the {keep} one and delete {drop}, or remake that one with another --version" if keep else
+           "delete the one that is not the published set, or remake it with another --version")
+    return (f"{name} has two different contents on the split-set search path: digest {digest[:12]} at "
+            f"{first.path} ({first.location.source}) and {other_digest[:12]} at {other.path} "
+            f"({other.location.source}); a published name is immutable: {fix}")
+
+
+def one_content(copies: Sequence[PublishedSplitSet]) -> PublishedSplitSet:
+    """The first of ``copies`` (places holding one ``dataset@version``), after checking that they all record
+    the same digest.
+
+    Raises:
+        OodmlError: one line naming two places whose digests differ, or a copy whose checksums cannot be read.
+    """
+    digests = [_read_checksums(p.path, f"split set {p.path}")["digest"] for p in copies]
+    for other, digest in zip(copies[1:], digests[1:], strict=True):
+        if digest != digests[0]:
+            name = f"{copies[0].dataset}@{copies[0].version}"
+            raise OodmlError(_conflict(name, copies[0], digests[0], other, digest))
+    return copies[0]
 
 
 def iter_published(dataset: str | None = None) -> Iterator[tuple[str, str, Path]]:
@@ -437,32 +576,34 @@ def _natural_key(text: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
+def _created(published: PublishedSplitSet) -> tuple:
+    """Sort key of "latest": ``created_at`` of the metadata (empty when unreadable), then the version name."""
+    try:
+        metadata = json.loads((published.path / "metadata.json").read_text())
+        stamp = metadata.get("created_at", "") if isinstance(metadata, dict) else ""
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        stamp = ""
+    return str(stamp), _natural_key(published.version)
+
+
 def load(dataset: str, version: str | None = None) -> SplitSet:
     """Load and verify a published split set (the latest version when ``version`` is None).
 
     "Latest" is the most recently created (``created_at`` in the metadata),
-    ties broken by natural order of the version names.
+    ties broken by natural order of the version names.  A name held in
+    several places on the search paths must have one digest in all of them
+    (published names are immutable), else it is refused naming two places.
     """
-    found = [(v, p) for _, v, p in iter_published(dataset)]
-    if version is not None:
-        for v, p in found:
-            if v == version:
-                return read_split_set(p)
-        known = ", ".join(v for v, _ in found) or "none"
+    found = published_split_sets(dataset)
+    if version is not None and not any(p.version == version for p in found):
+        known = ", ".join(p.version for p in found) or "none"
         raise OodmlError(f"no published split set {dataset}@{version}; published versions: {known} "
                          f"(searched {', '.join(map(str, search_paths())) or 'nothing'}; set $OODML_SPLITS)")
     if not found:
         raise OodmlError(f"no published split set for {dataset!r} (searched "
                          f"{', '.join(map(str, search_paths())) or 'nothing'}); run `oodml make-splits {dataset}`")
-
-    def created(item: tuple[str, Path]) -> tuple:
-        try:
-            stamp = json.loads((item[1] / "metadata.json").read_text()).get("created_at", "")
-        except (OSError, json.JSONDecodeError):
-            stamp = ""
-        return stamp, _natural_key(item[0])
-
-    return read_split_set(max(found, key=created)[1])
+    chosen = version if version is not None else max(found, key=_created).version
+    return read_split_set(one_content(split_set_copies(dataset, chosen)).path)
 
 
 def resolve(dataset: str, ref: SplitSet | str | Path | None) -> SplitSet:
@@ -493,12 +634,13 @@ def verify_split_sets(refs: Sequence[str | Path] | None = None) -> list[tuple[st
     """Verify each split set ``refs`` names (see :func:`open_split_set`), or every published one.
 
     Returns:
-        One ``(reference, split set or None, problem or None)`` per split set, in order.
+        One ``(reference, split set or None, problem or None)`` per split set, in order; every published
+        one is named ``DATASET@VERSION``, so a name held with two digests is a problem (:func:`load`).
 
     Raises:
         OodmlError: when no split set is given and none is published.
     """
-    targets = list(refs) if refs else [str(path) for _, _, path in iter_published()]
+    targets = list(refs) if refs else [f"{p.dataset}@{p.version}" for p in published_split_sets()]
     if not targets:
         raise OodmlError("no published split sets to verify")
     checks = []
