@@ -44,6 +44,7 @@ import torch
 from scipy.special import gammaln
 
 SPLIT_EPS = 1 / 1024  # faiss's perturbation when it splits a cluster to refill an empty one
+KMEANS_ITERATIONS = 20  # faiss's niter as pytorch-metric-learning sets it
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def _split_empty(centroids: torch.Tensor, counts: torch.Tensor, generator: torch
         sizes[split] -= sizes[empty]
 
 
-def kmeans(points: torch.Tensor, clusters: int, *, iterations: int = 20, seed: int = 0,
+def kmeans(points: torch.Tensor, clusters: int, *, iterations: int = KMEANS_ITERATIONS, seed: int = 0,
            chunk: int = 4096) -> KMeansResult:
     """Lloyd's k-means on the points' device; the faiss policy of the module docstring.
 

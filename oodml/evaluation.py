@@ -39,7 +39,14 @@ from . import __version__
 from ._fs import atomic_path, check_writable, claim
 from .adapt import ADAPTATIONS, EpisodeInput, check_adaptable
 from .datasets import ImageDataset, dataset_spec, load_dataset
-from .embedding import PRECISIONS, embed_cached, read_embedding_table, resolve_device, write_embedding_table
+from .embedding import (
+    PRECISIONS,
+    Preprocessing,
+    embed_cached,
+    read_embedding_table,
+    resolve_device,
+    write_embedding_table,
+)
 from .errors import OodmlError, brief
 from .metrics import MAP_DEPTH, retrieval_metrics
 from .models import LoadedModel, load_model
@@ -51,6 +58,7 @@ from .protocol import (
     embedding_file_name,
     episode_split,
     parse_embedding_file_name,
+    protocol_card,
     score_episode,
 )
 from .reference import References
@@ -449,6 +457,7 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             "adapt": list(adaptations) if fewshot else None, "episodes": episodes,
             "images_embedded": images_embedded, **_model_meta(models),
             **pretraining_meta(models.identity(), split_set, chosen, ds), **references.meta(saved, ds, embedder),
+            "protocol_card": models.card(split_set, chosen, ks, clustering),
             "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     return Results(rows, _level_records(chosen), meta, saved if save_embeddings else None)
 
@@ -556,6 +565,7 @@ class _Models:
     shared: LoadedModel | None
     adaptations: tuple[str, ...]
     level_identities: dict[int, dict] = field(default_factory=dict)  # level -> its checkpoint's, as loaded
+    level_preprocessing: dict[int, Preprocessing] = field(default_factory=dict)  # level -> its checkpoint's
 
     @classmethod
     def of(cls, model: str | Path | LoadedModel, chosen: list[Level], adaptations: tuple[str, ...]) -> _Models:
@@ -580,7 +590,15 @@ class _Models:
         for name in self.adaptations:
             check_adaptable(loaded.module, name)
         self.level_identities[level.index] = loaded.identity
+        self.level_preprocessing[level.index] = loaded.preprocessing
         return loaded
+
+    def card(self, split_set: SplitSet, chosen: list[Level], ks: Sequence[int], clustering: bool) -> dict:
+        """The protocol card (:func:`oodml.protocol.protocol_card`) of scoring the chosen levels with these
+        models: each level's preprocessing is its model's (per level: its checkpoint's, loaded by now)."""
+        preprocessing = ({lv.index: self.shared.preprocessing for lv in chosen} if self.shared is not None
+                         else self.level_preprocessing)
+        return protocol_card(split_set, chosen, preprocessing, protocol=self.protocol, ks=ks, clustering=clustering)
 
     def identity(self) -> dict:
         """What ran (:attr:`LoadedModel.identity`): the shared model's; per level, what the checkpoints loaded

@@ -39,6 +39,17 @@ from .errors import OodmlError
 from .knn import knn_chunks
 
 MAP_DEPTH = 1000
+CLUSTERING_SEED = 0  # the k-means seed of nmi and ami
+
+#: The version of the metrics' definitions above (and of :mod:`oodml.knn`'s ordering and
+#: :mod:`oodml.clustering`'s k-means).  Results and leaderboard entries record it in their protocol card
+#: (:func:`oodml.protocol.protocol_card`); numbers of different versions are not comparable.  Bump it, and
+#: add the new version's digest to :data:`METRICS_DIGESTS`, whenever a definition changes what it returns.
+METRICS_VERSION = 1
+#: version -> sha256 of the definitions' outputs, rounded to 6 decimals, on the seeded case of
+#: tests/test_metric_definitions.py; that test fails when a definition changes and the version does not.
+#: Append only: a digest once published stays what its version computed.
+METRICS_DIGESTS = {1: "dfb91142265cd7765de42c919363ec056ae29753f65bd0c07aecd3d2d7ccef80"}
 
 
 def _check(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor,
@@ -107,7 +118,7 @@ def per_query_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray 
 def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
                       ks: Sequence[int] = (1, 2, 4, 8), normalize: bool = True,
                       device: str | torch.device | None = None, clustering: bool = True,
-                      map_depth: int | None = MAP_DEPTH, seed: int = 0) -> dict[str, float]:
+                      map_depth: int | None = MAP_DEPTH, seed: int = CLUSTERING_SEED) -> dict[str, float]:
     """Retrieval metrics with every sample as a query against all others.
 
     Args:

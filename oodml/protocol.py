@@ -25,6 +25,7 @@ The rule, per adaptation (:data:`EPISODE_METRICS`):
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -33,15 +34,17 @@ import numpy as np
 import torch
 
 from .adapt import FINETUNED
+from .clustering import KMEANS_ITERATIONS
 from .errors import OodmlError
-from .metrics import retrieval_metrics
+from .metrics import CLUSTERING_SEED, MAP_DEPTH, METRICS_VERSION, retrieval_metrics
 
 #: the evaluation protocols: one model for every level, or one checkpoint per level
 PROTOCOLS = ("per-level", "zero-shot")
 
 if TYPE_CHECKING:
     from .datasets import ImageDataset
-    from .splits import Episode
+    from .embedding import Preprocessing
+    from .splits import Episode, Level, SplitSet
 
 #: what :func:`score_episode` reports for each adaptation, in the order :func:`oodml.evaluate` writes its rows
 EPISODE_METRICS: Mapping[str, tuple[str, ...]] = {
@@ -179,3 +182,83 @@ def parse_embedding_file_name(name: str) -> tuple | None:
     if m.group(2) is None:
         return ("test", int(m.group(1)))
     return ("fewshot", int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4))
+
+
+# --- the protocol card -------------------------------------------------------------------------------
+
+#: the version of the card's layout (its keys), apart from the metrics' definitions (``metrics_version``)
+CARD_VERSION = 1
+#: why the card's ``matched`` is null: levels are not matched to a common class count (issue 26, part 1)
+UNMATCHED = ("each level keeps its own class counts (under classes); no level is subsampled to a common class "
+             "count, so there are no matched draws and absolute values of levels with different counts differ "
+             "partly because of the count")
+#: the retrieval rule, as :func:`oodml.metrics.per_query_metrics` and :mod:`oodml.knn` implement it
+RETRIEVAL_RULE = {
+    "gallery": "every test image of the level (all of its test classes), unadapted embeddings",
+    "queries": "every test image of the level whose class has another test image there; a class of one image "
+               "is a distractor only",
+    "query_in_gallery": "excluded by index: a query is never its own neighbour, an identical copy of it is",
+    "similarity": "cosine of L2-normalised float32 embeddings (exact search)",
+    "ties": "equal similarity: the image earlier in the dataset's order (lower row) ranks first",
+}
+#: what each metric is, per query, averaged over the queries
+METRIC_DEFINITIONS = {
+    "recall@k": "hit rate at k: 1 if a same-class image is among the k nearest, else 0",
+    "r_precision": "same-class images among the R nearest, over R (R: the other images of the query's class)",
+    "map@r": "Musgrave et al. 2020: (1/R) x sum over ranks i <= R holding a same-class image of precision@i",
+    f"map@{MAP_DEPTH}": f"as map@r over the first {MAP_DEPTH} neighbours (all if fewer), still divided by R",
+    "accuracy": "few-shot episodes: the share of queries (every non-support image of the episode's classes) whose "
+                "nearest support image (adaptation none) or class prototype (the others) by cosine has their class",
+}
+
+
+def preprocessing_record(preprocessing: Preprocessing) -> dict:
+    """Every field of a :class:`~oodml.embedding.Preprocessing`, defaults included (``as_dict`` leaves
+    default interpolation and resize mode out): resize and crop in pixels (null: skipped), the
+    interpolation, the resize mode and the per-channel mean and std of normalisation."""
+    return {"resize": preprocessing.resize, "resize_mode": preprocessing.resize_mode,
+            "interpolation": preprocessing.interpolation, "crop": preprocessing.crop,
+            "mean": list(preprocessing.mean), "std": list(preprocessing.std)}
+
+
+def clustering_rule(clustering: bool) -> dict | None:
+    """How ``nmi`` and ``ami`` are computed (:mod:`oodml.clustering`), or None when they are not."""
+    if not clustering:
+        return None
+    return {"algorithm": "Lloyd's k-means, faiss's policy (nredo 1, an emptied cluster refilled by splitting a "
+                         "populous one), each image labelled by its nearest final centroid",
+            "input": "L2-normalised embeddings", "clusters": "the number of test classes of the level",
+            "iterations": KMEANS_ITERATIONS, "seed": CLUSTERING_SEED, "ties": "the lower centroid index",
+            "nmi": "scikit-learn normalized_mutual_info_score, average_method arithmetic",
+            "ami": "scikit-learn adjusted_mutual_info_score, average_method arithmetic"}
+
+
+def protocol_card(split_set: SplitSet, levels: Sequence[Level], preprocessing: Mapping[int, Preprocessing], *,
+                  protocol: str, ks: Sequence[int], clustering: bool) -> dict:
+    """What a result measures, so that numbers are compared only with numbers of the same protocol.
+
+    Args:
+        split_set: the split set evaluated; levels: its levels evaluated.
+        preprocessing: level number -> the preprocessing of the model evaluated there.
+        protocol: ``zero-shot`` or ``per-level``; ks: the K of ``recall@K``; clustering: nmi/ami computed.
+
+    Returns:
+        A JSON-ready dict: ``card_version``, ``metrics_version``, the split set, ``class_disjoint`` (no level
+        shares a class between train and test), the retrieval rule (gallery, queries, query exclusion,
+        similarity, ties), the metric definitions, the clustering settings (or null), ``preprocessing`` (one
+        record, or ``{"levels": {level: record}}`` when levels differ), per level its train and test class
+        counts and images, and ``matched``: null with ``matched_note`` saying why.
+    """
+    records = {lv.index: preprocessing_record(preprocessing[lv.index]) for lv in levels}
+    distinct = {json.dumps(r, sort_keys=True) for r in records.values()}
+    classes = {str(lv.index): {"train": len(lv.train_classes), "test": len(lv.test_classes),
+                               "train_images": lv.n_train_images, "test_images": lv.n_test_images} for lv in levels}
+    return {"card_version": CARD_VERSION, "metrics_version": METRICS_VERSION, "protocol": protocol,
+            "splits": f"{split_set.dataset}@{split_set.version}", "split_digest": split_set.digest,
+            "class_disjoint": all(not set(lv.train_classes) & set(lv.test_classes) for lv in levels),
+            **RETRIEVAL_RULE, "ks": [int(k) for k in ks],
+            "metrics": METRIC_DEFINITIONS,
+            "clustering": clustering_rule(clustering),
+            "preprocessing": (next(iter(records.values())) if len(distinct) == 1
+                              else {"levels": {str(k): r for k, r in records.items()}}),
+            "classes": classes, "matched": None, "matched_note": UNMATCHED}
