@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from oodml.metrics import METRICS_DIGESTS, METRICS_VERSION
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / ".github" / "workflows"
 VENV_BIN = Path(sys.executable).parent
@@ -122,7 +124,7 @@ def test_the_changelog_records_the_package_split_set_and_metrics_versions():
     for folder in published_split_sets():
         digest = json.loads((folder / "checksums.json").read_text())["digest"]
         assert f"`{folder.parent.name}@{folder.name}`" in text and digest in text, folder
-    assert "metrics: definitions as of 0.1.0" in text
+    assert f"metrics: version {METRICS_VERSION} " in text and METRICS_DIGESTS[METRICS_VERSION] in text
 
 
 def test_the_layout_page_and_the_sdist_name_the_new_files():
