@@ -7,6 +7,7 @@ an entry's declaration to its own training data."""
 import dataclasses
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -41,17 +42,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def imagenet_file(tmp_path, monkeypatch) -> Path:
-    """torchvision's ResNet-50 file in a private torch hub cache, as a download leaves it (random values
-    suffice: oodml must load these exact bytes and say so)."""
+@pytest.fixture(scope="module")
+def imagenet_cache(tmp_path_factory) -> Path:
+    """A torch hub folder holding torchvision's ResNet-50 file as a download leaves it (random values suffice:
+    oodml must load these exact bytes and say so); made once, it is 100 MB."""
     import torchvision
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    path = tmp_path / "torch" / "hub" / "checkpoints" / RESNET50_FILE
+    torch_home = tmp_path_factory.mktemp("torch")
+    path = torch_home / "hub" / "checkpoints" / RESNET50_FILE
     path.parent.mkdir(parents=True)
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
-    return path
+    return torch_home
+
+
+@pytest.fixture
+def imagenet_file(imagenet_cache, monkeypatch) -> Path:
+    """The ImageNet file, in the torch hub cache of this test."""
+    monkeypatch.setenv("TORCH_HOME", str(imagenet_cache))
+    return imagenet_cache / "hub" / "checkpoints" / RESNET50_FILE
 
 
 @pytest.fixture
@@ -80,14 +88,94 @@ def assert_identity(identity: dict, *, weights_sha256: str | None, pretraining: 
     json.dumps(identity)                                       # recorded in results and summaries
 
 
-# --- registered names ---------------------------------------------------------------------------------------
+# --- every route x every source ------------------------------------------------------------------------------
 
-def test_resnet50_means_imagenet_weights_and_says_so(imagenet_file):
-    loaded = load_model("resnet50", embed_dim=8)
-    assert_identity(loaded.identity, weights_sha256=file_digest(imagenet_file), pretraining="imagenet-1k",
-                    random=False, weights_file=RESNET50_FILE)
+SOURCE_NAMES = ("resnet50", "resnet50?pretrained=false", "glyph-cnn", "timm-random", "timm-pretrained",
+                "timm-checkpoint-path", "torchscript-file")
+#: source -> what ran when it is evaluated or used as an extractor: (weights hashed, pretraining, pretraining
+#: declared, random weights); weights "imagenet" (torchvision's file), "own file" (the source's file) or "state"
+#: (the state dict of the module that ran)
+RAN = {"resnet50": ("imagenet", "imagenet-1k", True, False),
+       "resnet50?pretrained=false": ("state", None, True, True),
+       "glyph-cnn": ("state", None, True, True),
+       "timm-random": ("state", None, True, True),
+       "timm-pretrained": ("state", TAG, True, False),
+       "timm-checkpoint-path": ("own file", None, False, False),
+       "torchscript-file": ("own file", None, False, False)}
+#: source -> (pretraining, pretraining declared) of the checkpoint `oodml train --arch SOURCE` writes; None: refused
+TRAINED = {"resnet50": ("imagenet-1k", True), "resnet50?pretrained=false": (None, True), "glyph-cnn": (None, True),
+           "timm-random": (None, True), "timm-pretrained": (TAG, True), "timm-checkpoint-path": (None, False),
+           "torchscript-file": None}
+#: sources that are not extractors: refused as one
+NOT_EXTRACTORS = {"resnet50?pretrained=false", "glyph-cnn"}
+
+
+@pytest.fixture
+def named(tmp_path, imagenet_file, timm_pretrained) -> dict[str, tuple[str, Path | None]]:
+    """source -> (the text that names it, its own weights file or None)."""
+    import timm
+
+    torch.save(timm.create_model("test_vit", num_classes=0, img_size=16).state_dict(), tmp_path / "mine.pth")
+    script = tmp_path / "model.pt"
+    glyph = create_model("glyph-cnn", embed_dim=8).eval()
+    torch.jit.script(glyph).save(str(script), _extra_files={"preprocessing.json": json.dumps(
+        glyph.preprocessing.as_dict())})
+    return {"resnet50": ("resnet50", None), "resnet50?pretrained=false": ("resnet50?pretrained=false", None),
+            "glyph-cnn": ("glyph-cnn", None), "timm-random": (TIMM_RANDOM, None),
+            "timm-pretrained": (TIMM_PRETRAINED, None),
+            "timm-checkpoint-path": (f"{TIMM_RANDOM},checkpoint_path={tmp_path}/mine.pth", tmp_path / "mine.pth"),
+            "torchscript-file": (str(script), script)}
+
+
+def _train_config(text: str) -> TrainConfig:
+    """What `oodml train --arch` makes of a source (random resnet50 weights are its --random-init)."""
+    if text == "resnet50?pretrained=false":
+        return TrainConfig(arch="resnet50", embed_dim=8, pretrained=False)
+    return TrainConfig(arch=text, embed_dim=8)
+
+
+def _run(route: str, source: str, text: str, tmp_path: Path) -> tuple[dict, torch.nn.Module | None, Path | None]:
+    """(identity, module that ran, checkpoint written) of one route; raises OodmlError when it refuses."""
+    if route == "evaluate":
+        loaded = load_model(text)
+        return loaded.identity, loaded.module, None
+    if route == "extractor":
+        extractor = get_extractor(text)
+        return extractor.identity, extractor.build() if RAN[source][0] == "state" else None, None
+    path = save(initial_model(_train_config(text).resolved()), tmp_path / "level1.pt")
+    return load_model(path).identity, None, path
+
+
+@pytest.mark.parametrize("source", SOURCE_NAMES)
+@pytest.mark.parametrize("route", ["evaluate", "extractor", "train"])
+def test_every_route_loads_what_each_source_names_or_refuses(route, source, named, imagenet_file, tmp_path):
+    text, own_file = named[source]
+    refused = (route == "extractor" and source in NOT_EXTRACTORS) or (route == "train" and TRAINED[source] is None)
+    if refused:
+        with pytest.raises(OodmlError) as info:
+            _run(route, source, text, tmp_path)
+        assert "\n" not in str(info.value)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        identity, module, checkpoint = _run(route, source, text, tmp_path)
+    if route == "train":                        # a trained checkpoint: its own file; never random
+        pretraining, declared = TRAINED[source]
+        assert_identity(identity, weights_sha256=file_digest(checkpoint), weights_file="level1.pt",
+                        pretraining=pretraining, declared=declared, random=False)
+        return
+    weights, pretraining, declared, random = RAN[source]
+    file = {"imagenet": imagenet_file, "own file": own_file}.get(weights)
+    expected = file_digest(file) if file is not None else weights_sha256(module)
+    assert_identity(identity, weights_sha256=expected, weights_file=file.name if file is not None else None,
+                    pretraining=pretraining, declared=declared, random=random)
+    warned = any("RANDOM weights" in str(w.message) for w in caught)
+    assert warned is random                      # random weights are always warned about, and only they
+
+
+def test_resnet50_loads_the_imagenet_files_bytes(imagenet_file):
     expected = torch.load(imagenet_file, weights_only=True)["conv1.weight"]
-    assert torch.equal(loaded.module.backbone.resnet.conv1.weight, expected)
+    assert torch.equal(load_model("resnet50", embed_dim=8).module.backbone.resnet.conv1.weight, expected)
 
 
 def test_resnet50_offline_is_refused_in_one_line_never_random(tmp_path, monkeypatch):
@@ -99,13 +187,13 @@ def test_resnet50_offline_is_refused_in_one_line_never_random(tmp_path, monkeypa
         evaluate("resnet50", "glyphs", read_split_set(SPLITS), levels=[1], device="cpu")
 
 
-def test_random_weights_only_when_asked_and_then_warned_and_recorded():
-    with pytest.warns(UserWarning, match=r"resnet50\?pretrained=false \(seed 0\): RANDOM weights"):
-        loaded = load_model("resnet50?pretrained=false", embed_dim=8)
-    assert_identity(loaded.identity, weights_sha256=weights_sha256(loaded.module), pretraining=None, random=True)
-    with pytest.warns(UserWarning, match="glyph-cnn has no pretrained weights"):
-        glyph = load_model("glyph-cnn", embed_dim=8)
-    assert_identity(glyph.identity, weights_sha256=weights_sha256(glyph.module), pretraining=None, random=True)
+def test_random_weights_are_named_in_the_warning():
+    with pytest.warns(UserWarning, match=r"resnet50\?pretrained=false \(seed 0\): RANDOM weights \(pretrained=false\)"):
+        load_model("resnet50?pretrained=false", embed_dim=8)
+    with pytest.warns(UserWarning, match=r"glyph-cnn \(seed 0\): RANDOM weights \(glyph-cnn has no pretrained"):
+        load_model("glyph-cnn", embed_dim=8)
+    with pytest.warns(UserWarning, match=r"RANDOM weights \(--random-init\)"):
+        initial_model(TrainConfig(arch="resnet50", embed_dim=8, pretrained=False).resolved())
 
 
 def test_registered_options_are_checked(tmp_path):
@@ -129,24 +217,13 @@ def test_train_says_random_weights_with_its_own_option(tmp_path, capsys):
         capsys.readouterr().err
 
 
-# --- checkpoints --------------------------------------------------------------------------------------------
+# --- checkpoints ------------------------------------------------------------------------------------------------
 
-def test_a_trained_glyph_cnn_is_not_random_and_declares_no_pretraining(tmp_path):
-    path = save(create_model("glyph-cnn", embed_dim=8), tmp_path / "level1.pt")
-    loaded = load_model(path)
-    assert_identity(loaded.identity, weights_sha256=file_digest(path), pretraining=None, random=False,
-                    weights_file="level1.pt")
-    assert entry_pretraining(loaded.identity) == "none"
-
-
-def test_a_resnet50_checkpoint_declares_imagenet_and_loads_without_downloading(imagenet_file, tmp_path,
-                                                                               monkeypatch):
-    model = initial_model(TrainConfig(arch="resnet50", embed_dim=8).resolved())
-    path = save(model, tmp_path / "level1.pt")
+def test_a_resnet50_checkpoint_loads_without_the_imagenet_file(imagenet_file, tmp_path, monkeypatch):
+    path = save(initial_model(TrainConfig(arch="resnet50", embed_dim=8).resolved()), tmp_path / "level1.pt")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))     # loading must not need the ImageNet file
-    loaded = load_model(path)
-    assert_identity(loaded.identity, weights_sha256=file_digest(path), pretraining="imagenet-1k", random=False,
-                    weights_file="level1.pt")
+    assert load_model(path).identity["pretraining"] == "imagenet-1k"
+    assert not (tmp_path / "empty").exists()
 
 
 def test_a_hostile_checkpoint_config_cannot_make_loading_fetch_weights(tmp_path, monkeypatch):
@@ -160,47 +237,14 @@ def test_a_hostile_checkpoint_config_cannot_make_loading_fetch_weights(tmp_path,
     assert loaded.identity["weights_sha256"] == file_digest(tmp_path / "forged.pt")
 
 
-def test_random_init_training_is_warned_and_its_checkpoint_declares_no_pretraining(tmp_path):
-    with pytest.warns(UserWarning, match=r"RANDOM weights \(--random-init\)"):
-        model = initial_model(TrainConfig(arch="resnet50", embed_dim=8, pretrained=False).resolved())
-    loaded = load_model(save(model, tmp_path / "level1.pt"))
-    assert loaded.identity["pretraining"] is None and loaded.identity["random_weights"] is False
-
-
-# --- model specs ----------------------------------------------------------------------------------------------
-
-def test_a_spec_with_random_weights_is_warned_and_recorded():
-    with pytest.warns(UserWarning, match="RANDOM weights"):
-        loaded = load_model(TIMM_RANDOM)
-    assert_identity(loaded.identity, weights_sha256=weights_sha256(loaded.module), pretraining=None, random=True)
-
-
-def test_timm_checkpoint_path_is_the_weights_that_ran(tmp_path, recwarn):
-    import timm
-
-    source = timm.create_model("test_vit", num_classes=0, img_size=16)
-    torch.save(source.state_dict(), tmp_path / "mine.pth")
-    loaded = load_model(f"{TIMM_RANDOM},checkpoint_path={tmp_path}/mine.pth")
-    assert not [w for w in recwarn if "RANDOM" in str(w.message)]   # these weights are not random
-    assert_identity(loaded.identity, weights_sha256=file_digest(tmp_path / "mine.pth"), pretraining=None,
-                    random=False, weights_file="mine.pth", declared=False)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.module.state_dict().values(),
-                                                 source.state_dict().values(), strict=True))
-    with pytest.raises(OodmlError, match="checkpoint_path .*missing.pth is not a file"):
-        load_model(f"{TIMM_RANDOM},checkpoint_path={tmp_path}/missing.pth")
-
-
-def test_a_pretrained_specs_declaration_travels_with_its_checkpoints(timm_pretrained, tmp_path):
-    spec = load_model(TIMM_PRETRAINED)
-    assert_identity(spec.identity, weights_sha256=weights_sha256(spec.module), pretraining=TAG, random=False)
-    model = initial_model(TrainConfig(arch=TIMM_PRETRAINED, embed_dim=8).resolved())   # oodml train --arch
-    path = save(model, tmp_path / "level1.pt")
-    loaded = load_model(path)
-    assert_identity(loaded.identity, weights_sha256=file_digest(path), pretraining=TAG, random=False,
-                    weights_file="level1.pt")
+def test_a_pretrained_specs_declaration_refuses_a_contradicting_submission(timm_pretrained, tmp_path):
+    path = save(initial_model(TrainConfig(arch=TIMM_PRETRAINED, embed_dim=8).resolved()), tmp_path / "level1.pt")
+    identity = load_model(path).identity
     with pytest.raises(OodmlError, match=f"--pretraining 'none' contradicts the model, which declares '{TAG}'"):
-        _pretraining("none", loaded.identity)
-    assert _with_model_declaration("", loaded.identity).endswith(f": {TAG})")
+        _pretraining("none", identity)
+    assert _pretraining(None, identity) == TAG
+    assert _with_model_declaration("", identity) == f"{TIMM_PRETRAINED} (pretraining declared by " \
+        f"{identity['library']}: {TAG})"
 
 
 def test_a_spec_checkpoint_of_an_older_oodml_does_not_claim_no_pretraining(timm_pretrained, tmp_path):
@@ -212,29 +256,22 @@ def test_a_spec_checkpoint_of_an_older_oodml_does_not_claim_no_pretraining(timm_
     assert entry_pretraining(identity) is None                           # not declared, not "none"
 
 
-# --- foreign files ----------------------------------------------------------------------------------------------
+# --- model specs ------------------------------------------------------------------------------------------------
 
-def test_a_torchscript_file_records_its_sha256_and_no_declared_pretraining(tmp_path):
-    path = tmp_path / "model.pt"
-    torch.jit.script(create_model("glyph-cnn", embed_dim=8).eval()).save(str(path), _extra_files={
-        "preprocessing.json": json.dumps(create_model("glyph-cnn").preprocessing.as_dict())})
-    assert_identity(load_model(path).identity, weights_sha256=file_digest(path), pretraining=None, random=False,
-                    weights_file="model.pt", declared=False)
-    assert_identity(get_extractor(str(path)).identity, weights_sha256=file_digest(path), pretraining=None,
-                    random=False, weights_file="model.pt", declared=False)
+def test_timm_checkpoint_path_loads_that_file(tmp_path, recwarn):
+    import timm
+
+    source = timm.create_model("test_vit", num_classes=0, img_size=16)
+    torch.save(source.state_dict(), tmp_path / "mine.pth")
+    loaded = load_model(f"{TIMM_RANDOM},checkpoint_path={tmp_path}/mine.pth")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.module.state_dict().values(),
+                                                 source.state_dict().values(), strict=True))
+    with pytest.raises(OodmlError, match="checkpoint_path .*missing.pth is not a file"):
+        load_model(f"{TIMM_RANDOM},checkpoint_path={tmp_path}/missing.pth")
 
 
-# --- extractors -------------------------------------------------------------------------------------------------
-
-def test_every_extractor_source_records_what_runs(imagenet_file):
-    resnet = get_extractor("resnet50")
-    assert_identity(resnet.identity, weights_sha256=file_digest(imagenet_file), pretraining="imagenet-1k",
-                    random=False, weights_file=RESNET50_FILE)
-    assert resnet.weights_hash == file_digest(imagenet_file)
+def test_the_pixels_extractor_has_no_weights():
     assert_identity(get_extractor("pixels").identity, weights_sha256=None, pretraining=None, random=False)
-    with pytest.warns(UserWarning, match="RANDOM weights"):
-        spec = get_extractor(TIMM_RANDOM)
-    assert_identity(spec.identity, weights_sha256=spec.weights_hash, pretraining=None, random=True)
 
 
 # --- evaluate, per-level templates, references ---------------------------------------------------------------------
@@ -253,18 +290,6 @@ def test_evaluate_records_what_ran_zero_shot_and_per_level(glyphs, tmp_path):
     for level in (1, 2):
         assert_identity(per_level["levels"][str(level)], weights_sha256=file_digest(tmp_path / f"level{level}.pt"),
                         pretraining=None, random=False, weights_file=f"level{level}.pt")
-
-
-def test_per_level_checkpoints_that_disagree_declare_nothing(glyphs, tmp_path):
-    split_set = read_split_set(SPLITS)
-    declared = create_model("glyph-cnn", embed_dim=8)
-    declared.pretraining = "imagenet-1k"
-    save(declared, tmp_path / "level1.pt")
-    save(create_model("glyph-cnn", embed_dim=8), tmp_path / "level2.pt")
-    identity = evaluate(str(tmp_path), glyphs, split_set, levels=[1, 2], clustering=False,
-                        device="cpu").meta["model_identity"]
-    assert identity["pretraining"] is None and identity["pretraining_declared"] is False
-    assert entry_pretraining(identity) is None
 
 
 def test_references_record_their_identities(tmp_path):
