@@ -24,8 +24,9 @@ class EmbeddingModel(torch.nn.Module):
         config: the keyword arguments that rebuild it with ``create_model(arch, **config)``.
         preprocessing: how images must be prepared for it at test time.
         augmentation: name of its training augmentation (a key of ``oodml.augmentations.AUGMENTATIONS``).
-        pretraining: the data the backbone's weights were pretrained on (``imagenet-1k``), or None
-            (random weights); :func:`oodml.models.load_model` records it as the model's declaration.
+        pretraining: the data the backbone's weights were pretrained on (``imagenet-1k``), or None: none (a
+            freshly built model then has random weights, which :func:`oodml.models.load_model` warns about).
+            Checkpoints keep it; ``load_model`` records it in the model's identity (:mod:`oodml.models.identity`).
     """
 
     def __init__(self, backbone: torch.nn.Module, features: int, embed_dim: int, *, arch: str, config: dict,
