@@ -56,7 +56,7 @@ def tipped_levels(published) -> tuple[Level, ...]:
 def written_before_names_were_checked(out: Path, published, monkeypatch) -> Path:
     """A different glyphs@v1 at ``out``, as an oodml that did not check published names wrote it."""
     with monkeypatch.context() as patch:
-        patch.setattr(manifest, "split_set_copies", lambda dataset, version: [])
+        patch.setattr(manifest, "split_set_copies", lambda dataset, version: [], raising=False)
         return write_split_set(out, "glyphs", "v1", tipped_levels(published), published_metadata(published)).path
 
 
@@ -242,6 +242,16 @@ def missing_kind(path: Path) -> None:
     reseal(path)
 
 
+def first_role(role: str | None):
+    def damage(path: Path) -> None:
+        table = pq.read_table(path / "classes.parquet")
+        roles = [role, *table.column("role").to_pylist()[1:]]
+        pq.write_table(table.set_column(table.schema.get_field_index("role"), "role", pa.array(roles, pa.string())),
+                       path / "classes.parquet")
+        reseal(path)
+    return damage
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda p: (p / "checksums.json").write_text(deep_json()), "checksums.json is nested too deeply to read"),
     (nest_metadata, "metadata.json is nested too deeply to read"),
@@ -249,9 +259,12 @@ def missing_kind(path: Path) -> None:
     (metadata_as_directory, "metadata.json is not a file; restore the split set"),
     (checksums_as_directory, "checksums.json is a directory, not a file; restore the split set"),
     (unknown_kind, "level 2 has kind 'shuffle', not one of swap, removal; the split set is malformed"),
-    (missing_kind, "level 2 has kind None, not one of swap, removal"),
+    (missing_kind, "levels.parquet has missing values in column 'kind'; the split set is malformed"),
+    (first_role("bogus"), "classes.parquet has a class with role 'bogus' and tuning 'train', expected train with "
+                          "train or val, or test with none"),
+    (first_role(None), "classes.parquet has missing values in column 'role'"),
 ], ids=["deep checksums", "deep metadata", "deep metadata value", "metadata dir", "checksums dir", "unknown kind",
-        "missing kind"])
+        "missing kind", "unknown role", "missing role"])
 @pytest.mark.parametrize("command", ["verify", "show"])
 def test_a_malformed_manifest_is_one_line_exit_2(toy, damage, message, command, capsys):
     damage(toy)

@@ -414,10 +414,26 @@ def read_split_set(path: Path) -> SplitSet:
                          "set was published") from None
     if digest != sums["digest"]:
         raise OodmlError(f"{where}: content digest {digest[:12]} does not match the recorded {sums['digest'][:12]}")
+    _check_values(tables, where)
     levels = tables_to_levels(tables)
     check_levels(levels, where)
     return SplitSet(str(metadata.get("dataset", path.parent.name)), str(metadata.get("version", path.name)),
                     levels, metadata, digest, path)
+
+
+def _check_values(tables: dict[str, pa.Table], where: str) -> None:
+    """Refuse values the tables cannot hold: a missing value (only a test class has no tuning role), or a
+    class role other than train (tuning train or val) and test."""
+    malformed = "the split set is malformed, restore it from where it was published"
+    for name in TABLES:
+        for column in tables[name].column_names:
+            if (name, column) != ("classes", "tuning") and tables[name].column(column).null_count:
+                raise OodmlError(f"{where}: {name}.parquet has missing values in column {column!r}; {malformed}")
+    classes = tables["classes"].to_pydict()
+    for role, tuning in zip(classes["role"], classes["tuning"], strict=True):
+        if tuning not in {"train": ("train", "val"), "test": (None,)}.get(role, ()):
+            raise OodmlError(f"{where}: classes.parquet has a class with role {brief(role)} and tuning "
+                             f"{brief(tuning)}, expected train with train or val, or test with none; {malformed}")
 
 
 def check_levels(levels: tuple[Level, ...], where: str) -> None:
