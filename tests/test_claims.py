@@ -270,3 +270,13 @@ def test_an_interrupted_submit_is_no_entry_and_the_next_build_tidies_it(leaderbo
     assert hidden(version) == [] and "second" not in (root / "README.md").read_text()
     assert main(submit) == 0
     assert iter_entries(root) == [version / "second", version / "tiny"] and hidden(version) == []
+
+
+def test_an_unreadable_audit_json_in_out_is_not_replaced_unasked(published, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "audit.json").write_text('{"split_set": "glyphs@v1", "split_dig')  # cut short by a full disk
+    assert main(audit_argv(published, out)) == 2
+    assert f"--out {out} holds an audit.json that is not readable" in capsys.readouterr().err
+    assert main(audit_argv(published, out, "--replace")) == 0
+    assert json.loads((out / "audit.json").read_text())["split_set"] == "glyphs@v1" and hidden(out) == []
