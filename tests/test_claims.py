@@ -168,6 +168,25 @@ def test_claims_nest_in_one_process_and_leave_no_lock_behind(tmp_path):
     assert not lock_path(dest).exists()
 
 
+def test_without_fcntl_a_lock_file_made_with_o_excl_claims_and_says_how_to_clear_it(tmp_path, monkeypatch):
+    """Where ``fcntl`` is missing (Windows), a killed writer's lock file stays: the refusal names it."""
+    import oodml._fs
+
+    monkeypatch.setattr(oodml._fs, "fcntl", None)
+    dest = tmp_path / "results"
+    with claim(dest, what="--out results", fix="choose another --out"):
+        assert "pid " in lock_path(dest).read_text()
+    assert not lock_path(dest).exists()
+    lock_path(dest).write_text("pid 99999 on elsewhere, since 2026-12-07 15:00:00 UTC\n")  # its writer was killed
+    refused = r"\(pid 99999 on elsewhere, since .*\); wait for it to finish or choose another --out; if it no " \
+        r"longer runs, delete .*\.results\.lock$"
+    with pytest.raises(OodmlError, match=refused), claim(dest, what="--out results", fix="choose another --out"):
+        pass
+    lock_path(dest).unlink()
+    with claim(dest, what="--out results", fix="choose another --out"):
+        pass
+
+
 def test_leftovers_of_one_name_are_not_those_of_a_longer_name(tmp_path):
     """``.a.b.<8>.tmp`` belongs to ``a.b``, never to ``a``: tidying ``a`` must not touch a live writer of ``a.b``."""
     for name in (".a.abcd_123.tmp", ".a.b.abcd_123.tmp", ".a.77.old", ".a.b.77.old", ".ab.abcd_123.tmp"):
