@@ -35,7 +35,8 @@ import torch
 
 from .adapt import FINETUNED
 from .clustering import KMEANS_ITERATIONS
-from .errors import OodmlError
+from .embedding import Preprocessing
+from .errors import OodmlError, brief
 from .metrics import CLUSTERING_SEED, MAP_DEPTH, METRICS_VERSION, retrieval_metrics
 
 #: the evaluation protocols: one model for every level, or one checkpoint per level
@@ -43,7 +44,6 @@ PROTOCOLS = ("per-level", "zero-shot")
 
 if TYPE_CHECKING:
     from .datasets import ImageDataset
-    from .embedding import Preprocessing
     from .splits import Episode, Level, SplitSet
 
 #: what :func:`score_episode` reports for each adaptation, in the order :func:`oodml.evaluate` writes its rows
@@ -262,3 +262,36 @@ def protocol_card(split_set: SplitSet, levels: Sequence[Level], preprocessing: M
             "preprocessing": (next(iter(records.values())) if len(distinct) == 1
                               else {"levels": {str(k): r for k, r in records.items()}}),
             "classes": classes, "matched": None, "matched_note": UNMATCHED}
+
+
+def card_problems(card: object, split_set: SplitSet, protocol: str) -> list[str]:
+    """Where a leaderboard entry's ``protocol_card`` differs from the card this oodml states for it, one line
+    each (none: it matches).
+
+    The card is rebuilt with :func:`protocol_card` from the published ``split_set`` (every level), the
+    entry's ``protocol`` and the card's own ``preprocessing``, ``ks`` and clustering, which the embeddings
+    alone cannot show; everything else (metrics version, split facts, class counts, the rule) must equal
+    what this oodml computes, so no card can claim another protocol than the one the board re-scores with.
+    """
+    if not isinstance(card, dict):
+        return [f"protocol_card must be the object `oodml evaluate` wrote (summary.json meta), not {brief(card)}"]
+    if card.get("metrics_version") != METRICS_VERSION:
+        return [f"protocol_card records metrics version {brief(card.get('metrics_version'))}, this oodml scores "
+                f"with version {METRICS_VERSION}; evaluate again with this oodml and submit the new results"]
+    ks, record = card.get("ks"), card.get("preprocessing")
+    if not (isinstance(ks, list) and 0 < len(ks) <= 20 and
+            all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1000 for k in ks)):
+        return [f"protocol_card ks must be a list of 1 to 20 whole numbers 1..1000, not {brief(ks)}"]
+    records = record.get("levels") if isinstance(record, dict) and set(record) == {"levels"} else None
+    try:
+        by_level = {lv.index: Preprocessing.from_dict(records.get(str(lv.index)) if isinstance(records, dict)
+                                                       else record) for lv in split_set.levels}
+    except OodmlError as exc:
+        return [f"protocol_card preprocessing: {exc}"]
+    expected = protocol_card(split_set, split_set.levels, by_level, protocol=protocol, ks=ks,
+                             clustering=card.get("clustering") is not None)
+    wrong = [key for key in dict.fromkeys([*expected, *card]) if card.get(key, ...) != expected.get(key, ...)]
+    if wrong:
+        return [f"protocol_card {wrong[0]!r} is not what oodml states for this entry ({brief(card.get(wrong[0]))}"
+                f" instead of {brief(expected.get(wrong[0]))}); submit the card `oodml evaluate` wrote"]
+    return []

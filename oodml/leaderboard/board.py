@@ -162,6 +162,29 @@ def overlap_details(meta: dict, split_set: SplitSet) -> str:
     return f"pretraining: {declared} ({overlap.status}: {overlap.reason}); test classes seen: {levels}"
 
 
+def _preprocessing_text(record: dict) -> str:
+    """``resize 32 (shorter-side, bilinear), crop 32, mean 0.5/0.5/0.5, std 0.5/0.5/0.5``."""
+    return (f"resize {record['resize'] or 'none'} ({record['resize_mode']}, {record['interpolation']}), crop "
+            f"{record['crop'] or 'none'}, mean {'/'.join(map(str, record['mean']))}, std "
+            f"{'/'.join(map(str, record['std']))}")
+
+
+def card_details(meta: dict) -> str | None:
+    """One line for the details of an entry carrying a (verified) protocol card: the metrics version, the
+    split and retrieval facts and the preprocessing; None for an entry without one."""
+    card = meta.get("protocol_card")
+    if card is None:
+        return None
+    prep = card["preprocessing"]
+    prep_text = ("; ".join(f"L{k} {_preprocessing_text(r)}" for k, r in prep["levels"].items())
+                 if "levels" in prep else _preprocessing_text(prep))
+    counts = ", ".join(f"L{k} {c['test']}" for k, c in card["classes"].items())
+    return (f"protocol card: metrics version {card['metrics_version']}; "
+            f"{'class-disjoint' if card['class_disjoint'] else 'NOT class-disjoint'} train/test; gallery: "
+            f"{card['gallery']}; query: {card['query_in_gallery']}; ties: {card['ties']}; preprocessing: "
+            f"{prep_text}; test classes {counts}, not matched across levels")
+
+
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_~\[\]|])")
 
 
@@ -421,7 +444,8 @@ def render_html(boards: list[Board], rejected: Sequence[Verification]) -> str:
             parts.append(f"<details><summary>{html_text(m['method'])}</summary><p>{html_text(m['description'])}"
                          f"</p><p>authors: {html_text(', '.join(m['authors']) or '-')} {_links_html(m)}</p>"
                          f"<p>training data: {html_text(m['training_data'])}</p>"
-                         f"<p>{html_text(overlap_details(m, board.split_set))}</p><p>adaptations: "
+                         f"<p>{html_text(overlap_details(m, board.split_set))}</p>"
+                         + (f"<p>{html_text(card)}</p>" if (card := card_details(m)) else "") + "<p>adaptations: "
                          f"{html_text(', '.join(m['adaptations']) or 'none')}; seeds: "
                          f"{html_text(', '.join(_fmt(x) for x in m['seeds'].get('mean_recall@1', [])))}</p>"
                          f"<p>split digest <code>{html_text(m['split_digest'][:16])}</code>, oodml "

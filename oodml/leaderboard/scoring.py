@@ -23,7 +23,7 @@ from ..datasets import ImageDataset, load_dataset
 from ..embedding import read_embedding_table
 from ..errors import OodmlError, brief
 from ..metrics import per_query_metrics
-from ..protocol import curve_summary, episode_split, score_episode
+from ..protocol import card_problems, curve_summary, episode_split, score_episode
 from ..splits import Episode, Level, SplitSet, load
 from .submission import Submission, is_fraction, parse_file_name, read_submission
 
@@ -295,6 +295,10 @@ def _verify(path: Path, data_root: str | Path | None, dataset: ImageDataset | No
             f"{path}: split digest {meta['split_digest'][:12]} is not that of the published "
             f"{meta['dataset']}@{meta['split_version']} ({split_set.digest[:12]}); re-evaluate on the published "
             "split set"])
+    if "protocol_card" in meta:
+        card = card_problems(meta["protocol_card"], split_set, meta["protocol"])
+        if card:
+            return Verification(path, sub, None, [f"{path}/submission.json: {p}" for p in card])
     try:
         ds = dataset
         if ds is None:

@@ -23,7 +23,12 @@ version 2 on, ``pretraining``: the model's declared pretraining data
 ``none`` for a model trained from scratch, or empty when not declared), from
 which the board counts each level's test classes seen in pretraining
 (:func:`oodml.splits.audit.pretraining_overlap`).  Version 1 entries (without
-it) stay valid and show as not declared.
+it) stay valid and show as not declared.  An entry of any version may carry
+``protocol_card``, the card ``oodml evaluate`` wrote in ``summary.json``
+(:func:`oodml.protocol.protocol_card`: metrics version, split facts, the
+retrieval rule, preprocessing); the verifier refuses one that differs from
+what it states for the entry (:func:`oodml.protocol.card_problems`), and the
+board shows it.  Entries without one stay valid.
 
 Everything here reads untrusted input: every problem is reported as one line,
 nothing is executed, and no path outside the entry folder is ever opened.  The
@@ -68,7 +73,11 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "training_data": (str,), "baseline": (bool,), "dataset": (str,), "split_version": (str,),
     "split_digest": (str,), "model_digests": (dict,), "embedding_dim": (int,), "oodml_version": (str,),
     "date": (str,), "seeds": (dict,), "claimed": (dict,), "files": (dict,), "pretraining": (str,),
+    "protocol_card": (dict,),
 }
+#: fields an entry may leave out: ``protocol_card`` (what the results measure, :func:`oodml.protocol.protocol_card`;
+#: entries made before it have none, and the verifier checks it against the published split set when present)
+OPTIONAL = {"protocol_card"}
 #: fields added after schema version 1 -> the version that introduced them (absent from older entries)
 SINCE = {"pretraining": 2}
 #: what ``pretraining`` holds for a model trained from scratch (empty: not declared); one value with
@@ -344,7 +353,7 @@ def schema_problems(meta: object) -> list[str]:
     if version > SCHEMA_VERSION:
         return [f"schema version {version} is newer than this oodml reads ({SCHEMA_VERSION}); upgrade oodml"]
     fields = {name: types_ for name, types_ in FIELDS.items() if version >= SINCE.get(name, 1)}
-    problems = [f"field {name!r} is missing" for name in fields if name not in meta]
+    problems = [f"field {name!r} is missing" for name in fields if name not in meta and name not in OPTIONAL]
     problems += [f"unknown field {brief(name)}" + (f" (schema version {version} has none; it came with version "
                                                    f"{SINCE[name]})" if name in SINCE else "")
                  for name in meta if name not in fields]

@@ -77,6 +77,7 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
         "date": dt.datetime.now(dt.timezone.utc).date().isoformat(),
         "seeds": _seeds(runs, results_dirs),
         "claimed": {}, "files": {},
+        **({"protocol_card": first.meta["protocol_card"]} if "protocol_card" in first.meta else {}),
     }
     problems = schema_problems(meta)
     if problems:
