@@ -8,6 +8,7 @@ import pytest
 from fixtures import edit_json
 
 from oodml.leaderboard import build, verify
+from oodml.leaderboard.board import card_details
 from oodml.metrics import METRICS_VERSION
 
 
@@ -93,3 +94,14 @@ def test_the_board_shows_the_card_of_entries_that_carry_one(entry, glyphs, tmp_p
     assert "resize 32 (shorter-side, bilinear), crop 32, mean 0.5/0.5/0.5" in details["tiny"]
     assert "excluded by index" in details["tiny"] and "not matched across levels" in details["tiny"]
     assert "protocol card" not in details["bare"]
+
+
+@pytest.mark.parametrize("junk", [
+    "a card", {"preprocessing": 1}, {"preprocessing": {"levels": [1]}}, {"metrics_version": 10**5000},
+    {"preprocessing": {"resize": 1, "resize_mode": "x", "interpolation": "y", "crop": 1, "mean": [0], "std": [1]},
+     "classes": {"1": [5]}},
+])
+def test_an_unverified_card_of_another_shape_is_named_malformed_not_read(junk):
+    """The board shows verified cards only; rendering an unchecked entry (as the hostile tests do) cannot fail."""
+    assert card_details({"protocol_card": junk}) == "protocol card: malformed (not verified)"
+    assert card_details({}) is None

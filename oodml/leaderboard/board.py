@@ -171,18 +171,23 @@ def _preprocessing_text(record: dict) -> str:
 
 def card_details(meta: dict) -> str | None:
     """One line for the details of an entry carrying a (verified) protocol card: the metrics version, the
-    split and retrieval facts and the preprocessing; None for an entry without one."""
+    split and retrieval facts and the preprocessing; None for an entry without one.  The board shows only
+    verified entries, whose card is what :func:`oodml.protocol.card_problems` accepts; a card of any other
+    shape (an entry rendered unchecked) is named malformed, never read further."""
     card = meta.get("protocol_card")
     if card is None:
         return None
-    prep = card["preprocessing"]
-    prep_text = ("; ".join(f"L{k} {_preprocessing_text(r)}" for k, r in prep["levels"].items())
-                 if "levels" in prep else _preprocessing_text(prep))
-    counts = ", ".join(f"L{k} {c['test']}" for k, c in card["classes"].items())
-    return (f"protocol card: metrics version {card['metrics_version']}; "
-            f"{'class-disjoint' if card['class_disjoint'] else 'NOT class-disjoint'} train/test; gallery: "
-            f"{card['gallery']}; query: {card['query_in_gallery']}; ties: {card['ties']}; preprocessing: "
-            f"{prep_text}; test classes {counts}, not matched across levels")
+    try:
+        prep = card["preprocessing"]
+        prep_text = ("; ".join(f"L{k} {_preprocessing_text(r)}" for k, r in prep["levels"].items())
+                     if "levels" in prep else _preprocessing_text(prep))
+        counts = ", ".join(f"L{k} {c['test']}" for k, c in card["classes"].items())
+        return (f"protocol card: metrics version {card['metrics_version']}; "
+                f"{'class-disjoint' if card['class_disjoint'] else 'NOT class-disjoint'} train/test; gallery: "
+                f"{card['gallery']}; query: {card['query_in_gallery']}; ties: {card['ties']}; preprocessing: "
+                f"{prep_text}; test classes {counts}, not matched across levels")
+    except (KeyError, TypeError, AttributeError, ValueError):  # ValueError: an integer too long to print
+        return "protocol card: malformed (not verified)"
 
 
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_~\[\]|])")
