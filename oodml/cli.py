@@ -505,12 +505,12 @@ def _architecture(text: str) -> str:
 
     if text in list_models():
         return text
-    if is_spec(text):
-        try:
-            spec = parse_spec(text)
     if text.partition("?")[0] in list_models():  # resnet50?pretrained=false: train says it with its own options
         raise argparse.ArgumentTypeError(f"{text!r}: --arch takes a registered name without options; start from "
                                          "random weights with --random-init, or give --weights PATH, --embed-dim N")
+    if is_spec(text):
+        try:
+            spec = parse_spec(text)
         except OodmlError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         problem = checkpoint_spec_problem(spec)
