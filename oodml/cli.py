@@ -31,6 +31,27 @@ def _parse_option(text: str) -> tuple[str, object]:
         return key, value
 
 
+class _Names:
+    """argparse ``choices`` read from a table of oodml (a registry or a tuple) on first use, not when the parser
+    is built: most tables live in modules that import torch, which takes seconds, and ``oodml --help`` or
+    ``oodml --version`` need none of them.  An option using it names its ``metavar`` (argparse would list the
+    choices while building the parser otherwise); its help lists them through ``%(choices)s``."""
+
+    def __init__(self, module: str, table: str) -> None:
+        self.module, self.table = module, table
+
+    def _names(self) -> list[str]:
+        from importlib import import_module
+
+        return list(getattr(import_module(self.module, __package__), self.table))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="a registered dataset (see `oodml datasets list`)")
     p.add_argument("--root", help="dataset directory (for hf: a local folder or a hub id)")
@@ -229,9 +250,6 @@ def cmd_splits_audit(args: argparse.Namespace) -> int:
 
 
 def _add_make_splits(commands) -> None:
-    from .shift import DISTANCES, MODES
-    from .splits import ALGORITHMS
-
     p = commands.add_parser("make-splits", help="build and publish graded train/test class splits")
     _add_dataset_args(p)
     p.add_argument("--extractor", help="feature extractor (default: the dataset's, resnet50 or pixels for glyphs), "
@@ -239,21 +257,28 @@ def _add_make_splits(commands) -> None:
     _add_trust_repo(p)
     p.add_argument("--weights", help="weights file for the extractor (default for resnet50: torchvision's ImageNet "
                    "file, downloaded once into the torch hub cache, $TORCH_HOME/hub/checkpoints)")
-    p.add_argument("--levels", type=positive_int, default=8)
+    p.add_argument("--levels", type=positive_int, default=8,
+                   help="shift levels to publish, easiest to hardest (default 8; at least 2)")
     p.add_argument("--removal-levels", type=non_negative_int, default=2,
                    help="levels beyond what swaps reach (default 2)")
-    p.add_argument("--distance", choices=sorted(DISTANCES), default="fid")
-    p.add_argument("--mode", choices=MODES, default="class-mean")
-    p.add_argument("--algorithm", choices=ALGORITHMS, default="greedy")
-    p.add_argument("--seed", type=random_seed, default=0)
-    p.add_argument("--shots", type=positive_int, nargs="+", default=[2, 5, 10])
-    p.add_argument("--episodes", type=non_negative_int, default=10)
+    p.add_argument("--distance", choices=_Names(".shift", "DISTANCES"), default="fid", metavar="NAME",
+                   help="distance between the train and test classes' features: %(choices)s (default fid)")
+    p.add_argument("--mode", choices=_Names(".shift", "MODES"), default="class-mean", metavar="MODE",
+                   help="what the distance compares: %(choices)s (default class-mean: one mean feature per class)")
+    p.add_argument("--algorithm", choices=_Names(".splits.build", "ALGORITHMS"), default="greedy", metavar="NAME",
+                   help="split search: %(choices)s (default greedy; oodml: the ooDML paper's procedure)")
+    p.add_argument("--seed", type=random_seed, default=0,
+                   help="seed of the search, the validation classes and the episodes (default 0)")
+    p.add_argument("--shots", type=positive_int, nargs="+", default=[2, 5, 10], metavar="K",
+                   help="few-shot episodes to draw with K support images per test class (default 2 5 10)")
+    p.add_argument("--episodes", type=non_negative_int, default=10,
+                   help="episodes drawn per level and shot (default 10; 0: none)")
     p.add_argument("--bootstrap", type=non_negative_int, default=200,
                    help="bootstrap draws for the distance CIs (0: no intervals)")
-    p.add_argument("--version", default="v1")
+    p.add_argument("--version", default="v1", help="name of the published split set (default v1)")
     p.add_argument("--out", default="splits", help="publish under OUT/<dataset>/<version>/ (default ./splits)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--device", default="auto", help="where features are extracted: auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per feature batch (default 128)")
     p.set_defaults(func=cmd_make_splits)
 
 
@@ -263,10 +288,10 @@ def _add_splits(commands) -> None:
     sub = splits.add_subparsers(dest="action", required=True, metavar="ACTION")
     sub.add_parser("list", help="published split sets").set_defaults(func=cmd_splits_list)
     show = sub.add_parser("show", help="the level table of DATASET[@VERSION] (or a directory)")
-    show.add_argument("ref")
+    show.add_argument("ref", help="DATASET[@VERSION] or a manifest directory")
     show.set_defaults(func=cmd_splits_show)
     verify = sub.add_parser("verify", help="check every hash of one or all published split sets")
-    verify.add_argument("ref", nargs="?")
+    verify.add_argument("ref", nargs="?", help="DATASET[@VERSION] or a manifest directory (default: all published)")
     verify.set_defaults(func=cmd_splits_verify)
     diff = sub.add_parser("diff", help="compare two split sets by content, level by level (exit 0 when A "
                           "reproduces B, 1 when they differ)")
@@ -274,7 +299,7 @@ def _add_splits(commands) -> None:
     diff.add_argument("b", help="DATASET[@VERSION] or a manifest directory")
     diff.set_defaults(func=cmd_splits_diff)
     plot = sub.add_parser("plot", help="distance per level with CIs, as PNG and SVG")
-    plot.add_argument("ref")
+    plot.add_argument("ref", help="DATASET[@VERSION] or a manifest directory")
     plot.add_argument("--out", help="output prefix (default DATASET-VERSION-levels)")
     plot.set_defaults(func=cmd_splits_plot)
     aud = sub.add_parser("audit", help="re-measure the levels under other extractors (rank agreement with "
@@ -298,14 +323,14 @@ def _add_splits(commands) -> None:
     aud.add_argument("--replace", action="store_true",
                      help="replace stored audits of the same extractors (with --store) and an audit.json of "
                      "another split set in --out")
-    aud.add_argument("--device", default="auto")
-    aud.add_argument("--batch-size", type=positive_int, default=128)
+    aud.add_argument("--device", default="auto", help="where features are extracted: auto, cpu, cuda, cuda:N or mps")
+    aud.add_argument("--batch-size", type=positive_int, default=128, help="images per feature batch (default 128)")
     aud.set_defaults(func=cmd_splits_audit)
     imp = sub.add_parser("import-oodml", help="convert an ooDML split pickle (restricted unpickler)")
-    imp.add_argument("pickle")
-    imp.add_argument("--dataset", required=True)
-    imp.add_argument("--version", required=True)
-    imp.add_argument("--out", default="splits")
+    imp.add_argument("pickle", help="the ooDML split pickle (read with a restricted unpickler, no code runs)")
+    imp.add_argument("--dataset", required=True, help="the registered dataset the pickle splits")
+    imp.add_argument("--version", required=True, help="name to publish the split set under")
+    imp.add_argument("--out", default="splits", help="publish under OUT/<dataset>/<version>/ (default ./splits)")
     imp.set_defaults(func=cmd_splits_import)
 
 
@@ -437,7 +462,7 @@ def _evaluate_with(args: argparse.Namespace, split_set, levels: list[int] | None
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from .models.registry import MODELS
-    from .models.sources import describe_sources
+    from .models.spec_forms import describe_sources
 
     _print_listing(MODELS.listing(args.pattern))
     if args.pattern == "*":
@@ -459,6 +484,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for written in plot_curves(runs, args.out, metric=args.metric):
         print(f"wrote {written}")
     return 0
+
+
+def _checkpoint_times(folder: str) -> dict[str, int]:
+    """``{file name: modification time in ns}`` of the checkpoints in ``folder`` (empty when there is none)."""
+    path = Path(folder)
+    return {p.name: p.stat().st_mtime_ns for p in path.glob("*.pt")} if path.is_dir() else {}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -487,11 +518,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                          pretrained=False if args.random_init else None, weights=args.weights)
     config.resolved()  # the hyper-parameters, before any data is read
     ds = load_dataset(args.dataset, root=args.root, **dict(args.option))
+    before = _checkpoint_times(args.out)
 
     def report(level: int, provenance: dict) -> None:
         fold = provenance.get("reference", {}).get("fold")
         name = f"level{level}.pt" if fold is None else checkpoint_name(level, fold)
-        print(f"level {level}: best val recall@1 {provenance['best_val_recall@1']:.4f} -> {args.out}/{name}")
+        recall = f"best val recall@1 {provenance['best_val_recall@1']:.4f}"
+        if name in before and before[name] == _checkpoint_times(args.out).get(name):  # a rerun: say what was kept
+            print(f"level {level}: kept {args.out}/{name}, trained earlier with this configuration ({recall})")
+        else:
+            print(f"level {level}: {recall} -> {args.out}/{name}")
 
     trainer = train_references if args.reference else train_levels
     trainer(ds, split_set, levels, config, out=args.out, device=args.device, workers=args.workers, report=report)
@@ -522,23 +558,23 @@ def _architecture(text: str) -> str:
 
 
 def _add_train(commands) -> None:
-    from .losses import LOSSES
-    from .models import list_models
-
     p = commands.add_parser("train", help="train a DML model per split level (selected on the val classes)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--root")
+    p.add_argument("--dataset", required=True, help="a registered dataset (see `oodml datasets list`)")
+    p.add_argument("--root", help="dataset directory (default: where `oodml datasets download` puts it)")
     p.add_argument("--splits", help="split set version or manifest directory (default: latest published)")
     p.add_argument("-o", "--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
                    help="dataset adapter option, e.g. -o follow_symlinks=true; repeatable")
     p.add_argument("--level", type=_level_selection, default="all", help="all, 1,3,5 or 2-4")
-    p.add_argument("--loss", choices=sorted(LOSSES), default="multi-similarity")
+    p.add_argument("--loss", choices=_Names(".losses", "LOSSES"), default="multi-similarity", metavar="NAME",
+                   help="metric learning loss: %(choices)s (default multi-similarity)")
     p.add_argument("--sec", type=non_negative_float, metavar="ETA",
                    help="spherical embedding constraint with weight ETA")
     p.add_argument("--l2-reg", type=non_negative_float, metavar="ETA", help="L2 norm regularisation with weight ETA")
     p.add_argument("--arch", type=_architecture, default="glyph-cnn",
-                   help=f"{', '.join(list_models())}, or a model spec as the backbone, e.g. 'timm:resnet18'")
-    p.add_argument("--embed-dim", type=positive_int)
+                   help="a registered architecture (see `oodml models list`; default glyph-cnn) or a model spec "
+                        "as the backbone, e.g. 'timm:resnet18'")
+    p.add_argument("--embed-dim", type=positive_int,
+                   help="embedding size (default: the architecture's, 512 for resnet50, 32 for glyph-cnn)")
     init = p.add_mutually_exclusive_group()
     init.add_argument("--weights", metavar="PATH", help="resnet50's ImageNet weights file to start from (default: "
                       "torchvision's resnet50-0676ba61.pth from the torch hub cache, downloaded once)")
@@ -546,17 +582,23 @@ def _add_train(commands) -> None:
                       help="start resnet50 from random weights instead of ImageNet's, warned about and recorded in "
                            "the checkpoints (glyph-cnn always starts so; a model spec says ?pretrained=false)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--iterations", type=positive_int)
+    group.add_argument("--iterations", type=positive_int,
+                       help="training steps per level (default: the architecture's, 10000 resnet50, 400 glyph-cnn)")
     group.add_argument("--epochs", type=positive_float, help="passes over the level's training images")
-    p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--samples-per-class", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int,
+                   help="images per training batch (default: the architecture's, 112 resnet50, 128 glyph-cnn)")
+    p.add_argument("--samples-per-class", type=positive_int,
+                   help="images of each class in a batch (default: the architecture's, 2 resnet50, 4 glyph-cnn)")
     p.add_argument("--eval-every", type=positive_int, help="iterations between validations (and resumable states)")
-    p.add_argument("--lr", type=positive_float)
-    p.add_argument("--seed", type=random_seed, default=0)
+    p.add_argument("--lr", type=positive_float,
+                   help="learning rate (default: the architecture's, 1e-5 resnet50, 1e-3 glyph-cnn)")
+    p.add_argument("--seed", type=random_seed, default=0,
+                   help="seed of the initial weights and the batch sampling (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast for the forward pass (fp16 with loss scaling, GPU only)")
-    p.add_argument("--workers", type=worker_count, default=0)
+    p.add_argument("--workers", type=worker_count, default=0,
+                   help="image loader processes (default 0: load in the main process)")
     p.add_argument("--reference", action="store_true",
                    help="train each level's in-distribution references instead: the same recipe on the level's test "
                         "classes, 2-fold cross-fitted over their images (writes level<N>-fold<F>.pt)")
@@ -565,9 +607,6 @@ def _add_train(commands) -> None:
 
 
 def _add_evaluate(commands) -> None:
-    from .adapt import ADAPTATIONS
-    from .decode import DECODES
-
     p = commands.add_parser("evaluate", help="score a model on every level of a split set")
     p.add_argument("model", help="registered model ('resnet50': torchvision's ImageNet weights, downloaded once; "
                    "'resnet50?weights=PATH' reads them from PATH; ?pretrained=false for random weights, always "
@@ -577,23 +616,26 @@ def _add_evaluate(commands) -> None:
                    "file (.pt checkpoint / TorchScript, .pt2), or per-level template 'runs/level{level}.pt' / "
                    "directory of level<N>.pt")
     _add_trust_repo(p)
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="a registered dataset (see `oodml datasets list`)")
     p.add_argument("--root", help="dataset directory")
     p.add_argument("--splits", help="split set version or manifest directory (default: latest published)")
     p.add_argument("-o", "--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
                    help="dataset adapter option, e.g. -o follow_symlinks=true; repeatable")
     p.add_argument("--levels", type=_level_selection, default="all", help="all, 1,3,5 or 2-4")
     p.add_argument("--fewshot", type=_int_list, help="shots to evaluate with the manifest's episodes, e.g. 2,5")
-    p.add_argument("--adapt", choices=ADAPTATIONS, nargs="+", default=["prototypes"],
-                   help="few-shot adaptation(s), e.g. --adapt prototypes finetune-last")
+    p.add_argument("--adapt", choices=_Names(".adapt", "ADAPTATIONS"), nargs="+", default=["prototypes"],
+                   metavar="NAME", help="few-shot adaptation(s): %(choices)s (default prototypes), e.g. "
+                   "--adapt prototypes finetune-last")
     p.add_argument("--episodes", type=positive_int, help="use only the first N episodes")
     p.add_argument("--adapt-iterations", type=positive_int,
                    help="fine-tuning iterations (default 1000 2-shot, 1500 5-shot)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--workers", type=worker_count, default=0)
-    p.add_argument("--decode", choices=DECODES, default="loader",
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast for the forward pass (default fp32)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per embedding batch (default 128)")
+    p.add_argument("--workers", type=worker_count, default=0,
+                   help="image loader processes (default 0: load in the main process)")
+    p.add_argument("--decode", choices=_Names(".decode", "DECODES"), default="loader", metavar="WHERE",
                    help="where JPEGs are decoded and images resized: loader (PIL on the workers), device (on the "
                         "GPU), auto (device on CUDA for JPEG datasets)")
     p.add_argument("--no-clustering", action="store_true", help="skip NMI/AMI (k-means)")
@@ -614,12 +656,12 @@ def _add_evaluate(commands) -> None:
     models = commands.add_parser("models", help="registered embedding models")
     sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     lst = sub.add_parser("list", help="registered model names and the model spec forms")
-    lst.add_argument("pattern", nargs="?", default="*")
+    lst.add_argument("pattern", nargs="?", default="*", help="shell-style pattern of the names to list (default *)")
     lst.set_defaults(func=cmd_models_list)
 
     plot = commands.add_parser("plot", help="overlay the degradation curves of several evaluation runs")
     plot.add_argument("results", nargs="+", help="results directories or results.parquet files")
-    plot.add_argument("--metric", default="recall@1")
+    plot.add_argument("--metric", default="recall@1", help="metric of the curves (default recall@1)")
     plot.add_argument("--out", default="curves", help="output prefix (PNG and SVG)")
     plot.set_defaults(func=cmd_plot)
 
@@ -675,16 +717,14 @@ def cmd_leaderboard_build(args: argparse.Namespace) -> int:
 
 
 def _add_leaderboard(commands) -> None:
-    from .adapt import ADAPTATIONS
-
     board = commands.add_parser("leaderboard", help="package, verify and render leaderboard entries")
     sub = board.add_subparsers(dest="action", required=True, metavar="ACTION")
     submit = sub.add_parser("submit", help="package evaluation runs (--save-embeddings) as an entry")
     submit.add_argument("results", nargs="+", help="results folders: the submitted run first, then other seeds")
     submit.add_argument("--name", required=True, help="entry name (folder), e.g. my-method")
     submit.add_argument("--method", help="display name (default: --name)")
-    submit.add_argument("--description")
-    submit.add_argument("--authors", nargs="+")
+    submit.add_argument("--description", help="one paragraph on the method, shown on the board")
+    submit.add_argument("--authors", nargs="+", metavar="NAME", help="author names, e.g. --authors 'A. Lee' 'B. Ng'")
     submit.add_argument("--paper", help="paper URL")
     submit.add_argument("--code", help="code URL")
     submit.add_argument("--training-data", help="what the model was trained on")
@@ -693,8 +733,8 @@ def _add_leaderboard(commands) -> None:
                              "library tag (a1_in1k, laion2b_s34b_b79k), or none when trained from scratch "
                              "(default: what a model spec declares, else not declared)")
     submit.add_argument("--baseline", action="store_true", help="mark as a reference baseline")
-    submit.add_argument("--adapt", nargs="+", choices=ADAPTATIONS, help="few-shot adaptations to include "
-                        "(default: those evaluated)")
+    submit.add_argument("--adapt", nargs="+", choices=_Names(".adapt", "ADAPTATIONS"), metavar="NAME",
+                        help="few-shot adaptations to include: %(choices)s (default: those evaluated)")
     submit.add_argument("--episodes", type=positive_int, help="episodes per shot to score (default: as evaluated)")
     submit.add_argument("--replace", action="store_true", help="overwrite an existing entry of that name")
     submit.set_defaults(func=cmd_leaderboard_submit)
@@ -741,7 +781,8 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="oodml", description="Out-of-distribution benchmark for deep metric learning.")
     parser.add_argument("--version", action=_ShowVersion, help="version, install location and split set search paths")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress (bars on a terminal, one line per stage elsewhere)")
     parser.add_argument("--trust-repo", action="store_true", help=TRUST_REPO_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -756,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(verify)
     verify.set_defaults(func=cmd_datasets_verify)
     download = sub.add_parser("download", help="fetch and checksum-verify the official archives")
-    download.add_argument("name")
+    download.add_argument("name", help="a registered dataset with official archives (see `oodml datasets list`)")
     download.add_argument("--root", required=True, help="directory to download and unpack into")
     download.set_defaults(func=cmd_datasets_download)
     _add_make_splits(commands)
@@ -771,17 +812,24 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"oodml: warning: {message}", file=sys.stderr)
 
 
+def _under_torchrun() -> bool:
+    """Whether torchrun started this process as one of several (``WORLD_SIZE`` > 1); only then is
+    torch.distributed imported, which takes seconds."""
+    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quiet:
         set_quiet(True)
     if args.trust_repo or getattr(args, "trust_repo_after", False):  # model loading reads OODML_TRUST_REPO
         os.environ["OODML_TRUST_REPO"] = "1"
-    from .distributed import init_from_env, is_main_process
+    if _under_torchrun():
+        from .distributed import init_from_env, is_main_process
 
-    if init_from_env() and not is_main_process():  # torchrun: one voice, one writer
-        set_quiet(True)
-        args.quiet, sys.stdout = True, open(os.devnull, "w")  # noqa: SIM115
+        if init_from_env() and not is_main_process():  # torchrun: one voice, one writer
+            set_quiet(True)
+            args.quiet, sys.stdout = True, open(os.devnull, "w")  # noqa: SIM115
     warnings.showwarning = _one_line_warning
     try:
         return args.func(args)

@@ -26,10 +26,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .errors import OodmlError, brief, first_line
-from .progress import is_quiet
+from .progress import stage
 
 TIMEOUT_ENV = "OODML_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT = 60.0  # seconds without progress before a connection or a read gives up
@@ -133,8 +131,7 @@ def _stream(response, out, url: str, timeout: float, *, algorithm: str, who: str
     total = int(response.headers.get("Content-Length") or 0) or None
     digest, received = hashlib.new(algorithm), 0
     read = getattr(response, "read1", response.read)  # what has arrived, so the count is exact when a read fails
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=is_quiet(),
-              dynamic_ncols=True) as bar:
+    with stage(desc, total, unit="B", unit_scale=True, unit_divisor=1024) as bar:
         while True:
             try:
                 block = read(BLOCK)

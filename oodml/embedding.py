@@ -27,7 +27,7 @@ from .datasets import ImageDataset
 from .decode import DeviceBatches, choose_decode
 from .distributed import barrier, local_device_index, rank_world
 from .errors import OodmlError, brief
-from .progress import progress
+from .progress import Stage, stage
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -186,7 +186,7 @@ def _batches(dataset: ImageDataset, indices: list[int], preprocessing: Preproces
 def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preprocessing, *,
           indices: Sequence[int] | None = None, batch_size: int = 128, device: str = "auto",
           precision: str = "fp32", workers: int = 0, desc: str = "embed",
-          model_name: str = "the model", decode: str = "loader") -> np.ndarray:
+          model_name: str = "the model", decode: str = "loader", within: Stage | None = None) -> np.ndarray:
     """Embed images with ``model`` in eval mode.
 
     Args:
@@ -197,12 +197,13 @@ def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preproce
         batch_size, workers: DataLoader settings.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast (GPU only; the CPU runs fp32).
-        desc: the progress bar's label.
+        desc: the progress stage's label (:mod:`oodml.progress`); it counts images.
         model_name: how errors name the model (e.g. the file it was loaded from).
         decode: where images are decoded and resized: ``loader`` (PIL on the workers), ``device``
             (JPEGs decoded and all images resized on ``device``, :mod:`oodml.decode`), or ``auto``
             (``device`` on CUDA for datasets of JPEG files).  The embeddings agree within the
             tolerances stated there.
+        within: a stage to count the images on instead of one of its own (one bar across cache shards).
 
     Returns:
         float32 array (len(indices), d).
@@ -221,26 +222,39 @@ def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preproce
         model = model.to(memory_format=torch.channels_last)
     autocast = PRECISIONS[precision] if dev.type == "cuda" else None
     out = []
-    for batch in progress(loader, desc, total=len(loader), unit="batch"):
-        batch = batch.to(dev, non_blocking=True)
-        if dev.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        try:
-            with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
-                result = model(batch)
-        except torch.cuda.OutOfMemoryError:
-            raise OodmlError(f"out of GPU memory embedding a batch of {batch.shape[0]} images; lower "
-                             "--batch-size") from None
-        except Exception as exc:  # a foreign model can fail in any way: one line, no traceback
-            raise OodmlError(f"{model_name} raised {type(exc).__name__} on a batch of shape "
-                             f"{tuple(batch.shape)}: {_model_error(exc)}") from None
-        problem = embedding_batch_problem(result, batch.shape[0], out[0].shape[1] if out else None)
-        if problem:
-            raise OodmlError(f"{model_name} {problem}")
-        out.append(result.float().cpu().numpy())
+    with stage(desc, total=len(indices), unit="img", within=within) as counted:
+        for batch in loader:
+            out.append(_embed_batch(model, batch, dev, autocast, model_name, out[0].shape[1] if out else None))
+            counted.update(len(batch))
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _embed_batch(model: torch.nn.Module, batch: torch.Tensor, dev: torch.device, autocast: torch.dtype | None,
+                 model_name: str, width: int | None) -> np.ndarray:
+    """One batch's float32 (B, d) embeddings; ``width``: the earlier batches' d (None for the first).
+
+    Raises:
+        OodmlError: out of GPU memory, the model raised, or its output is not valid
+            (:func:`embedding_batch_problem`).
+    """
+    batch = batch.to(dev, non_blocking=True)
+    if dev.type == "cuda":
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+            result = model(batch)
+    except torch.cuda.OutOfMemoryError:
+        raise OodmlError(f"out of GPU memory embedding a batch of {batch.shape[0]} images; lower "
+                         "--batch-size") from None
+    except Exception as exc:  # a foreign model can fail in any way: one line, no traceback
+        raise OodmlError(f"{model_name} raised {type(exc).__name__} on a batch of shape "
+                         f"{tuple(batch.shape)}: {_model_error(exc)}") from None
+    problem = embedding_batch_problem(result, batch.shape[0], width)
+    if problem:
+        raise OodmlError(f"{model_name} {problem}")
+    return result.float().cpu().numpy()
 
 
 def embedding_batch_problem(result: object, images: int, width: int | None) -> str | None:
@@ -385,13 +399,17 @@ def embed_cached(dataset: ImageDataset, model: torch.nn.Module, preprocessing: P
         remove_stale_temporaries(directory)
     cached = read_shards(directory)
     barrier()  # everyone has seen the same cache before anyone adds to it
-    missing = [i for i in dict.fromkeys(indices) if dataset.sample_ids[i] not in cached]
-    blocks = [missing[start:start + shard_size] for start in range(0, len(missing), shard_size)]
-    for block in blocks[rank::world]:
-        values = embed(dataset, model, preprocessing, indices=block, **embed_options)
-        ids = [dataset.sample_ids[i] for i in block]
-        write_shard(directory, ids, values)
-        cached.update(zip(ids, values, strict=True))
+    wanted = list(dict.fromkeys(indices))
+    missing = [i for i in wanted if dataset.sample_ids[i] not in cached]
+    blocks = [missing[start:start + shard_size] for start in range(0, len(missing), shard_size)][rank::world]
+    # one stage across the shards (each is a resume unit, not a stage of its own), saying what was kept
+    with stage(embed_options.pop("desc", "embed"), total=sum(map(len, blocks)), unit="img") as counted:
+        counted.set_postfix_str(f"{len(wanted) - len(missing)} of {len(wanted)} read from the cache", refresh=False)
+        for block in blocks:
+            values = embed(dataset, model, preprocessing, indices=block, within=counted, **embed_options)
+            ids = [dataset.sample_ids[i] for i in block]
+            write_shard(directory, ids, values)
+            cached.update(zip(ids, values, strict=True))
     if world > 1:
         barrier()
         cached = read_shards(directory)

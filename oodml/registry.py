@@ -19,6 +19,7 @@ import fnmatch
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar, overload
 
@@ -53,7 +54,25 @@ class Registry(Generic[T]):
         self.kind = kind
         self.group = entry_points
         self._entries: dict[str, Entry[T]] = {}
+        self._deferred: dict[str, tuple[str, str]] = {}  # name -> ("module:attribute", description)
         self._plugins_loaded = entry_points is None
+
+    def defer(self, name: str, target: str, *, description: str) -> None:
+        """Register ``name`` as ``target`` (``"package.module:attribute"``) without importing it yet.
+
+        Listing the names (:meth:`names`, :meth:`listing`, ``in``) shows it with ``description`` and imports
+        nothing, so ``oodml models list`` does not wait for torch; the first lookup of any name imports the
+        deferred modules (whose decorators may register the names themselves, as ``@register_model`` does).
+        """
+        self._deferred[name] = (target, description)
+
+    def _load_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, {}
+        for name, (target, description) in deferred.items():
+            module, _, attribute = target.partition(":")
+            loaded = import_module(module)
+            if name not in self._entries:  # the module's own registration, if any, stands
+                self.register(name, getattr(loaded, attribute), description=description)
 
     @overload
     def register(self, name: str, value: T, *, description: str = "") -> T: ...
@@ -72,6 +91,11 @@ class Registry(Generic[T]):
         def add(obj: T) -> T:
             if not isinstance(name, str) or not name:
                 raise OodmlError(f"a {self.kind} needs a non-empty string name, got {name!r}")
+            if name in self._deferred:
+                if getattr(obj, "__module__", None) == self._deferred[name][0].partition(":")[0]:
+                    del self._deferred[name]  # the deferred module registering its own, as it loads
+                else:  # the built-in first, so that this replaces it (with a warning)
+                    self._load_deferred()
             if name in self._entries and self._entries[name].value is not obj:
                 warnings.warn(f"{self.kind} {name!r} was already registered; replacing it", stacklevel=3)
             own = getattr(obj, "description", None)
@@ -105,6 +129,7 @@ class Registry(Generic[T]):
             OodmlError: ``unknown <kind> 'x'; did you mean ...?`` (or the known names when none is close).
         """
         self._load_plugins()
+        self._load_deferred()
         try:
             return self._entries[name]
         except (KeyError, TypeError):
@@ -128,27 +153,28 @@ class Registry(Generic[T]):
         self.register(name, value)
 
     def __delitem__(self, name: str) -> None:
+        self._load_deferred()
         del self._entries[name]
 
     def __contains__(self, name: object) -> bool:
         self._load_plugins()
-        return isinstance(name, str) and name in self._entries
+        return isinstance(name, str) and (name in self._entries or name in self._deferred)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        self._load_plugins()
-        return len(self._entries)
+        return len(self.names())
 
     def names(self, pattern: str = "*") -> list[str]:
-        """Registered names matching a shell-style ``pattern``, sorted."""
+        """Registered names matching a shell-style ``pattern``, sorted (deferred ones included, not imported)."""
         self._load_plugins()
-        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+        return sorted(n for n in {*self._entries, *self._deferred} if fnmatch.fnmatch(n, pattern))
 
     def listing(self, pattern: str = "*") -> list[tuple[str, str]]:
         """``(name, description)`` for every name matching ``pattern``, sorted: what ``list`` commands print."""
-        return [(n, self._entries[n].description) for n in self.names(pattern)]
+        return [(n, self._entries[n].description if n in self._entries else self._deferred[n][1])
+                for n in self.names(pattern)]
 
     def __repr__(self) -> str:
-        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+        return f"Registry({self.kind!r}, {len(self._entries) + len(self._deferred)} entries)"

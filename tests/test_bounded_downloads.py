@@ -17,6 +17,7 @@ from fixtures import build_imagefolder
 from local_server import closed_port_url, serving
 
 import oodml.download
+import oodml.progress
 from oodml import OodmlError
 from oodml.cli import main
 from oodml.datasets import Download, download_dataset, register_dataset
@@ -210,12 +211,11 @@ def test_ctrl_c_midway_removes_the_partial_file(server, checkpoints, monkeypatch
     server.files[f"/{WEIGHTS_FILE}"] = WEIGHTS
     seen = []
 
-    class InterruptedBar(oodml.download.tqdm):
-        def update(self, n=1):
-            seen.extend(p.name for p in checkpoints.glob("*.partial"))
-            raise KeyboardInterrupt
+    def interrupted(stage, n=1):
+        seen.extend(p.name for p in checkpoints.glob("*.partial"))
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(oodml.download, "tqdm", InterruptedBar)
+    monkeypatch.setattr(oodml.progress.Stage, "update", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fetch_weights(WEIGHTS_FILE, owner="test", base_url=server.url)
     assert len(seen) == 1 and seen[0].startswith(f"{WEIGHTS_FILE}.")   # it was there, midway

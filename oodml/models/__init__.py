@@ -7,11 +7,28 @@
 >>> loaded.module, loaded.preprocessing, loaded.digest, loaded.provenance
 """
 
-from . import zoo  # noqa: F401  (registration)
-from .base import EmbeddingModel
-from .digest import model_digest
-from .io import LoadedModel, load_model, save
-from .registry import create_model, list_models, register_model
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names below load on first use (see __getattr__); these imports are for type checkers
+    from .base import EmbeddingModel
+    from .digest import model_digest
+    from .io import LoadedModel, load_model, save
+    from .registry import create_model, list_models, register_model
+
+#: public name -> the submodule defining it, imported on first use: all but the registry import torch, which
+#: `oodml models list` does without (the built-in architectures register lazily, see registry.MODELS).
+_LAZY = {"EmbeddingModel": "base", "model_digest": "digest", "LoadedModel": "io", "load_model": "io", "save": "io",
+         "create_model": "registry", "list_models": "registry", "register_model": "registry"}
 
 __all__ = ["EmbeddingModel", "LoadedModel", "create_model", "list_models", "load_model", "model_digest",
            "register_model", "save"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # looked up once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

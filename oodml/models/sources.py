@@ -50,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import importlib.util
 import os
 import re
 import sys
@@ -64,6 +63,7 @@ import torch
 from ..embedding import IMAGENET, Preprocessing
 from ..errors import OodmlError, brief, first_line
 from .identity import warn_random_weights, weights_record
+from .spec_forms import SPEC_FORMS
 
 COMMON_OPTIONS = ("pretrained", "seed")
 
@@ -452,8 +452,7 @@ def _build_timm(spec: ModelSpec, timm) -> tuple[torch.nn.Module, Preprocessing, 
     return model, _timm_preprocessing(config), pretraining
 
 
-register_source(Source("timm", "timm:NAME", "timm", "timm", "timm.create_model(NAME, num_classes=0): pooled features",
-                       None, _build_timm))
+register_source(Source(*SPEC_FORMS["timm"], None, _build_timm))
 
 
 # --- OpenCLIP -----------------------------------------------------------------------------------------
@@ -488,9 +487,7 @@ def _build_open_clip(spec: ModelSpec, open_clip) -> tuple[torch.nn.Module, Prepr
     return model.visual, _open_clip_preprocessing(open_clip.get_model_preprocess_cfg(model)), tag
 
 
-register_source(Source("open_clip", "open_clip:ARCH/PRETRAINED", "open_clip", "clip",
-                       "the image tower of open_clip.create_model_and_transforms(ARCH, PRETRAINED)", (),
-                       _build_open_clip))
+register_source(Source(*SPEC_FORMS["open_clip"], (), _build_open_clip))
 
 
 # --- Hugging Face transformers --------------------------------------------------------------------------
@@ -591,8 +588,7 @@ def _build_hf(spec: ModelSpec, transformers) -> tuple[torch.nn.Module, Preproces
     return module, _hf_preprocessing(processor), HF_PRETRAINING.get(spec.name.split("-")[0])
 
 
-register_source(Source("hf", "hf:ORG/NAME[@REVISION]", "transformers", "hf",
-                       "transformers AutoModel + AutoImageProcessor; ?pool=cls|mean", ("pool",), _build_hf))
+register_source(Source(*SPEC_FORMS["hf"], ("pool",), _build_hf))
 
 
 # --- torch hub --------------------------------------------------------------------------------------------
@@ -691,10 +687,7 @@ def _trusted_without_listing():
         hub._check_repo_is_trusted = check
 
 
-register_source(Source("torchhub", "torchhub:REPO:ENTRY", "torch", "all",
-                       "torch.hub.load(REPO, ENTRY); REPO is owner/name[@ref], or ./FOLDER (./, ../, / or ~) "
-                       "holding a hubconf.py; GitHub code runs only with your agreement (--trust-repo)", (),
-                       _build_torchhub))
+register_source(Source(*SPEC_FORMS["torchhub"], (), _build_torchhub))
 
 
 def declared_training_on(pretraining: str | None, dataset: str) -> bool:
@@ -704,15 +697,5 @@ def declared_training_on(pretraining: str | None, dataset: str) -> bool:
     tokens = set(re.split(r"[^a-z0-9]+", pretraining.lower()))
     name = dataset.lower()
     return name in tokens or re.sub(r"[0-9]+$", "", name) in tokens - {""}
-
-
-def describe_sources() -> list[tuple[str, str, str]]:
-    """``(grammar, description, install state)`` per source, for ``oodml models list``."""
-    rows = []
-    for source in SOURCES.values():
-        installed = importlib.util.find_spec(source.library) is not None
-        state = "installed" if installed else f"pip install 'oodml[{source.extra}]'"
-        rows.append((source.grammar, source.description, state))
-    return rows
 
 

@@ -27,12 +27,20 @@ def search_line(metadata: dict) -> str | None:
             "oodml": "search: the ooDML swap procedure from the default split"}.get(metadata.get("algorithm"))
 
 
+def searched_with(metadata: dict) -> str:
+    """The search that ran: ``exhaustive`` when ``--algorithm greedy`` could score every balanced split (its
+    metadata keeps the option given, ``greedy``, and says ``search.method: exhaustive``), else the algorithm."""
+    if (metadata.get("search") or {}).get("method") == "exhaustive":
+        return "exhaustive"
+    return metadata.get("algorithm", "?")
+
+
 def format_levels(split_set: SplitSet) -> str:
     """A plain-text table: one row per level with distance, CI, kind, class and image counts."""
     meta = split_set.metadata
     head = [f"{split_set.dataset}@{split_set.version}  digest {split_set.digest[:16]}  "
             f"{meta.get('distance', '?')} on {meta.get('mode', '?')} {meta.get('extractor', '?')} features, "
-            f"algorithm {meta.get('algorithm', '?')}"]
+            f"algorithm {searched_with(meta)}"]
     if search_line(meta):
         head.append(search_line(meta))
     if meta.get("default_distance") is not None:
