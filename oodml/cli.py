@@ -751,7 +751,7 @@ def _add_leaderboard(commands) -> None:
 def version_report() -> str:
     """What ``oodml --version`` prints: the version, where oodml is installed and where split sets are
     looked for, in search order."""
-    from .splits.manifest import split_locations
+    from .splits.locations import split_locations
 
     lines = [f"oodml {__version__}", f"installed at {Path(__file__).resolve().parent}",
              "split sets, first match wins:"]

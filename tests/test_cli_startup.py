@@ -253,3 +253,15 @@ def test_the_search_printed_is_the_one_that_ran():
     assert searched_with({"algorithm": "greedy", "search": {"method": "greedy"}}) == "greedy"
     assert searched_with({"algorithm": "oodml (imported)"}) == "oodml (imported)"
     assert "features, algorithm greedy\n" in format_levels(load("glyphs", "v1"))   # 20+ classes: swaps ran
+
+
+def test_the_lazy_split_package_keeps_its_functions_named_like_its_modules():
+    """``oodml.splits.compare`` and ``.audit`` are functions, also after their submodules have loaded."""
+    import importlib
+
+    importlib.import_module("oodml.splits.compare")
+    importlib.import_module("oodml.splits.audit")
+    from oodml.splits import audit, compare, load
+
+    assert callable(compare) and callable(audit)
+    assert compare(load("glyphs", "v1"), load("glyphs", "v1")).reproduces

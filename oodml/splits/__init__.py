@@ -9,6 +9,8 @@
 >>> splits.audit(s, ["pixels"], pretraining="imagenet-1k")        # levels under other features; overlap
 """
 
+import sys
+import types
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the names below load on first use (see __getattr__); these imports are for type checkers
@@ -44,7 +46,6 @@ __all__ = ["ALGORITHMS", "Audit", "Episode", "Level", "SplitComparison", "SplitC
            "verify_split_sets", "write_split_set"]
 
 
-
 def __getattr__(name: str):
     if name in _LAZY:
         from importlib import import_module
@@ -53,3 +54,16 @@ def __getattr__(name: str):
         globals()[name] = value  # looked up once
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """This package, whose ``compare`` and ``audit`` stay the functions once their submodules (of the same
+    names) load: importing a submodule sets it as an attribute of its package, which would hide them."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

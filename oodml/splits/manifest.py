@@ -59,12 +59,12 @@ import pyarrow.parquet as pq
 from .._fs import atomic_path, claim, file_digest
 from ..errors import OodmlError, brief
 from .levels import LEVEL_KINDS, Episode, Level
+from .locations import CHECKSUMS, SplitLocation, search_paths, split_locations
 
 SCHEMA_VERSION = 2
 SCHEMA_VERSIONS = (1, 2)  # the digest rules this oodml can verify
 TABLES = ("levels", "classes", "episodes")
 FILES = ("metadata.json", "levels.parquet", "classes.parquet", "episodes.parquet")
-CHECKSUMS = "checksums.json"
 #: A folder beside the manifest files for audits of the split set; not part of the manifest or its digest.
 AUDITS = "audits"
 VOLATILE_METADATA = ("created_at", "oodml_version")
@@ -465,20 +465,6 @@ def check_levels(levels: tuple[Level, ...], where: str) -> None:
 
 
 @dataclass(frozen=True)
-class SplitLocation:
-    """A directory searched for published split sets.
-
-    Attributes:
-        source: why it is searched: ``"$OODML_SPLITS"``, ``"project"`` (``./splits`` of the current
-            directory) or ``"installed"`` (the split sets that came with oodml).
-        path: the directory, holding ``<dataset>/<version>/``.
-    """
-
-    source: str
-    path: Path
-
-
-@dataclass(frozen=True)
 class PublishedSplitSet:
     """Where one published split set was found: ``dataset@version`` at ``path``, from ``location``."""
 
@@ -486,44 +472,6 @@ class PublishedSplitSet:
     version: str
     path: Path
     location: SplitLocation
-
-
-def installed_splits() -> Path | None:
-    """The split sets that came with oodml: ``oodml/_splits`` in a wheel (copied there from the top-level
-    ``splits/`` at build time), the checkout's ``splits/`` in an editable install; None if neither exists."""
-    package = Path(__file__).resolve().parents[1]
-    if (package / "_splits").is_dir():
-        return package / "_splits"
-    checkout = package.parent
-    if (checkout / "pyproject.toml").is_file() and (checkout / "splits").is_dir():
-        return checkout / "splits"
-    return None
-
-
-def holds_split_sets(path: Path) -> bool:
-    """Whether ``path`` has at least one ``<dataset>/<version>/checksums.json``."""
-    return path.is_dir() and any(path.glob(f"*/*/{CHECKSUMS}"))
-
-
-def split_locations() -> list[SplitLocation]:
-    """Where published split sets are looked for, first match winning: ``$OODML_SPLITS``
-    (os.pathsep-separated), then ``./splits`` of the current directory if it holds split sets, then the
-    installed ones.  A directory reached twice is listed once, under its first source."""
-    env = [SplitLocation("$OODML_SPLITS", Path(p)) for p in os.environ.get("OODML_SPLITS", "").split(os.pathsep)
-           if p]
-    project = Path.cwd() / "splits"
-    installed = installed_splits()
-    candidates = [*env, *([SplitLocation("project", project)] if holds_split_sets(project) else []),
-                  *([SplitLocation("installed", installed)] if installed is not None else [])]
-    unique: dict[Path, SplitLocation] = {}
-    for location in candidates:
-        unique.setdefault(location.path.resolve(), location)
-    return list(unique.values())
-
-
-def search_paths() -> list[Path]:
-    """The directories of :func:`split_locations`, in search order."""
-    return [location.path for location in split_locations()]
 
 
 def _all_copies(dataset: str | None = None) -> list[PublishedSplitSet]:
