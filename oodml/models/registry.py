@@ -24,7 +24,7 @@ MODELS: Registry[Factory] = Registry("model", entry_points="oodml.models")
 # The built-ins (oodml.models.zoo) import torch on first lookup, so `oodml models list` needs none; the
 # descriptions are the factories' first docstring lines (tests/test_cli_startup.py holds them equal).
 MODELS.defer("glyph-cnn", "oodml.models.zoo:glyph_cnn", description="A 6-layer CNN for 32x32 inputs (about 0.1 M "
-             "parameters): a glyphs level trains in a minute on 2 CPU cores.")
+             "parameters), small enough to train on glyphs on a CPU.")
 MODELS.defer("resnet50", "oodml.models.zoo:resnet50", description="ooDML's: ImageNet ResNet-50 (frozen batch "
              "norm, average pooling), a linear layer, L2 normalisation.")
 

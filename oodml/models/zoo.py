@@ -86,7 +86,7 @@ def _block(cin: int, cout: int) -> torch.nn.Sequential:
 
 @register_model("glyph-cnn")
 def glyph_cnn(embed_dim: int = 64, width: int = 16, seed: int = 0) -> EmbeddingModel:
-    """A 6-layer CNN for 32x32 inputs (about 0.1 M parameters): a glyphs level trains in a minute on 2 CPU cores.
+    """A 6-layer CNN for 32x32 inputs (about 0.1 M parameters), small enough to train on glyphs on a CPU.
 
     Initialised from ``seed`` without touching the global random state.
     """
