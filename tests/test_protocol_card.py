@@ -66,3 +66,19 @@ def test_summary_json_carries_the_card(glyphs, split_set, tmp_path):
     assert card["preprocessing"]["resize"] == 32 and card["preprocessing"]["interpolation"] == "bilinear"
     assert list(card["classes"]) == ["8"] and card["clustering"] is None
     assert card["metrics_version"] == METRICS_VERSION
+
+
+def test_per_level_checkpoints_record_each_ones_preprocessing(glyphs, split_set, tmp_path):
+    from oodml.models import create_model, save
+
+    for level, interpolation in ((1, "bilinear"), (2, "bicubic")):
+        model = create_model("glyph-cnn", embed_dim=8, seed=level)
+        model.preprocessing = Preprocessing(resize=32, crop=32, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                            interpolation=interpolation)
+        save(model, tmp_path / f"level{level}.pt")
+    results = evaluate(str(tmp_path / "level{level}.pt"), glyphs, split_set, levels=[1, 2], clustering=False,
+                       device="cpu")
+    card = results.meta["protocol_card"]
+    assert card["protocol"] == "per-level"
+    assert {k: r["interpolation"] for k, r in card["preprocessing"]["levels"].items()} == {"1": "bilinear",
+                                                                                        "2": "bicubic"}
