@@ -62,6 +62,10 @@ def published_hash_prefix(file_name: str) -> str:
     return match.group(1)
 
 
+#: how to name a weights file already on disk, on every command that can build resnet50
+_LOCAL_COPY = "name a local copy (--weights PATH for train and make-splits, 'resnet50?weights=PATH' as a model)"
+
+
 def fetch_weights(file_name: str, *, owner: str, base_url: str | None = None) -> Path:
     """The verified local copy of a published weight file, downloaded into the torch hub cache if absent.
 
@@ -75,7 +79,7 @@ def fetch_weights(file_name: str, *, owner: str, base_url: str | None = None) ->
 
     Raises:
         OodmlError: the download failed or waited ``$OODML_DOWNLOAD_TIMEOUT`` seconds in vain (the message
-            names the URL, the path to put the file at by hand, and ``--weights PATH``), its sha256 does not
+            names the URL, the path to put the file at by hand, and how to name a local copy), its sha256 does not
             match the name, or the cache cannot be written.
     """
     path = cached_weights_path(file_name)
@@ -85,8 +89,8 @@ def fetch_weights(file_name: str, *, owner: str, base_url: str | None = None) ->
     if not is_quiet():
         print(f"{owner}: downloading {url} to {path}", file=sys.stderr)
     return download_file(url, path, algorithm="sha256", expected=expected, who=owner,
-                         by_hand=f"fetch it on a machine that can and put it at {path}, or pass --weights PATH",
-                         unwritable="set TORCH_HOME to a writable folder, or pass --weights PATH",
+                         by_hand=f"fetch it on a machine that can and put it at {path}, or {_LOCAL_COPY}",
+                         unwritable=f"set TORCH_HOME to a writable folder, or {_LOCAL_COPY}",
                          desc=f"download {file_name}")
 
 

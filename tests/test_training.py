@@ -87,7 +87,7 @@ def test_offline_resnet50_training_says_where_the_weights_go(tmp_path, capsys):
     assert main(["train", "--dataset", "glyphs", "--splits", "v1", "--level", "1", "--arch", "resnet50",
                  "--iterations", "1", "--device", "cpu", "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "resnet50-0676ba61.pth" in err and "or pass --weights PATH" in err and "Traceback" not in err
+    assert "resnet50-0676ba61.pth" in err and "or name a local copy (--weights PATH" in err and "Traceback" not in err
 
 
 def test_cli_trains_by_epochs(glyphs, tmp_path, capsys):

@@ -72,7 +72,7 @@ def test_a_file_failing_its_hash_is_refused_and_nothing_is_left(server, checkpoi
     message = str(refused.value)
     assert "\n" not in message
     assert f"test: {problem.format(url=server.url + name)}" in message
-    assert f"put it at {checkpoints / name}, or pass --weights PATH" in message
+    assert f"put it at {checkpoints / name}, or name a local copy (--weights PATH" in message
     assert list(checkpoints.iterdir()) == []             # no file, no .partial
 
 
@@ -84,7 +84,8 @@ def test_offline_the_one_line_message_names_the_url_and_the_path(checkpoints):
     assert "\n" not in message
     assert message.startswith(f"resnet50: cannot download {url}{RESNET50_FILE} (")
     assert message.endswith(f"if this machine is offline, fetch it on a machine that can and put it at "
-                            f"{checkpoints / RESNET50_FILE}, or pass --weights PATH")
+                            f"{checkpoints / RESNET50_FILE}, or name a local copy (--weights PATH for train and make-splits, "
+                            "'resnet50?weights=PATH' as a model)")
     assert not checkpoints.exists()                      # nothing created before the server answers
 
 
@@ -130,7 +131,7 @@ def test_make_splits_offline_says_where_to_put_the_weights(checkpoints, tmp_path
     monkeypatch.setenv(URL_ENV, url)
     line = make_splits_error(tmp_path)
     assert line.startswith(f"oodml: error: resnet50: cannot download {url}{RESNET50_FILE} (")
-    assert f"put it at {checkpoints / RESNET50_FILE}, or pass --weights PATH" in line
+    assert f"put it at {checkpoints / RESNET50_FILE}, or name a local copy (--weights PATH" in line
     assert not checkpoints.exists() and not (tmp_path / "splits").exists()
 
 
