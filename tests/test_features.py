@@ -42,7 +42,8 @@ def test_resnet50_offline_error_names_the_file_and_place(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("OODML_WEIGHTS_URL", closed_port_url())  # as offline; downloads: test_weights_download.py
     with pytest.raises(OodmlError, match=r"cannot download http://127.0.0.1:\d+/resnet50-0676ba61.pth .*put it at "
-                                         r".*torch/hub/checkpoints/resnet50-0676ba61.pth, or name a local copy \(--weights PATH"):
+                                         r".*torch/hub/checkpoints/resnet50-0676ba61.pth, or name a local "
+                                         r"copy \(--weights PATH"):
         get_extractor("resnet50")
 
 

@@ -84,8 +84,8 @@ def test_offline_the_one_line_message_names_the_url_and_the_path(checkpoints):
     assert "\n" not in message
     assert message.startswith(f"resnet50: cannot download {url}{RESNET50_FILE} (")
     assert message.endswith(f"if this machine is offline, fetch it on a machine that can and put it at "
-                            f"{checkpoints / RESNET50_FILE}, or name a local copy (--weights PATH for train and make-splits, "
-                            "'resnet50?weights=PATH' as a model)")
+                            f"{checkpoints / RESNET50_FILE}, or name a local copy (--weights PATH for train and "
+                            "make-splits, 'resnet50?weights=PATH' as a model)")
     assert not checkpoints.exists()                      # nothing created before the server answers
 
 
