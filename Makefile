@@ -32,8 +32,9 @@ $(DEMO_RUN)/level8.pt: $(STAMP)
 	$(BIN)/oodml train --dataset glyphs --splits v1 --level all --loss multi-similarity \
 		--iterations 100 --out $(DEMO_RUN)
 
+# One worker per core, each test file whole on one worker (its module fixtures are built once).
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The leaderboard page is tested in a real headless browser: install Debian's chromium when missing.
 browser:
