@@ -19,6 +19,7 @@ Heavy modules load on first use, so ``import oodml`` stays fast.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._lazy import lazy_attributes
 from .errors import OodmlError
 
 try:
@@ -32,9 +33,4 @@ __all__ = ["OodmlError", "TrainConfig", "__version__", "evaluate", "train"]
 _LAZY = {"evaluate": "evaluation", "train": "training", "TrainConfig": "training"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'oodml' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -9,6 +9,8 @@
 
 from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
+
 if TYPE_CHECKING:  # the names below load on first use (see __getattr__); these imports are for type checkers
     from .base import EmbeddingModel
     from .digest import model_digest
@@ -24,11 +26,4 @@ __all__ = ["EmbeddingModel", "LoadedModel", "create_model", "list_models", "load
            "register_model", "save"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value  # looked up once
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())  # each name looked up once

@@ -13,6 +13,8 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
+
 if TYPE_CHECKING:  # the names below load on first use (see __getattr__); these imports are for type checkers
     from .audit import Audit, audit
     from .build import ALGORITHMS, SplitConfig, build_levels
@@ -46,14 +48,7 @@ __all__ = ["ALGORITHMS", "Audit", "Episode", "Level", "SplitComparison", "SplitC
            "verify_split_sets", "write_split_set"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value  # looked up once
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())  # each name looked up once
 
 
 class _Package(types.ModuleType):
