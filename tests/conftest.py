@@ -55,3 +55,12 @@ def leaderboard_entry(glyphs, tmp_path_factory):
     results.save(base / "results")
     return submit([base / "results"], name="tiny", description="untrained 8-d CNN", authors=["tests"],
                   training_data="none", root=base / "leaderboard")
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server on 127.0.0.1 (tests/local_server.py), started for the test and stopped after it."""
+    from local_server import serving
+
+    with serving() as s:
+        yield s

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fixtures import build_imagefolder
-from local_server import closed_port_url, serving
+from local_server import closed_port_url
 
 import oodml.download
 import oodml.progress
@@ -29,12 +29,6 @@ from oodml.weights import RESNET50_FILE, URL_ENV, fetch_weights
 WEIGHTS = b"sixteen bytes.. " * 1024                     # 16 KiB: the stalling server sends the first 1 KiB
 WEIGHTS_FILE = f"fake-{hashlib.sha256(WEIGHTS).hexdigest()[:8]}.pth"
 ARCHIVE_MD5 = hashlib.md5(WEIGHTS).hexdigest()
-
-
-@pytest.fixture
-def server():
-    with serving() as s:
-        yield s
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 from fixtures import build_cub
-from local_server import closed_port_url, serving
+from local_server import closed_port_url
 
 import oodml.progress
 from oodml import OodmlError
@@ -25,12 +25,6 @@ def archive(tmp_path):
     with tarfile.open(path, "w:gz") as t:
         t.add(src / "CUB_200_2011", arcname="CUB_200_2011")
     return path.read_bytes(), hashlib.md5(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def server():
-    with serving() as s:
-        yield s
 
 
 @pytest.fixture

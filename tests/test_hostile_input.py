@@ -5,8 +5,6 @@ Most commands here fail on purpose before loading a model or data (`no-such-mode
 set), so that an argument that is wrongly accepted shows up as the wrong error message, cheaply.
 """
 
-import contextlib
-import io
 import math
 import os
 import struct
@@ -15,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import one_line_error, run
 from fixtures import build_cub, build_imagefolder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oodml import OodmlError
-from oodml.cli import main
 from oodml.datasets import load_dataset
 from oodml.evaluation import Results, evaluate, level_ranges, parse_levels
 from oodml.splits import read_split_set
@@ -29,24 +27,6 @@ from oodml.training import TrainConfig
 SPLITS = Path(__file__).resolve().parents[1] / "splits" / "glyphs" / "v1"
 FUZZ = settings(max_examples=40, derandomize=True, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def run(*argv: str) -> tuple[int, list[str]]:
-    """``oodml -q ARGV`` in this process: (exit status, stderr lines); argparse's SystemExit becomes a status."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(["-q", *argv])
-        except SystemExit as exc:
-            code = exc.code
-    return code, err.getvalue().splitlines()
-
-
-def one_line_error(code: int, lines: list[str]) -> str:
-    """The single line a failed command prints (usage errors too: no usage block, a pointer to --help)."""
-    assert code == 2, lines
-    assert len(lines) == 1 and lines[0].startswith("oodml: error: "), lines
-    return lines[0]
 
 
 def evaluate_argv(*extra: str, model: str = "no-such-model", splits: str = "v1") -> list[str]:

@@ -5,16 +5,14 @@ computed, but it no longer measures the shift alone)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import warnings
 from pathlib import Path
 
 import pytest
+from cli_run import one_line_error, run
 from fixtures import build_imagefolder
 
-from oodml.cli import main
 from oodml.datasets import load_dataset
 from oodml.errors import OodmlError
 from oodml.evaluation import evaluate, expand_level_template
@@ -23,23 +21,6 @@ from oodml.reference import _ids_digest, architecture_of, architecture_warning, 
 from oodml.splits import resolve
 
 LEVEL = 8   # glyphs@v1's smallest level: 132 test classes x 32 images
-
-
-def run(*argv: str) -> tuple[int, list[str]]:
-    """``oodml -q ARGV`` in this process: (exit status, stderr lines)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(["-q", *argv])
-        except SystemExit as exc:
-            code = exc.code
-    return code, err.getvalue().splitlines()
-
-
-def one_line_error(code: int, lines: list[str]) -> str:
-    assert code == 2, lines
-    assert len(lines) == 1 and lines[0].startswith("oodml: error: "), lines
-    return lines[0]
 
 
 # --- names that are not UTF-8 --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import io
 
 import pytest
 from fixtures import build_imagefolder
-from local_server import closed_port_url, serving
+from local_server import closed_port_url
 
 import oodml.progress
 from oodml import OodmlError
@@ -22,12 +22,6 @@ FAKE = b"not really weights, but bytes with a known sha256" * 100
 def published_name(data: bytes, stem: str = "fake") -> str:
     """A torchvision-style file name carrying the sha256 prefix of ``data``."""
     return f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
-
-
-@pytest.fixture
-def server():
-    with serving() as s:
-        yield s
 
 
 @pytest.fixture
