@@ -462,7 +462,7 @@ def _evaluate_with(args: argparse.Namespace, split_set, levels: list[int] | None
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from .models.registry import MODELS
-    from .models.spec_forms import describe_sources
+    from .models.sources import describe_sources
 
     _print_listing(MODELS.listing(args.pattern))
     if args.pattern == "*":

@@ -53,7 +53,7 @@ def split_options(text: str) -> tuple[str, dict]:
     Raises:
         OodmlError: an option not written ``key=value``, or one given twice.
     """
-    from .sources import _option_value
+    from .sources import option_value
 
     name, sep, raw = text.partition("?")
     options: dict = {}
@@ -64,7 +64,7 @@ def split_options(text: str) -> tuple[str, dict]:
                              "(e.g. resnet50?pretrained=false)")
         if key.strip() in options:
             raise OodmlError(f"model {text!r}: option {key.strip()!r} is given twice; give it once")
-        options[key.strip()] = _option_value(value.strip())
+        options[key.strip()] = option_value(value.strip())
     return name, options
 
 

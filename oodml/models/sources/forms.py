@@ -1,7 +1,7 @@
 """The forms a model spec takes (``timm:NAME``, ``hf:ORG/NAME``, ...), as a plain table without torch.
 
-:mod:`oodml.models.sources` builds each form's loader on this table; ``oodml models list`` prints it from here
-and so starts without importing torch.
+:data:`oodml.models.sources.SOURCES` registers each form, its loader deferred to the library's own module;
+``oodml models list`` prints the table from here and so starts without importing torch.
 """
 
 from __future__ import annotations
