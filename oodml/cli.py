@@ -517,6 +517,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          regulariser=regulariser, eta=eta, precision=args.precision, seed=args.seed,
                          pretrained=False if args.random_init else None, weights=args.weights)
     config.resolved()  # the hyper-parameters, before any data is read
+    if config.recipe_statement():  # a library's fine-tuning recipe, fitted to no one model: say so
+        print(config.recipe_statement())
     ds = load_dataset(args.dataset, root=args.root, **dict(args.option))
     before = _checkpoint_times(args.out)
 
@@ -535,26 +537,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _architecture(text: str) -> str:
-    """``--arch``: a registered architecture or a model spec, checked for its form only (nothing is loaded)."""
+    """``--arch``: a registered architecture or a model spec, as :func:`oodml.models.refs.resolve_model_ref`
+    reads it, checked for its form only (nothing is loaded)."""
     from .models import list_models
-    from .models.sources import checkpoint_spec_problem, is_spec, parse_spec
+    from .models.refs import resolve_model_ref
+    from .models.sources import checkpoint_spec_problem, parse_spec
 
-    if text in list_models():
-        return text
-    if text.partition("?")[0] in list_models():  # resnet50?pretrained=false: train says it with its own options
+    try:
+        ref = resolve_model_ref(text)
+        spec = parse_spec(text) if ref.kind == "spec" else None
+    except OodmlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if ref.kind == "registered" and ref.text != ref.name:  # resnet50?pretrained=false: train has its own options
         raise argparse.ArgumentTypeError(f"{text!r}: --arch takes a registered name without options; start from "
                                          "random weights with --random-init, or give --weights PATH, --embed-dim N")
-    if is_spec(text):
-        try:
-            spec = parse_spec(text)
-        except OodmlError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+    if ref.kind == "registered":
+        return text
+    if spec is not None:
         problem = checkpoint_spec_problem(spec)
         if problem:  # refused before anything is trained or written
             raise argparse.ArgumentTypeError(f"{spec.text()} cannot be a training backbone: {problem}")
         return spec.text()
-    raise argparse.ArgumentTypeError(f"unknown architecture {text!r}; choose one of {', '.join(list_models())} "
-                                     "or a model spec such as 'timm:resnet18'")
+    raise argparse.ArgumentTypeError(f"{text!r} names a {ref.describe()}, not an architecture; choose one of "
+                                     f"{', '.join(list_models())} or a model spec such as 'timm:resnet18'")
 
 
 def _add_train(commands) -> None:

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import string
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,10 +46,11 @@ from .embedding import (
     resolve_device,
     write_embedding_table,
 )
-from .errors import OodmlError, brief
+from .errors import OodmlError
 from .metrics import MAP_DEPTH, retrieval_metrics
 from .models import LoadedModel, load_model
 from .models.identity import levels_identity
+from .models.refs import expand_level_template, resolve_model_ref  # noqa: F401 (expand_level_template: re-exported)
 from .models.sources import declared_training_on
 from .plotting import new_figure, save_figure
 from .protocol import (
@@ -305,36 +305,14 @@ def plot_curves(results: Sequence[Results], out_prefix: str | Path, *, metric: s
 
 def _per_level_path(model: str, level: int) -> Path | None:
     """Level ``level``'s checkpoint of a per-level ``model`` (a template containing ``{level}``, or a directory
-    of ``level<N>.pt``); None when ``model`` is neither."""
-    if "{level}" in model:
-        return Path(expand_level_template(model, level))
-    if Path(model).is_dir():
-        return Path(model) / f"level{level}.pt"
-    return None
-
-
-def expand_level_template(template: str, level: int) -> str:
-    """``runs/ms/level{level}.pt`` with the level number in place of ``{level}``: the one placeholder a
-    per-level model template may hold (``{{`` and ``}}`` write literal braces).
+    of ``level<N>.pt``, as :func:`oodml.models.refs.resolve_model_ref` reads it); None when ``model`` is one
+    model (a spec, a registered name, a file).
 
     Raises:
-        OodmlError: another placeholder (``{seed}``, ``{}``, ``{level:02d}``, ``{level.real}``) or an unpaired
-            brace, named in one line before anything is loaded.
+        OodmlError: ``model`` names nothing (an unknown name, a missing file) or is a malformed template.
     """
-    try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
-                  if name is not None]
-    except ValueError:  # a '{' or '}' without its pair
-        problem = "a brace in it is unpaired"
-    else:
-        others = ["{" + name + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
-                  for name, spec, conversion in fields if (name, spec, conversion) != ("level", "", None)]
-        problem = f"it holds {others[0]}" if others else None
-    if problem is not None:
-        raise OodmlError(f"per-level model template {brief(template, 200)}: {problem}; the only placeholder "
-                         "allowed is {level} (the level number): write the rest of the path out, e.g. "
-                         "'runs/seed0/level{level}.pt', and any literal brace as {{ or }}")
-    return template.format(level=level)
+    ref = resolve_model_ref(model)
+    return ref.level_path(level) if ref.kind == "per-level" else None
 
 
 def check_leak(loaded: LoadedModel, level: Level, split_set: SplitSet) -> None:

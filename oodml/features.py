@@ -77,24 +77,26 @@ def list_extractors() -> list[str]:
     return EXTRACTORS.names()
 
 
-def get_extractor(name: str, weights: str | None = None) -> Extractor:
+def get_extractor(name: str | Path, weights: str | None = None) -> Extractor:
     """A registered extractor by name, a model spec (``timm:NAME``, ..., see :mod:`oodml.models.sources`), or a
-    TorchScript file by path.
+    TorchScript (or ``torch.export``) file by path, read by :func:`oodml.models.refs.resolve_model_ref` with the
+    extractors as the registered names (a spec first, then a name, then a file: ``./resnet50`` is the file).
 
     Raises:
-        OodmlError: unknown name, or missing/unloadable weights.
+        OodmlError: unknown name, a name with ``?options``, a per-level reference, or missing/unloadable weights.
     """
-    if name in EXTRACTORS:
-        return EXTRACTORS[name](weights)
-    from .models.sources import is_spec
+    from .models.refs import resolve_model_ref
 
-    if is_spec(name) and not Path(name).exists():
-        return spec_extractor(name, weights)
-    path = Path(name)
-    if path.suffix in (".pt", ".pth", ".ts", ".torchscript") or path.exists():
-        return torchscript_extractor(path)
-    raise OodmlError(EXTRACTORS.unknown(name, also=", a model spec such as timm:resnet50 (see `oodml models list`), "
-                                                   "or the path of a TorchScript file"))
+    ref = resolve_model_ref(name, registry=EXTRACTORS, kind="extractor")
+    ref.refuse_per_level("an extractor")
+    if ref.kind == "registered":
+        if ref.options or ref.text != ref.name:
+            raise OodmlError(f"extractor {ref.text!r}: an extractor name takes no ?options; give the weights file "
+                             "with --weights PATH")
+        return EXTRACTORS[ref.name](weights)
+    if ref.kind == "spec":
+        return spec_extractor(ref.text, weights)
+    return torchscript_extractor(ref.path)
 
 
 def spec_extractor(spec: str, weights: str | None = None) -> Extractor:

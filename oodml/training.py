@@ -34,7 +34,9 @@ from .losses import REGULARISERS, get_loss
 from .metrics import retrieval_metrics
 from .models import EmbeddingModel, create_model, save
 from .models.identity import warn_random_weights
-from .models.sources import is_spec
+from .models.recipes import WITHOUT_RECIPE, Recipe, recipe_for
+from .models.refs import resolve_model_ref
+from .models.sources import checkpoint_spec_problem, is_spec, parse_spec
 from .progress import progress
 from .splits import Level, SplitSet
 
@@ -43,7 +45,8 @@ from .splits import Level, SplitSet
 class TrainConfig:
     """Hyper-parameters of one training run (recorded in the checkpoint's provenance).
 
-    ``None`` fields take the architecture's defaults (:data:`ARCH_DEFAULTS`).
+    ``None`` fields take the architecture's training recipe (:mod:`oodml.models.recipes`, the table where a
+    model's recipe goes): a registered model's own, or its spec's library's fine-tuning recipe.
     """
 
     loss: str = "multi-similarity"
@@ -67,10 +70,11 @@ class TrainConfig:
         """This config with the architecture's defaults filled in, its numbers checked.
 
         Raises:
-            OodmlError: both ``iterations`` and ``epochs``, a number out of range (see :meth:`check_numbers`),
-                or a start the architecture cannot take (see :meth:`check_start`).
+            OodmlError: an architecture without a recipe and without ``lr``, ``iterations`` (or ``epochs``) and
+                ``embed_dim`` (:meth:`recipe`), both ``iterations`` and ``epochs``, a number out of range (see
+                :meth:`check_numbers`), or a start the architecture cannot take (see :meth:`check_start`).
         """
-        defaults = ARCH_DEFAULTS.get(self.arch, ARCH_DEFAULTS["glyph-cnn"])
+        defaults = self.recipe().defaults()
         values = {k: (defaults.get(k) if v is None else v) for k, v in dataclasses.asdict(self).items()}
         if self.epochs is not None and self.iterations is not None:
             raise OodmlError("give --iterations or --epochs, not both")
@@ -78,6 +82,43 @@ class TrainConfig:
         resolved.check_numbers()
         resolved.check_start()
         return resolved
+
+    def recipe(self) -> Recipe:
+        """The recipe this run's unset fields come from: the architecture's (:func:`oodml.models.recipes.recipe_for`),
+        else, when the run gives ``lr``, ``iterations`` (or ``epochs``) and ``embed_dim`` itself,
+        :data:`~oodml.models.recipes.WITHOUT_RECIPE` for the rest.
+
+        Raises:
+            OodmlError: ``arch`` is no architecture (a model file, a per-level model, a torch hub spec), or has no
+                recipe and one of those three is not given (named as options).
+        """
+        ref = resolve_model_ref(self.arch)
+        if ref.kind in ("file", "per-level"):
+            raise OodmlError(f"{self.arch!r} names a {ref.describe()}, not an architecture; train a registered "
+                             "architecture (see `oodml models list`) or a model spec such as 'timm:resnet18'")
+        problem = checkpoint_spec_problem(parse_spec(self.arch)) if ref.kind == "spec" else None
+        if problem:
+            raise OodmlError(f"{self.arch} cannot be a training backbone: {problem}")
+        recipe = recipe_for(self.arch)
+        if recipe is not None:
+            return recipe
+        missing = [option for option, given in (("--lr", self.lr), ("--iterations", self.iterations or self.epochs),
+                                                ("--embed-dim", self.embed_dim)) if given is None]
+        if missing:
+            raise OodmlError(f"{self.arch} has no training recipe; give {', '.join(missing)} (--lr, --iterations or "
+                             "--epochs, and --embed-dim), or register one in oodml.models.recipes")
+        return WITHOUT_RECIPE
+
+    def recipe_statement(self) -> str | None:
+        """One line saying which recipe this run takes its unset numbers from, when that recipe was fitted to no
+        one model (a library's fine-tuning recipe, or :data:`~oodml.models.recipes.WITHOUT_RECIPE`), so that the
+        output states it; None for a model's own recipe.  ``oodml train`` prints it."""
+        recipe = self.recipe()
+        if not recipe.stated:
+            return None
+        numbers = dataclasses.replace(recipe, **{k: v for k, v in self.resolved().__dict__.items()
+                                                 if k in recipe.defaults()}).summary()
+        return f"{self.arch}: {recipe.description}: {numbers}; change them with --lr, --iterations, --embed-dim"
 
     def check_start(self) -> None:
         """Refuse a weights file with random initialisation, and a choice of pretrained weights for an
@@ -108,15 +149,6 @@ class TrainConfig:
                 raise OodmlError(f"{name}={value!r}: must be a finite number {bound}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
             raise OodmlError(f"seed={self.seed!r}: must be a whole number from 0 to 2**63 - 1")
-
-
-#: ooDML's settings for resnet50; CPU-sized ones for the glyphs CNN
-ARCH_DEFAULTS: dict[str, dict] = {
-    "resnet50": {"embed_dim": 512, "iterations": 10_000, "batch_size": 112, "samples_per_class": 2, "lr": 1e-5,
-                 "weight_decay": 4e-4, "eval_every": 500, "pretrained": True},
-    "glyph-cnn": {"embed_dim": 32, "iterations": 400, "batch_size": 128, "samples_per_class": 4, "lr": 1e-3,
-                  "weight_decay": 1e-4, "eval_every": 150},
-}
 
 
 def initial_model(cfg: TrainConfig) -> torch.nn.Module:

@@ -1,9 +1,9 @@
 """Loading any embedding model safely, and saving oodml checkpoints.
 
-``load_model(spec)`` accepts a registered name, a model spec of another library
-(``timm:NAME``, ``open_clip:ARCH/TAG``, ``hf:ORG/NAME[@REVISION]``, ``torchhub:REPO:ENTRY``;
-see :mod:`oodml.models.sources`), a TorchScript file, a
-``torch.export`` program (``.pt2``), or a checkpoint written by :func:`save`
+``load_model(spec)`` accepts, in the order :func:`oodml.models.refs.resolve_model_ref` tries them, a model
+spec of another library (``timm:NAME``, ``open_clip:ARCH/TAG``, ``hf:ORG/NAME[@REVISION]``,
+``torchhub:REPO:ENTRY``; see :mod:`oodml.models.sources`), a registered name (``NAME?key=value``), or a
+file: TorchScript, a ``torch.export`` program (``.pt2``), or a checkpoint written by :func:`save`
 (architecture, config, preprocessing, state dict, provenance, declared pretraining data), read with
 ``torch.load(weights_only=True)``.  A plain pickled module is refused: loading
 it would run whatever code the file carries.
@@ -27,7 +27,8 @@ from ..errors import OodmlError, brief, first_line
 from .base import EmbeddingModel
 from .digest import model_digest
 from .identity import checkpoint_identity, foreign_file_identity, registered_identity, warn_random_weights
-from .registry import create_model, list_models, split_options, untrained_config
+from .refs import resolve_model_ref
+from .registry import create_model, list_models, untrained_config
 from .sources import checkpoint_spec_problem, is_spec, load_spec, parse_spec
 
 CHECKPOINT_FORMAT = "oodml-checkpoint"
@@ -105,29 +106,33 @@ def save(model: EmbeddingModel, path: str | Path, *, provenance: dict | None = N
 
 
 def load_model(spec: str | Path, **kwargs) -> LoadedModel:
-    """Load a model from a registered name, a model spec or a file; see the module docstring.
+    """Load a model from a registered name, a model spec or a file, read by
+    :func:`~oodml.models.refs.resolve_model_ref` (its order decides a text that could be several); see the
+    module docstring.
 
     ``kwargs`` go to the factory of a registered name (e.g. ``embed_dim=128``).
 
     Raises:
-        OodmlError: unknown name, missing file, full pickle, unreadable or malformed file (weights that do
-            not fit the architecture, an invalid preprocessing record, a TorchScript file without forward).
+        OodmlError: unknown name, missing file, a per-level template or directory (one checkpoint per level),
+            full pickle, unreadable or malformed file (weights that do not fit the architecture, an invalid
+            preprocessing record, a TorchScript file without forward).
     """
-    spec_text = str(spec)
-    path = Path(spec_text).expanduser()
-    if not path.exists() and is_spec(spec_text):
+    ref = resolve_model_ref(spec)
+    ref.refuse_per_level("loading a model")
+    if ref.kind == "spec":
         if kwargs:
-            raise OodmlError(f"{spec_text}: a model spec takes its options in the spec (?key=value), not "
+            raise OodmlError(f"{ref.text}: a model spec takes its options in the spec (?key=value), not "
                              f"{', '.join(kwargs)}")
-        built = load_spec(spec_text)
+        built = load_spec(ref.text)
         digest = model_digest(built.module, built.preprocessing, built.identity)
         return LoadedModel(built.module, built.preprocessing, digest, built.spec.text(), identity=built.identity)
-    name, options = split_options(spec_text)
-    if not path.exists() and (name in list_models() or not any(ch in spec_text for ch in "/\\.")):
-        return _load_registered(spec_text, name, options, kwargs)
-    if not path.exists():
-        raise OodmlError(f"model file {path} does not exist (and {spec_text!r} is not a registered model; "
-                         "see `oodml models list`)")
+    if ref.kind == "registered":
+        return _load_registered(ref.text, ref.name, ref.options, kwargs)
+    return _load_file(ref.path, ref.text)
+
+
+def _load_file(path: Path, spec_text: str) -> LoadedModel:
+    """A model file (oodml checkpoint, TorchScript, ``torch.export``) with its digest and identity."""
     kind = _file_kind(path)
     module, preprocessing, provenance, declaration = _LOADERS[kind](path)
     try:

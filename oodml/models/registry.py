@@ -34,10 +34,23 @@ def register_model(name: str | Factory | None = None) -> Callable[[Factory], Fac
 
     Usable bare (``@register_model``) or with a name (``@register_model("glyph-cnn")``).
     Registering a name twice replaces the earlier factory with a warning.
+
+    Raises:
+        OodmlError: a name written like a model spec (``timm:x``) or holding ``?``, which
+            :func:`~oodml.models.refs.resolve_model_ref` would never read as this name.
     """
     if callable(name):
-        return MODELS.register(name.__name__, name)
-    return lambda fn: MODELS.register(name or fn.__name__, fn)
+        return MODELS.register(_checked_name(name.__name__), name)
+    return lambda fn: MODELS.register(_checked_name(name or fn.__name__), fn)
+
+
+def _checked_name(name: str) -> str:
+    from .sources import is_spec
+
+    if is_spec(name) or "?" in name or "{level}" in name:
+        raise OodmlError(f"model name {name!r} would be read as a model spec, options or a per-level template "
+                         "(oodml.models.refs); register it under a name without 'SOURCE:', '?' or '{level}'")
+    return name
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -82,20 +95,27 @@ def untrained_config(name: str, config: dict) -> dict:
 
 
 def create_model(name: str, **kwargs) -> torch.nn.Module:
-    """Build a registered model, or an embedding model on the backbone a model spec names (``timm:NAME``, see
-    :mod:`oodml.models.sources`); unknown names get a one-line error listing the close matches.
+    """Build a registered model (``NAME`` or ``NAME?key=value``), or an embedding model on the backbone a model
+    spec names (``timm:NAME``, see :mod:`oodml.models.sources`), as
+    :func:`~oodml.models.refs.resolve_model_ref` reads ``name``; unknown names get a one-line error listing the
+    close matches.
 
     Raises:
-        OodmlError: an unknown name, or arguments the factory rejects (a wrong name, type or value).
+        OodmlError: an unknown name, a file or per-level reference (load those with
+            :func:`~oodml.models.load_model`), or arguments the factory rejects (a wrong name, type or value).
     """
-    from .sources import is_spec
+    from .refs import resolve_model_ref
 
-    if name not in MODELS and is_spec(name):
+    ref = resolve_model_ref(name)
+    if ref.kind == "spec":
         from .sources import spec_embedding_model
 
         return spec_embedding_model(name, **kwargs)
-    factory = MODELS[name]
+    if ref.kind != "registered":
+        raise OodmlError(f"{name!r} names a {ref.describe()}, not an architecture to build; load it with "
+                         "oodml.models.load_model")
+    factory = MODELS[ref.name]
     try:
-        return factory(**kwargs)
+        return factory(**ref.options, **kwargs)
     except (TypeError, ValueError, RuntimeError) as exc:  # torch rejects impossible sizes with these
         raise OodmlError(f"model {name!r} cannot be built with {brief(kwargs, 200)}: {first_line(exc)}") from None
