@@ -47,7 +47,7 @@ from .embedding import (
     write_embedding_table,
 )
 from .errors import OodmlError
-from .metrics import MAP_DEPTH, retrieval_metrics
+from .metrics import metric_names, retrieval_metrics
 from .models import LoadedModel, load_model
 from .models.identity import levels_identity
 from .models.refs import expand_level_template, resolve_model_ref  # noqa: F401 (expand_level_template: re-exported)
@@ -265,8 +265,7 @@ def check_output_dir(out_dir: str | Path, run: Mapping[str, object], *, overwrit
 
 def zero_shot_metrics(ks: Sequence[int] = KS, clustering: bool = True) -> list[str]:
     """Names of the zero-shot metrics :func:`evaluate` reports: what ``--metric`` can plot."""
-    return [*(f"recall@{k}" for k in ks), "r_precision", "map@r", f"map@{MAP_DEPTH}",
-            *(("nmi", "ami") if clustering else ())]
+    return metric_names(ks, clustering=clustering)  # the one table, oodml.metrics.METRICS
 
 
 def read_saved_embeddings(out_dir: str | Path) -> dict:

@@ -11,9 +11,9 @@ Conventions (those of pytorch-metric-learning's ``AccuracyCalculator`` with
 * R is the number of *other* samples of the query's class; queries with R = 0
   are left out as queries but stay in the reference set as distractors.
 
-Metrics: ``recall@K`` (share of queries with a same-class item among their K
-nearest); ``r_precision`` (hits in the top R, over R); ``map@r`` ((1/R) x sum
-over i <= R of precision@i at each hit; Musgrave et al., *A Metric Learning
+Metrics (one table, :data:`METRICS`: name, direction, what each needs, definition): ``recall@K`` (share of
+queries with a same-class item among their K nearest); ``r_precision`` (hits in the top R, over R);
+``map@r`` ((1/R) x sum over i <= R of precision@i at each hit; Musgrave et al., *A Metric Learning
 Reality Check*); ``map@1000`` (the same sum over the first 1000 neighbours,
 still divided by R; ooDML's mAP@1000 divides by R + 1 and, with fewer than
 1000 neighbours, counts the padding as hits, so its values are not comparable);
@@ -30,6 +30,7 @@ search never returns more neighbours than exist.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,6 +51,70 @@ METRICS_VERSION = 1
 #: tests/test_metric_definitions.py; that test fails when a definition changes and the version does not.
 #: Append only: a digest once published stays what its version computed.
 METRICS_DIGESTS = {1: "dfb91142265cd7765de42c919363ec056ae29753f65bd0c07aecd3d2d7ccef80"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric that :func:`retrieval_metrics` reports, ``evaluate`` records and the leaderboard re-scores.
+
+    Attributes:
+        name: as reported; ``recall@k`` stands for one metric per K of ``ks`` (``recall@1``, ``recall@2``, ...).
+        direction: ``"higher"`` or ``"lower"``: which is better.
+        needs: ``"knn"`` (the neighbour search of :func:`per_query_metrics`, a value per query) or
+            ``"clustering"`` (k-means over the level, ``retrieval_metrics(..., clustering=True)``; no value per query).
+        definition: what it is, in the words the protocol card records (:func:`oodml.protocol.protocol_card`).
+    """
+
+    name: str
+    direction: str
+    needs: str
+    definition: str
+
+
+#: The metrics, in the order results report them.  **A new metric goes here** (and its computation in
+#: :func:`_per_query` or :func:`retrieval_metrics`); :func:`metric_names` lists them for evaluate's ``--metric``,
+#: the results table and the leaderboard's re-scoring (``oodml.leaderboard.scoring.RETRIEVAL``).  A change to a
+#: definition is a new :data:`METRICS_VERSION`.
+METRICS: tuple[Metric, ...] = (
+    Metric("recall@k", "higher", "knn", "hit rate at k: 1 if a same-class image is among the k nearest, else 0"),
+    Metric("r_precision", "higher", "knn",
+           "same-class images among the R nearest, over R (R: the other images of the query's class)"),
+    Metric("map@r", "higher", "knn",
+           "Musgrave et al. 2020: (1/R) x sum over ranks i <= R holding a same-class image of precision@i"),
+    Metric(f"map@{MAP_DEPTH}", "higher", "knn",
+           f"as map@r over the first {MAP_DEPTH} neighbours (all if fewer), still divided by R"),
+    Metric("nmi", "higher", "clustering", "scikit-learn normalized_mutual_info_score, average_method arithmetic"),
+    Metric("ami", "higher", "clustering", "scikit-learn adjusted_mutual_info_score, average_method arithmetic"),
+)
+
+
+def metric_names(ks: Sequence[int] = (1, 2, 4, 8), *, map_depth: int | None = MAP_DEPTH,
+                 clustering: bool = True) -> list[str]:
+    """The names :func:`retrieval_metrics` reports with these arguments, in :data:`METRICS`' order: one
+    ``recall@K`` per K, ``map@<map_depth>`` unless ``map_depth`` is None, ``nmi`` and ``ami`` with ``clustering``."""
+    names = []
+    for metric in METRICS:
+        if metric.name == "recall@k":
+            names += [f"recall@{k}" for k in ks]
+        elif metric.name.startswith("map@") and metric.name != "map@r":
+            names += [f"map@{map_depth}"] if map_depth else []
+        elif metric.needs == "knn" or clustering:
+            names.append(metric.name)
+    return names
+
+
+def metric(name: str) -> Metric:
+    """The :data:`METRICS` entry of a reported name (``recall@4`` is ``recall@k``'s, ``map@500`` ``map@1000``'s).
+
+    Raises:
+        OodmlError: a name no metric reports, with the names that exist.
+    """
+    for entry in METRICS:
+        stem = entry.name.partition("@")[0]
+        if name == entry.name or (entry.name in ("recall@k", f"map@{MAP_DEPTH}") and name.startswith(f"{stem}@")
+                                  and name[len(stem) + 1:].isdigit()):
+            return entry
+    raise OodmlError(f"unknown metric {name!r}; the metrics are {', '.join(m.name for m in METRICS)}")
 
 
 def _check(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor,
@@ -142,7 +207,8 @@ def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray 
     per_query = per_query_metrics(embeddings, labels, ks=ks, normalize=normalize, device=device,
                                   map_depth=map_depth)
     queries = per_query.pop("query")
-    out: dict[str, float] = {name: float(values.mean()) for name, values in per_query.items()}
+    out: dict[str, float] = {name: float(per_query[name].mean())
+                             for name in metric_names(ks, map_depth=map_depth, clustering=False)}
     out["queries"] = int(len(queries))
     if clustering:
         from sklearn.metrics import normalized_mutual_info_score

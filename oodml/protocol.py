@@ -37,7 +37,7 @@ from .adapt import FINETUNED
 from .clustering import KMEANS_ITERATIONS
 from .embedding import Preprocessing
 from .errors import OodmlError, brief
-from .metrics import CLUSTERING_SEED, MAP_DEPTH, METRICS_VERSION, retrieval_metrics
+from .metrics import CLUSTERING_SEED, METRICS, METRICS_VERSION, retrieval_metrics
 
 #: the evaluation protocols: one model for every level, or one checkpoint per level
 PROTOCOLS = ("per-level", "zero-shot")
@@ -201,12 +201,9 @@ RETRIEVAL_RULE = {
     "similarity": "cosine of L2-normalised float32 embeddings (exact search)",
     "ties": "equal similarity: the image earlier in the dataset's order (lower row) ranks first",
 }
-#: what each metric is, per query, averaged over the queries
+#: what each metric is, per query, averaged over the queries (the retrieval ones from oodml.metrics.METRICS)
 METRIC_DEFINITIONS = {
-    "recall@k": "hit rate at k: 1 if a same-class image is among the k nearest, else 0",
-    "r_precision": "same-class images among the R nearest, over R (R: the other images of the query's class)",
-    "map@r": "Musgrave et al. 2020: (1/R) x sum over ranks i <= R holding a same-class image of precision@i",
-    f"map@{MAP_DEPTH}": f"as map@r over the first {MAP_DEPTH} neighbours (all if fewer), still divided by R",
+    **{metric.name: metric.definition for metric in METRICS if metric.needs == "knn"},
     "accuracy": "few-shot episodes: the share of queries (every non-support image of the episode's classes) whose "
                 "nearest support image (adaptation none) or class prototype (the others) by cosine has their class",
 }
@@ -229,8 +226,7 @@ def clustering_rule(clustering: bool) -> dict | None:
                          "populous one), each image labelled by its nearest final centroid",
             "input": "L2-normalised embeddings", "clusters": "the number of test classes of the level",
             "iterations": KMEANS_ITERATIONS, "seed": CLUSTERING_SEED, "ties": "the lower centroid index",
-            "nmi": "scikit-learn normalized_mutual_info_score, average_method arithmetic",
-            "ami": "scikit-learn adjusted_mutual_info_score, average_method arithmetic"}
+            **{metric.name: metric.definition for metric in METRICS if metric.needs == "clustering"}}
 
 
 def protocol_card(split_set: SplitSet, levels: Sequence[Level], preprocessing: Mapping[int, Preprocessing], *,

@@ -22,12 +22,14 @@ from ..adapt import FINETUNED
 from ..datasets import ImageDataset, load_dataset
 from ..embedding import read_embedding_table
 from ..errors import OodmlError, brief
-from ..metrics import per_query_metrics
+from ..metrics import metric_names, per_query_metrics
 from ..protocol import card_problems, curve_summary, episode_split, score_episode
 from ..splits import Episode, Level, SplitSet, load
 from .submission import Submission, is_fraction, parse_file_name, read_submission
 
-RETRIEVAL = ("recall@1", "recall@2", "recall@4", "recall@8", "r_precision", "map@r")
+#: the metrics an entry claims and the board shows, per level: those of oodml.metrics.METRICS with a value per
+#: query (the board resamples them), at K = 1, 2, 4, 8 and without map@1000
+RETRIEVAL = tuple(metric_names((1, 2, 4, 8), map_depth=None, clustering=False))
 #: claimed numbers must match the recomputed ones to this absolute difference
 TOLERANCE = 1e-6
 
