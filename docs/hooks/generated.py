@@ -65,13 +65,18 @@ def registries() -> list[tuple[str, str, object]]:
     from oodml.datasets.registry import DATASETS
     from oodml.features import EXTRACTORS
     from oodml.losses import LOSSES, REGULARISERS
+    from oodml.models.recipes import RECIPES
     from oodml.models.registry import MODELS
+    from oodml.models.sources import SOURCES
     from oodml.shift import DISTANCES
     from oodml.splits.build import ALGORITHMS
 
     return [
         ("Datasets", "`--dataset`, `load_dataset(name)`", DATASETS),
         ("Models", "`oodml evaluate MODEL`, `train --arch`, `create_model(name)`", MODELS),
+        ("Model sources", "a model spec's prefix, `SOURCE:REFERENCE` (`oodml.models.sources`)", SOURCES),
+        ("Training recipes", "`train --arch` for what `--lr`, `--iterations`, `--embed-dim`, ... leave unset "
+         "(`oodml.models.recipes`: a model's name, or `SOURCE:` for every spec of a library)", RECIPES),
         ("Feature extractors", "`make-splits --extractor`, `splits audit --extractor`", EXTRACTORS),
         ("Distances", "`make-splits --distance`", DISTANCES),
         ("Search algorithms", "`make-splits --algorithm`", ALGORITHMS),
