@@ -2,6 +2,8 @@
 a registered name, then a per-level template or directory, then a file; what the current directory holds
 never changes what a name or a spec means, and a path written as ./NAME reaches the file."""
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -11,10 +13,12 @@ from cli_run import one_line_error, run
 
 from oodml import OodmlError
 from oodml.cli import build_parser
+from oodml.embedding import Preprocessing
 from oodml.evaluation import _per_level_path
 from oodml.features import get_extractor
 from oodml.models import create_model, load_model, register_model, save
 from oodml.models.refs import PRECEDENCE, resolve_model_ref
+from oodml.models.sources import SOURCES, Source, is_spec, register_source
 
 
 @pytest.fixture
@@ -140,3 +144,33 @@ def test_create_model_builds_architectures_only(workdir):
     with pytest.raises(OodmlError, match="'m.pt' names a model file, not an architecture to build; load it with "
                                          "oodml.models.load_model"):
         create_model("m.pt")
+
+
+def test_resolving_runs_no_code_and_imports_no_torch(workdir):
+    (workdir / "hub").mkdir()
+    (workdir / "hub" / "hubconf.py").write_text(f"open({str(workdir / 'ran')!r}, 'w').write('ran')\n")
+    assert resolve_model_ref("torchhub:./hub:tiny").kind == "spec" and not (workdir / "ran").exists()
+    code = ("import sys; from oodml.models.refs import resolve_model_ref as r; "
+            "kinds = [r(t).kind for t in ('timm:x', 'glyph-cnn', 'runs/level{level}.pt')]; "
+            "assert kinds == ['spec', 'registered', 'per-level'], kinds; assert 'torch' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+
+def test_a_registered_source_is_a_spec_for_every_reader(workdir):
+    def build(spec, library):
+        module = torch.nn.Flatten()
+        return module, Preprocessing(resize=4, crop=4), None
+
+    register_source(Source("mylib", "mylib:NAME", "json", "all", "a test library", (), build))
+    try:
+        assert is_spec("mylib:anything") and resolve_model_ref("mylib:anything").kind == "spec"
+        with pytest.warns(UserWarning, match="RANDOM weights"):
+            loaded = load_model("mylib:anything?pretrained=false")
+        assert loaded.identity["source"] == "mylib" and loaded.identity["library"].startswith("json ")
+        with pytest.warns(UserWarning, match="model source 'mylib' was already registered; replacing it"):
+            register_source(Source("mylib", "mylib:NAME", "json", "all", "again", (), build))
+    finally:
+        del SOURCES["mylib"]
+    assert not is_spec("mylib:anything")
+    with pytest.raises(OodmlError, match=r"unknown model 'mylib:anything'|model file mylib:anything does not exist"):
+        resolve_model_ref("mylib:anything")
