@@ -302,7 +302,7 @@ def plot_curves(results: Sequence[Results], out_prefix: str | Path, *, metric: s
 
 # --- protocol helpers -------------------------------------------------------------------------------
 
-def _per_level_path(model: str, level: int) -> Path | None:
+def _per_level_path(model: str | Path, level: int) -> Path | None:
     """Level ``level``'s checkpoint of a per-level ``model`` (a template containing ``{level}``, or a directory
     of ``level<N>.pt``, as :func:`oodml.models.refs.resolve_model_ref` reads it); None when ``model`` is one
     model (a spec, a registered name, a file).
@@ -547,11 +547,11 @@ class _Models:
     @classmethod
     def of(cls, model: str | Path | LoadedModel, chosen: list[Level], adaptations: tuple[str, ...]) -> _Models:
         """Resolve the protocol, refuse missing per-level checkpoints, and load the shared model."""
-        per_level = isinstance(model, (str, Path)) and _per_level_path(str(model), chosen[0].index) is not None
+        per_level = isinstance(model, (str, Path)) and _per_level_path(model, chosen[0].index) is not None
         if per_level:
-            missing = [lv.index for lv in chosen if not _per_level_path(str(model), lv.index).exists()]
+            missing = [lv.index for lv in chosen if not _per_level_path(model, lv.index).exists()]
             if missing:
-                raise OodmlError(f"per-level checkpoint {_per_level_path(str(model), missing[0])} for level "
+                raise OodmlError(f"per-level checkpoint {_per_level_path(model, missing[0])} for level "
                                  f"{missing[0]} does not exist ({len(missing)} of {len(chosen)} levels have none); "
                                  "train them first or choose --levels")
             return cls(model, "per-level", None, adaptations)
@@ -562,7 +562,7 @@ class _Models:
 
     def for_level(self, level: Level, split_set: SplitSet) -> LoadedModel:
         """The per-level checkpoint of ``level``, refused if it was trained on the level's test classes."""
-        loaded = load_model(_per_level_path(str(self.model), level.index))
+        loaded = load_model(_per_level_path(self.model, level.index))
         check_leak(loaded, level, split_set)
         for name in self.adaptations:
             check_adaptable(loaded.module, name)
@@ -594,7 +594,7 @@ def _references_and_models(reference: str | Path | None, model: str | Path | Loa
     models = _Models.of(model, chosen, adaptations)
     if references:
         references.warn_if_other_architecture(models.shared if models.shared is not None
-                                              else load_model(_per_level_path(str(model), chosen[0].index)))
+                                              else load_model(_per_level_path(model, chosen[0].index)))
     return references, models
 
 

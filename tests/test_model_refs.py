@@ -81,6 +81,7 @@ def test_a_directory_named_like_a_registered_model_is_per_level_only_as_a_path(w
     assert resolve_model_ref("glyph-cnn").kind == "registered"
     assert _per_level_path("glyph-cnn", 1) is None
     assert _per_level_path("./glyph-cnn", 1) == Path("glyph-cnn/level1.pt")
+    assert _per_level_path(Path("glyph-cnn"), 2) == Path("glyph-cnn/level2.pt")  # a Path is always a path
     with pytest.raises(OodmlError, match=r"^\./glyph-cnn names one checkpoint per level, but loading a model takes "
                                          r"one model; name one of them, e\.g\. glyph-cnn/level1\.pt$"):
         load_model("./glyph-cnn")
