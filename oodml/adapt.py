@@ -1,30 +1,38 @@
-"""Few-shot adaptation of an embedding model to one episode's support set.
+"""Few-shot adaptation of an embedding model to the support sets of a level's episodes.
 
 * ``prototypes``: no training; queries are classified by the nearest class
   prototype (mean of the normalised support embeddings), as in *Adapted Deep
   Embeddings*.
 * ``finetune-last``: the ooDML protocol.  A copy of the embedding head is
-  trained on the support set with the margin loss (margin 0.2, fixed beta 1.2)
-  and distance-weighted negative mining (:class:`oodml.miners.DistanceWeightedMiner`:
-  pytorch-metric-learning's sampling distribution, all anchors drawn at once),
-  Adam at 1e-4, 1000 iterations for 2-shot and 1500 for 5-shot (``iterations``
-  overrides), batches of 56 classes x 2 images drawn with replacement.  The backbone is frozen, so its features are
-  computed once per image and the head trains on them.
+  trained on each episode's support set with the margin loss (margin 0.2, fixed
+  beta 1.2) and distance-weighted negative mining
+  (:class:`oodml.miners.DistanceWeightedMiner`: pytorch-metric-learning's
+  sampling distribution, all anchors drawn at once), Adam at 1e-4, 1000
+  iterations for 2-shot and 1500 for 5-shot (``iterations`` overrides), batches
+  of 56 classes x 2 images drawn with replacement.  The backbone is frozen, so
+  its features are computed once per image and the heads train on them: all
+  episodes of a level (both shot counts) at once, as one batched model
+  (:mod:`oodml.adapt_batched`); :func:`finetune_last` is the same training for
+  one episode, the reference the batched path is tested against.
 * ``finetune-all``: adapted embeddings; the same, with all weights trained on
-  augmented support images.
+  augmented support images, one episode after another, on the evaluation device.
 
-Every adapter returns the query embeddings after adaptation (L2-normalised).
+Every adaptation returns each episode's embeddings after adaptation
+(L2-normalised), and shows its progress (episode-iterations, episodes done)
+and, when long, its estimated time (:mod:`oodml.adapt_progress`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .adapt_batched import MEMORY_BYTES, HeadEpisode, finetune_last_batched
+from .adapt_progress import AdaptationMeter, metered
 from .augmentations import AUGMENTATIONS
 from .embedding import embed, resolve_device
 from .errors import OodmlError
@@ -36,13 +44,36 @@ FINETUNE_ITERATIONS = {2: 1000, 5: 1500}
 BATCH_CLASSES, PER_CLASS = 56, 2
 
 
+def batch_rows(support_labels: np.ndarray, iterations: int, seed: tuple) -> np.ndarray:
+    """The support rows of every training batch of an episode: ``min(56, classes)`` classes drawn without
+    replacement, then 2 of each class's rows with replacement, from the numpy stream ``rng_for(*seed,
+    "finetune")``.
+
+    Returns:
+        (iterations, min(56, classes) * 2) int64 rows of ``support_labels``, class by class.
+    """
+    rng = rng_for(*seed, "finetune")
+    # rows grouped by class: class c's rows are by_class[start[c]:start[c] + count[c]]
+    _, count = np.unique(support_labels, return_counts=True)
+    by_class = np.argsort(support_labels, kind="stable")
+    start = np.cumsum(count) - count
+    out = np.empty((iterations, min(BATCH_CLASSES, len(count)) * PER_CLASS), dtype=np.int64)
+    for i in range(iterations):
+        chosen = rng.choice(len(count), size=min(BATCH_CLASSES, len(count)), replace=False)
+        picks = rng.integers(0, count[chosen, None], size=(len(chosen), PER_CLASS))   # with replacement
+        out[i] = by_class[start[chosen, None] + picks].ravel()
+    return out
+
+
 def _margin_training(params: list[torch.nn.Parameter], forward: Callable[[np.ndarray], torch.Tensor],
-                     support_labels: np.ndarray, iterations: int, seed: tuple) -> None:
+                     support_labels: np.ndarray, iterations: int, seed: tuple,
+                     meter: AdaptationMeter | None = None) -> None:
     """Train ``params``; ``forward(rows)`` embeds the support rows on the parameters' device.
 
-    Random sources, all derived from ``seed``: a numpy Generator picks the batches, a torch Generator on the
-    parameters' device draws the mined triplets, and torch's global generator (forked, so the caller's state
-    is untouched) serves whatever ``forward`` draws (augmentations).
+    Random sources, all derived from ``seed``: a numpy Generator picks the batches (:func:`batch_rows`), a
+    torch Generator on the parameters' device draws the mined triplets, and torch's global generator (forked,
+    so the caller's state is untouched) serves whatever ``forward`` draws (augmentations).  ``meter`` counts
+    the iterations.
     """
     # Margin loss (0.2, beta 1.2 fixed) with distance-weighted mining on 56-class x 2-image batches.
     from pytorch_metric_learning import losses
@@ -52,34 +83,37 @@ def _margin_training(params: list[torch.nn.Parameter], forward: Callable[[np.nda
     miner = DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4,
                                   generator=torch.Generator(device).manual_seed(derive_seed(*seed, "triplets")))
     optimiser = torch.optim.Adam(params, lr=1e-4)
-    rng = rng_for(*seed, "finetune")
-    # rows grouped by class: class c's rows are by_class[start[c]:start[c] + count[c]]
-    _, count = np.unique(support_labels, return_counts=True)
-    by_class = np.argsort(support_labels, kind="stable")
-    start = np.cumsum(count) - count
     with torch.random.fork_rng():
         torch.manual_seed(int(rng_for(*seed).integers(2**31)))
-        for _ in range(iterations):
-            chosen = rng.choice(len(count), size=min(BATCH_CLASSES, len(count)), replace=False)
-            picks = rng.integers(0, count[chosen, None], size=(len(chosen), PER_CLASS))   # with replacement
-            rows = by_class[start[chosen, None] + picks].ravel()
+        for rows in batch_rows(support_labels, iterations, seed):
             raw = forward(rows)
             labels = torch.as_tensor(support_labels[rows], device=raw.device)
             loss = loss_fn(raw, labels, miner(raw, labels))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if meter is not None:
+                meter.update(1)
+
+
+def iterations_for(shots: int, iterations: int | None) -> int:
+    """The fine-tuning steps of a ``shots``-shot episode: ``iterations`` when given, else ooDML's (1000 for
+    2-shot, 1500 for 5-shot, 1000 otherwise)."""
+    return iterations or FINETUNE_ITERATIONS.get(shots, 1000)
 
 
 def finetune_last(model: torch.nn.Module, support_features: np.ndarray, support_labels: np.ndarray,
                   query_features: np.ndarray, *, shots: int, iterations: int | None, seed: tuple,
-                  device: str = "cpu") -> np.ndarray:
-    """Train a copy of ``model.head`` on backbone features; return normalised query embeddings."""
+                  device: str = "cpu", meter: AdaptationMeter | None = None) -> np.ndarray:
+    """Train a copy of ``model.head`` on backbone features, one episode; return normalised query embeddings.
+
+    The one-at-a-time reference of :func:`oodml.adapt_batched.finetune_last_batched` (which ``evaluate`` runs).
+    """
     dev = resolve_device(device)
     head = copy.deepcopy(model.head).float().to(dev).train()
     feats = torch.as_tensor(support_features, dtype=torch.float32, device=dev)
     _margin_training(list(head.parameters()), lambda rows: head(feats[rows]), support_labels,
-                     iterations or FINETUNE_ITERATIONS.get(shots, 1000), seed)
+                     iterations_for(shots, iterations), seed, meter)
     with torch.no_grad():
         out = head.eval()(torch.as_tensor(query_features, dtype=torch.float32, device=dev))
     return torch.nn.functional.normalize(out, dim=1).cpu().numpy()
@@ -87,8 +121,9 @@ def finetune_last(model: torch.nn.Module, support_features: np.ndarray, support_
 
 def finetune_all(model: torch.nn.Module, dataset, support: np.ndarray, support_labels: np.ndarray,
                  query: np.ndarray, *, shots: int, iterations: int | None, seed: tuple, device: str,
-                 batch_size: int) -> np.ndarray:
-    """Train a copy of the whole model on augmented support images; return normalised query embeddings."""
+                 batch_size: int, meter: AdaptationMeter | None = None) -> np.ndarray:
+    """Train a copy of the whole model on augmented support images (on ``device``: ``auto`` picks a GPU when
+    there is one); return normalised query embeddings."""
     dev = resolve_device(device)
     tuned = copy.deepcopy(model).float().to(dev).train()
     augment = AUGMENTATIONS[getattr(tuned, "augmentation", "none")](tuned.preprocessing)
@@ -98,7 +133,7 @@ def finetune_all(model: torch.nn.Module, dataset, support: np.ndarray, support_l
         return tuned(torch.stack([augment(images[r]) for r in rows]).to(dev), normalize=False)
 
     _margin_training([p for p in tuned.parameters() if p.requires_grad], forward, support_labels,
-                     iterations or FINETUNE_ITERATIONS.get(shots, 1000), seed)
+                     iterations_for(shots, iterations), seed, meter)
     return embed(dataset, tuned.eval(), tuned.preprocessing, indices=query, device=device, batch_size=batch_size,
                  desc="embed adapted")
 
@@ -113,6 +148,8 @@ class EpisodeInput:
         support: (n_s,) dataset rows of the support images; ``support_labels`` (n_s,) their labels.
         targets: (n,) dataset rows to embed after adapting: the support, then the query.
         backbone_features: rows -> (len(rows), f) features of the frozen backbone, computed once per image.
+        shots: support images per class.
+        seed: the episode's seed parts, ``(split_digest, level, shots, episode)`` in ``evaluate``.
     """
 
     model: torch.nn.Module
@@ -121,18 +158,20 @@ class EpisodeInput:
     support_labels: np.ndarray
     targets: np.ndarray
     backbone_features: Callable[[np.ndarray], np.ndarray]
+    shots: int
+    seed: tuple
 
 
 @dataclass(frozen=True)
 class Adaptation:
-    """A few-shot adaptation.  ``run(episode, shots=, iterations=, seed=, device=, batch_size=)`` returns the
-    (n, d) L2-normalised embeddings of ``episode.targets`` after training a copy of the model on the support
-    set; ``run`` is None for adaptations that train nothing (their episodes are scored on the test
-    embeddings, the same for every episode); ``uses_backbone`` says whether ``run`` reads
-    ``episode.backbone_features``."""
+    """A few-shot adaptation.  ``run(episodes, iterations=, device=, batch_size=, desc=)`` adapts a copy of the
+    model to each episode's support set and returns, per episode, the (n, d) L2-normalised embeddings of its
+    ``targets``, showing its progress and, when long, its estimated time under ``desc``; ``run`` is None for
+    adaptations that train nothing (their episodes are scored on the test embeddings, the same for every
+    episode); ``uses_backbone`` says whether ``run`` reads ``episode.backbone_features``."""
 
     description: str
-    run: Callable[..., np.ndarray] | None = None
+    run: Callable[..., list[np.ndarray]] | None = None
     uses_backbone: bool = False
 
     @property
@@ -140,17 +179,30 @@ class Adaptation:
         return self.run is not None
 
 
-def _run_finetune_last(episode: EpisodeInput, *, shots: int, iterations: int | None, seed: tuple, device: str,
-                       batch_size: int) -> np.ndarray:
-    return finetune_last(episode.model, episode.backbone_features(episode.support), episode.support_labels,
-                         episode.backbone_features(episode.targets), shots=shots, iterations=iterations, seed=seed,
-                         device=device)
+def _run_finetune_last(episodes: Sequence[EpisodeInput], *, iterations: int | None, device: str, batch_size: int,
+                       desc: str, memory_bytes: int = MEMORY_BYTES) -> list[np.ndarray]:
+    """All episodes' heads trained at once (:func:`oodml.adapt_batched.finetune_last_batched`)."""
+    if not episodes:
+        return []
+    heads = [HeadEpisode(np.asarray(e.backbone_features(e.support), dtype=np.float32), e.support_labels,
+                         iterations_for(e.shots, iterations), e.seed) for e in episodes]
+    with metered(desc, len(heads), sum(h.iterations for h in heads)) as meter:
+        return finetune_last_batched(episodes[0].model, heads,
+                                     lambda i: episodes[i].backbone_features(episodes[i].targets),
+                                     device=device, memory_bytes=memory_bytes, meter=meter)
 
 
-def _run_finetune_all(episode: EpisodeInput, *, shots: int, iterations: int | None, seed: tuple, device: str,
-                      batch_size: int) -> np.ndarray:
-    return finetune_all(episode.model, episode.dataset, episode.support, episode.support_labels, episode.targets,
-                        shots=shots, iterations=iterations, seed=seed, device=device, batch_size=batch_size)
+def _run_finetune_all(episodes: Sequence[EpisodeInput], *, iterations: int | None, device: str, batch_size: int,
+                      desc: str) -> list[np.ndarray]:
+    """One episode after another (every weight trains: no two episodes share a forward pass)."""
+    out = []
+    with metered(desc, len(episodes), sum(iterations_for(e.shots, iterations) for e in episodes)) as meter:
+        for e in episodes:
+            out.append(finetune_all(e.model, e.dataset, e.support, e.support_labels, e.targets, shots=e.shots,
+                                    iterations=iterations, seed=e.seed, device=device, batch_size=batch_size,
+                                    meter=meter))
+            meter.episode_done()
+    return out
 
 
 #: every few-shot adaptation :func:`oodml.evaluate` offers, by name

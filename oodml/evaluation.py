@@ -341,34 +341,59 @@ class _FewShotContext:
     device: str
     batch_size: int
     saved: dict | None = None   # (level, shots, episode, adaptation) -> (sample ids, adapted embeddings)
+    adapted: dict = field(default_factory=dict)   # (shots, episode, adaptation) -> adapted embeddings
+
+    def stack(self, table: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        """(len(idx), ...) the rows of ``table`` (by sample id) of dataset rows ``idx``."""
+        return np.stack([table[self.ds.sample_ids[i]] for i in idx])
+
+    def episodes(self, level: Level, shots: int, episodes: int | None, split_digest: str) -> list[tuple]:
+        """Per episode of ``level`` at ``shots``: its index, its split (support, support labels, query, query
+        labels: :func:`episode_split`) and the :class:`EpisodeInput` an adaptation sees."""
+        index_of = {sid: i for i, sid in enumerate(self.ds.sample_ids)}
+        out = []
+        for ep in level.episodes(shots)[:episodes]:
+            split = episode_split(self.ds, ep, index_of)
+            out.append((ep.index, split, EpisodeInput(
+                self.loaded.module, self.ds, split[0], split[1], np.concatenate([split[0], split[2]]),
+                lambda idx: self.stack(self.features, idx), shots, (split_digest, level.index, shots, ep.index))))
+        return out
+
+
+def _adapt_level(ctx: _FewShotContext, level: Level, fewshot: Sequence[int], episodes: int | None,
+                 split_digest: str) -> None:
+    """Run each fine-tuning adaptation once on every episode of ``level`` at every shot count (finetune-last
+    trains them all at once; each shows its progress and, when long, its estimated time); their adapted
+    embeddings go to ``ctx.adapted``."""
+    inputs = [(shots, index, episode) for shots in fewshot
+              for index, _, episode in ctx.episodes(level, shots, episodes, split_digest)]
+    for adapt in ctx.adaptations:
+        run = ADAPTATIONS[adapt].run
+        if run is not None and inputs:
+            adapted = run([episode for _, _, episode in inputs], iterations=ctx.iterations, device=ctx.device,
+                          batch_size=ctx.batch_size, desc=f"{adapt} level {level.index}")
+            ctx.adapted.update({(shots, index, adapt): emb for (shots, index, _), emb in zip(inputs, adapted,
+                                                                                          strict=True)})
 
 
 def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int | None, base: dict) -> list[dict]:
-    """Per episode: the unadapted model's scores ('none') and each adaptation's, by :func:`score_episode`."""
+    """Per episode: the unadapted model's scores ('none') and each adaptation's, by :func:`score_episode`
+    (fine-tuned embeddings from ``ctx.adapted``, filled by :func:`_adapt_level`)."""
     ds, rows = ctx.ds, []
-    index_of = {sid: i for i, sid in enumerate(ds.sample_ids)}
-
-    def stack(table: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-        return np.stack([table[ds.sample_ids[i]] for i in idx])
-
-    for ep in level.episodes(shots)[:episodes]:
-        support, support_labels, query, query_labels = episode_split(ds, ep, index_of)
-        emb_s, emb_q = stack(ctx.embeddings, support), stack(ctx.embeddings, query)
-        common = {**base, "shots": shots, "episode": ep.index}
+    for index, split, episode in ctx.episodes(level, shots, episodes, base["split_digest"]):
+        support, support_labels, query, query_labels = split
+        emb_s, emb_q = ctx.stack(ctx.embeddings, support), ctx.stack(ctx.embeddings, query)
+        common = {**base, "shots": shots, "episode": index}
         scored = {"none": score_episode(emb_s, support_labels, emb_q, query_labels, "none")}
-        both = np.concatenate([support, query])
-        episode = EpisodeInput(ctx.loaded.module, ds, support, support_labels, both,
-                               lambda idx: stack(ctx.features, idx))
         for adapt in ctx.adaptations:
-            run = ADAPTATIONS[adapt].run
-            if run is None:
+            if ADAPTATIONS[adapt].run is None:
                 adapted_s, adapted_q = emb_s, emb_q
             else:
-                adapted = run(episode, shots=shots, iterations=ctx.iterations, device=ctx.device,
-                              seed=(base["split_digest"], level.index, shots, ep.index), batch_size=ctx.batch_size)
+                adapted = ctx.adapted[(shots, index, adapt)]
                 adapted_s, adapted_q = adapted[:len(support)], adapted[len(support):]
                 if ctx.saved is not None:
-                    ctx.saved[(level.index, shots, ep.index, adapt)] = ([ds.sample_ids[i] for i in both], adapted)
+                    ctx.saved[(level.index, shots, index, adapt)] = (
+                        [ds.sample_ids[i] for i in episode.targets], adapted)
             scored[adapt] = score_episode(adapted_s, support_labels, adapted_q, query_labels, adapt)
         rows += [{**common, "adaptation": adapt, "metric": m, "value": v}
                  for adapt, values in scored.items() for m, v in values.items()]
@@ -512,6 +537,7 @@ class _Scoring:
                         if any(ADAPTATIONS[a].uses_backbone for a in self.adaptations) else None)
             ctx = _FewShotContext(ds, loaded, embeddings, features, self.adaptations, self.adapt_iterations,
                                   self.device, self.batch_size, {} if self.save_embeddings else None)
+            _adapt_level(ctx, level, self.fewshot, self.episodes, self.split_set.digest)
             for shots in self.fewshot:
                 rows += _fewshot_rows(ctx, level, shots, self.episodes, base)
             saved.update({("fewshot", *key): value for key, value in (ctx.saved or {}).items()})

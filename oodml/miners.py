@@ -3,11 +3,14 @@
 :class:`DistanceWeightedMiner` returns the same anchors, in the same order, as
 pytorch-metric-learning's ``DistanceWeightedMiner`` (its defaults: cutoff 0.5,
 nonzero-loss cutoff 1.4), with positives and negatives drawn from the same
-distribution, but all anchors' negatives in one ``torch.multinomial`` call
-instead of a Python loop over the classes of the batch, and from a
-``torch.Generator`` of its own, so a seeded miner neither reads nor advances
-torch's global random state.  The random stream is not the library's: the
-same seed draws different triplets.
+distribution, but all anchors' positives and negatives drawn at once (by
+inverse CDF from one ``torch.rand`` call: on the CPU exactly the draws
+``torch.multinomial`` makes from the same generator) instead of a Python loop
+over the classes of the batch, and from a ``torch.Generator`` of its own, so a
+seeded miner neither reads nor advances torch's global random state.  The
+random stream is not the library's: the same seed draws different triplets.
+:func:`sample_triplets_batched` draws for many batches (few-shot episodes) in
+one go, each from its own generator, exactly what each would draw alone.
 
 The distribution, for a batch of B embeddings in d dimensions:
 
@@ -31,6 +34,8 @@ The distribution, for a batch of B embeddings in d dimensions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -39,36 +44,65 @@ def distance_weights(embeddings: torch.Tensor, labels: torch.Tensor, *, cutoff: 
     """The negative-sampling weights of every anchor (the formula in the module docstring), unnormalised.
 
     Divided by their row sums they equal, bit for bit, the weights pytorch-metric-learning's miner
-    samples from; :func:`sample_triplets` (``torch.multinomial``) needs no normalisation.
+    samples from; :func:`sample_triplets` needs no normalisation.
 
     Args:
-        embeddings: (B, d) float embeddings, not necessarily normalised.
-        labels: (B,) integer class labels.
+        embeddings: (B, d) float embeddings, not necessarily normalised, or (E, B, d): E batches (episodes)
+            at once, each weighed on its own (its own maximum).
+        labels: (B,) integer class labels, or (E, B).
         cutoff: distances below it count as ``cutoff`` (it bounds the weights of near pairs).
         nonzero_loss_cutoff: pairs at this distance or further get weight 0.
 
     Returns:
-        (B, B) non-negative weights in ``embeddings.dtype``, at most 1; row i is all 0 when anchor i has
-        no candidate negative.
+        (B, B) (or (E, B, B)) non-negative weights in ``embeddings.dtype``, at most 1; row i is all 0 when
+        anchor i has no candidate negative.
     """
     # Written op for op as the library computes it (same operands, same order), so the floats agree
     # exactly; each operation on this small matrix costs more in dispatch than in arithmetic.
-    d = float(embeddings.size(1))
-    unit = torch.nn.functional.normalize(embeddings, p=2, dim=1)
+    d = float(embeddings.size(-1))
+    unit = torch.nn.functional.normalize(embeddings, p=2, dim=-1)
     dist = torch.cdist(unit, unit, p=2).clamp_(min=cutoff)
-    log_w = (2.0 - d) * torch.log(dist) - ((d - 3) / 2) * torch.log(1.0 - 0.25 * dist**2.0)
-    valid = torch.isfinite(log_w)                        # antipodal pairs: log(0) or log of a rounding < 0
-    negative = labels.unsqueeze(1) != labels.unsqueeze(0)
+    # (2 - d) log D - (d - 3) / 2 log(1 - D**2 / 4), in place, each operation with the library's operands
+    log_w = torch.log(dist).mul_(2.0 - d).sub_(dist.pow(2.0).mul_(0.25).neg_().add_(1.0).log_().mul_((d - 3) / 2))
+    same = labels.unsqueeze(-1) == labels.unsqueeze(-2)
     # Same-class entries count as log weight 0 in the maximum, as in the library, so the same tiny
-    # weights underflow to 0 in both.
-    masked = log_w * negative
-    weights = torch.exp(masked - torch.where(valid, masked, -torch.inf).max())
-    return torch.where(negative & valid & (dist < nonzero_loss_cutoff), weights, 0.0)
+    # weights underflow to 0 in both.  Pairs whose log weight is not finite (antipodal: log(0), or the log
+    # of a rounding below 0) count as -inf, in the maximum and in the weights (exp(-inf) = 0); the diagonal
+    # (distance clamped to ``cutoff``, same class, log weight 0) keeps the maximum finite.  (Fewer and
+    # cheaper passes over the matrix than isfinite, where and multiplying by a boolean mask; the same values.)
+    masked = torch.nan_to_num_(log_w, nan=-torch.inf, posinf=-torch.inf).masked_fill_(same, 0.0)
+    weights = torch.exp_(masked.sub_(masked.amax(dim=(-2, -1), keepdim=True)))
+    return weights.masked_fill_(same | (dist >= nonzero_loss_cutoff), 0.0)
+
+
+def inverse_cdf(cumulative: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Categories drawn from each row of weights, given by their cumulative sums, by the uniforms in the same
+    row of ``uniforms``.
+
+    The rule of ``torch.multinomial(weights, k, replacement=True)`` on the CPU (k >= 2): cumulative sums of
+    the row divided by its total, the last set to 1, and the first category whose cumulative share is not
+    below the uniform.  Fed the float64 uniforms the CPU generator would give that call, it draws the same
+    categories (tested); on other devices it is this rule with that device's uniforms.
+
+    Args:
+        cumulative: (R, C) ``torch.cumsum(weights, dim=-1)`` of non-negative float weights; rows whose total
+            is 0 draw meaningless categories (the caller drops them).
+        uniforms: (R, k) float64 values in [0, 1).
+
+    Returns:
+        (R, k) int64 category indices.
+    """
+    share = cumulative / cumulative[:, -1:]
+    share[:, -1] = 1.0
+    return torch.searchsorted(share.double(), uniforms.contiguous(), right=False)
 
 
 def sample_triplets(weights: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw every anchor's triplets at once (the rule in the module docstring).
+
+    On the CPU the draws are those of ``torch.multinomial`` with the same generator (positives, then
+    negatives); :func:`sample_triplets_batched` with one batch.
 
     Args:
         weights: (B, B) non-negative negative-sampling weights, 0 for same-class pairs (rows need not be
@@ -79,29 +113,90 @@ def sample_triplets(weights: torch.Tensor, labels: torch.Tensor, generator: torc
     Returns:
         ``(anchors, positives, negatives)``, three (T,) int64 tensors of batch indices on ``labels``' device.
     """
-    classmates = labels.unsqueeze(1) == labels.unsqueeze(0)
-    class_size = classmates.sum(dim=1)
-    classmates.fill_diagonal_(False)
+    _, anchors, positives, negatives = sample_triplets_batched(weights.unsqueeze(0), labels.unsqueeze(0),
+                                                               [generator])
+    return anchors, positives, negatives
+
+
+def sample_triplets_batched(weights: torch.Tensor, labels: torch.Tensor,
+                            generators: Sequence[torch.Generator | None],
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every anchor's triplets in E batches (episodes) at once, each batch drawing from its own generator.
+
+    Batch e draws exactly what :func:`sample_triplets` draws for it alone from ``generators[e]``: the
+    uniforms come from one ``torch.rand`` call per batch (its positives' then its negatives'), and the
+    categories from :func:`inverse_cdf`, for all batches together.
+
+    Args:
+        weights: (E, B, B) non-negative weights as :func:`distance_weights` gives them.
+        labels: (E, B) integer class labels.
+        generators: E random sources (on ``weights``' device; ``None``: torch's global one).
+
+    Returns:
+        ``(batches, anchors, positives, negatives)``: four (T,) int64 tensors, the batch of each triplet
+        and its indices within that batch, batch by batch, each batch's triplets in :func:`sample_triplets`'
+        order.
+    """
+    device = labels.device
+    if weights.dtype not in (torch.float32, torch.float64):      # half: as torch.multinomial, in float
+        weights = weights.float()
+    cumulative = torch.cumsum(weights, dim=-1)                    # (E, B, B); the last column: row sums
+    by_label = torch.argsort(labels, dim=-1, stable=True)
+    ordered = labels.gather(-1, by_label)
+    class_size = torch.empty_like(by_label).scatter_(
+        -1, by_label, torch.searchsorted(ordered, ordered, right=True) - torch.searchsorted(ordered, ordered))
     # a non-zero row of weights implies a negative in the batch
-    usable = (class_size >= 2) & (weights.sum(dim=1) > 0)
-    by_label = torch.argsort(labels, stable=True)
-    anchors = by_label[usable[by_label]]
+    usable = (class_size >= 2) & (cumulative[..., -1] > 0)
+    batch, position = usable.gather(-1, by_label).nonzero(as_tuple=True)     # batch-major, by label
+    anchors = by_label[batch, position]
     if len(anchors) == 0:
-        empty = torch.empty(0, dtype=torch.long, device=labels.device)
-        return empty, empty.clone(), empty.clone()
-    # Each anchor needs as many draws as its class has members (at least 2): draw the largest number for
-    # every anchor and keep each one's first k.  Two or more draws per row also put torch.multinomial on
-    # its inverse-CDF path, several times faster than its one-draw path (an exponential per weight).
-    draws = class_size[anchors]
-    most = int(draws.max())
-    keep = torch.arange(most, device=labels.device) < draws.unsqueeze(1)
-    positives = torch.multinomial(classmates[anchors].float(), most, replacement=True, generator=generator)
-    rows = weights[anchors]
-    if rows.dtype not in (torch.float32, torch.float64):      # multinomial: half is unsupported on some devices
-        rows = rows.float()
-    negatives = torch.multinomial(rows, most, replacement=True, generator=generator)
-    triplets = torch.stack([anchors.unsqueeze(1).expand(-1, most), positives, negatives])[:, keep]
-    return triplets[0], triplets[1], triplets[2]
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return empty, empty.clone(), empty.clone(), empty.clone()
+    # Each anchor needs as many draws as its class has members (at least 2): a batch draws its largest
+    # number for each of its anchors and keeps each one's first k, as torch.multinomial would.
+    draws = class_size[batch, anchors]
+    count = torch.bincount(batch, minlength=len(generators))
+    most = torch.zeros_like(count).scatter_reduce_(0, batch, draws, "amax")
+    widest = int(most.max())
+    uniforms = []
+    for generator, n, k in zip(generators, count.tolist(), most.tolist(), strict=True):
+        if n:
+            drawn = torch.rand(2 * n * k, dtype=torch.float64, generator=generator, device=weights.device)
+            uniforms.append(torch.nn.functional.pad(drawn.view(2, n, k), (0, widest - k), value=0.5))
+    uniforms = torch.cat(uniforms, dim=1)
+    positives = _classmates_drawn(ordered, by_label, batch, position, draws, widest, uniforms[0])
+    # negatives: every row of the batch searched (no copy of the anchors' rows), the anchors' results kept
+    row = batch * labels.size(-1) + anchors
+    every = uniforms.new_full((cumulative.size(0) * cumulative.size(1), widest), 0.5).index_copy_(0, row, uniforms[1])
+    negatives = inverse_cdf(cumulative.flatten(0, 1), every)[row]
+    keep = torch.arange(widest, device=device) < draws.unsqueeze(1)
+    triplets = torch.stack([batch.unsqueeze(1).expand(-1, widest), anchors.unsqueeze(1).expand(-1, widest),
+                            positives, negatives])[:, keep]
+    return triplets[0], triplets[1], triplets[2], triplets[3]
+
+
+def _classmates_drawn(ordered: torch.Tensor, by_label: torch.Tensor, batch: torch.Tensor, position: torch.Tensor,
+                      draws: torch.Tensor, widest: int, uniforms: torch.Tensor) -> torch.Tensor:
+    """Positives: for each anchor, a classmate drawn uniformly (weight 1 each) by :func:`inverse_cdf`.
+
+    A class's members lie side by side in label order (index order within the class), so the draw only looks
+    at a window of ``widest`` places from the class's first member instead of a whole row of the batch: the
+    cumulative shares at the classmates are those of the whole row, so the same uniform picks the same one.
+
+    Args:
+        ordered: (E, B) labels sorted; ``by_label``: (E, B) the batch indices in that order (stable).
+        batch, position: (T,) each anchor's batch and place in ``by_label``; ``draws``: (T,) its class size.
+        uniforms: (T, widest) float64 uniforms.
+
+    Returns:
+        (T, widest) batch indices of the positives.
+    """
+    first = torch.searchsorted(ordered, ordered)[batch, position]                  # (T,) the class's first place
+    window = first.unsqueeze(1) + torch.arange(widest, device=ordered.device)      # (T, widest) places
+    classmate = ((window - first.unsqueeze(1)) < draws.unsqueeze(1)) & (window != position.unsqueeze(1))
+    places = window.clamp(max=ordered.size(-1) - 1)
+    chosen = inverse_cdf(torch.cumsum(classmate.float(), dim=-1), uniforms)
+    return by_label[batch.unsqueeze(1), places.gather(1, chosen.clamp(max=widest - 1))]
 
 
 class DistanceWeightedMiner(torch.nn.Module):

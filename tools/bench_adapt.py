@@ -20,7 +20,15 @@ finetune-last cost with 10 episodes per level and shot is estimated from the
 glyph head's time per iteration (16 runs x 8 levels x 10 episodes x 1000 + 1500
 iterations), in one process.
 
+With ``--compare-batched`` it instead times finetune-last on a level's worth of episodes, 10 episodes x 2- and
+5-shot (1000 and 1500 iterations, ``--iterations`` scales both), one episode at a time
+(:func:`oodml.adapt.finetune_last`, the reference) against all 20 at once
+(:func:`oodml.adapt_batched.finetune_last_batched`, what ``evaluate`` runs), in the same run, on both heads,
+and prints per head ``<head>: speed-up N.Nx`` with both times (CPU seconds of this process) and the largest
+difference between the two paths' embeddings.
+
 Run:  .venv/bin/python tools/bench_adapt.py [--classes 100] [--iterations 1000] [--repeats 2] [--threads 1]
+      .venv/bin/python tools/bench_adapt.py --compare-batched [--classes 100] [--episodes 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -35,10 +43,12 @@ import torch
 
 import oodml.adapt
 from oodml.adapt import BATCH_CLASSES, FINETUNE_ITERATIONS, PER_CLASS, finetune_last
+from oodml.adapt_batched import HeadEpisode, finetune_last_batched
 from oodml.miners import DistanceWeightedMiner
 from oodml.protocol import nearest_accuracy
 
 STUDY_RUNS, STUDY_LEVELS, STUDY_EPISODES = 16, 8, 10   # tools/reproduce_baselines.sh: 4 losses x +-SEC x 2 seeds
+HEADS = {"glyph head": (64, 32), "2048->128 head": (2048, 128)}
 
 
 def timed(fn) -> float:
@@ -75,8 +85,55 @@ def miner_call_seconds(miner, embed_dim: int, calls: int) -> float:
     return min(timed(lambda: [miner(raw, labels) for _ in range(calls)]) for _ in range(3)) / calls
 
 
+def level_episodes(features: int, classes: int, episodes: int, scale: float, rng: np.random.Generator,
+                   ) -> tuple[list[HeadEpisode], list[np.ndarray]]:
+    """``episodes`` synthetic episodes per shot count (2, 5) of ``classes`` classes: support features and
+    labels, iterations (ooDML's, times ``scale``), seeds; and per episode its targets (support, then 20
+    queries per class)."""
+    centres = rng.normal(size=(classes, features))
+    query_labels = np.repeat(np.arange(classes), 20)
+    heads, targets = [], []
+    for shots in (2, 5):
+        for episode in range(episodes):
+            labels = np.repeat(np.arange(classes), shots)
+            support = (centres[labels] + rng.normal(size=(len(labels), features))).astype(np.float32)
+            query = (centres[query_labels] + rng.normal(size=(len(query_labels), features))).astype(np.float32)
+            heads.append(HeadEpisode(support, labels, max(1, round(FINETUNE_ITERATIONS[shots] * scale)),
+                                     ("bench", shots, episode)))
+            targets.append(np.concatenate([support, query]))
+    return heads, targets
+
+
+def compare_batched(args: argparse.Namespace) -> None:
+    """One at a time against all at once, per head: CPU seconds, speed-up, largest embedding difference."""
+    rng = np.random.default_rng(0)
+    print(f"finetune-last on {args.episodes} episodes x 2- and 5-shot of {args.classes} classes "
+          f"({args.scale:g} x ooDML's iterations), {args.threads} thread(s), CPU seconds of this process")
+    for name, (features, embed_dim) in HEADS.items():
+        model = SimpleNamespace(head=torch.nn.Linear(features, embed_dim))
+        heads, targets = level_episodes(features, args.classes, args.episodes, args.scale, rng)
+        finetune_last_batched(model, heads[:2], lambda i: targets[i][:1])       # one-time costs (imports)
+        one_at_a_time: list[np.ndarray] = []
+        sequential_s = timed(lambda: one_at_a_time.extend(
+            finetune_last(model, h.support_features, h.support_labels, t, shots=0, iterations=h.iterations,
+                          seed=h.seed) for h, t in zip(heads, targets, strict=True)))
+        batched: list[np.ndarray] = []
+        batched_s = timed(lambda: batched.extend(finetune_last_batched(model, heads, lambda i: targets[i])))
+        differs = max(float(np.abs(a - b).max()) for a, b in zip(one_at_a_time, batched, strict=True))
+        iterations = sum(h.iterations for h in heads)
+        print(f"    {name} ({features} -> {embed_dim}): one at a time {sequential_s:.1f} s "
+              f"({sequential_s / iterations * 1e3:.2f} ms per episode-iteration), all at once {batched_s:.1f} s "
+              f"({batched_s / iterations * 1e3:.3f} ms); embeddings differ by at most {differs:.1e}")
+        print(f"{name}: speed-up {sequential_s / batched_s:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--compare-batched", action="store_true",
+                        help="time finetune-last one episode at a time against all episodes at once")
+    parser.add_argument("--episodes", type=int, default=10, help="--compare-batched: episodes per shot count")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="--compare-batched: fraction of ooDML's iterations (1000 at 2-shot, 1500 at 5-shot)")
     parser.add_argument("--classes", type=int, default=100, help="test classes in the episode")
     parser.add_argument("--iterations", type=int, default=1000, help="finetune-last iterations (ooDML: 1000 at 2-shot)")
     parser.add_argument("--repeats", type=int, default=2, help="episodes timed per miner; the best is reported")
@@ -84,6 +141,9 @@ def main() -> None:
                         help="torch CPU threads (the baseline study runs one per process)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compare_batched:
+        compare_batched(args)
+        return
     from pytorch_metric_learning import miners
 
     rng = np.random.default_rng(0)
