@@ -126,7 +126,10 @@ def cmd_datasets_download(args: argparse.Namespace) -> int:
 def _split_config(args: argparse.Namespace):
     from .splits import SplitConfig
 
-    return SplitConfig(levels=args.levels, removal_levels=args.removal_levels, distance=args.distance,
+    removal = args.removal_levels
+    if removal is None:
+        removal = 0 if args.keep_classes else SplitConfig.removal_levels
+    return SplitConfig(levels=args.levels, removal_levels=removal, distance=args.distance,
                        mode=args.mode, algorithm=args.algorithm, seed=args.seed, shots=tuple(args.shots),
                        episodes=args.episodes, bootstrap=args.bootstrap)
 
@@ -135,10 +138,12 @@ def cmd_make_splits(args: argparse.Namespace) -> int:
     from .splits import make_splits
     from .splits.report import format_levels
 
+    built: dict = {}
     split_set = make_splits(args.name, root=args.root, options=dict(args.option), extractor=args.extractor,
                             weights=args.weights, config=_split_config(args), version=args.version, out=args.out,
-                            device=args.device, batch_size=args.batch_size)
-    print(format_levels(split_set))
+                            device=args.device, batch_size=args.batch_size, keep_classes=args.keep_classes,
+                            built=built.update)
+    print(format_levels(split_set, built.get("adjacent_levels")))
     print(f"published {split_set.path}")
     _compare_with_published(split_set)
     return 0
@@ -180,9 +185,20 @@ def cmd_splits_list(args: argparse.Namespace) -> int:
 
 
 def cmd_splits_show(args: argparse.Namespace) -> int:
-    from .splits.report import format_levels
+    from .splits.adjacent import measure_adjacent, not_distinct_note
+    from .splits.report import format_levels, recorded_adjacent
 
-    print(format_levels(_load_split_set(args.ref)))
+    split_set = _load_split_set(args.ref)
+    pairs, source = recorded_adjacent(split_set), ""
+    if args.adjacent:
+        pairs, extractor = measure_adjacent(split_set, root=args.root, options=dict(args.option),
+                                            extractor=args.extractor, weights=args.weights, draws=args.bootstrap,
+                                            device=args.device, batch_size=args.batch_size)
+        source = f" (computed now in {extractor} features)"
+    print(format_levels(split_set, pairs, source))
+    note = not_distinct_note(pairs or ())
+    if note:
+        warnings.warn(note, stacklevel=1)
     return 0
 
 
@@ -257,16 +273,21 @@ def _add_make_splits(commands) -> None:
     _add_trust_repo(p)
     p.add_argument("--weights", help="weights file for the extractor (default for resnet50: torchvision's ImageNet "
                    "file, downloaded once into the torch hub cache, $TORCH_HOME/hub/checkpoints)")
-    p.add_argument("--levels", type=positive_int, default=8,
-                   help="shift levels to publish, easiest to hardest (default 8; at least 2)")
-    p.add_argument("--removal-levels", type=non_negative_int, default=2,
-                   help="levels beyond what swaps reach (default 2)")
+    p.add_argument("--levels", type=level_count, default=8,
+                   help="shift levels to publish, easiest to hardest (default 8; at least 2), or 'auto': the most "
+                   "(up to 8) whose adjacent levels are all distinct by a paired bootstrap over classes")
+    p.add_argument("--removal-levels", type=non_negative_int, default=None,
+                   help="levels beyond what swaps reach, made by removing classes (default 2; 0 with --keep-classes)")
+    p.add_argument("--keep-classes", action="store_true",
+                   help="swap levels only: every level keeps the same number of train and test classes (no "
+                   "removal levels), so class count does not move the curve")
     p.add_argument("--distance", choices=_Names(".shift", "DISTANCES"), default="fid", metavar="NAME",
                    help="distance between the train and test classes' features: %(choices)s (default fid)")
     p.add_argument("--mode", choices=_Names(".shift", "MODES"), default="class-mean", metavar="MODE",
                    help="what the distance compares: %(choices)s (default class-mean: one mean feature per class)")
     p.add_argument("--algorithm", choices=_Names(".splits.build", "ALGORITHMS"), default="greedy", metavar="NAME",
-                   help="split search: %(choices)s (default greedy; oodml: the ooDML paper's procedure)")
+                   help="split search: %(choices)s (default greedy, which scores every balanced split instead when "
+                   "the classes are few enough, recorded as exhaustive; oodml: the ooDML paper's procedure)")
     p.add_argument("--seed", type=random_seed, default=0,
                    help="seed of the search, the validation classes and the episodes (default 0)")
     p.add_argument("--shots", type=positive_int, nargs="+", default=[2, 5, 10], metavar="K",
@@ -274,7 +295,7 @@ def _add_make_splits(commands) -> None:
     p.add_argument("--episodes", type=non_negative_int, default=10,
                    help="episodes drawn per level and shot (default 10; 0: none)")
     p.add_argument("--bootstrap", type=non_negative_int, default=200,
-                   help="bootstrap draws for the distance CIs (0: no intervals)")
+                   help="bootstrap draws for the distance CIs and the adjacent-level comparison (0: neither)")
     p.add_argument("--version", default="v1", help="name of the published split set (default v1)")
     p.add_argument("--out", default="splits", help="publish under OUT/<dataset>/<version>/ (default ./splits)")
     p.add_argument("--device", default="auto", help="where features are extracted: auto, cpu, cuda, cuda:N or mps")
@@ -289,6 +310,20 @@ def _add_splits(commands) -> None:
     sub.add_parser("list", help="published split sets").set_defaults(func=cmd_splits_list)
     show = sub.add_parser("show", help="the level table of DATASET[@VERSION] (or a directory)")
     show.add_argument("ref", help="DATASET[@VERSION] or a manifest directory")
+    show.add_argument("--adjacent", action="store_true",
+                      help="compare adjacent levels now, on the data (paired bootstrap over classes), as make-splits "
+                      "records them; needs the dataset (--root)")
+    show.add_argument("--root", help="dataset root for --adjacent (default: the dataset's own default)")
+    show.add_argument("-o", "--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                      help="adapter option for --adjacent, e.g. -o subset=test for sop; repeatable")
+    show.add_argument("--extractor", help="features for --adjacent (default: the dataset's split extractor, as "
+                      "make-splits)")
+    show.add_argument("--weights", help="weights file of that extractor")
+    show.add_argument("--bootstrap", type=positive_int, default=None,
+                      help="draws for --adjacent (default: the split set's own, else 200)")
+    show.add_argument("--device", default="auto", help="where --adjacent extracts features: auto, cpu, cuda, "
+                      "cuda:N or mps")
+    show.add_argument("--batch-size", type=positive_int, default=128, help="images per feature batch (default 128)")
     show.set_defaults(func=cmd_splits_show)
     verify = sub.add_parser("verify", help="check every hash of one or all published split sets")
     verify.add_argument("ref", nargs="?", help="DATASET[@VERSION] or a manifest directory (default: all published)")
@@ -351,6 +386,14 @@ def _number(text: str, kind: type, minimum: float, *, strict: bool, what: str,
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (batch sizes, iterations, episodes, ...)."""
     return _number(text, int, 1, strict=False, what="a whole number of at least 1")
+
+
+def level_count(text: str) -> int | str:
+    """argparse type for make-splits ``--levels``: ``auto`` or a whole number (at least 2: checked with the other
+    split parameters, :meth:`oodml.splits.SplitConfig.validate`)."""
+    if text == "auto":
+        return text
+    return _number(text, int, 1, strict=False, what="'auto' or a whole number of levels (at least 2)")
 
 
 def non_negative_int(text: str) -> int:

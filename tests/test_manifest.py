@@ -33,7 +33,7 @@ def test_round_trip_keeps_every_field(published):
     assert lv.test_classes == ("c4", "c5", "c6", "c7") and lv.val_classes == ("c1",)
     assert lv.tuning_train_classes == ("c0", "c2", "c3")
     assert lv.episodes(2)[1].support["c5"] == ("c5/img0.png", "c5/img1.png")
-    assert split_set.metadata["schema_version"] == 2
+    assert split_set.metadata["schema_version"] == 3
     with pytest.raises(OodmlError, match="no 5-shot episodes; available: 2"):
         lv.episodes(5)
 

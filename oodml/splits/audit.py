@@ -52,11 +52,10 @@ import numpy as np
 from .._fs import atomic_path, check_writable, claim
 from ..errors import OodmlError
 from ..shift import MODES, ClassFeatures, get_distance
+from ..stats import CONFIDENCE, shifted_interval
 from .levels import bootstrap_interval
 from .manifest import AUDITS, SplitSet, open_split_set
 from .scoring import make_scorer
-
-CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -166,20 +165,6 @@ def _json_safe(value: object) -> object:
 
 
 # --- extractor agreement: pure ------------------------------------------------------------------
-
-def shifted_interval(estimate: float, draws: np.ndarray, confidence: float = CONFIDENCE,
-                     bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
-    """The percentile interval of ``draws`` shifted by their bias (median minus ``estimate``), clipped to
-    ``bounds``: the rule of :func:`oodml.splits.levels.bootstrap_interval`.  NaN draws are ignored; NaNs when
-    none are left."""
-    draws = np.asarray(draws, dtype=np.float64)
-    draws = draws[np.isfinite(draws)]
-    if not len(draws) or not math.isfinite(estimate):
-        return math.nan, math.nan
-    tail = (1 - confidence) / 2
-    lo, mid, hi = np.quantile(draws, [tail, 0.5, 1 - tail])
-    return max(estimate - (mid - lo), bounds[0]), min(estimate + (hi - mid), bounds[1])
-
 
 def rank_agreement(published: Sequence[float], measured: Sequence[float], draws: np.ndarray | None = None,
                    confidence: float = CONFIDENCE) -> tuple[Estimate, Estimate]:

@@ -1,5 +1,6 @@
 """From features to a split set: search, then give every level its tuning split,
-episodes and confidence interval.  Pure computation; writing is in ``manifest``."""
+episodes and confidence interval, and compare adjacent levels.  Pure computation;
+writing is in ``manifest``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..datasets import ImageDataset
-from ..errors import OodmlError
+from ..errors import OodmlError, brief
 from ..progress import progress
 from ..registry import Registry
 from ..shift import MODES, ClassFeatures, get_distance, split_distance
+from .adjacent import AdjacentPair, adjacent_pairs, adjacent_seed, not_distinct_note, paired_draws
 from .levels import Level, bootstrap_interval, draw_episodes, tuning_split
 from .scoring import Scorer, make_scorer
 from .search import (
@@ -35,12 +37,22 @@ from .search import (
 #: search algorithm name -> ``search(scorer, class_features, classes, cfg) -> (SearchResult, cfg as used)``.
 ALGORITHMS: Registry[Callable[..., tuple[SearchResult, SplitConfig]]] = Registry("algorithm")
 
+#: ``SplitConfig.levels`` (``--levels``) that picks the count: the most levels, up to :data:`MOST_LEVELS`,
+#: whose adjacent levels are all distinct (:mod:`oodml.splits.adjacent`).
+AUTO = "auto"
+#: The default level count, and the most that ``--levels auto`` tries.
+MOST_LEVELS = 8
+
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Every parameter of a split generation (recorded in the manifest metadata)."""
+    """Every parameter of a split generation (recorded in the manifest metadata).
 
-    levels: int = 8
+    ``levels`` is a count (at least 2) or :data:`AUTO`; ``bootstrap`` draws give
+    the levels' intervals and the adjacent-level comparison (0: neither).
+    """
+
+    levels: int | str = MOST_LEVELS
     removal_levels: int = 2
     distance: str = "fid"
     mode: str = "class-mean"
@@ -72,8 +84,14 @@ class SplitConfig:
 
 def _problems(cfg: SplitConfig) -> list[str]:
     """What is wrong with the numeric parameters, one line each, in field order (empty when nothing is)."""
+    auto = cfg.levels == AUTO
+    count = isinstance(cfg.levels, int) and not isinstance(cfg.levels, bool)
     checks = [
-        (cfg.levels >= 2, f"--levels must be at least 2 (got {cfg.levels})"),
+        (auto or (count and cfg.levels >= 2),
+         f"--levels must be at least 2 (got {cfg.levels})" if count else
+         f"--levels must be a whole number of at least 2 or {AUTO!r} (got {brief(cfg.levels)})"),
+        (not auto or cfg.bootstrap > 0, f"--levels {AUTO} tells levels apart by bootstrap draws; give --bootstrap "
+                                        f"N above 0 (got {cfg.bootstrap}) or a number of --levels"),
         (cfg.removal_levels >= 0, f"--removal-levels must be non-negative (got {cfg.removal_levels})"),
         (cfg.seed >= 0, f"--seed must be non-negative (got {cfg.seed})"),
         (len(cfg.shots) > 0 and all(k >= 1 for k in cfg.shots),
@@ -198,36 +216,58 @@ def _search(scorer: Scorer, cf: ClassFeatures, classes: Sequence[str], cfg: Spli
     _, note = fit_levels(asked, len(classes), result.search.get("method") == "exhaustive", by_removal)
     if note:
         warnings.warn(note, stacklevel=3)
-    if len(result.levels) < cfg.levels:
-        made = len(result.levels)
-        warnings.warn(f"made {made} level{'s' * (made != 1)}, not {cfg.levels}: the search found no more splits "
-                      f"of distinct distance", stacklevel=3)
+    _warn_if_fewer(result, cfg)
     return result, cfg
 
 
-def build_levels(dataset: ImageDataset, features: np.ndarray, cfg: SplitConfig) -> tuple[tuple[Level, ...], dict]:
-    """Search for the levels and complete each one.
+def _warn_if_fewer(result: SearchResult, cfg: SplitConfig) -> None:
+    if len(result.levels) < cfg.levels:
+        made = len(result.levels)
+        warnings.warn(f"made {made} level{'s' * (made != 1)}, not {cfg.levels}: the search found no more splits "
+                      f"of distinct distance", stacklevel=4)
 
-    Args:
-        dataset: gives class names, labels and sample ids.
-        features: (N, d) features in dataset order.
 
-    Returns:
-        ``(levels, info)``: levels easiest first, and facts for the metadata:
-        ``default_distance`` (distance of the seeded random split), ``search``
-        (how the levels were found: ``{"method": "exhaustive", "partitions": P}``,
-        ``{"method": "greedy"}`` or ``{"method": "oodml"}``) and ``config`` (the
-        :class:`SplitConfig` used: ``cfg`` with ``levels`` capped to the class count).
+def _partitions(result: SearchResult) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(np.array(state.train), np.array(state.test)) for state in result.levels]
+
+
+def _compare_adjacent(scorer: Scorer, result: SearchResult, num_classes: int, cfg: SplitConfig
+                      ) -> tuple[AdjacentPair, ...]:
+    """The adjacent pairs of ``result``'s levels (:mod:`oodml.splits.adjacent`); empty without bootstrap draws."""
+    if cfg.bootstrap <= 0:
+        return ()
+    estimates, draws = paired_draws(scorer.distances, _partitions(result), num_classes=num_classes,
+                                    draws=cfg.bootstrap, seed=adjacent_seed(cfg.seed))
+    return adjacent_pairs(estimates, draws)
+
+
+def _search_auto(scorer: Scorer, cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig
+                 ) -> tuple[SearchResult, SplitConfig, tuple[AdjacentPair, ...], list[int]]:
+    """``--levels auto``: search for ``n`` levels, ``n`` from :data:`MOST_LEVELS` (capped to what the classes
+    allow) down to 2, and keep the first whose adjacent levels are all distinct (else the 2 levels).
+
+    Each ``n`` is a fresh search (the levels of ``n`` are spread evenly over the
+    same range, not a subset of the levels of ``n + 1``).  Returns the result,
+    ``cfg`` as used (``levels`` the count chosen), its adjacent pairs and the
+    counts tried, most first.
     """
-    if features.shape[0] != len(dataset):
-        raise OodmlError(f"{features.shape[0]} feature rows for {len(dataset)} images")
-    cfg.validate(len(dataset.classes))
-    cf = ClassFeatures(features, dataset.labels)
-    if cfg.mode == "samples":
-        cf.check_samples_mode(range(len(dataset.classes)))
-    scorer = make_scorer(cf, cfg.distance, cfg.mode)
-    result, cfg = _search(scorer, cf, dataset.classes, cfg)
+    exhaustive = cfg.algorithm == "greedy" and exhaustive_fits(scorer, len(classes))
+    top = min(MOST_LEVELS, level_capacity(len(classes), exhaustive))
+    tried, n = [], max(top, 2)
+    while True:
+        result, used = ALGORITHMS[cfg.algorithm](scorer, cf, classes, fit_levels(
+            dataclasses.replace(cfg, levels=n), len(classes), exhaustive)[0])
+        pairs = _compare_adjacent(scorer, result, len(classes), used)
+        tried.append(len(result.levels))
+        if all(p.distinct for p in pairs) or len(result.levels) <= 2:
+            return result, used, pairs, tried
+        # The search may make fewer than n (too few distinct distances): the next count is below what it made.
+        n = len(result.levels) - 1
 
+
+def _complete(dataset: ImageDataset, cf: ClassFeatures, scorer: Scorer, result: SearchResult, cfg: SplitConfig
+              ) -> tuple[Level, ...]:
+    """Each chosen state made a :class:`Level`: distance, interval, class names, tuning split, episodes."""
     samples_by_class: dict[str, list[str]] = {c: [] for c in dataset.classes}
     for sid, label in zip(dataset.sample_ids, dataset.labels, strict=True):
         samples_by_class[dataset.classes[label]].append(sid)
@@ -244,8 +284,49 @@ def build_levels(dataset: ImageDataset, features: np.ndarray, cfg: SplitConfig) 
         levels.append(Level(k, distance, lo, hi, state.kind, train_names, test_names,
                             tuning_split(train_names, seed=cfg.seed, level=k, val_fraction=cfg.val_fraction),
                             int(counts[train].sum()), int(counts[test].sum()), episodes))
+    return tuple(levels)
+
+
+def build_levels(dataset: ImageDataset, features: np.ndarray, cfg: SplitConfig) -> tuple[tuple[Level, ...], dict]:
+    """Search for the levels, complete each one and compare adjacent ones.
+
+    Args:
+        dataset: gives class names, labels and sample ids.
+        features: (N, d) features in dataset order.
+
+    Returns:
+        ``(levels, info)``: levels easiest first, and facts for the metadata:
+        ``default_distance`` (distance of the seeded random split), ``search``
+        (how the levels were found: ``{"method": "exhaustive", "partitions": P}``,
+        ``{"method": "greedy"}`` or ``{"method": "oodml"}``), ``algorithm`` (the
+        search that ran: ``search["method"]``, so ``exhaustive`` when
+        ``--algorithm greedy`` could score every balanced split), ``config`` (the
+        :class:`SplitConfig` used: ``cfg`` with ``levels`` capped to the class
+        count, or the count ``auto`` chose), ``adjacent_levels`` (the
+        :class:`~oodml.splits.adjacent.AdjacentPair` of each adjacent pair; empty
+        without bootstrap draws) and, for ``levels="auto"``, ``levels_tried`` (the
+        counts searched, most first).  A one-line warning names adjacent levels
+        that are not distinct.
+    """
+    if features.shape[0] != len(dataset):
+        raise OodmlError(f"{features.shape[0]} feature rows for {len(dataset)} images")
+    cfg.validate(len(dataset.classes))
+    cf = ClassFeatures(features, dataset.labels)
+    if cfg.mode == "samples":
+        cf.check_samples_mode(range(len(dataset.classes)))
+    scorer = make_scorer(cf, cfg.distance, cfg.mode)
+    info: dict = {}
+    if cfg.levels == AUTO:
+        result, cfg, pairs, info["levels_tried"] = _search_auto(scorer, cf, dataset.classes, cfg)
+    else:
+        result, cfg = _search(scorer, cf, dataset.classes, cfg)
+        pairs = _compare_adjacent(scorer, result, len(dataset.classes), cfg)
+    note = not_distinct_note(pairs)
+    if note:
+        warnings.warn(note, stacklevel=2)
     default = result.default
-    info = {"default_distance": split_distance(cf, np.array(default.train), np.array(default.test),
-                                               distance=cfg.distance, mode=cfg.mode),
-            "search": dict(result.search), "config": cfg}
-    return tuple(levels), info
+    info.update({"default_distance": split_distance(cf, np.array(default.train), np.array(default.test),
+                                                    distance=cfg.distance, mode=cfg.mode),
+                 "search": dict(result.search), "algorithm": str(result.search.get("method", cfg.algorithm)),
+                 "config": cfg, "adjacent_levels": pairs})
+    return _complete(dataset, cf, scorer, result, cfg), info

@@ -4,6 +4,7 @@ confidence interval of its distance."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..errors import OodmlError
 from ..seeding import rng_for
+from ..stats import shifted_interval
 
 #: What a level is made by: swapping classes between the sides, or removing classes from both.
 LEVEL_KINDS = ("swap", "removal")
@@ -112,9 +114,9 @@ def bootstrap_interval(distances: Callable[[list[tuple[np.ndarray, np.ndarray]]]
     distances upwards (duplicated points look like a tighter, more separated
     set), so the raw percentile interval can lie entirely above the estimate.
     The interval returned is the percentile interval shifted by that bias (the
-    median of the draws minus the full-sample distance), clamped at 0: its
-    width shows the sampling variability of the class sets, and it always
-    contains the estimate.
+    median of the draws minus the full-sample distance), clamped at 0
+    (:func:`oodml.stats.shifted_interval`): its width shows the sampling
+    variability of the class sets, and it always contains the estimate.
 
     Args:
         distances: scores a batch of (train indices, test indices) partitions (duplicates allowed).
@@ -129,6 +131,4 @@ def bootstrap_interval(distances: Callable[[list[tuple[np.ndarray, np.ndarray]]]
     batch = [(rng.choice(train, size=len(train)), rng.choice(test, size=len(test))) for _ in range(draws)]
     values = distances(batch)
     estimate = float(distances([(np.asarray(train), np.asarray(test))])[0])
-    tail = (1 - confidence) / 2
-    lo, mid, hi = np.quantile(values, [tail, 0.5, 1 - tail])
-    return max(estimate - (mid - lo), 0.0), estimate + (hi - mid)
+    return shifted_interval(estimate, values, confidence, bounds=(0.0, math.inf))

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import __version__
 from ..datasets import dataset_spec, load_dataset
 from ..distributed import barrier, is_main_process
-from ..errors import brief
+from ..errors import OodmlError, brief
 from ..features import extract_features, get_extractor
-from .build import SplitConfig, build_levels
+from .adjacent import METADATA_KEY as ADJACENT_LEVELS
+from .build import AUTO, MOST_LEVELS, SplitConfig, build_levels
 from .manifest import SplitSet, check_version_name, name_taken, published_copy, read_split_set, write_split_set
 
 #: Generation records known before the search: a published name recording others cannot be reproduced.
@@ -26,14 +28,34 @@ def check_name_free(dataset: str, version: str, out: str | Path, record: dict) -
     if reference is None:
         return
     for key in KNOWN_BEFORE_SEARCH:
-        if record[key] != reference.metadata.get(key):
-            raise name_taken(reference, f"{key} {brief(record[key])} vs {brief(reference.metadata.get(key))}")
+        if record[key] != _asked(reference.metadata, key):
+            raise name_taken(reference, f"{key} {brief(record[key])} vs {brief(_asked(reference.metadata, key))}")
+
+
+def _asked(metadata: dict, key: str) -> object:
+    """What a split set's generation asked for: the ``algorithm`` option is in ``parameters`` (the top-level
+    ``algorithm`` records the search that ran: ``exhaustive`` for a greedy option that scored every split)."""
+    if key == "algorithm" and isinstance(metadata.get("parameters"), dict) and "algorithm" in metadata["parameters"]:
+        return metadata["parameters"]["algorithm"]
+    return metadata.get(key)
+
+
+def keep_classes_config(config: SplitConfig | None) -> SplitConfig:
+    """``config`` (default :class:`SplitConfig`) for ``keep_classes``: no removal levels, so every level has
+    the same class counts; a config asking for removal levels is refused in one line."""
+    if config is None:
+        return SplitConfig(removal_levels=0)
+    if config.removal_levels != 0:
+        raise OodmlError(f"--keep-classes builds swap levels only, at a constant class count; it cannot make "
+                         f"{config.removal_levels} removal levels: drop --removal-levels (or give 0)")
+    return config
 
 
 def make_splits(dataset: str, *, root: str | Path | None = None, options: dict | None = None,
                 extractor: str | None = None, weights: str | None = None, config: SplitConfig | None = None,
                 version: str = "v1", out: str | Path = "splits", device: str = "auto",
-                batch_size: int = 128) -> SplitSet:
+                batch_size: int = 128, keep_classes: bool = False,
+                built: Callable[[dict], None] | None = None) -> SplitSet:
     """Build and publish ``out/<dataset>/<version>/``; returns the verified :class:`SplitSet`.
 
     ``extractor`` defaults to the dataset's registered split extractor
@@ -44,18 +66,30 @@ def make_splits(dataset: str, *, root: str | Path | None = None, options: dict |
     With few classes the levels are chosen among every balanced split and
     ``metadata["search"]`` says so (``build_levels``); ``levels`` is capped at
     what the class count allows, with a warning, and ``parameters`` records
-    the levels made.
+    the levels made.  ``config.levels`` ``"auto"`` makes the most levels (up to
+    8) whose adjacent levels are all distinct; ``keep_classes`` makes swap
+    levels only (``removal_levels`` 0), so every level has the same class
+    counts.  ``metadata["algorithm"]`` is the search that ran (``exhaustive``,
+    ``greedy`` or ``oodml``; ``parameters.algorithm`` the option given) and
+    ``metadata["adjacent_levels"]`` compares each adjacent pair of levels
+    (:mod:`oodml.splits.adjacent`; outside the content digest).  ``built``, when
+    given, is called with ``build_levels``' facts before publishing (the CLI
+    prints the adjacent levels from them: a rebuild that reproduces a published
+    name keeps the published files, which may not record them).
     """
     check_version_name(version)
-    config = config or SplitConfig()
+    config = keep_classes_config(config) if keep_classes else (config or SplitConfig())
     ds = load_dataset(dataset, root=root, **(options or {}))
     ext = get_extractor(extractor or dataset_spec(dataset).split_extractor, weights)
     check_name_free(dataset, version, out, {
         "dataset_fingerprint": ds.fingerprint, "extractor": ext.id, "weights_hash": ext.weights_hash,
         "distance": config.distance, "mode": config.mode, "algorithm": config.algorithm, "seed": config.seed})
     features = extract_features(ds, ext, device=device, batch_size=batch_size)
+    asked_levels = config.levels
     levels, info = build_levels(ds, features, config)
-    config = info["config"]  # --levels capped to what the class count allows
+    config = info["config"]  # --levels capped to what the class count allows (or chosen by auto)
+    if built is not None:
+        built(info)
     metadata = {
         "dataset_fingerprint": ds.fingerprint,
         "dataset_layout": ds.layout,
@@ -66,7 +100,7 @@ def make_splits(dataset: str, *, root: str | Path | None = None, options: dict |
         "feature_dim": int(features.shape[1]),
         "mode": config.mode,
         "distance": config.distance,
-        "algorithm": config.algorithm,
+        "algorithm": info["algorithm"],
         "parameters": dataclasses.asdict(config),
         "seed": config.seed,
         "default_distance": info["default_distance"],
@@ -79,6 +113,13 @@ def make_splits(dataset: str, *, root: str | Path | None = None, options: dict |
     if info["search"]["method"] == "exhaustive":
         # Only for the exhaustive search: greedy-built split sets (glyphs@v1, every larger one) keep their metadata.
         metadata["search"] = info["search"]
+    # Only when asked, so that the split sets of the default options keep their metadata and digest:
+    if keep_classes:
+        metadata["keep_classes"] = True
+    if asked_levels == AUTO:
+        metadata["levels_auto"] = {"most": MOST_LEVELS, "tried": info["levels_tried"]}
+    if info["adjacent_levels"]:
+        metadata[ADJACENT_LEVELS] = [pair.as_dict() for pair in info["adjacent_levels"]]
     if is_main_process():
         split_set = write_split_set(Path(out), dataset, version, levels, metadata)
     barrier()  # under torchrun, the other ranks read what rank 0 published

@@ -16,7 +16,11 @@ canonical rows of the three tables and the metadata, leaving out
 
 * volatile metadata (creation time, oodml version), and
 * *measured* values: each level's ``distance``, ``ci_low`` and ``ci_high`` and
-  the metadata's ``default_distance``.
+  the metadata's ``default_distance``, and
+* *derived* metadata (schema 3): ``adjacent_levels``, the paired-bootstrap
+  comparison of each adjacent pair of levels (:mod:`oodml.splits.adjacent`),
+  computed from the levels; checked for shape on load, and ``oodml splits show
+  --adjacent`` recomputes it.
 
 What a model is evaluated on (class sets, tuning split, episodes, level kinds
 and counts) and how the split set was generated (dataset fingerprint,
@@ -27,10 +31,13 @@ are *stored* rounded to ``SIGNIFICANT_DIGITS`` significant digits and compared
 with a stated tolerance (:mod:`oodml.splits.compare`).  The rule is recorded in
 ``metadata.json`` (``canonical_form``).
 
-This is schema 2.  Split sets published under schema 1 (``glyphs@v1``,
+This is schema 3.  Split sets published under schema 1 (``glyphs@v1``,
 ``cars196@oodml-v1``) hashed the measured values as computed; they are
 immutable, so they keep their recorded digest and are verified under the rule
-they were published with.
+they were published with.  Schema 2 hashed everything schema 3 does and the
+derived metadata (no schema-2 split set holds any, so it hashed nothing more);
+schema 3 exists so that an oodml that knows only schema 2 refuses a split set
+holding ``adjacent_levels`` as too new, rather than as a digest mismatch.
 
 The digest does not depend on the Parquet writer's bytes; the per-file sha256
 sums catch any change to the files themselves.  A published version is
@@ -58,11 +65,13 @@ import pyarrow.parquet as pq
 
 from .._fs import atomic_path, claim, file_digest
 from ..errors import OodmlError, brief
+from .adjacent import METADATA_KEY as ADJACENT_LEVELS
+from .adjacent import pairs_from_metadata
 from .levels import LEVEL_KINDS, Episode, Level
 from .locations import CHECKSUMS, SplitLocation, search_paths, split_locations
 
-SCHEMA_VERSION = 2
-SCHEMA_VERSIONS = (1, 2)  # the digest rules this oodml can verify
+SCHEMA_VERSION = 3
+SCHEMA_VERSIONS = (1, 2, 3)  # the digest rules this oodml can verify
 TABLES = ("levels", "classes", "episodes")
 FILES = ("metadata.json", "levels.parquet", "classes.parquet", "episodes.parquet")
 #: A folder beside the manifest files for audits of the split set; not part of the manifest or its digest.
@@ -71,9 +80,11 @@ VOLATILE_METADATA = ("created_at", "oodml_version")
 #: Measured values: stored rounded, compared with a tolerance, not part of the digest (schema 2).
 MEASURED_COLUMNS = ("distance", "ci_low", "ci_high")
 MEASURED_METADATA = ("default_distance",)
+#: Derived from the levels by a seeded bootstrap, stored rounded, not part of the digest (schema 3).
+DERIVED_METADATA = (ADJACENT_LEVELS,)
 SIGNIFICANT_DIGITS = 6
 CANONICAL_FORM = {
-    "digest_excludes": ["created_at", "oodml_version", *MEASURED_METADATA,
+    "digest_excludes": ["created_at", "oodml_version", *MEASURED_METADATA, *DERIVED_METADATA,
                         *(f"levels.{c}" for c in MEASURED_COLUMNS)],
     "measured_values_significant_digits": SIGNIFICANT_DIGITS,
 }
@@ -201,13 +212,15 @@ def tables_to_levels(tables: dict[str, pa.Table]) -> tuple[Level, ...]:
 def content_digest(tables: dict[str, pa.Table], metadata: dict, schema_version: int = SCHEMA_VERSION) -> str:
     """sha256 over canonical JSON of the table rows and the metadata, under ``schema_version``'s rule.
 
-    Schema 2 leaves out volatile metadata and measured values (module
-    docstring); schema 1, kept to verify what was published under it, left
-    out only the volatile metadata.
+    Schema 3 leaves out volatile metadata, measured values and derived
+    metadata (module docstring); schema 2 the first two; schema 1, kept to
+    verify what was published under it, only the volatile metadata.
     """
     skip_meta, skip_cols = VOLATILE_METADATA, ()
     if schema_version >= 2:
         skip_meta, skip_cols = VOLATILE_METADATA + MEASURED_METADATA, MEASURED_COLUMNS
+    if schema_version >= 3:
+        skip_meta += DERIVED_METADATA
     h = hashlib.sha256()
     stable = {k: v for k, v in metadata.items() if k not in skip_meta}
     h.update(json.dumps(stable, sort_keys=True, separators=(",", ":")).encode())
@@ -238,8 +251,17 @@ def split_set_of(dataset: str, version: str, levels: tuple[Level, ...], metadata
     for key in MEASURED_METADATA:
         if isinstance(metadata.get(key), float):
             metadata[key] = canonical_float(metadata[key])
+    if isinstance(metadata.get(ADJACENT_LEVELS), list):
+        metadata[ADJACENT_LEVELS] = [_canonical_pair(p) for p in metadata[ADJACENT_LEVELS]]
     tables = levels_to_tables(levels)
     return SplitSet(dataset, version, tables_to_levels(tables), metadata, content_digest(tables, metadata))
+
+
+def _canonical_pair(record: object) -> object:
+    """An ``adjacent_levels`` record with its numbers in canonical form (:func:`canonical_float`)."""
+    if not isinstance(record, dict):
+        return record
+    return {k: canonical_float(v) if isinstance(v, float) else v for k, v in record.items()}
 
 
 def write_split_set(out: Path, dataset: str, version: str, levels: tuple[Level, ...], metadata: dict) -> SplitSet:
@@ -417,6 +439,8 @@ def read_split_set(path: Path) -> SplitSet:
     _check_values(tables, where)
     levels = tables_to_levels(tables)
     check_levels(levels, where)
+    if ADJACENT_LEVELS in metadata:
+        pairs_from_metadata(metadata[ADJACENT_LEVELS], len(levels), where)
     return SplitSet(str(metadata.get("dataset", path.parent.name)), str(metadata.get("version", path.name)),
                     levels, metadata, digest, path)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..plotting import new_figure, save_figure
+from .adjacent import METADATA_KEY, AdjacentPair, format_pairs, pairs_from_metadata
 from .manifest import SplitSet
 
 
@@ -28,15 +30,52 @@ def search_line(metadata: dict) -> str | None:
 
 
 def searched_with(metadata: dict) -> str:
-    """The search that ran: ``exhaustive`` when ``--algorithm greedy`` could score every balanced split (its
-    metadata keeps the option given, ``greedy``, and says ``search.method: exhaustive``), else the algorithm."""
+    """The search that ran: the recorded ``algorithm`` (split sets made since schema 3 record ``exhaustive``
+    when ``--algorithm greedy`` could score every balanced split), or ``exhaustive`` when an older one records
+    the option given, ``greedy``, with ``search.method: exhaustive``."""
     if (metadata.get("search") or {}).get("method") == "exhaustive":
         return "exhaustive"
     return metadata.get("algorithm", "?")
 
 
-def format_levels(split_set: SplitSet) -> str:
-    """A plain-text table: one row per level with distance, CI, kind, class and image counts."""
+def recorded_adjacent(split_set: SplitSet) -> tuple[AdjacentPair, ...] | None:
+    """The adjacent-level comparison ``metadata.json`` records (checked), or None when it records none."""
+    if METADATA_KEY not in split_set.metadata:
+        return None
+    return pairs_from_metadata(split_set.metadata[METADATA_KEY], len(split_set.levels),
+                               f"split set {split_set.path or split_set.dataset + '@' + split_set.version}")
+
+
+def design_lines(metadata: dict) -> list[str]:
+    """How the level count and the class counts were chosen, when not by the defaults (one line each)."""
+    lines = []
+    auto = metadata.get("levels_auto")
+    if isinstance(auto, dict):
+        tried = ", ".join(map(str, auto.get("tried") or [])) or "?"
+        lines.append(f"levels: auto, the most (at most {auto.get('most', '?')}) whose adjacent levels are all "
+                     f"distinct (level counts searched: {tried})")
+    if metadata.get("keep_classes") is True:
+        lines.append("class counts: kept (--keep-classes): swap levels only, every level the same number of "
+                     "train and test classes")
+    return lines
+
+
+def adjacent_lines(split_set: SplitSet, adjacent: Sequence[AdjacentPair] | None = None, source: str = "") -> list[str]:
+    """The adjacent-level lines of a report: ``adjacent`` when given (``source`` says where they come from),
+    else those the split set records, else a line saying how to compute them."""
+    pairs = adjacent if adjacent is not None else recorded_adjacent(split_set)
+    if pairs:
+        return format_pairs(pairs, source)
+    parameters = split_set.metadata.get("parameters")
+    if pairs is not None or (isinstance(parameters, dict) and parameters.get("bootstrap") == 0):
+        return ["adjacent levels: not compared (no bootstrap draws)"]
+    ref = split_set.path or f"{split_set.dataset}@{split_set.version}"
+    return [f"adjacent levels: not recorded; `oodml splits show {ref} --adjacent` compares them on the data"]
+
+
+def format_levels(split_set: SplitSet, adjacent: Sequence[AdjacentPair] | None = None, source: str = "") -> str:
+    """A plain-text table: one row per level with distance, CI, kind, class and image counts; then each
+    adjacent pair of levels compared (:func:`adjacent_lines`)."""
     meta = split_set.metadata
     head = [f"{split_set.dataset}@{split_set.version}  digest {split_set.digest[:16]}  "
             f"{meta.get('distance', '?')} on {meta.get('mode', '?')} {meta.get('extractor', '?')} features, "
@@ -45,6 +84,7 @@ def format_levels(split_set: SplitSet) -> str:
         head.append(search_line(meta))
     if meta.get("default_distance") is not None:
         head.append(f"default (seeded random) split distance: {_num(meta['default_distance'], 4)}")
+    head += design_lines(meta)
     rows = [("level", "distance", "95% CI", "kind", "train cls", "test cls", "val cls", "train img", "test img")]
     for lv in split_set.levels:
         rows.append((str(lv.index), _num(lv.distance, 4), f"{_num(lv.ci_low)}..{_num(lv.ci_high)}", lv.kind,
@@ -52,7 +92,7 @@ def format_levels(split_set: SplitSet) -> str:
                      _count(lv.n_train_images), _count(lv.n_test_images)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(head + lines)
+    return "\n".join(head + lines + adjacent_lines(split_set, adjacent, source))
 
 
 def plot_levels(split_set: SplitSet, out_prefix: str | Path) -> list[Path]:

@@ -1,0 +1,97 @@
+"""Bootstrap intervals: the interval rules and the class resampling that oodml's estimates share.
+
+Every interval oodml reports comes from a bootstrap over *classes* (classes,
+not images, are the units a benchmark samples): the level distances and their
+adjacent differences (:mod:`oodml.splits.levels`, :mod:`oodml.splits.adjacent`),
+the rank agreement of an audit (:mod:`oodml.splits.audit`).  This module holds
+the arithmetic once: pure functions, arrays in, numbers out; seeding is the
+caller's (:func:`oodml.seeding.rng_for`).
+
+* :func:`percentile_interval`: the plain percentile interval of some draws.
+* :func:`shifted_interval`: the percentile interval shifted by the draws' bias
+  (their median minus the estimate), for statistics that resampling biases.
+* :func:`resample_indices`, :func:`resample_counts`, :func:`with_counts`: with-
+  replacement resamples of units (classes), as indices or as counts, and a set
+  of units under a resample; one resample applied to several sets is a
+  *paired* bootstrap.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: The confidence of every interval oodml reports unless told otherwise.
+CONFIDENCE = 0.95
+
+
+def _finite(draws: np.ndarray) -> np.ndarray:
+    draws = np.asarray(draws, dtype=np.float64).ravel()
+    return draws[np.isfinite(draws)]
+
+
+def percentile_interval(draws: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The central ``confidence`` percentile interval of ``draws`` (any shape, flattened; NaN and infinite
+    draws ignored), as ``(low, high)`` floats; NaNs when no draw is finite."""
+    draws = _finite(draws)
+    if not len(draws):
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(draws, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def shifted_interval(estimate: float, draws: np.ndarray, confidence: float = CONFIDENCE,
+                     bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
+    """The percentile interval of ``draws`` shifted by their bias, clipped to ``bounds``.
+
+    Resampling classes with replacement duplicates some, which biases many
+    statistics (a Fréchet distance of a set with duplicates is larger; a rank
+    correlation is pulled towards its extremes), so the raw percentile interval
+    may not even contain the estimate.  The interval returned is
+    ``estimate - (median - low)`` .. ``estimate + (high - median)``: the
+    spread of the draws around their median, placed around the estimate, so it
+    always contains it (before clipping).
+
+    Args:
+        estimate: the statistic on the full sample.
+        draws: its bootstrap draws (any shape, flattened); NaN and infinite draws are ignored.
+        bounds: ``(low, high)`` the statistic's range, e.g. ``(0, inf)`` for a distance, ``(-1, 1)`` for a
+            correlation.
+
+    Returns:
+        ``(low, high)`` in the estimate's units; NaNs when no draw is finite or the estimate is not finite.
+    """
+    draws = _finite(draws)
+    if not len(draws) or not math.isfinite(estimate):
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2
+    lo, mid, hi = np.quantile(draws, [tail, 0.5, 1 - tail])
+    return max(estimate - (mid - lo), bounds[0]), min(estimate + (hi - mid), bounds[1])
+
+
+def resample_indices(n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap resamples of ``n`` units: (draws, n) int64 unit indices in ``[0, n)``, drawn with replacement,
+    uniformly (row ``b`` is resample ``b``)."""
+    return rng.integers(0, n, size=(draws, n))
+
+
+def resample_counts(n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each of ``n`` units occurs in each of ``draws`` bootstrap resamples (:func:`resample_indices`):
+    (draws, n) int64, every row summing to ``n``."""
+    idx = resample_indices(n, draws, rng)
+    counts = np.zeros((draws, n), dtype=np.int64)
+    np.add.at(counts, (np.arange(draws)[:, None], idx), 1)
+    return counts
+
+
+def with_counts(members: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """A set of units under one resample: each of ``members`` (unit indices) repeated as often as ``counts``
+    (one row of :func:`resample_counts`) says; units it drew 0 times are left out.
+
+    Applying one row of counts to several sets is the *paired* bootstrap: a unit the sets share carries the
+    same weight in each, so a statistic's difference between them varies only through what differs.
+    """
+    members = np.asarray(members, dtype=np.int64)
+    return np.repeat(members, counts[members])
