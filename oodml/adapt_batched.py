@@ -63,8 +63,11 @@ def margin_loss_batched(embeddings: torch.Tensor, batches: torch.Tensor, anchors
                         beta: float = BETA) -> torch.Tensor:
     """pytorch-metric-learning's ``MarginLoss(margin, beta=beta, learn_beta=False)`` of E batches at once.
 
-    Per batch: distances between the L2-normalised embeddings (:func:`_cdist_pairs`), ``relu(d_ap - beta + margin) +
+    Per batch: distances between the L2-normalised embeddings, ``relu(d_ap - beta + margin) +
     relu(beta - d_an + margin)`` per triplet, summed and divided by the number of non-zero terms (0 when none).
+    Distances come from each batch's Gram matrix as ``sqrt(max(|x|^2 + |y|^2 - 2 x.y, 1e-30))``, the form
+    ``torch.cdist`` (the library's distance) takes on batches over 25 rows: a pair of identical rows has
+    distance ~0 and gradient 0, as there.
 
     Args:
         embeddings: (E, B, d) raw embeddings.
@@ -76,23 +79,24 @@ def margin_loss_batched(embeddings: torch.Tensor, batches: torch.Tensor, anchors
     """
     if len(anchors) == 0:
         return embeddings.sum(dim=(1, 2)) * 0.0       # the library's zero loss: zero gradients, still a graph
-    unit = torch.nn.functional.normalize(embeddings, p=2, dim=-1).flatten(0, 1)     # (E * B, d)
-    offset = batches * embeddings.size(1)
-    anchor = unit.index_select(0, offset + anchors)
-    pos = torch.relu((_cdist_pairs(anchor, unit.index_select(0, offset + positives)) - beta) + margin)
-    neg = torch.relu((beta - _cdist_pairs(anchor, unit.index_select(0, offset + negatives))) + margin)
+    size = embeddings.size(1)
+    unit = torch.nn.functional.normalize(embeddings, p=2, dim=-1)
+    square = unit.pow(2).sum(dim=-1).flatten()                         # (E * B,)
+    gram = torch.bmm(unit, unit.transpose(1, 2)).flatten()              # (E * B * B,)
+    anchor = batches * size + anchors                                   # rows of the flattened batches
+    anchor_square = square.index_select(0, anchor)
+
+    def distance(others: torch.Tensor) -> torch.Tensor:
+        pair = (anchor_square + square.index_select(0, batches * size + others)
+                - 2.0 * gram.index_select(0, anchor * size + others))
+        return pair.clamp_min(1e-30).sqrt()
+
+    pos = torch.relu((distance(positives) - beta) + margin)
+    neg = torch.relu((beta - distance(negatives)) + margin)
     zeros = embeddings.new_zeros(len(embeddings))
     total = zeros.index_add(0, batches, pos + neg)
     divisor = zeros.index_add(0, batches, ((pos > 0).to(zeros.dtype) + (neg > 0).to(zeros.dtype)))
     return total / divisor.clamp(min=1.0)         # a batch without a non-zero term sums to 0: loss 0
-
-
-def _cdist_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(T,) Euclidean distances of the row pairs of (T, d) ``x`` and ``y``, by the formula ``torch.cdist``
-    uses for p=2 on batches over 25 rows (``sqrt(max(|x|^2 + |y|^2 - 2 x.y, 1e-30))``), so a pair of
-    identical rows has distance ~0 and gradient 0, as there; only the needed pairs, not the (B, B) matrix."""
-    square = ((-2.0 * x) * y).sum(dim=-1) + x.pow(2).sum(dim=-1) + y.pow(2).sum(dim=-1)
-    return square.clamp_min(1e-30).sqrt()
 
 
 class BatchedAdam:
@@ -170,6 +174,15 @@ def plan_chunks(sizes: Sequence[int], keys: Sequence[object], memory_bytes: int)
     return chunks
 
 
+def _linear(params: dict[str, torch.Tensor], buffers: dict, x: torch.Tensor) -> torch.Tensor:
+    """A stack of ``torch.nn.Linear`` heads on (E, B, F) inputs: one batched matrix product (what vmap over
+    ``functional_call`` computes for them, without its per-call cost)."""
+    weight, bias = params["weight"], params.get("bias")
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
 class _Chunk:
     """The training state of one chunk of episodes: stacked parameters, optimiser, batches, generators."""
 
@@ -191,8 +204,9 @@ class _Chunk:
             labels[i, :e.iterations] = e.support_labels[rows[i, :e.iterations]]
         self.feats, self.rows, self.labels = (torch.from_numpy(a).to(device) for a in (feats, rows, labels))
         self.generators = [torch.Generator(device).manual_seed(derive_seed(*e.seed, "triplets")) for e in episodes]
-        self.forward = torch.func.vmap(lambda p, b, x: torch.func.functional_call(head, (p, b), (x,)),
-                                       randomness="different")
+        self.forward = (_linear if type(head) is torch.nn.Linear else
+                        torch.func.vmap(lambda p, b, x: torch.func.functional_call(head, (p, b), (x,)),
+                                        randomness="different"))
 
     def step(self, iteration: int) -> None:
         """One training step of every active episode."""

@@ -87,14 +87,14 @@ def inverse_cdf(cumulative: torch.Tensor, uniforms: torch.Tensor) -> torch.Tenso
     Args:
         cumulative: (R, C) ``torch.cumsum(weights, dim=-1)`` of non-negative float weights; rows whose total
             is 0 draw meaningless categories (the caller drops them).
-        uniforms: (R, k) float64 values in [0, 1).
+        uniforms: (R, k) float64 values in [0, 1) (float32 on Apple MPS, which has no float64).
 
     Returns:
         (R, k) int64 category indices.
     """
     share = cumulative / cumulative[:, -1:]
     share[:, -1] = 1.0
-    return torch.searchsorted(share.double(), uniforms.contiguous(), right=False)
+    return torch.searchsorted(share.to(uniforms.dtype), uniforms.contiguous(), right=False)
 
 
 def sample_triplets(weights: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
@@ -159,9 +159,10 @@ def sample_triplets_batched(weights: torch.Tensor, labels: torch.Tensor,
     most = torch.zeros_like(count).scatter_reduce_(0, batch, draws, "amax")
     widest = int(most.max())
     uniforms = []
+    precise = torch.float32 if weights.device.type == "mps" else torch.float64     # MPS has no float64
     for generator, n, k in zip(generators, count.tolist(), most.tolist(), strict=True):
         if n:
-            drawn = torch.rand(2 * n * k, dtype=torch.float64, generator=generator, device=weights.device)
+            drawn = torch.rand(2 * n * k, dtype=precise, generator=generator, device=weights.device)
             uniforms.append(torch.nn.functional.pad(drawn.view(2, n, k), (0, widest - k), value=0.5))
     uniforms = torch.cat(uniforms, dim=1)
     positives = _classmates_drawn(ordered, by_label, batch, position, draws, widest, uniforms[0])
