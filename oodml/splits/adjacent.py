@@ -160,7 +160,7 @@ def not_distinct_note(pairs: Sequence[AdjacentPair]) -> str | None:
         return None
     return (f"levels {', '.join(blurred)} are not distinct: the 95% paired-bootstrap interval of their distance "
             f"difference reaches 0 ({len(blurred)} of {len(pairs)} adjacent pairs); fewer levels separate better "
-            "(--levels N, or --levels auto)")
+            "(make-splits --levels N, or --levels auto)")
 
 
 def format_pairs(pairs: Sequence[AdjacentPair], source: str = "") -> list[str]:
