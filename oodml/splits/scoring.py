@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import scipy.linalg
 
 from ..errors import OodmlError
 from ..shift import ClassFeatures, split_distance, trace_sqrt_of_product
@@ -112,6 +113,9 @@ class Scorer:
 
     means: np.ndarray
     exhaustive_limit: int = 500
+    #: relative error bound of :meth:`move_distances` (0: exact up to rounding); the search needs a move to
+    #: gain more than this before it counts as an improvement.
+    rounding: float = 0.0
 
     def distances(self, partitions: Sequence[Partition]) -> np.ndarray:
         """Exact distances of several partitions, (len(partitions),)."""
@@ -130,6 +134,14 @@ class Scorer:
         Returns (P,) float64.
         """
         return self.distances(list(zip(train, test, strict=True)))
+
+    def path_distances(self, partitions: Sequence[Partition]) -> np.ndarray:
+        """Distances of partitions of distinct classes near one another (a search path), (len(partitions),).
+
+        Exact as :meth:`distances` here; a scorer may score them as updates of one
+        another, within :attr:`rounding`.
+        """
+        return self.distances(partitions)
 
     def screen(self, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Separable swap gain estimates, as :func:`centroid_screen`."""
@@ -183,13 +195,16 @@ class MeanFID(Scorer):
     #: scored fully vectorised, 100,000 partitions of 10 vs 10 classes take about a second
     exhaustive_limit = 100_000
 
-    def __init__(self, means: np.ndarray):
+    def __init__(self, means: np.ndarray, lowrank: bool | None = None):
         x = np.asarray(means, dtype=np.float64)
         if not np.isfinite(x).all():
             bad = int(np.flatnonzero(~np.isfinite(x).all(1))[0])
             raise OodmlError(f"class means contain NaN or inf (first at class index {bad}); every class needs at "
                              f"least one image with finite features")
         self.means = x - x.mean(0)
+        self.lowrank = x.shape[1] >= LOWRANK_MIN_DIM if lowrank is None else bool(lowrank)
+        self.rounding = 1e-7 if self.lowrank else 0.0
+        self._spectrum: _Spectrum | None = None
 
     @cached_property
     def gram(self) -> np.ndarray:
@@ -254,9 +269,17 @@ class MeanFID(Scorer):
         return out
 
     def move_distances(self, train: np.ndarray, test: np.ndarray, moves: Sequence[Move]) -> np.ndarray:
-        """As :meth:`Scorer.move_distances`; in the moment form each move costs a low-rank update, not a rebuild."""
+        """As :meth:`Scorer.move_distances`; in the moment form each move costs a low-rank update, not a rebuild.
+
+        With :attr:`lowrank` (feature width from :data:`LOWRANK_MIN_DIM`), not even the
+        d x d eigenvalue problem is redone per move: see :class:`_Spectrum`.
+        """
         if any(self._gram_form(*move.sizes(len(train), len(test))) for move in moves):
             return super().move_distances(train, test, moves)
+        if self.lowrank:
+            values = self._near_distances([move.apply(train, test) for move in moves], (train, test))
+            if values is not None:
+                return values
         x = self.means
         side_train, side_test = _Side.of(x[train]), _Side.of(x[test])
         out = np.empty(len(moves))
@@ -267,6 +290,41 @@ class MeanFID(Scorer):
                 a, b = a.plus(leaving_test), b.plus(leaving_train)
             out[i] = _fid_of_sides(a, b)
         return out
+
+    def path_distances(self, partitions: Sequence[Partition]) -> np.ndarray:
+        """As :meth:`Scorer.path_distances`; with :attr:`lowrank`, moment-form partitions through :class:`_Spectrum`."""
+        if not self.lowrank or any(self._gram_form(len(tr), len(te)) for tr, te in partitions):
+            return self.distances(partitions)
+        values = [self._near_distances([part], part) for part in partitions]
+        return np.array([self.distance(*part) if v is None else v[0] for part, v in zip(partitions, values,
+                                                                                         strict=True)])
+
+    def _near_distances(self, partitions: Sequence[Partition], origin: Partition) -> np.ndarray | None:
+        """Moment-form distances of ``partitions`` near ``origin`` through the nearest :class:`_Spectrum`.
+
+        Rebases at ``origin`` once it has moved more than :data:`REBASE_AFTER`
+        classes from the base.  Returns None where no base can be made (scatter
+        matrices not well-conditioned positive definite), and turns
+        :attr:`lowrank` off: the caller scores exactly.  A partition whose update rounding made unscorable (a
+        non-positive determinant) is scored exactly here.
+        """
+        spectrum = self._spectrum
+        if spectrum is None or spectrum.changed(*origin) > REBASE_AFTER:
+            try:
+                spectrum = self._spectrum = _Spectrum(self.means, self.sq_norms, *origin)
+            except np.linalg.LinAlgError:   # rank-deficient features: exact from here on, not retried per step
+                self.lowrank, self.rounding, self._spectrum = False, 0.0, None
+                return None
+        out = np.array([spectrum.distance(tr, te) for tr, te in partitions])
+        bad = np.flatnonzero(np.isnan(out))
+        if len(bad):
+            out[bad] = self.distances([partitions[i] for i in bad])
+        return out
+
+    @cached_property
+    def sq_norms(self) -> np.ndarray:
+        """(C,) squared norms of the centred class means."""
+        return np.einsum("ij,ij->i", self.means, self.means)
 
 
 class GenericScorer(Scorer):
@@ -287,6 +345,200 @@ class GenericScorer(Scorer):
     def distances(self, partitions: Sequence[Partition]) -> np.ndarray:
         return np.array([split_distance(self.cf, tr, te, distance=self.distance_name, mode=self.mode)
                          for tr, te in partitions])
+
+
+# --- many classes, wide features: moves scored as low-rank updates of one eigendecomposition -------------
+
+#: Feature width from which :class:`MeanFID` scores moves in the moment form through :class:`_Spectrum`
+#: (below it one candidate's d x d eigenvalue problem is cheap, and the exact path is kept).
+LOWRANK_MIN_DIM = 512
+
+#: Rebase :class:`_Spectrum` once the partition scored from has this many classes added to or removed from
+#: the base's sides (each costs about four more columns in every candidate's update).
+REBASE_AFTER = 32
+
+
+def _scatter(rows: np.ndarray) -> np.ndarray:
+    """Centred scatter matrix ``sum (x - m)(x - m)^T`` of (n, d) rows, (d, d)."""
+    total = rows.sum(0)
+    return rows.T @ rows - np.outer(total, total) / len(rows)
+
+
+def _decompose(k1: np.ndarray, k2: np.ndarray, device: str | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(L, lam, V)``: ``k1 = L L^T`` (Cholesky) and ``L^T k2 L = V diag(lam) V^T`` (ascending ``lam``).
+
+    ``k1 k2 = L V diag(lam) V^T L^{-1}``, so ``lam`` are the eigenvalues of ``k1 k2``.  With ``device`` (a
+    torch device name: :class:`_Spectrum` passes ``"cuda"`` when a GPU is there) in torch float64 on it, else
+    numpy.  Raises ``np.linalg.LinAlgError`` when ``k1`` or ``k2`` is not positive definite, or ``lam`` spans
+    more than 1e10 (rank-deficient features: the exact path then scores them).
+    """
+    if device is not None:
+        import torch
+
+        a, b = torch.from_numpy(k1).to(device), torch.from_numpy(k2).to(device)
+        factor, info = torch.linalg.cholesky_ex(a)
+        if int(info):
+            raise np.linalg.LinAlgError("scatter matrix is not positive definite")
+        m = factor.T @ b @ factor
+        lam, vec = torch.linalg.eigh((m + m.T) / 2)
+        factor, lam, vec = factor.cpu().numpy(), lam.cpu().numpy(), vec.cpu().numpy()
+    else:
+        factor = np.linalg.cholesky(k1)
+        m = factor.T @ k2 @ factor
+        lam, vec = np.linalg.eigh((m + m.T) / 2)
+    if lam[0] <= lam[-1] * 1e-10:   # (numerically) singular: the quadrature would lose its accuracy
+        raise np.linalg.LinAlgError("scatter matrices are not well-conditioned positive definite")
+    return factor, lam, vec
+
+
+def _cuda() -> str | None:
+    """``"cuda"`` when torch sees a GPU, else None (the CPU path, numpy)."""
+    try:
+        import torch
+    except ImportError:   # pragma: no cover - torch is a dependency
+        return None
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def _side_update(x: np.ndarray, added: np.ndarray, removed: np.ndarray, base_sum: np.ndarray, base_n: int
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """A side's scatter change as ``U C U^T``: ``(columns (k,) class indices, C (k+1, k+1), new n)``.
+
+    The new scatter minus the base's is ``sum_added x x^T - sum_removed x x^T - s' s'^T / n' + s s^T / n``
+    with ``s' = s + delta``, ``delta = sum_added x - sum_removed x``; in the columns
+    ``[x_added, x_removed, s]`` that is ``C = [[diag(e) - e e^T / n', -e / n'], [-e^T / n', 1/n - 1/n']]``
+    (``e`` = +1 for added, -1 for removed), with no cancellation between the two large mean terms.
+    """
+    cols = np.concatenate([added, removed])
+    e = np.r_[np.ones(len(added)), -np.ones(len(removed))]
+    n_new = base_n + len(added) - len(removed)
+    c = np.empty((len(cols) + 1, len(cols) + 1))
+    c[:-1, :-1] = np.diag(e) - np.outer(e, e) / n_new
+    c[:-1, -1] = c[-1, :-1] = -e / n_new
+    c[-1, -1] = 1 / base_n - 1 / n_new
+    return cols, c, n_new
+
+
+class _Spectrum:
+    """One partition's pair of side scatters, decomposed so that nearby partitions are scored cheaply.
+
+    With ``K1, K2`` the base's train and test scatter matrices (d, d), ``A = K1 K2``
+    has eigenvalues ``lam`` (:func:`_decompose`), and the class-mean FID's cross
+    term is ``tr (K1 K2)^(1/2) / sqrt((n1-1)(n2-1))``.  A partition near the base
+    changes each side's scatter by ``E_i = U_i C_i U_i^T`` (:func:`_side_update`),
+    so ``A' = A + P Q^T`` with ``P = [U1, K1 U2]`` and ``Q = [K2' U1 C1, U2 C2]``,
+    and ``det(sI + A') / det(sI + A) = det(I + Q^T (sI + A)^-1 P)``: an r x r
+    determinant (r = the columns of both updates) in the eigenbasis of ``A``.  Since
+    ``(1/pi) int_0^inf log((t^2 + a) / (t^2 + b)) dt = sqrt(a) - sqrt(b)``,
+
+        tr A'^(1/2) - tr A^(1/2) = (1/pi) int_0^inf log det(I + Q^T (t^2 I + A)^-1 P) dt,
+
+    evaluated by the trapezoidal rule in ``log t`` (error about ``exp(-pi^2 / h)``
+    relative, the integrand being analytic in a strip of half-width pi/2), over
+    the base's spectrum widened by ``exp(8)`` in ``t`` each way, with the two tails
+    in closed form to first order.  A candidate then costs ``nodes * d * r^2``
+    instead of a d x d eigenvalue problem.
+    """
+
+    step = 0.4      # trapezoid step in log t: error ~ exp(-pi^2 / 0.4) = 2e-11 of the update's own size
+    margin = 8.0    # the nodes reach exp(8) beyond sqrt(lam_min) and sqrt(lam_max)
+
+    def __init__(self, means: np.ndarray, sq_norms: np.ndarray, train: np.ndarray, test: np.ndarray):
+        x = means
+        self.means, self.sq_norms = x, sq_norms
+        self.sides = (frozenset(train.tolist()), frozenset(test.tolist()))
+        self.n = (len(train), len(test))
+        self.sums = (x[train].sum(0), x[test].sum(0))
+        self.sumsq = (float(sq_norms[train].sum()), float(sq_norms[test].sum()))
+        factor, self.lam, self.vec = _decompose(_scatter(x[train]), _scatter(x[test]), _cuda())
+        self.factor = factor
+        self.trace_sqrt = float(np.sqrt(self.lam).sum())
+        lo, hi = 0.5 * np.log(self.lam[0]) - self.margin, 0.5 * np.log(self.lam[-1]) + self.margin
+        u = lo + self.step * (np.arange(int(np.ceil((hi - lo) / self.step))) + 0.5)
+        self.t = np.exp(u)
+        self.t_lo, self.t_hi = np.exp(lo), np.exp(lo + self.step * len(u))
+        s = np.r_[0.0, self.t**2]
+        self.resolvent = 1.0 / (s[:, None] + self.lam[None, :])      # (1 + nodes, d): node 0 is s = 0
+        self.p_sums = self._p(np.stack(self.sums, 1))
+        self.q_sums = self._q(np.stack(self.sums, 1))
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _p(self, u: np.ndarray) -> np.ndarray:
+        """``V^T L^-1 u`` for (d, k) columns ``u``."""
+        return self.vec.T @ scipy.linalg.solve_triangular(self.factor, u, lower=True)
+
+    def _q(self, u: np.ndarray) -> np.ndarray:
+        """``V^T L^T u`` for (d, k) columns ``u``."""
+        return self.vec.T @ (self.factor.T @ u)
+
+    def _transforms(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(p, q)``, each (d, k): :meth:`_p` and :meth:`_q` of the class means ``classes``, cached."""
+        todo = [int(c) for c in dict.fromkeys(classes.tolist()) if int(c) not in self._cache]
+        if todo:
+            cols = self.means[todo].T
+            for c, p, q in zip(todo, self._p(cols).T, self._q(cols).T, strict=True):
+                self._cache[c] = (p, q)
+        if not len(classes):
+            return np.zeros((len(self.lam), 0)), np.zeros((len(self.lam), 0))
+        pairs = [self._cache[int(c)] for c in classes]
+        return np.stack([p for p, _ in pairs], 1), np.stack([q for _, q in pairs], 1)
+
+    def changed(self, train: np.ndarray, test: np.ndarray) -> int:
+        """How many classes ``(train, test)`` adds to or removes from the base's sides."""
+        now = (frozenset(train.tolist()), frozenset(test.tolist()))
+        return sum(len(a ^ b) for a, b in zip(now, self.sides, strict=True))
+
+    def distance(self, train: np.ndarray, test: np.ndarray) -> float:
+        """Class-mean FID of a partition of distinct classes, through the update from the base.
+
+        Returns NaN when the update's determinant is not positive at some node
+        (rounding in a nearly singular update), so that the caller scores that
+        partition exactly instead.
+        """
+        x = self.means
+        updates = []
+        for side, classes in enumerate((train, test)):
+            now = frozenset(classes.tolist())
+            added = np.array(sorted(now - self.sides[side]), dtype=np.int64)
+            removed = np.array(sorted(self.sides[side] - now), dtype=np.int64)
+            updates.append((added, removed, *_side_update(x, added, removed, self.sums[side], self.n[side])))
+        (add1, rem1, cols1, c1, n1), (add2, rem2, cols2, c2, n2) = updates
+        p1, _ = self._transforms(cols1)
+        _, q2 = self._transforms(cols2)
+        p_u1 = np.concatenate([p1, self.p_sums[:, :1]], 1)                # p(U1), U1 = [x.., s1]
+        q_u2 = np.concatenate([q2, self.q_sums[:, 1:]], 1)                # q(U2), U2 = [x.., s2]
+        u1 = np.concatenate([x[cols1].T, self.sums[0][:, None]], 1)
+        u2 = np.concatenate([x[cols2].T, self.sums[1][:, None]], 1)
+        p_tilde = np.concatenate([p_u1, q_u2], 1)
+        q_tilde = np.concatenate([self.lam[:, None] * p_u1 @ c1 + q_u2 @ (c2 @ (u2.T @ u1) @ c1), q_u2 @ c2], 1)
+        delta = self._trace_sqrt_change(p_tilde, q_tilde)
+        s1 = self.sums[0] + x[add1].sum(0) - x[rem1].sum(0)
+        s2 = self.sums[1] + x[add2].sum(0) - x[rem2].sum(0)
+        sq = self.sq_norms
+        tr1 = self.sumsq[0] + sq[add1].sum() - sq[rem1].sum() - s1 @ s1 / n1
+        tr2 = self.sumsq[1] + sq[add2].sum() - sq[rem2].sum() - s2 @ s2 / n2
+        diff = s1 / n1 - s2 / n2
+        cross = (self.trace_sqrt + delta) / np.sqrt((n1 - 1) * (n2 - 1))
+        return max(float(diff @ diff + tr1 / (n1 - 1) + tr2 / (n2 - 1) - 2 * cross), 0.0)
+
+    def _trace_sqrt_change(self, p_tilde: np.ndarray, q_tilde: np.ndarray, chunk_bytes: int = 1 << 25) -> float:
+        """``tr (A + P Q^T)^(1/2) - tr A^(1/2)`` from ``V^T L^-1 P`` and ``V^T L^T Q`` (each (d, r)), or NaN."""
+        d, r = p_tilde.shape
+        logdets = np.empty(len(self.resolvent))
+        step = max(1, chunk_bytes // (8 * d * r))
+        eye = np.eye(r)
+        for lo in range(0, len(self.resolvent), step):
+            scaled = np.ascontiguousarray(q_tilde.T)[None] * self.resolvent[lo:lo + step, None, :]  # (nodes, r, d)
+            g = (scaled.reshape(-1, d) @ p_tilde).reshape(-1, r, r)                # one matrix product
+            sign, logdets[lo:lo + step] = np.linalg.slogdet(eye + g)
+            if (sign <= 0).any():
+                return float("nan")
+        # The trapezoidal sum continued over the nodes beyond both ends, where the integrand (in log t) is
+        # log det(s = 0) * t below and tr(Q^T P) / t above, to first order: geometric series.
+        first_order = float(np.einsum("dr,dr->", q_tilde, p_tilde))
+        tails = (logdets[0] * self.t_lo + first_order / self.t_hi) * self.step / (2 * np.sinh(self.step / 2))
+        return (self.step * float(logdets[1:] @ self.t) + tails) / np.pi
 
 
 def make_scorer(cf: ClassFeatures, distance: str = "fid", mode: str = "class-mean") -> Scorer:

@@ -248,7 +248,7 @@ def _climb(scorer: Scorer, start: SplitState, direction: int, shortlist: int, ma
         moves += [Move(rows[:k], cols[:k]) for k in _batch_sizes(batch)]
         values = scorer.move_distances(train, test, moves)
         best = int(np.argmax(direction * values))
-        if direction * (values[best] - state.distance) <= 1e-12 * max(abs(state.distance), 1.0):
+        if direction * (values[best] - state.distance) <= max(1e-12, scorer.rounding) * max(abs(state.distance), 1.0):
             break
         after = _after(state, moves[best], float(values[best]), direction)
         path.append((after, (state, moves[best], direction)))
@@ -286,7 +286,7 @@ def _remove(scorer: Scorer, start: SplitState, target: float, min_per_side: int,
         sizes = [1] + [k for k in _batch_sizes(min(batch, len(rows), len(cols))) if k <= room]
         moves = [Move(rows[:k], cols[:k], swap=False) for k in sizes]
         values = scorer.move_distances(train, test, moves)
-        better = np.flatnonzero(values > state.distance)
+        better = np.flatnonzero(values > state.distance + scorer.rounding * max(abs(state.distance), 1.0))
         if not len(better):
             break
         after = _after(state, moves[better[-1]], float(values[better[-1]]))
@@ -576,6 +576,6 @@ def _best_oodml_state(scorer: Scorer, start: SplitState) -> SplitState:
     """The farthest state (by ``scorer``) of the ooDML progression run from ``start``."""
     swaps, history = oodml_parameters(min(len(start.train), len(start.test)))
     states = swap_progression(scorer.means, start.train, start.test, swaps_per_iteration=swaps, history=history)
-    values = scorer.distances([(np.array(s.train), np.array(s.test)) for s in states])
+    values = scorer.path_distances([(np.array(s.train), np.array(s.test)) for s in states])
     best = int(np.argmax(values))
     return SplitState(states[best].train, states[best].test, float(values[best]), states[best].swaps)
