@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .adapt_progress import AdaptationMeter
+from .errors import OodmlError
 from .miners import distance_weights, sample_triplets_batched
 from .seeding import derive_seed, rng_for
 
@@ -286,9 +287,16 @@ def finetune_last_batched(model: torch.nn.Module, episodes: Sequence[HeadEpisode
 
     Returns:
         per episode, (n, d) float32 L2-normalised embeddings of its targets.
+
+    Raises:
+        OodmlError: for an episode whose ``iterations`` is not a positive integer.
     """
     from .embedding import resolve_device
 
+    for e in episodes:
+        if isinstance(e.iterations, bool) or not isinstance(e.iterations, int) or e.iterations < 1:
+            raise OodmlError(f"fine-tuning iterations must be a positive integer, got {e.iterations!r} "
+                             f"(episode {e.seed})")
     dev = resolve_device(device)
     head = copy.deepcopy(model.head).float().to(dev).eval()
     out: list[np.ndarray | None] = [None] * len(episodes)

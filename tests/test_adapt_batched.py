@@ -6,7 +6,7 @@ import torch
 from pytorch_metric_learning import losses
 
 from oodml import adapt_progress
-from oodml.adapt import finetune_last
+from oodml.adapt import batch_rows, finetune_last
 from oodml.adapt_batched import (
     BatchedAdam,
     HeadEpisode,
@@ -14,8 +14,10 @@ from oodml.adapt_batched import (
     margin_loss_batched,
     plan_chunks,
 )
+from oodml.errors import OodmlError
 from oodml.miners import distance_weights, sample_triplets, sample_triplets_batched
 from oodml.protocol import nearest_accuracy
+from oodml.seeding import rng_for
 
 # Per episode, the batched and one-at-a-time paths agree to this in every embedding coordinate (they differ by
 # the summation order of a batched matrix product, ~1e-7, which Adam carries along) and to this in accuracy.
@@ -103,6 +105,37 @@ def test_episodes_of_different_class_counts_train_in_chunks_of_their_own():
     assert plan_chunks([1, 1, 1, 1], [6, 6, 9, 9], memory_bytes=10) == [[0, 1], [2, 3]]
     assert plan_chunks([4, 4, 4, 20], ["a"] * 4, memory_bytes=8) == [[0, 1], [2], [3]]   # too big: alone
     assert finetune_last_batched(model, [], lambda i: targets[i]) == []
+
+
+def test_an_episode_without_triplets_keeps_its_head_and_bad_iterations_are_refused():
+    rng = np.random.default_rng(1)
+    one_class = HeadEpisode(rng.normal(size=(4, 16)).astype(np.float32), np.zeros(4, int), 5, ("one class",))
+    model = Model(torch.nn.Linear(16, 8))
+    targets = one_class.support_features
+    adapted = finetune_last_batched(model, [one_class], lambda i: targets)[0]
+    with torch.no_grad():
+        untrained = torch.nn.functional.normalize(model.head(torch.from_numpy(targets)), dim=1).numpy()
+    # no negative, no triplet, zero gradient: Adam's first moments stay 0, so the head does not move
+    assert np.allclose(adapted, untrained, atol=1e-6)
+    for bad in (0, -3, 2.5, True):
+        episode = HeadEpisode(one_class.support_features, one_class.support_labels, bad, ("bad",))
+        with pytest.raises(OodmlError, match="iterations must be a positive integer"):
+            finetune_last_batched(model, [episode], lambda i: targets)
+
+
+@pytest.mark.parametrize("shots", [1, 2, 5])
+def test_batch_rows_are_the_per_class_draws(shots):
+    labels = np.repeat(np.arange(70), shots)[np.random.default_rng(shots).permutation(70 * shots)]
+    rows = batch_rows(labels, 40, ("rows", shots))
+    rng = rng_for("rows", shots, "finetune")          # the draws written out, one bound per class
+    _, count = np.unique(labels, return_counts=True)
+    by_class, start = np.argsort(labels, kind="stable"), np.cumsum(count) - count
+    for drawn in rows:
+        chosen = rng.choice(70, size=56, replace=False)
+        picks = rng.integers(0, count[chosen, None], size=(56, 2))
+        assert np.array_equal(drawn, by_class[start[chosen, None] + picks].ravel())
+    uneven = np.concatenate([labels, [0, 0, 3]])       # classes of different sizes: per-class bounds
+    assert batch_rows(uneven, 3, ("rows",)).shape == (3, 112)
 
 
 def library_margin_loss(embeddings: torch.Tensor, triplets) -> torch.Tensor:
