@@ -288,3 +288,25 @@ def test_keep_classes_makes_swap_levels_at_one_class_count(tmp_path, capsys):
     assert "class counts: kept (--keep-classes)" in printed and "adjacent levels: not compared" in printed
     # given explicitly, 0 removal levels agree with --keep-classes
     assert make(tmp_path, "--keep-classes", "--removal-levels", "0", "--bootstrap", "0", "--version", "v2")[0] == 0
+
+
+def test_show_adjacent_refuses_data_it_cannot_use_in_one_line(tmp_path):
+    code, root, splits = make(tmp_path, "--bootstrap", "0")
+    assert code == 0
+    folder = str(splits / "v1")
+    # other data than the split set was made from: named by its fingerprint
+    other = write_image_folder(tmp_path / "other", 10, per_class=5)
+    line = one_line_error(*run("splits", "show", folder, "--adjacent", "--root", str(other), "--extractor", "pixels"))
+    assert "were made from data with fingerprint" in line
+    # no data at all
+    line = one_line_error(*run("splits", "show", folder, "--adjacent", "--root", str(tmp_path / "missing"),
+                               "--extractor", "pixels"))
+    assert str(tmp_path / "missing") in line
+    # draws must be at least 1
+    line = one_line_error(*run("splits", "show", folder, "--adjacent", "--bootstrap", "0"))
+    assert "argument --bootstrap" in line
+    # a split set made with --bootstrap 0 records no comparison and says so; --adjacent still compares
+    assert "adjacent_levels" not in read_split_set(splits / "v1").metadata
+    code, lines = run("splits", "show", folder, "--adjacent", "--root", str(root), "--extractor", "pixels",
+                      "--bootstrap", "30")
+    assert code == 0 and any("are not distinct" in line for line in lines)
