@@ -1,5 +1,9 @@
+import contextlib
+import fcntl
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,18 +47,47 @@ def glyphs():
 @pytest.fixture(scope="session")
 def leaderboard_entry(glyphs, tmp_path_factory):
     """A small real leaderboard entry: an untrained 8-d glyph-cnn on glyphs@v1, zero-shot, with 2-shot
-    prototypes and finetune-last (one episode); returns its folder."""
+    prototypes and finetune-last (one episode); returns its folder, ``<base>/leaderboard/submissions/glyphs/v1/
+    tiny``, beside the evaluation it was made from (``<base>/results``).
+
+    Built once per test run (about a minute), shared read-only by every test and every xdist worker: tests that
+    change an entry change a copy."""
+    with shared_once(tmp_path_factory, "board") as (base, built):
+        if not built:
+            _submit_tiny_entry(glyphs, base)
+    return base / "leaderboard" / "submissions" / "glyphs" / "v1" / "tiny"
+
+
+def _submit_tiny_entry(glyphs, base: Path) -> None:
     from oodml.evaluation import evaluate
     from oodml.leaderboard import submit
     from oodml.models import load_model
 
-    base = tmp_path_factory.mktemp("board")
     results = evaluate(load_model("glyph-cnn", embed_dim=8, seed=1), glyphs, "v1", fewshot=(2,), episodes=1,
                        adapt=["prototypes", "finetune-last"], adapt_iterations=2, clustering=False, device="cpu",
                        save_embeddings=True)
     results.save(base / "results")
-    return submit([base / "results"], name="tiny", description="untrained 8-d CNN", authors=["tests"],
-                  training_data="none", root=base / "leaderboard")
+    submit([base / "results"], name="tiny", description="untrained 8-d CNN", authors=["tests"],
+           training_data="none", root=base / "leaderboard")
+
+
+@contextlib.contextmanager
+def shared_once(tmp_path_factory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A folder ``name`` shared by every xdist worker of this run (made under the run's common temporary
+    folder; one's own under a run without workers), held under an exclusive lock: yields (folder, whether a
+    worker already filled it).  A worker that fails while filling it leaves it unfilled for the next to retry
+    (see pytest-xdist's "Making session-scoped fixtures execute only once")."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+        yield folder, done.exists()
+        done.touch()
 
 
 @pytest.fixture
