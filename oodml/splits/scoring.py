@@ -311,7 +311,7 @@ class MeanFID(Scorer):
         spectrum = self._spectrum
         if spectrum is None or spectrum.changed(*origin) > REBASE_AFTER:
             try:
-                spectrum = self._spectrum = _Spectrum(self.means, self.sq_norms, *origin)
+                spectrum = self._spectrum = _Spectrum(self.means, self.sq_norms, *origin, previous=spectrum)
             except np.linalg.LinAlgError:   # rank-deficient features: exact from here on, not retried per step
                 self.lowrank, self.rounding, self._spectrum = False, 0.0, None
                 return None
@@ -385,7 +385,8 @@ def _decompose(k1: np.ndarray, k2: np.ndarray, device: str | None = None
         factor, lam, vec = factor.cpu().numpy(), lam.cpu().numpy(), vec.cpu().numpy()
     else:
         factor = np.linalg.cholesky(k1)
-        m = factor.T @ k2 @ factor
+        trmm = scipy.linalg.blas.dtrmm   # triangular products: half the work of general ones
+        m = trmm(1.0, factor, trmm(1.0, factor, k2, side=1, lower=1), side=0, lower=1, trans_a=1)
         lam, vec = np.linalg.eigh((m + m.T) / 2)
     if lam[0] <= lam[-1] * 1e-10:   # (numerically) singular: the quadrature would lose its accuracy
         raise np.linalg.LinAlgError("scatter matrices are not well-conditioned positive definite")
@@ -444,15 +445,18 @@ class _Spectrum:
     step = 0.4      # trapezoid step in log t: error ~ exp(-pi^2 / 0.4) = 2e-11 of the update's own size
     margin = 8.0    # the nodes reach exp(8) beyond sqrt(lam_min) and sqrt(lam_max)
 
-    def __init__(self, means: np.ndarray, sq_norms: np.ndarray, train: np.ndarray, test: np.ndarray):
+    def __init__(self, means: np.ndarray, sq_norms: np.ndarray, train: np.ndarray, test: np.ndarray,
+                 previous: _Spectrum | None = None):
         x = means
         self.means, self.sq_norms = x, sq_norms
+        # The scatters: updated from the previous base's (d^2 per changed class) rather than rebuilt (n d^2).
+        self.scatters = (previous.scatters_of(train, test) if previous is not None
+                         else (_scatter(x[train]), _scatter(x[test])))
         self.sides = (frozenset(train.tolist()), frozenset(test.tolist()))
         self.n = (len(train), len(test))
         self.sums = (x[train].sum(0), x[test].sum(0))
         self.sumsq = (float(sq_norms[train].sum()), float(sq_norms[test].sum()))
-        factor, self.lam, self.vec = _decompose(_scatter(x[train]), _scatter(x[test]), _cuda())
-        self.factor = factor
+        self.factor, self.lam, self.vec = _decompose(*self.scatters, _cuda())
         self.trace_sqrt = float(np.sqrt(self.lam).sum())
         lo, hi = 0.5 * np.log(self.lam[0]) - self.margin, 0.5 * np.log(self.lam[-1]) + self.margin
         u = lo + self.step * (np.arange(int(np.ceil((hi - lo) / self.step))) + 0.5)
@@ -484,6 +488,25 @@ class _Spectrum:
         pairs = [self._cache[int(c)] for c in classes]
         return np.stack([p for p, _ in pairs], 1), np.stack([q for _, q in pairs], 1)
 
+    def _updates(self, train: np.ndarray, test: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+        """Per side, ``(added, removed, columns, C, new n)`` of ``(train, test)`` against the base
+        (:func:`_side_update`; the columns are class indices, then the base's side sum)."""
+        out = []
+        for side, classes in enumerate((train, test)):
+            now = frozenset(classes.tolist())
+            added = np.array(sorted(now - self.sides[side]), dtype=np.int64)
+            removed = np.array(sorted(self.sides[side] - now), dtype=np.int64)
+            out.append((added, removed, *_side_update(self.means, added, removed, self.sums[side], self.n[side])))
+        return out
+
+    def scatters_of(self, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The two side scatters of ``(train, test)``: the base's plus each side's ``U C U^T``."""
+        out = []
+        for side, (_, _, cols, c, _) in enumerate(self._updates(train, test)):
+            u = np.concatenate([self.means[cols].T, self.sums[side][:, None]], 1)
+            out.append(self.scatters[side] + u @ c @ u.T)
+        return out[0], out[1]
+
     def changed(self, train: np.ndarray, test: np.ndarray) -> int:
         """How many classes ``(train, test)`` adds to or removes from the base's sides."""
         now = (frozenset(train.tolist()), frozenset(test.tolist()))
@@ -497,13 +520,7 @@ class _Spectrum:
         partition exactly instead.
         """
         x = self.means
-        updates = []
-        for side, classes in enumerate((train, test)):
-            now = frozenset(classes.tolist())
-            added = np.array(sorted(now - self.sides[side]), dtype=np.int64)
-            removed = np.array(sorted(self.sides[side] - now), dtype=np.int64)
-            updates.append((added, removed, *_side_update(x, added, removed, self.sums[side], self.n[side])))
-        (add1, rem1, cols1, c1, n1), (add2, rem2, cols2, c2, n2) = updates
+        (add1, rem1, cols1, c1, n1), (add2, rem2, cols2, c2, n2) = self._updates(train, test)
         p1, _ = self._transforms(cols1)
         _, q2 = self._transforms(cols2)
         p_u1 = np.concatenate([p1, self.p_sums[:, :1]], 1)                # p(U1), U1 = [x.., s1]
