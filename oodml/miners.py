@@ -158,13 +158,7 @@ def sample_triplets_batched(weights: torch.Tensor, labels: torch.Tensor,
     count = torch.bincount(batch, minlength=len(generators))
     most = torch.zeros_like(count).scatter_reduce_(0, batch, draws, "amax")
     widest = int(most.max())
-    uniforms = []
-    precise = torch.float32 if weights.device.type == "mps" else torch.float64     # MPS has no float64
-    for generator, n, k in zip(generators, count.tolist(), most.tolist(), strict=True):
-        if n:
-            drawn = torch.rand(2 * n * k, dtype=precise, generator=generator, device=weights.device)
-            uniforms.append(torch.nn.functional.pad(drawn.view(2, n, k), (0, widest - k), value=0.5))
-    uniforms = torch.cat(uniforms, dim=1)
+    uniforms = _uniforms(generators, batch, count, most, widest, device=weights.device)
     positives = _classmates_drawn(ordered, by_label, batch, position, draws, widest, uniforms[0])
     # negatives: every row of the batch searched (no copy of the anchors' rows), the anchors' results kept
     row = batch * labels.size(-1) + anchors
@@ -174,6 +168,30 @@ def sample_triplets_batched(weights: torch.Tensor, labels: torch.Tensor,
     triplets = torch.stack([batch.unsqueeze(1).expand(-1, widest), anchors.unsqueeze(1).expand(-1, widest),
                             positives, negatives])[:, keep]
     return triplets[0], triplets[1], triplets[2], triplets[3]
+
+
+def _uniforms(generators: Sequence[torch.Generator | None], batch: torch.Tensor, count: torch.Tensor,
+              most: torch.Tensor, widest: int, device: torch.device) -> torch.Tensor:
+    """(2, T, widest) uniforms for the positives and the negatives of every anchor.
+
+    Batch e with n anchors drawing k each takes ``torch.rand(2 * n * k)`` from ``generators[e]`` (one call,
+    as ``torch.multinomial`` would consume them: its positives, then its negatives, anchor by anchor); places
+    past an anchor's k repeat its last uniform (the caller keeps only the first k draws).
+
+    Args:
+        batch: (T,) each anchor's batch, batch-major; ``count``, ``most``: (E,) each batch's anchors and draws.
+    """
+    precise = torch.float32 if device.type == "mps" else torch.float64     # MPS has no float64
+    sizes = [2 * n * k for n, k in zip(count.tolist(), most.tolist(), strict=True)]
+    drawn = torch.cat([torch.rand(size, dtype=precise, generator=generator, device=device)
+                       for generator, size in zip(generators, sizes, strict=True) if size])
+    start = torch.tensor(sizes, device=device).cumsum(0).sub_(torch.tensor(sizes, device=device))[batch]
+    first = (count.cumsum(0) - count)[batch]                        # each batch's first anchor
+    local = torch.arange(len(batch), device=device) - first          # an anchor's place in its batch
+    k = most[batch].unsqueeze(1)
+    place = torch.minimum(torch.arange(widest, device=device).unsqueeze(0), k - 1)
+    positives = (start + local * most[batch]).unsqueeze(1) + place
+    return torch.stack([drawn[positives], drawn[positives + (count[batch] * most[batch]).unsqueeze(1)]])
 
 
 def _classmates_drawn(ordered: torch.Tensor, by_label: torch.Tensor, batch: torch.Tensor, position: torch.Tensor,

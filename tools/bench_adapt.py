@@ -104,27 +104,39 @@ def level_episodes(features: int, classes: int, episodes: int, scale: float, rng
     return heads, targets
 
 
+def compare_head(name: str, features: int, embed_dim: int, args: argparse.Namespace,
+                 rng: np.random.Generator) -> None:
+    """Time one head both ways in this process and print its two lines."""
+    model = SimpleNamespace(head=torch.nn.Linear(features, embed_dim))
+    heads, targets = level_episodes(features, args.classes, args.episodes, args.scale, rng)
+    finetune_last_batched(model, heads[:2], lambda i: targets[i][:1])       # one-time costs (imports)
+    one_at_a_time: list[np.ndarray] = []
+
+    def alone() -> None:
+        for h, t in zip(heads, targets, strict=True):
+            one_at_a_time.append(finetune_last(model, h.support_features, h.support_labels, t, shots=0,
+                                               iterations=h.iterations, seed=h.seed))
+
+    batched: list[np.ndarray] = []
+    sequential_s = timed(alone)
+    batched_s = timed(lambda: batched.extend(finetune_last_batched(model, heads, lambda i: targets[i])))
+    differs = max(float(np.abs(a - b).max()) for a, b in zip(one_at_a_time, batched, strict=True))
+    iterations = sum(h.iterations for h in heads)
+    print(f"    {name} ({features} -> {embed_dim}): one at a time {sequential_s:.1f} s "
+          f"({sequential_s / iterations * 1e3:.2f} ms per episode-iteration), all at once {batched_s:.1f} s "
+          f"({batched_s / iterations * 1e3:.3f} ms); embeddings differ by at most {differs:.1e}")
+    print(f"{name}: speed-up {sequential_s / batched_s:.1f}x", flush=True)
+
+
 def compare_batched(args: argparse.Namespace) -> None:
     """One at a time against all at once, per head: CPU seconds, speed-up, largest embedding difference."""
     rng = np.random.default_rng(0)
     print(f"finetune-last on {args.episodes} episodes x 2- and 5-shot of {args.classes} classes "
-          f"({args.scale:g} x ooDML's iterations), {args.threads} thread(s), CPU seconds of this process")
+          f"({args.scale:g} x ooDML's iterations), {args.threads} thread(s), CPU seconds of this process",
+          flush=True)
     for name, (features, embed_dim) in HEADS.items():
-        model = SimpleNamespace(head=torch.nn.Linear(features, embed_dim))
-        heads, targets = level_episodes(features, args.classes, args.episodes, args.scale, rng)
-        finetune_last_batched(model, heads[:2], lambda i: targets[i][:1])       # one-time costs (imports)
-        one_at_a_time: list[np.ndarray] = []
-        sequential_s = timed(lambda: one_at_a_time.extend(
-            finetune_last(model, h.support_features, h.support_labels, t, shots=0, iterations=h.iterations,
-                          seed=h.seed) for h, t in zip(heads, targets, strict=True)))
-        batched: list[np.ndarray] = []
-        batched_s = timed(lambda: batched.extend(finetune_last_batched(model, heads, lambda i: targets[i])))
-        differs = max(float(np.abs(a - b).max()) for a, b in zip(one_at_a_time, batched, strict=True))
-        iterations = sum(h.iterations for h in heads)
-        print(f"    {name} ({features} -> {embed_dim}): one at a time {sequential_s:.1f} s "
-              f"({sequential_s / iterations * 1e3:.2f} ms per episode-iteration), all at once {batched_s:.1f} s "
-              f"({batched_s / iterations * 1e3:.3f} ms); embeddings differ by at most {differs:.1e}")
-        print(f"{name}: speed-up {sequential_s / batched_s:.1f}x")
+        if args.head == "both" or name.startswith(args.head):
+            compare_head(name, features, embed_dim, args, rng)
 
 
 def main() -> None:
@@ -132,6 +144,8 @@ def main() -> None:
     parser.add_argument("--compare-batched", action="store_true",
                         help="time finetune-last one episode at a time against all episodes at once")
     parser.add_argument("--episodes", type=int, default=10, help="--compare-batched: episodes per shot count")
+    parser.add_argument("--head", choices=["glyph", "2048", "both"], default="both",
+                        help="--compare-batched: the glyph head (64 -> 32), the 2048 -> 128 head, or both")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="--compare-batched: fraction of ooDML's iterations (1000 at 2-shot, 1500 at 5-shot)")
     parser.add_argument("--classes", type=int, default=100, help="test classes in the episode")
