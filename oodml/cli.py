@@ -303,11 +303,7 @@ def _add_make_splits(commands) -> None:
     p.set_defaults(func=cmd_make_splits)
 
 
-def _add_splits(commands) -> None:
-    splits = commands.add_parser("splits", help="list, show, verify, diff, plot, audit and import published split "
-                                 "sets")
-    sub = splits.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("list", help="published split sets").set_defaults(func=cmd_splits_list)
+def _add_splits_show(sub) -> None:
     show = sub.add_parser("show", help="the level table of DATASET[@VERSION] (or a directory)")
     show.add_argument("ref", help="DATASET[@VERSION] or a manifest directory")
     show.add_argument("--adjacent", action="store_true",
@@ -325,6 +321,14 @@ def _add_splits(commands) -> None:
                       "cuda:N or mps")
     show.add_argument("--batch-size", type=positive_int, default=128, help="images per feature batch (default 128)")
     show.set_defaults(func=cmd_splits_show)
+
+
+def _add_splits(commands) -> None:
+    splits = commands.add_parser("splits", help="list, show, verify, diff, plot, audit and import published split "
+                                 "sets")
+    sub = splits.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser("list", help="published split sets").set_defaults(func=cmd_splits_list)
+    _add_splits_show(sub)
     verify = sub.add_parser("verify", help="check every hash of one or all published split sets")
     verify.add_argument("ref", nargs="?", help="DATASET[@VERSION] or a manifest directory (default: all published)")
     verify.set_defaults(func=cmd_splits_verify)

@@ -310,3 +310,14 @@ def test_show_adjacent_refuses_data_it_cannot_use_in_one_line(tmp_path):
     code, lines = run("splits", "show", folder, "--adjacent", "--root", str(root), "--extractor", "pixels",
                       "--bootstrap", "30")
     assert code == 0 and any("are not distinct" in line for line in lines)
+
+
+def test_levels_auto_that_finds_no_distinct_count_makes_2_levels_and_says_so():
+    from oodml.splits.build import build_levels
+
+    ds, features = synthetic(30)
+    config = SplitConfig(levels="auto", algorithm="oodml", bootstrap=50, shots=(1,), episodes=1)
+    with pytest.warns(UserWarning, match=r"--levels auto found no level count with every adjacent pair distinct "
+                                         r"and made the fewest, 2"):
+        levels, info = build_levels(ds, features, config)
+    assert len(levels) == 2 and info["levels_tried"][-1] == 2 and not info["adjacent_levels"][0].distinct

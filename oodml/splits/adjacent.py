@@ -153,14 +153,17 @@ def adjacent_pairs(estimates: np.ndarray, draws: np.ndarray, confidence: float =
     return tuple(pair(estimates, draws, k, k + 1, confidence) for k in range(1, len(estimates)))
 
 
-def not_distinct_note(pairs: Sequence[AdjacentPair]) -> str | None:
-    """One line naming the adjacent pairs that are not distinct (None when all are)."""
+#: What a not-distinct note advises by default.
+FEWER_LEVELS = "fewer levels separate better (make-splits --levels N, or --levels auto)"
+
+
+def not_distinct_note(pairs: Sequence[AdjacentPair], advice: str = FEWER_LEVELS) -> str | None:
+    """One line naming the adjacent pairs that are not distinct, ending with ``advice`` (None when all are)."""
     blurred = [f"{a}-{b}" for (a, b) in (p.levels for p in pairs if not p.distinct)]
     if not blurred:
         return None
     return (f"levels {', '.join(blurred)} are not distinct: the 95% paired-bootstrap interval of their distance "
-            f"difference reaches 0 ({len(blurred)} of {len(pairs)} adjacent pairs); fewer levels separate better "
-            "(make-splits --levels N, or --levels auto)")
+            f"difference reaches 0 ({len(blurred)} of {len(pairs)} adjacent pairs); {advice}")
 
 
 def format_pairs(pairs: Sequence[AdjacentPair], source: str = "") -> list[str]:

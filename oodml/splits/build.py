@@ -316,12 +316,15 @@ def build_levels(dataset: ImageDataset, features: np.ndarray, cfg: SplitConfig) 
         cf.check_samples_mode(range(len(dataset.classes)))
     scorer = make_scorer(cf, cfg.distance, cfg.mode)
     info: dict = {}
+    advice = None
     if cfg.levels == AUTO:
         result, cfg, pairs, info["levels_tried"] = _search_auto(scorer, cf, dataset.classes, cfg)
+        advice = (f"--levels auto found no level count with every adjacent pair distinct and made the fewest, "
+                  f"{len(result.levels)}: more classes, or other features, separate levels better")
     else:
         result, cfg = _search(scorer, cf, dataset.classes, cfg)
         pairs = _compare_adjacent(scorer, result, len(dataset.classes), cfg)
-    note = not_distinct_note(pairs)
+    note = not_distinct_note(pairs, advice) if advice else not_distinct_note(pairs)
     if note:
         warnings.warn(note, stacklevel=2)
     default = result.default

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import __version__
-from ..datasets import dataset_spec, load_dataset
+from ..datasets import ImageDataset, dataset_spec, load_dataset
 from ..distributed import barrier, is_main_process
 from ..errors import OodmlError, brief
-from ..features import extract_features, get_extractor
+from ..features import Extractor, extract_features, get_extractor
 from .adjacent import METADATA_KEY as ADJACENT_LEVELS
 from .build import AUTO, MOST_LEVELS, SplitConfig, build_levels
 from .manifest import SplitSet, check_version_name, name_taken, published_copy, read_split_set, write_split_set
@@ -51,6 +51,44 @@ def keep_classes_config(config: SplitConfig | None) -> SplitConfig:
     return config
 
 
+def _metadata(ds: ImageDataset, ext: Extractor, feature_dim: int, info: dict, *, keep_classes: bool,
+              auto: bool) -> dict:
+    """The generation record of a split set built from ``ds`` with ``ext``'s features (``build_levels``'
+    ``info``); keys that only some split sets have are added only then, so the others keep their digest."""
+    config = info["config"]  # --levels capped to what the class count allows (or chosen by auto)
+    metadata = {
+        "dataset_fingerprint": ds.fingerprint,
+        "dataset_layout": ds.layout,
+        "num_classes": len(ds.classes),
+        "num_images": len(ds),
+        "extractor": ext.id,
+        "weights_hash": ext.weights_hash,
+        "feature_dim": int(feature_dim),
+        "mode": config.mode,
+        "distance": config.distance,
+        "algorithm": info["algorithm"],
+        "parameters": dataclasses.asdict(config),
+        "seed": config.seed,
+        "default_distance": info["default_distance"],
+        "oodml_version": __version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if ds.source:
+        # Only when the adapter has one (hf): the split sets of other datasets keep their metadata and digest.
+        metadata["dataset_source"] = dict(ds.source)
+    if info["search"]["method"] == "exhaustive":
+        # Only for the exhaustive search: greedy-built split sets (glyphs@v1, every larger one) keep their metadata.
+        metadata["search"] = info["search"]
+    # Only when asked, so that the split sets of the default options keep their metadata and digest:
+    if keep_classes:
+        metadata["keep_classes"] = True
+    if auto:
+        metadata["levels_auto"] = {"most": MOST_LEVELS, "tried": info["levels_tried"]}
+    if info["adjacent_levels"]:
+        metadata[ADJACENT_LEVELS] = [pair.as_dict() for pair in info["adjacent_levels"]]
+    return metadata
+
+
 def make_splits(dataset: str, *, root: str | Path | None = None, options: dict | None = None,
                 extractor: str | None = None, weights: str | None = None, config: SplitConfig | None = None,
                 version: str = "v1", out: str | Path = "splits", device: str = "auto",
@@ -87,39 +125,9 @@ def make_splits(dataset: str, *, root: str | Path | None = None, options: dict |
     features = extract_features(ds, ext, device=device, batch_size=batch_size)
     asked_levels = config.levels
     levels, info = build_levels(ds, features, config)
-    config = info["config"]  # --levels capped to what the class count allows (or chosen by auto)
     if built is not None:
         built(info)
-    metadata = {
-        "dataset_fingerprint": ds.fingerprint,
-        "dataset_layout": ds.layout,
-        "num_classes": len(ds.classes),
-        "num_images": len(ds),
-        "extractor": ext.id,
-        "weights_hash": ext.weights_hash,
-        "feature_dim": int(features.shape[1]),
-        "mode": config.mode,
-        "distance": config.distance,
-        "algorithm": info["algorithm"],
-        "parameters": dataclasses.asdict(config),
-        "seed": config.seed,
-        "default_distance": info["default_distance"],
-        "oodml_version": __version__,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if ds.source:
-        # Only when the adapter has one (hf): the split sets of other datasets keep their metadata and digest.
-        metadata["dataset_source"] = dict(ds.source)
-    if info["search"]["method"] == "exhaustive":
-        # Only for the exhaustive search: greedy-built split sets (glyphs@v1, every larger one) keep their metadata.
-        metadata["search"] = info["search"]
-    # Only when asked, so that the split sets of the default options keep their metadata and digest:
-    if keep_classes:
-        metadata["keep_classes"] = True
-    if asked_levels == AUTO:
-        metadata["levels_auto"] = {"most": MOST_LEVELS, "tried": info["levels_tried"]}
-    if info["adjacent_levels"]:
-        metadata[ADJACENT_LEVELS] = [pair.as_dict() for pair in info["adjacent_levels"]]
+    metadata = _metadata(ds, ext, features.shape[1], info, keep_classes=keep_classes, auto=asked_levels == AUTO)
     if is_main_process():
         split_set = write_split_set(Path(out), dataset, version, levels, metadata)
     barrier()  # under torchrun, the other ranks read what rank 0 published
