@@ -246,10 +246,11 @@ def measure_adjacent(split_set: SplitSet, *, root: str | Path | None = None, opt
     draws = draws if draws is not None else recorded if isinstance(recorded, int) and recorded > 0 else 200
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise OodmlError(f"--bootstrap must be a whole number of at least 1 to compare levels (got {brief(draws)})")
-    ext = get_extractor(extractor or dataset_spec(split_set.dataset).split_extractor, weights)
+    # The data first: a split set whose data is absent or other is refused before any weights are fetched.
     ds = load_dataset(split_set.dataset, root=root, **(options or {}))
     split_set.check_dataset(ds.fingerprint, ds.root)
     partitions = level_partitions(split_set, ds.classes)
+    ext = get_extractor(extractor or dataset_spec(split_set.dataset).split_extractor, weights)
     cf = ClassFeatures(extract_features(ds, ext, device=device, batch_size=batch_size), ds.labels)
     scorer = make_scorer(cf, str(meta.get("distance", "fid")), str(meta.get("mode", "class-mean")))
     estimates, values = paired_draws(scorer.distances, partitions, num_classes=len(ds.classes), draws=draws,
