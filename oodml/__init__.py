@@ -10,7 +10,9 @@ The public API, one page:
   ``swap_progression``, ``greedy_levels``, ``import_oodml`` (in ``oodml.splits.oodml_import``).
 * ``oodml.metrics``: ``retrieval_metrics(embeddings, labels) -> dict``.
 * ``oodml.models``: ``register_model``, ``list_models``, ``create_model``, ``load_model``, ``save``.
-* ``oodml.evaluate(model, dataset, splits, ...) -> Results`` (``.to_parquet()``, ``.summary()``, ``.plot()``).
+* ``oodml.evaluate(model, dataset, splits, EvalConfig(levels=[1, 8])) -> Results`` (``.save(dir)``,
+  ``.summary()``, ``.frame()``); ``oodml.results.load(dir)`` / ``load_many(dirs)`` -> pandas DataFrame;
+  ``oodml.plot.curves(runs, metric=...)`` -> matplotlib Figure.
 * ``oodml.train(dataset, splits, level, TrainConfig(...), out=DIR)`` -> (model, provenance).
 * ``oodml.OodmlError``: the one user-facing error type.
 
@@ -27,10 +29,10 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["OodmlError", "TrainConfig", "__version__", "evaluate", "train"]
+__all__ = ["EvalConfig", "OodmlError", "TrainConfig", "__version__", "evaluate", "train"]
 
 #: Public names that import torch, loaded on first use: name -> defining module.
-_LAZY = {"evaluate": "evaluation", "train": "training", "TrainConfig": "training"}
+_LAZY = {"evaluate": "evaluation", "EvalConfig": "evaluation", "train": "training", "TrainConfig": "training"}
 
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

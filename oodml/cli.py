@@ -460,8 +460,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .datasets import dataset_spec
     from .distributed import is_main_process
     from .embedding import resolve_device
-    from .evaluation import check_output_dir, claim_output_dir, parse_levels, zero_shot_metrics
+    from .evaluation import parse_levels, zero_shot_metrics
     from .reference import format_gaps
+    from .results import check_output_dir, claim_output_dir
     from .splits import resolve
 
     resolve_device(args.device)
@@ -496,15 +497,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_with(args: argparse.Namespace, split_set, levels: list[int] | None):
     """:func:`oodml.evaluation.evaluate` with the command's arguments."""
-    from .evaluation import evaluate
+    from .evaluation import ComputeConfig, DataConfig, EvalConfig, FewShotConfig, ReportConfig, evaluate
 
-    return evaluate(args.model, args.dataset, split_set, root=args.root, levels=levels,
-                    fewshot=args.fewshot or (), adapt=args.adapt, episodes=args.episodes,
-                    adapt_iterations=args.adapt_iterations, device=args.device,
-                    precision=args.precision, batch_size=args.batch_size, workers=args.workers, decode=args.decode,
-                    clustering=not args.no_clustering, shard_size=args.shard_size, label=args.label,
-                    save_embeddings=args.save_embeddings, dataset_options=dict(args.option),
-                    reference=args.reference)
+    config = EvalConfig(
+        levels=levels, clustering=not args.no_clustering,
+        fewshot=FewShotConfig(shots=args.fewshot or (), adapt=args.adapt, episodes=args.episodes,
+                              adapt_iterations=args.adapt_iterations),
+        compute=ComputeConfig(device=args.device, precision=args.precision, batch_size=args.batch_size,
+                              workers=args.workers, decode=args.decode, shard_size=args.shard_size),
+        data=DataConfig(root=args.root, options=dict(args.option)),
+        report=ReportConfig(label=args.label, save_embeddings=args.save_embeddings, reference=args.reference))
+    return evaluate(args.model, args.dataset, split_set, config)
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -521,14 +524,12 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from ._fs import check_writable
-    from .evaluation import Results, plot_curves
+    from .plot import save_curves
+    from .results import Results
 
     check_writable(Path(args.out).parent, option="--out")  # before reading the runs
-    runs = []
-    for path in args.results:
-        p = Path(path)
-        runs.append(Results.from_parquet(p / "results.parquet" if p.is_dir() else p))
-    for written in plot_curves(runs, args.out, metric=args.metric):
+    runs = [Results.from_parquet(path) for path in args.results]
+    for written in save_curves(runs, args.out, metric=args.metric):
         print(f"wrote {written}")
     return 0
 
@@ -719,13 +720,13 @@ def _add_evaluate(commands) -> None:
 
 
 def cmd_leaderboard_submit(args: argparse.Namespace) -> int:
-    from .leaderboard import submit
+    from .leaderboard import EntryInfo, submit
 
-    out = submit(args.results, name=args.name, method=args.method, description=args.description or "",
-                 authors=args.authors or [], paper=args.paper, code=args.code,
-                 training_data=args.training_data or "", pretraining=args.pretraining, baseline=args.baseline,
-                 adaptations=args.adapt, episodes=args.episodes, root=args.root, data_root=args.data_root,
-                 replace=args.replace)
+    info = EntryInfo(name=args.name, method=args.method, description=args.description or "",
+                     authors=args.authors or [], paper=args.paper, code=args.code,
+                     training_data=args.training_data or "", pretraining=args.pretraining, baseline=args.baseline)
+    out = submit(args.results, info, adaptations=args.adapt, episodes=args.episodes, root=args.root,
+                 data_root=args.data_root, replace=args.replace)
     print(f"wrote {out}; check it with `oodml leaderboard verify {out}`")
     return 0
 

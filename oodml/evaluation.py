@@ -18,286 +18,173 @@ on the same queries.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import datetime as dt
+import difflib
 import hashlib
-import json
-import math
-import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import __version__
-from ._fs import atomic_path, check_writable, claim
 from .adapt import ADAPTATIONS, EpisodeInput, check_adaptable
 from .datasets import ImageDataset, dataset_spec, load_dataset
 from .embedding import (
     PRECISIONS,
     Preprocessing,
     embed_cached,
-    read_embedding_table,
     resolve_device,
-    write_embedding_table,
 )
 from .errors import OodmlError
-from .metrics import metric_names, retrieval_metrics
+from .metrics import metric_names, per_query_metrics, retrieval_metrics
 from .models import LoadedModel, load_model
 from .models.identity import levels_identity
 from .models.refs import expand_level_template, resolve_model_ref  # noqa: F401 (expand_level_template: re-exported)
 from .models.sources import declared_training_on
-from .plotting import new_figure, save_figure
 from .protocol import (
-    curve_summary,
-    embedding_file_name,
     episode_split,
-    parse_embedding_file_name,
     protocol_card,
     score_episode,
 )
 from .reference import References
+from .results import Results
 from .splits import Level, SplitSet, resolve
 from .splits.audit import pretraining_meta
 
-RESULT_COLUMNS = ("model", "model_digest", "dataset", "split_digest", "level", "distance", "protocol",
-                  "adaptation", "shots", "episode", "metric", "value")
 #: the K of the recall@K that :func:`evaluate` reports
 KS = (1, 2, 4, 8)
-#: what :meth:`Results.save` writes into a run's folder; a folder holding anything else is never replaced
-RUN_ENTRY = re.compile(r"results\.parquet|summary\.json|curve-[^/]+\.(?:png|svg)|embeddings")
-#: the ``Results.meta`` fields of "the same run": saving it again replaces the earlier results unasked
-SAME_RUN = ("model", "dataset", "split_digest")
 
 
-# --- results ---------------------------------------------------------------------------------------
+# --- the configuration -------------------------------------------------------------------------------
 
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval of ``values`` (the interval is NaN for fewer than 2)."""
-    from scipy import stats
-
-    arr = np.asarray(values, dtype=np.float64)
-    mean = float(arr.mean())
-    if len(arr) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr)))
-    return mean, mean - half, mean + half
-
-
-@dataclass
-class Results:
-    """Tidy results of one evaluation run.
+@dataclass(frozen=True)
+class FewShotConfig:
+    """Few-shot scoring with the manifest's episodes.
 
     Attributes:
-        rows: one dict per (level, adaptation, shots, episode, metric), columns ``RESULT_COLUMNS``.
-        levels: per level: ``{"level", "distance", "ci_low", "ci_high"}``.
-        meta: model, digests, dataset, split set, protocol, settings, oodml version.
-        embeddings: with ``save_embeddings``: ``("test", level)`` and
-            ``("fewshot", level, shots, episode, adaptation)`` -> (sample ids, float32 (N, d) array).
+        shots: shots to evaluate (e.g. ``(2, 5)``; empty: no few-shot results).
+        adapt: the adaptation(s): ``prototypes``, ``finetune-last``, ``finetune-all``, or several.
+        episodes: use only the first ``episodes`` episodes of each shot (default all).
+        adapt_iterations: fine-tuning iterations (default 1000 for 2-shot, 1500 for 5-shot).
     """
 
-    rows: list[dict]
-    levels: list[dict]
-    meta: dict = field(default_factory=dict)
-    embeddings: dict | None = None
+    shots: Sequence[int] = ()
+    adapt: str | Sequence[str] = "prototypes"
+    episodes: int | None = None
+    adapt_iterations: int | None = None
 
-    def table(self) -> pa.Table:
-        return pa.table({c: [r[c] for r in self.rows] for c in RESULT_COLUMNS})
 
-    def to_parquet(self, path: str | Path) -> Path:
-        path = Path(path)
-        table = self.table().replace_schema_metadata({"oodml": json.dumps({"meta": self.meta,
-                                                                             "levels": self.levels})})
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
-        return path
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How images are embedded (:func:`oodml.embedding.embed_cached`); none of it changes a result's meaning.
+
+    Attributes:
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; precision: ``fp32``, ``bf16`` or ``fp16``.
+        batch_size: images per embedding batch; workers: image loader processes (0: the main process).
+        decode: where images are decoded: ``loader``, ``device`` or ``auto`` (see :func:`oodml.embedding.embed`).
+        use_cache: read and write the embedding cache; shard_size: images per cache shard (an interrupted run
+            loses at most one shard).
+    """
+
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 128
+    workers: int = 0
+    decode: str = "loader"
+    use_cache: bool = True
+    shard_size: int = 2048
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a dataset given by name is loaded from: ``root`` (its folder) and adapter ``options``
+    (e.g. ``{"subset": "test"}``); unused when :func:`evaluate` gets a loaded dataset."""
+
+    root: str | Path | None = None
+    options: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What a run records besides its scores.
+
+    Attributes:
+        label: the run's name in plots.
+        save_embeddings: keep the embeddings (``Results.embeddings``, written by ``Results.save``): every level's
+            test images, and per episode the fine-tuned embeddings of its support and query images, for a
+            leaderboard submission.
+        reference: a folder of in-distribution references (:mod:`oodml.reference`): adds ``meta["reference"]``.
+    """
+
+    label: str | None = None
+    save_embeddings: bool = False
+    reference: str | Path | None = None
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The settings of :func:`evaluate`: what is scored (levels, metrics, few-shot) and how it runs.
+
+    Attributes:
+        levels: level numbers (default all); ks: the K of ``recall@K``; clustering: also nmi/ami (k-means).
+        fewshot, compute, data, report: the groups above.
+
+    ``EvalConfig.of(levels=[1], device="cpu", fewshot=(2,))`` builds one from the flat names of
+    :data:`FLAT_OPTIONS` (the CLI's option names), :meth:`replace` changes some of them.
+    """
+
+    levels: Sequence[int] | None = None
+    ks: Sequence[int] = KS
+    clustering: bool = True
+    fewshot: FewShotConfig = FewShotConfig()
+    compute: ComputeConfig = ComputeConfig()
+    data: DataConfig = DataConfig()
+    report: ReportConfig = ReportConfig()
 
     @classmethod
-    def from_parquet(cls, path: str | Path) -> Results:
-        try:
-            table = pq.read_table(path)
-            extra = json.loads(table.schema.metadata[b"oodml"])
-        except (OSError, KeyError, TypeError, ValueError, pa.ArrowException) as exc:
-            raise OodmlError(f"{path}: not an oodml results file ({exc})") from None
-        return cls(table.to_pylist(), extra["levels"], extra["meta"])
+    def of(cls, **options: object) -> EvalConfig:
+        """A config from flat option names (:data:`FLAT_OPTIONS`), the rest default."""
+        return cls().replace(**options)
 
-    def zero_shot(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(distance, value) per level for the unadapted full-test-set metric."""
-        pairs = sorted((r["distance"], r["value"]) for r in self.rows
-                       if r["metric"] == metric and r["adaptation"] == "none" and r["shots"] == 0)
-        return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-
-    def summary(self) -> dict:
-        """Per metric: per-level values, mean, AUC on the [0, 1] distance axis, slope, relative drop;
-        and few-shot means with 95% t-intervals over episodes."""
-        out: dict = {"meta": self.meta, "levels": self.levels, "metrics": {}, "fewshot": {}}
-        for metric in sorted({r["metric"] for r in self.rows if r["shots"] == 0}):
-            d, v = self.zero_shot(metric)
-            if len(d):
-                out["metrics"][metric] = {"per_level": v.tolist(), **curve_summary(d, v)}
-        groups: dict[tuple, list[float]] = {}
-        for r in self.rows:
-            if r["shots"] > 0:
-                groups.setdefault((r["level"], r["shots"], r["adaptation"], r["metric"]), []).append(r["value"])
-        for (level, shots, adaptation, metric), values in sorted(groups.items()):
-            mean, lo, hi = t_interval(values)
-            out["fewshot"].setdefault(f"{shots}-shot", {}).setdefault(adaptation, {}).setdefault(metric, []).append(
-                {"level": level, "mean": mean, "ci_low": lo, "ci_high": hi, "episodes": len(values)})
-        return out
-
-    def format_table(self, metrics: Sequence[str] = ("recall@1", "map@r", "nmi")) -> str:
-        """The per-level table printed at the end of a run."""
-        by_level: dict[int, dict[str, float]] = {}
-        for r in self.rows:
-            if r["shots"] == 0 and r["adaptation"] == "none":
-                by_level.setdefault(r["level"], {})[r["metric"]] = r["value"]
-        shown = [m for m in metrics if any(m in v for v in by_level.values())]
-        fewshot = self.summary()["fewshot"]
-        extra = [(shots, adaptation) for shots, by in fewshot.items() for adaptation in by]
-        header = ["level", "distance", *shown, *[f"{s} {a} acc" for s, a in extra]]
-        rows = [header]
-        for lv in self.levels:
-            cells = [str(lv["level"]), f"{lv['distance']:.4g}"]
-            cells += [f"{by_level.get(lv['level'], {}).get(m, float('nan')):.4f}" for m in shown]
-            for shots, adaptation in extra:
-                entry = next((e for e in fewshot[shots][adaptation].get("accuracy", []) if e["level"] == lv["level"]),
-                             None)
-                cells.append("-" if entry is None else f"{entry['mean']:.3f}±{(entry['ci_high'] - entry['mean']):.3f}"
-                             if not math.isnan(entry["ci_high"]) else f"{entry['mean']:.3f}")
-            rows.append(cells)
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
-
-    def plot(self, out_prefix: str | Path, metric: str = "recall@1") -> list[Path]:
-        return plot_curves([self], out_prefix, metric=metric)
-
-    def save(self, out_dir: str | Path, metric: str = "recall@1", *, overwrite: bool = False) -> list[Path]:
-        """Write ``results.parquet``, ``summary.json``, the degradation curve of ``metric`` (PNG and SVG) and
-        the saved embeddings, if any (``embeddings/``, see :func:`read_saved_embeddings`) into ``out_dir``.
-
-        The files are written together: into a temporary folder beside ``out_dir``, renamed onto it once all
-        are complete, so a failure leaves ``out_dir`` as it was.  An earlier run there is replaced as a whole,
-        none of its files kept, under the rule of :func:`check_output_dir`.  ``out_dir`` is claimed
-        (:func:`claim_output_dir`) from the check to the rename, so a concurrent run is refused, not lost.
-
-        Returns:
-            The paths written, inside ``out_dir``.
+    def replace(self, **options: object) -> EvalConfig:
+        """This config with the flat options (:data:`FLAT_OPTIONS`) changed.
 
         Raises:
-            OodmlError: see :func:`check_output_dir`; or ``metric`` is not among this run's zero-shot metrics.
+            OodmlError: an unknown option, naming the close ones.
         """
-        with claim_output_dir(out_dir) as out:
-            check_output_dir(out_dir, self.meta, overwrite=overwrite)
-            return self._write(out_dir, out, metric)
-
-    def _write(self, out_dir: str | Path, out: Path, metric: str) -> list[Path]:
-        """For :meth:`save`, once ``out`` is claimed and checked: every file, staged, then renamed onto ``out``."""
-        with atomic_path(out) as staging:
-            staging.mkdir()
-            written = self.plot(staging / f"curve-{metric.replace('@', '_at_')}", metric=metric)
-            written.append(self.to_parquet(staging / "results.parquet"))
-            (staging / "summary.json").write_text(json.dumps(self.summary(), indent=2, default=float) + "\n")
-            written.append(staging / "summary.json")
-            for key, (ids, values) in (self.embeddings or {}).items():
-                (staging / "embeddings").mkdir(exist_ok=True)
-                written.append(write_embedding_table(staging / "embeddings" / embedding_file_name(key), ids, values))
-        return [Path(out_dir) / path.relative_to(staging) for path in written]
+        groups: dict[str, dict[str, object]] = {}
+        for name, value in options.items():
+            if name not in FLAT_OPTIONS:
+                close = difflib.get_close_matches(name, FLAT_OPTIONS, n=3)
+                raise OodmlError(f"unknown evaluation option {name!r}"
+                                 + (f"; did you mean {', '.join(close)}?" if close else
+                                    f"; options: {', '.join(FLAT_OPTIONS)}"))
+            group, attr = FLAT_OPTIONS[name]
+            groups.setdefault(group, {})[attr] = value
+        top = groups.pop("", {})
+        nested = {group: dataclasses.replace(getattr(self, group), **values) for group, values in groups.items()}
+        return dataclasses.replace(self, **top, **nested)
 
 
-@contextlib.contextmanager
-def claim_output_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Hold ``out_dir`` (``--out``) for this run alone (:func:`oodml._fs.claim`): a second evaluation into
-    it while this one runs is refused in one line.  Enter it before :func:`check_output_dir` and leave it
-    after :meth:`Results.save`; it yields ``out_dir`` as an absolute path.
-
-    Raises:
-        OodmlError: ``out_dir`` or the folder beside it cannot be written, or another process holds it.
-    """
-    out = Path(os.path.abspath(out_dir))
-    check_writable(out)          # the folder itself, when it exists ...
-    check_writable(out.parent)   # ... and beside it, where the run is staged and the claim's lock file lies
-    with claim(out, what=f"--out {out_dir}", fix="choose another --out"):
-        yield out
-
-
-def check_output_dir(out_dir: str | Path, run: Mapping[str, object], *, overwrite: bool = False) -> dict | None:
-    """Check, before any work, that a run can be saved into ``out_dir`` (``--out``).
-
-    ``out_dir`` may be new, an empty folder, or hold an earlier evaluation run
-    (only what :meth:`Results.save` writes, ``RUN_ENTRY``).  An earlier run is
-    replaced if it scored the same model on the same dataset and split set
-    (``run``'s ``SAME_RUN`` fields, as in ``Results.meta``) or with
-    ``overwrite``; another run is refused, so no results are lost unasked.
-    A folder holding anything else is never replaced.
-
-    Returns:
-        The meta of the earlier run that saving will replace, or None.
-
-    Raises:
-        OodmlError: ``out_dir`` is a file or cannot be written, holds other files,
-            or holds another run without ``overwrite``.
-    """
-    out = Path(os.path.abspath(out_dir))
-    check_writable(out)          # the folder itself, when it exists ...
-    check_writable(out.parent)   # ... and beside it, where the run is staged
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if not entries:
-        return None
-    foreign = [name for name in entries if not RUN_ENTRY.fullmatch(name)]
-    if foreign or "results.parquet" not in entries:
-        raise OodmlError(f"--out {out_dir} holds files that no oodml evaluation wrote (e.g. "
-                         f"{(foreign or entries)[0]!r}); choose a new or empty folder")
-    try:
-        earlier = json.loads(pq.read_schema(out / "results.parquet").metadata[b"oodml"])["meta"]
-    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
-        earlier = {}
-    if overwrite or (earlier and all(earlier.get(k) == run.get(k) for k in SAME_RUN)):
-        return earlier
-    what = f"{earlier.get('model')} on {earlier.get('splits')}" if earlier else "an unreadable results.parquet"
-    raise OodmlError(f"--out {out_dir} holds another run ({what}); pass --overwrite to replace it, "
-                     "or choose another --out")
+#: flat option name -> (group of :class:`EvalConfig`, "" for its own fields; attribute)
+FLAT_OPTIONS: Mapping[str, tuple[str, str]] = {
+    "levels": ("", "levels"), "ks": ("", "ks"), "clustering": ("", "clustering"),
+    "fewshot": ("fewshot", "shots"), "adapt": ("fewshot", "adapt"), "episodes": ("fewshot", "episodes"),
+    "adapt_iterations": ("fewshot", "adapt_iterations"),
+    **{name: ("compute", name) for name in ("device", "precision", "batch_size", "workers", "decode", "use_cache",
+                                             "shard_size")},
+    "root": ("data", "root"), "dataset_options": ("data", "options"),
+    **{name: ("report", name) for name in ("label", "save_embeddings", "reference")},
+}
 
 
 def zero_shot_metrics(ks: Sequence[int] = KS, clustering: bool = True) -> list[str]:
     """Names of the zero-shot metrics :func:`evaluate` reports: what ``--metric`` can plot."""
     return metric_names(ks, clustering=clustering)  # the one table, oodml.metrics.METRICS
-
-
-def read_saved_embeddings(out_dir: str | Path) -> dict:
-    """The embeddings an evaluation run saved (``--save-embeddings``), keyed as in ``Results.embeddings``."""
-    folder = Path(out_dir) / "embeddings"
-    found = {}
-    for path in sorted(folder.glob("*.parquet")):
-        key = parse_embedding_file_name(path.name)
-        if key is not None:
-            found[key] = read_embedding_table(path)
-    return found
-
-
-def plot_curves(results: Sequence[Results], out_prefix: str | Path, *, metric: str = "recall@1") -> list[Path]:
-    """Overlay the degradation curves (metric against measured distance, with the distance CIs) of several runs."""
-    fig, ax = new_figure()
-    for res in results:
-        d, v = res.zero_shot(metric)
-        if not len(d):
-            raise OodmlError(f"{res.meta.get('model', 'a run')} has no zero-shot {metric!r}; available: "
-                             f"{', '.join(sorted({r['metric'] for r in res.rows}))}")
-        ci = {lv["distance"]: (lv["ci_low"], lv["ci_high"]) for lv in res.levels}
-        xerr = np.array([[max(x - ci[x][0], 0) if not math.isnan(ci[x][0]) else 0 for x in d],
-                         [max(ci[x][1] - x, 0) if not math.isnan(ci[x][1]) else 0 for x in d]])
-        ax.errorbar(d, v, xerr=xerr, marker="o", capsize=2, label=res.meta.get("label") or res.meta.get("model"))
-    first = results[0].meta
-    ax.set_xlabel(f"train-test {first.get('distance', 'distance')} ({first.get('splits')})")
-    ax.set_ylabel(metric)
-    ax.set_title("degradation under class shift")
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=8)
-    return save_figure(fig, out_prefix)
 
 
 # --- protocol helpers -------------------------------------------------------------------------------
@@ -403,65 +290,56 @@ def _fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int 
 # --- the harness ------------------------------------------------------------------------------------
 
 def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, splits: SplitSet | str | Path | None = None,
-             *, root: str | Path | None = None, levels: Sequence[int] | None = None, fewshot: Sequence[int] = (),
-             adapt: str | Sequence[str] = "prototypes", episodes: int | None = None,
-             adapt_iterations: int | None = None, ks: Sequence[int] = KS,
-             clustering: bool = True, device: str = "auto", precision: str = "fp32", batch_size: int = 128,
-             workers: int = 0, use_cache: bool = True, shard_size: int = 2048, label: str | None = None,
-             save_embeddings: bool = False, dataset_options: Mapping[str, object] | None = None,
-             decode: str = "loader", reference: str | Path | None = None) -> Results:
-    """Score ``model`` on every requested level of ``splits``; returns the :class:`Results`.
+             config: EvalConfig | None = None, **options: object) -> Results:
+    """Score ``model`` on every requested level of ``splits``; returns the :class:`~oodml.results.Results`.
 
     Args:
         model: a registered name, a model spec (``timm:NAME``, ``open_clip:ARCH/TAG``, ``hf:ORG/NAME``,
             ``torchhub:REPO:ENTRY``), a model file, a :class:`LoadedModel`, or for the per-level protocol
             a template containing ``{level}`` or a directory of ``level<N>.pt``.
-        dataset: a dataset name (loaded from ``root``) or a loaded dataset.
+        dataset: a dataset name (loaded from ``config.data``) or a loaded dataset.
         splits: a :class:`SplitSet`, a version of ``dataset``'s published split sets, or a
             manifest directory (default: the latest published version).
-        levels: level numbers (default all).
-        fewshot: shots to evaluate with the manifest's episodes (e.g. ``(2, 5)``).
-        adapt: the few-shot adaptation(s): ``prototypes``, ``finetune-last``, ``finetune-all``, or several.
-        episodes: use only the first ``episodes`` episodes (default all).
-        adapt_iterations: override the fine-tuning iterations (default 1000 for 2-shot, 1500 for 5-shot).
-        shard_size: images per embedding-cache shard (an interrupted run loses at most one shard).
-        save_embeddings: keep the embeddings in the results (``Results.embeddings``; written by
-            ``Results.save``): every level's test images, and per episode the fine-tuned embeddings of
-            its support and query images, for a leaderboard submission.
-        dataset_options: adapter options for loading ``dataset`` by name (e.g. ``{"subset": "test"}``).
-        decode: where images are decoded: ``loader``, ``device`` or ``auto`` (see :func:`oodml.embedding.embed`).
-        reference: a folder of in-distribution references (:mod:`oodml.reference`): adds ``meta["reference"]``.
+        config: the settings (:class:`EvalConfig`; default: all levels, every metric, no few-shot).
+        options: flat settings changed on ``config`` (:meth:`EvalConfig.replace`), e.g. ``levels=[1, 8]``.
 
     Raises:
-        OodmlError: for any argument that cannot be honoured, naming it; every argument (device, counts, levels,
+        OodmlError: for any setting that cannot be honoured, naming it; every setting (device, counts, levels,
             shots, episodes, checkpoint and reference files) is checked, the models loaded, before data is read.
     """
-    adaptations = _checked_adaptations(adapt)
-    _check_counts(episodes=episodes, adapt_iterations=adapt_iterations, batch_size=batch_size, workers=workers,
-                  shard_size=shard_size)
-    _check_device(device, precision)
-    fewshot = tuple(dict.fromkeys(fewshot))
-    split_set, chosen = _levels_of(dataset, splits, levels)
-    _check_fewshot(chosen, fewshot, episodes)
-    references, models = _references_and_models(reference, model, split_set, chosen, adaptations if fewshot else ())
-    ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=root, **(dataset_options or {}))
+    config = (config or EvalConfig()).replace(**options)
+    few, compute, report = config.fewshot, config.compute, config.report
+    adaptations = _checked_adaptations(few.adapt)
+    _check_counts(episodes=few.episodes, adapt_iterations=few.adapt_iterations, batch_size=compute.batch_size,
+                  workers=compute.workers, shard_size=compute.shard_size)
+    _check_device(compute.device, compute.precision)
+    fewshot = tuple(dict.fromkeys(few.shots))
+    split_set, chosen = _levels_of(dataset, splits, config.levels)
+    _check_fewshot(chosen, fewshot, few.episodes)
+    references, models = _references_and_models(report.reference, model, split_set, chosen,
+                                                adaptations if fewshot else ())
+    ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=config.data.root,
+                                                                         **dict(config.data.options))
     split_set.check_dataset(ds.fingerprint, ds.root)
     _warn_if_trained_on(models.shared, ds)
-    embedder = _Embedder(ds, dict(use_cache=use_cache, shard_size=shard_size, device=device, precision=precision,
-                                  batch_size=batch_size, workers=workers, decode=decode))
-    scoring = _Scoring(ds, split_set, models.protocol, embedder, tuple(ks), clustering, fewshot,
-                       adaptations, episodes, adapt_iterations, device, batch_size, save_embeddings or bool(references))
-    rows, saved, images_embedded = _score_levels(chosen, models, scoring)
-    meta = {"model": str(model if not isinstance(model, LoadedModel) else model.source), "label": label,
+    embedder = _Embedder(ds, dict(use_cache=compute.use_cache, shard_size=compute.shard_size, device=compute.device,
+                                  precision=compute.precision, batch_size=compute.batch_size,
+                                  workers=compute.workers, decode=compute.decode))
+    scoring = _Scoring(ds=ds, split_set=split_set, protocol=models.protocol, embedder=embedder, ks=tuple(config.ks),
+                       clustering=config.clustering, fewshot=fewshot, adaptations=adaptations,
+                       episodes=few.episodes, adapt_iterations=few.adapt_iterations, device=compute.device,
+                       batch_size=compute.batch_size, save_embeddings=report.save_embeddings or bool(references))
+    rows, saved, classes, images_embedded = _score_levels(chosen, models, scoring)
+    meta = {"model": str(model if not isinstance(model, LoadedModel) else model.source), "label": report.label,
             "protocol": models.protocol, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
             "splits": f"{split_set.dataset}@{split_set.version}", "split_digest": split_set.digest,
             "distance": split_set.metadata.get("distance"), "fewshot": list(fewshot),
-            "adapt": list(adaptations) if fewshot else None, "episodes": episodes,
+            "adapt": list(adaptations) if fewshot else None, "episodes": few.episodes,
             "images_embedded": images_embedded, **_model_meta(models),
             **pretraining_meta(models.identity(), split_set, chosen, ds), **references.meta(saved, ds, embedder),
-            "protocol_card": models.card(split_set, chosen, ks, clustering),
+            "protocol_card": models.card(split_set, chosen, config.ks, config.clustering),
             "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    return Results(rows, _level_records(chosen), meta, saved if save_embeddings else None)
+    return Results(rows, _level_records(chosen), meta, saved if report.save_embeddings else None, classes)
 
 
 def _level_records(chosen: list[Level]) -> list[dict]:
@@ -476,9 +354,11 @@ def _levels_of(dataset: str | ImageDataset, splits: SplitSet | str | Path | None
     return split_set, [split_set.level(k) for k in dict.fromkeys(levels)] if levels else list(split_set.levels)
 
 
-def _score_levels(chosen: list[Level], models: _Models, scoring: _Scoring) -> tuple[list[dict], dict, int | None]:
-    """Score every chosen level; returns the results rows, the saved embeddings and, for a shared model, how
-    many distinct images were embedded (each once, whatever levels it belongs to)."""
+def _score_levels(chosen: list[Level], models: _Models, scoring: _Scoring
+                  ) -> tuple[list[dict], dict, list[dict], int | None]:
+    """Score every chosen level; returns the results rows, the saved embeddings, the per-class records
+    (:mod:`oodml.results`, ``classes.parquet``) and, for a shared model, how many distinct images were
+    embedded (each once, whatever levels it belongs to)."""
     ds, embedder = scoring.ds, scoring.embedder
     union = np.unique(np.concatenate([ds.indices_of_classes(lv.test_classes) for lv in chosen]))
     shared_embeddings = embedder(models.shared, union, "embed") if models.shared is not None else None
@@ -493,7 +373,7 @@ def _score_levels(chosen: list[Level], models: _Models, scoring: _Scoring) -> tu
         level_rows, level_saved = scoring.level(level, loaded, embeddings)
         rows += level_rows
         saved.update(level_saved)
-    return rows, saved, int(len(union)) if models.shared is not None else None
+    return rows, saved, scoring.classes, int(len(union)) if models.shared is not None else None
 
 
 def _model_meta(models: _Models) -> dict:
@@ -520,6 +400,7 @@ class _Scoring:
     device: str
     batch_size: int
     save_embeddings: bool
+    classes: list[dict] = field(default_factory=list)  # the per-class records of the levels scored so far
 
     def level(self, level: Level, loaded: LoadedModel, embeddings: dict[str, np.ndarray]
               ) -> tuple[list[dict], dict]:
@@ -531,7 +412,7 @@ class _Scoring:
         base = {"model": loaded.source, "model_digest": loaded.digest, "dataset": ds.name,
                 "split_digest": self.split_set.digest, "level": level.index, "distance": level.distance,
                 "protocol": self.protocol}
-        rows = _retrieval_rows(emb, ds.labels[indices], base, self.ks, self.clustering)
+        rows = self.retrieval(level, emb, ds.labels[indices], base)
         if self.fewshot:
             features = (self.embedder.backbone_features(loaded, indices, level)
                         if any(ADAPTATIONS[a].uses_backbone for a in self.adaptations) else None)
@@ -542,6 +423,26 @@ class _Scoring:
                 rows += _fewshot_rows(ctx, level, shots, self.episodes, base)
             saved.update({("fewshot", *key): value for key, value in (ctx.saved or {}).items()})
         return rows, saved
+
+    def retrieval(self, level: Level, emb: np.ndarray, labels: np.ndarray, base: dict) -> list[dict]:
+        """The retrieval rows of a level's (N, d) test embeddings (unadapted), and its per-class records
+        appended to ``classes``."""
+        self.classes += _class_records(level, per_query_metrics(emb, labels, ks=self.ks, map_depth=None),
+                                       labels, self.ds)
+        return _retrieval_rows(emb, labels, base, self.ks, self.clustering)
+
+
+def _class_records(level: Level, per_query: dict[str, np.ndarray], labels: np.ndarray, ds: ImageDataset
+                   ) -> list[dict]:
+    """Per test class of ``level``: its query count and the sum of each per-query metric over its queries
+    (:func:`oodml.metrics.per_query_metrics` output; ``labels`` (N,) the dataset labels of its rows)."""
+    position = {ds.class_index[c]: k for k, c in enumerate(level.test_classes)}
+    query_class = np.array([position[int(y)] for y in labels[per_query["query"]]], dtype=np.int64)
+    n = len(level.test_classes)
+    counts = np.bincount(query_class, minlength=n)
+    sums = {m: np.bincount(query_class, weights=v, minlength=n) for m, v in per_query.items() if m != "query"}
+    return [{"level": level.index, "draw": -1, "class": name, "queries": int(counts[k]),
+             **{m: float(s[k]) for m, s in sums.items()}} for k, name in enumerate(level.test_classes)]
 
 
 def _check_device(device: str, precision: str) -> None:

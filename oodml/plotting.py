@@ -1,4 +1,8 @@
-"""Figures: a headless matplotlib figure, saved atomically as PNG and SVG."""
+"""Figures: the figure style of oodml's plots, and saving one atomically as PNG and SVG.
+
+Figures are made without pyplot, so no backend is chosen and none is switched (a notebook keeps its own;
+headless machines need no display), and nothing stays registered once a figure is dropped.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,15 @@ from ._fs import atomic_path
 
 
 def new_figure(width: float = 6.4, height: float = 4.0):
-    """``(fig, ax)`` on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
+    """``(fig, ax)``: a matplotlib ``Figure`` of ``width`` x ``height`` inches at 120 dpi, one axes."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height), dpi=120)
+    fig = Figure(figsize=(width, height), dpi=120)
+    return fig, fig.add_subplot()
 
 
 def save_figure(fig, out_prefix: str | Path) -> list[Path]:
-    """Write ``<out_prefix>.png`` and ``<out_prefix>.svg`` (each atomically), close ``fig``, return the paths."""
-    import matplotlib.pyplot as plt
-
+    """Write ``<out_prefix>.png`` and ``<out_prefix>.svg`` (each atomically), return the paths."""
     fig.tight_layout()
     written = []
     for ext in ("png", "svg"):
@@ -28,5 +28,4 @@ def save_figure(fig, out_prefix: str | Path) -> list[Path]:
         with atomic_path(dest) as tmp:
             fig.savefig(tmp, format=ext)
         written.append(dest)
-    plt.close(fig)
     return written

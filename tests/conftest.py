@@ -60,15 +60,15 @@ def leaderboard_entry(glyphs, tmp_path_factory):
 
 def _submit_tiny_entry(glyphs, base: Path) -> None:
     from oodml.evaluation import evaluate
-    from oodml.leaderboard import submit
+    from oodml.leaderboard import EntryInfo, submit
     from oodml.models import load_model
 
     results = evaluate(load_model("glyph-cnn", embed_dim=8, seed=1), glyphs, "v1", fewshot=(2,), episodes=1,
                        adapt=["prototypes", "finetune-last"], adapt_iterations=2, clustering=False, device="cpu",
                        save_embeddings=True)
     results.save(base / "results")
-    submit([base / "results"], name="tiny", description="untrained 8-d CNN", authors=["tests"],
-           training_data="none", root=base / "leaderboard")
+    submit([base / "results"], EntryInfo("tiny", description="untrained 8-d CNN", authors=["tests"],
+                                         training_data="none"), root=base / "leaderboard")
 
 
 @contextlib.contextmanager

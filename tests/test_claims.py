@@ -23,8 +23,8 @@ import pytest
 from oodml._fs import claim, lock_path, remove_abandoned, remove_leftovers
 from oodml.cli import main
 from oodml.errors import OodmlError
-from oodml.evaluation import Results
 from oodml.leaderboard import iter_entries
+from oodml.results import Results
 from oodml.splits import load, read_split_set
 
 TESTS = Path(__file__).resolve().parent
@@ -123,7 +123,7 @@ def test_a_run_killed_while_saving_leaves_nothing_that_reads_as_a_result(tmp_pat
     out = tmp_path / "results"
     tiny_run("a").save(out)
     code = f"from test_claims import tiny_run; tiny_run('a').save({str(out)!r})"
-    with paused(tmp_path, "oodml.evaluation.Results.summary", code):  # results.parquet staged, summary.json not
+    with paused(tmp_path, "oodml.results.Results.summary", code):  # results.parquet staged, summary.json not
         staged = [p for p in tmp_path.iterdir() if p.name.startswith(".results.") and p.name.endswith(".tmp")]
         assert len(staged) == 1 and (staged[0] / "results" / "results.parquet").exists()
         with pytest.raises(OodmlError, match=r"--out .*results is being written by another process \(pid "):

@@ -47,7 +47,8 @@ def test_torchrun_evaluate_matches_a_single_process(glyphs, tmp_path):
     import subprocess
     import sys
 
-    from oodml.evaluation import Results, evaluate
+    from oodml.evaluation import evaluate
+    from oodml.results import Results
 
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "oodml",
             "-q", "evaluate", "glyph-cnn", "--dataset", "glyphs", "--levels", "1", "--no-clustering", "--device",

@@ -15,9 +15,10 @@ import torch
 from oodml import OodmlError
 from oodml.cli import main
 from oodml.embedding import embedding_cache_dir
-from oodml.evaluation import Results, evaluate, parse_levels, t_interval, zero_shot_metrics
+from oodml.evaluation import evaluate, parse_levels, zero_shot_metrics
 from oodml.models import EmbeddingModel, create_model, load_model, save
 from oodml.protocol import curve_summary
+from oodml.results import Results, t_interval
 from oodml.splits import read_split_set
 
 SPLITS = Path(__file__).resolve().parents[1] / "splits" / "glyphs" / "v1"
@@ -44,8 +45,8 @@ def test_zero_shot_on_two_levels_with_fewshot(glyphs, split_set, tmp_path):
     entry = summary["fewshot"]["2-shot"]["prototypes"]["accuracy"][0]
     assert entry["episodes"] == 2 and entry["ci_low"] <= entry["mean"] <= entry["ci_high"]
     written = results.save(tmp_path)
-    assert {p.name for p in written} == {"results.parquet", "summary.json", "curve-recall_at_1.png",
-                                         "curve-recall_at_1.svg"}
+    assert {p.name for p in written} == {"results.parquet", "summary.json", "classes.parquet",
+                                         "curve-recall_at_1.png", "curve-recall_at_1.svg"}
     again = Results.from_parquet(tmp_path / "results.parquet")
     assert again.rows == results.rows and again.meta["split_digest"] == split_set.digest
     assert json.loads((tmp_path / "summary.json").read_text())["meta"]["protocol"] == "zero-shot"
@@ -236,7 +237,7 @@ def test_finetuning_needs_a_head(glyphs, split_set, tmp_path):
 
 
 def test_several_adaptations_in_one_run_and_saved_embeddings(glyphs, split_set, tmp_path):
-    from oodml.evaluation import read_saved_embeddings
+    from oodml.results import read_saved_embeddings
 
     results = evaluate("glyph-cnn", glyphs, split_set, levels=[2], fewshot=(2,), episodes=1, clustering=False,
                        adapt=["prototypes", "finetune-last"], adapt_iterations=3, device="cpu",

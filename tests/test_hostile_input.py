@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from oodml import OodmlError
 from oodml.datasets import load_dataset
-from oodml.evaluation import Results, evaluate, level_ranges, parse_levels
+from oodml.evaluation import evaluate, level_ranges, parse_levels
+from oodml.results import Results
 from oodml.splits import read_split_set
 from oodml.training import TrainConfig
 

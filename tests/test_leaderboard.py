@@ -11,7 +11,7 @@ from fixtures import edit_json
 from oodml.cli import main
 from oodml.embedding import read_embedding_table, write_embedding_table
 from oodml.evaluation import evaluate
-from oodml.leaderboard import build, iter_entries, rank_entries, read_submission, submit, verify
+from oodml.leaderboard import EntryInfo, build, iter_entries, rank_entries, read_submission, submit, verify
 from oodml.leaderboard.submission import file_record, parse_file_name
 from oodml.models import load_model
 
@@ -194,9 +194,9 @@ def test_submit_refuses_results_without_embeddings(glyphs, tmp_path):
                        device="cpu")
     results.save(tmp_path / "r")
     with pytest.raises(OodmlError, match="holds no embeddings; rerun `oodml evaluate` with --save-embeddings"):
-        submit([tmp_path / "r"], name="x", root=tmp_path / "lb")
+        submit([tmp_path / "r"], EntryInfo("x"), root=tmp_path / "lb")
     with pytest.raises(OodmlError, match="entry name '../x'"):
-        submit([tmp_path / "r"], name="../x", root=tmp_path / "lb")
+        submit([tmp_path / "r"], EntryInfo("../x"), root=tmp_path / "lb")
 
 
 def test_committed_entries_verify_and_the_committed_board_is_current(glyphs, tmp_path):

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from oodml import OodmlError
 from oodml.cli import main
-from oodml.leaderboard import Verification, build, read_submission, submit, verify
+from oodml.leaderboard import EntryInfo, Verification, build, read_submission, submit, verify
 from oodml.leaderboard.board import collect_boards, markdown_text, render_html, render_markdown
 from oodml.leaderboard.scoring import _compare_claims
 from oodml.leaderboard.submission import FIELDS, Submission, is_web_url, schema_problems
@@ -153,7 +153,7 @@ def test_submit_refuses_a_script_link_before_writing_anything(leaderboard_entry,
     results = leaderboard_entry.parents[4] / "results"            # the evaluation the tiny entry was made from
     with pytest.raises(OodmlError, match=r"cannot make a valid entry: paper 'javascript:alert\(1\)' is not an "
                                          r"http\(s\) URL"):
-        submit([results], name="x", paper="javascript:alert(1)", root=tmp_path)
+        submit([results], EntryInfo("x", paper="javascript:alert(1)"), root=tmp_path)
     assert not (tmp_path / "submissions").exists()
 
 

@@ -13,10 +13,11 @@ import torch
 from oodml import OodmlError
 from oodml.cli import build_parser, main
 from oodml.embedding import Preprocessing, embed_cached, embedding_cache_dir
-from oodml.evaluation import Results, evaluate
+from oodml.evaluation import evaluate
 from oodml.models import LoadedModel, create_model, load_model, save
 from oodml.models.digest import weights_sha256
 from oodml.models.sources import declared_training_on, parse_spec
+from oodml.results import Results
 from oodml.splits import read_split_set
 
 SPLITS = Path(__file__).resolve().parents[1] / "splits" / "glyphs" / "v1"

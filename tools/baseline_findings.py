@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from oodml.evaluation import Results, t_interval
+from oodml.results import Results, t_interval
 
 
 def ci_text(values) -> str:

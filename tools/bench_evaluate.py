@@ -17,7 +17,7 @@ import torch
 
 from oodml.datasets import load_dataset
 from oodml.embedding import embed
-from oodml.evaluation import evaluate
+from oodml.evaluation import ComputeConfig, EvalConfig, evaluate
 from oodml.models import load_model
 from oodml.splits import load
 
@@ -38,7 +38,7 @@ def main() -> None:
     counting = Counting(loaded.module)
     loaded.module = counting
     start = time.perf_counter()
-    evaluate(loaded, ds, split_set, clustering=False, device="cpu", use_cache=False)
+    evaluate(loaded, ds, split_set, EvalConfig(clustering=False, compute=ComputeConfig(device="cpu", use_cache=False)))
     ours_s = time.perf_counter() - start
     per_level = sum(len(ds.indices_of_classes(lv.test_classes)) for lv in split_set.levels)
     distinct = len({c for lv in split_set.levels for c in lv.test_classes})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ from ..adapt import ADAPTATIONS, FINETUNED
 from ..datasets import ImageDataset, load_dataset
 from ..embedding import write_embedding_table
 from ..errors import OodmlError
-from ..evaluation import Results, read_saved_embeddings
 from ..models.identity import entry_pretraining
 from ..models.sources import is_spec
+from ..results import Results, read_saved_embeddings
 from ..splits import SplitSet, load
 from .scoring import score
 from .submission import NAME_RE, SCHEMA_VERSION, Submission, file_record, schema_problems
@@ -27,12 +28,35 @@ def entry_path(root: str | Path, dataset: str, version: str, name: str) -> Path:
     return Path(root) / "submissions" / dataset / version / name
 
 
-def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None = None, description: str = "",
-           authors: Sequence[str] = (), paper: str | None = None, code: str | None = None,
-           training_data: str = "", pretraining: str | None = None, baseline: bool = False,
-           adaptations: Sequence[str] | None = None, episodes: int | None = None, root: str | Path = "leaderboard",
-           data_root: str | Path | None = None, replace: bool = False) -> Path:
-    """Write ``root/submissions/<dataset>/<version>/<name>/`` from one or more evaluation runs.
+@dataclass(frozen=True)
+class EntryInfo:
+    """What a leaderboard entry says about itself (``submission.json``; :mod:`oodml.leaderboard.submission`).
+
+    Attributes:
+        name: the entry's folder name (letters, digits, ``.``, ``_``, ``+``, ``-``; at most 64).
+        method: the method's name on the board (default ``name``); description: one sentence.
+        authors: who made it; paper, code: http(s) links or None.
+        training_data: what the model was trained on (a model spec's declaration is appended).
+        pretraining: the model's pretraining data (``imagenet-1k``, a library's tag, ``none``); default:
+            what the evaluated model spec declares (``none`` for random weights), else not declared.
+        baseline: a reference method of oodml's own.
+    """
+
+    name: str
+    method: str | None = None
+    description: str = ""
+    authors: Sequence[str] = ()
+    paper: str | None = None
+    code: str | None = None
+    training_data: str = ""
+    pretraining: str | None = None
+    baseline: bool = False
+
+
+def submit(results_dirs: Sequence[str | Path], info: EntryInfo, *, adaptations: Sequence[str] | None = None,
+           episodes: int | None = None, root: str | Path = "leaderboard", data_root: str | Path | None = None,
+           replace: bool = False) -> Path:
+    """Write ``root/submissions/<dataset>/<version>/<info.name>/`` from one or more evaluation runs.
 
     The first run is the one submitted (its embeddings, as float16); the others
     (other seeds of the same method) only contribute the spread of mean Recall@1
@@ -42,17 +66,18 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
 
     Args:
         results_dirs: output folders of ``oodml evaluate --save-embeddings``.
-        pretraining: the model's pretraining data (``imagenet-1k``, a library's tag, ``none``); default:
-            what the evaluated model spec declares (``none`` for random weights), else not declared.
+        info: the entry's name and description (:class:`EntryInfo`).
         adaptations: few-shot adaptations to include (default: those evaluated; fine-tuned ones need
             their saved episode embeddings).
         episodes: how many of the manifest's episodes per shot are scored (default: as evaluated).
+        root: the leaderboard folder; data_root: where the dataset is read to re-score the entry.
         replace: overwrite an existing entry of the same name.
 
     Returns:
         The entry folder.
     """
-    if not NAME_RE.fullmatch(name):
+    name = info.name
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise OodmlError(f"entry name {name!r}: use letters, digits, '.', '_', '+' or '-' (at most 64)")
     runs = _read_runs(results_dirs)
     first = runs[0]
@@ -66,12 +91,12 @@ def submit(results_dirs: Sequence[str | Path], *, name: str, method: str | None 
     if out.exists() and not replace:
         raise OodmlError(f"{out} exists; choose another --name or pass --replace")
     meta = {
-        "schema_version": SCHEMA_VERSION, "entry": name, "method": method or name, "description": description,
-        "authors": list(authors), "paper": paper, "code": code, "protocol": first.meta["protocol"],
-        "adaptations": chosen, "fewshot": {"shots": shots, "episodes": n_episodes},
-        "training_data": _with_model_declaration(training_data, first.meta.get("model_identity")),
-        "pretraining": _pretraining(pretraining, first.meta.get("model_identity")),
-        "baseline": baseline, "dataset": split_set.dataset, "split_version": split_set.version,
+        "schema_version": SCHEMA_VERSION, "entry": name, "method": info.method or name,
+        "description": info.description, "authors": list(info.authors), "paper": info.paper, "code": info.code,
+        "protocol": first.meta["protocol"], "adaptations": chosen, "fewshot": {"shots": shots, "episodes": n_episodes},
+        "training_data": _with_model_declaration(info.training_data, first.meta.get("model_identity")),
+        "pretraining": _pretraining(info.pretraining, first.meta.get("model_identity")),
+        "baseline": info.baseline, "dataset": split_set.dataset, "split_version": split_set.version,
         "split_digest": split_set.digest, "model_digests": {str(r["level"]): r["model_digest"] for r in first.rows},
         "embedding_dim": width, "oodml_version": __version__,
         "date": dt.datetime.now(dt.timezone.utc).date().isoformat(),
