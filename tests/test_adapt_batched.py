@@ -265,3 +265,28 @@ def test_durations_read_as_people_say_them():
     assert [adapt_progress.duration(s) for s in (45, 150, 7200)] == ["45 s", "2.5 min", "2.0 h"]
     assert adapt_progress.estimate_line("x", 1, 1000, 10, 30) == ("x: about 30 s for 1 episode (1,000 iterations; "
                                                                   "timed over the first 10)")
+
+
+def test_evaluate_trains_every_episode_of_a_level_in_one_batched_call(glyphs, monkeypatch):
+    import oodml.adapt
+    from oodml.evaluation import evaluate
+    from oodml.models import load_model
+
+    calls = []
+    original = oodml.adapt.finetune_last_batched
+
+    def recording(model, heads, targets, **options):
+        calls.append([(h.seed, h.iterations, len(h.support_labels)) for h in heads])
+        return original(model, heads, targets, **options)
+
+    monkeypatch.setattr(oodml.adapt, "finetune_last_batched", recording)
+    results = evaluate(load_model("glyph-cnn", embed_dim=8, seed=1), glyphs, "v1", levels=[2], fewshot=(2, 5),
+                       episodes=2, adapt="finetune-last", adapt_iterations=3, clustering=False, device="cpu")
+    digest = results.meta["split_digest"]
+    assert len(calls) == 1                     # one call for the level: both shot counts, all episodes
+    assert [seed for seed, _, _ in calls[0]] == [(digest, 2, shots, e) for shots in (2, 5) for e in (0, 1)]
+    assert {iterations for _, iterations, _ in calls[0]} == {3}
+    classes = calls[0][0][2] // 2
+    assert [n for _, _, n in calls[0]] == [2 * classes] * 2 + [5 * classes] * 2
+    scored = {(r["shots"], r["episode"]) for r in results.rows if r["adaptation"] == "finetune-last"}
+    assert scored == {(2, 0), (2, 1), (5, 0), (5, 1)}
