@@ -36,13 +36,14 @@ def test_moves_scored_through_the_update_equal_the_exact_distances(scales, rtol)
     expected = exact(means, [m.apply(train, test) for m in MOVES])
     np.testing.assert_allclose(values, expected, rtol=rtol)
     assert scorer._spectrum is not None and scorer._spectrum.changed(train, test) == 0   # scored by the update
-    # From a partition 20 classes away the same base serves; from one 80 away it is rebuilt there.
-    for k, rebuilt in ((5, False), (20, True)):
+    # From a partition 8 classes away the same base serves; from one 80 away it is rebuilt there.
+    assert scorer.rebase_after == 8
+    for k, rebuilt in ((2, False), (20, True)):
         base = scorer._spectrum
-        moved = Move(np.arange(100, 100 + k), np.arange(100, 100 + k)).apply(train, test)
+        moved = Move(np.arange(80, 80 + k), np.arange(70, 70 + k)).apply(train, test)
         values = scorer.move_distances(*moved, MOVES)
         np.testing.assert_allclose(values, exact(means, [m.apply(*moved) for m in MOVES]), rtol=rtol)
-        assert (scorer._spectrum is not base) == rebuilt == (4 * k > REBASE_AFTER)
+        assert (scorer._spectrum is not base) == rebuilt == (4 * k > scorer.rebase_after)
 
 
 def test_path_distances_score_search_states_like_distances():
@@ -69,6 +70,7 @@ def test_the_update_is_only_the_default_for_wide_features():
     assert not MeanFID(np.random.default_rng(0).normal(size=(8, LOWRANK_MIN_DIM - 1))).lowrank   # published sets
     assert MeanFID(np.random.default_rng(0).normal(size=(8, LOWRANK_MIN_DIM))).lowrank
     assert MeanFID(np.zeros((8, 4)), lowrank=False).rounding == 0.0
+    assert MeanFID(np.zeros((8, 4096)), lowrank=True).rebase_after == REBASE_AFTER
 
 
 def test_search_through_the_update_picks_the_levels_of_the_exact_search():

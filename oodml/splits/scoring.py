@@ -204,6 +204,8 @@ class MeanFID(Scorer):
         self.means = x - x.mean(0)
         self.lowrank = x.shape[1] >= LOWRANK_MIN_DIM if lowrank is None else bool(lowrank)
         self.rounding = 1e-7 if self.lowrank else 0.0
+        # Woodbury's r x r solves per node must stay cheaper than a d x d eigenproblem.
+        self.rebase_after = min(REBASE_AFTER, max(8, x.shape[1] // 8))
         self._spectrum: _Spectrum | None = None
 
     @cached_property
@@ -308,14 +310,21 @@ class MeanFID(Scorer):
         :attr:`lowrank` off: the caller scores exactly.  A partition whose update rounding made unscorable (a
         non-positive determinant) is scored exactly here.
         """
-        spectrum = self._spectrum
-        if spectrum is None or spectrum.changed(*origin) > REBASE_AFTER:
-            try:
-                spectrum = self._spectrum = _Spectrum(self.means, self.sq_norms, *origin, previous=spectrum)
-            except np.linalg.LinAlgError:   # rank-deficient features: exact from here on, not retried per step
-                self.lowrank, self.rounding, self._spectrum = False, 0.0, None
-                return None
-        out = np.array([spectrum.distance(tr, te) for tr, te in partitions])
+        out = None
+        for _ in range(2):
+            spectrum = self._spectrum
+            if spectrum is None or spectrum.changed(*origin) > self.rebase_after or out is not None:
+                try:
+                    spectrum = self._spectrum = _Spectrum(self.means, self.sq_norms, *origin, previous=spectrum)
+                except np.linalg.LinAlgError:   # rank-deficient features: exact from here on, not retried
+                    self.lowrank, self.rounding, self._spectrum = False, 0.0, None
+                    return None
+            out = spectrum.distances_from(origin, partitions)
+            if out is not None:
+                break
+            out = np.full(len(partitions), np.nan)     # the origin's own update failed: rebase there, once
+        if out is None:
+            return None
         bad = np.flatnonzero(np.isnan(out))
         if len(bad):
             out[bad] = self.distances([partitions[i] for i in bad])
@@ -354,8 +363,9 @@ class GenericScorer(Scorer):
 LOWRANK_MIN_DIM = 512
 
 #: Rebase :class:`_Spectrum` once the partition scored from has this many classes added to or removed from
-#: the base's sides (each costs about four more columns in every candidate's update).
-REBASE_AFTER = 32
+#: the base's sides (each adds a column to the origin's update, whose cost every candidate shares); at most
+#: ``d / 8`` of them (``MeanFID.rebase_after``).
+REBASE_AFTER = 256
 
 
 def _scatter(rows: np.ndarray) -> np.ndarray:
@@ -519,8 +529,14 @@ class _Spectrum:
         (rounding in a nearly singular update), so that the caller scores that
         partition exactly instead.
         """
+        updates = self._updates(train, test)
+        p_tilde, q_tilde, _ = self._columns(updates)
+        return self._fid(updates, self.trace_sqrt + self._trace_sqrt_change(p_tilde, q_tilde))
+
+    def _columns(self, updates: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """``(V^T L^-1 P, V^T L^T Q, (U1, C1, p(U1), U2, C2, q(U2)))`` of an update from the base (d x r each)."""
+        (_, _, cols1, c1, _), (_, _, cols2, c2, _) = updates
         x = self.means
-        (add1, rem1, cols1, c1, n1), (add2, rem2, cols2, c2, n2) = self._updates(train, test)
         p1, _ = self._transforms(cols1)
         _, q2 = self._transforms(cols2)
         p_u1 = np.concatenate([p1, self.p_sums[:, :1]], 1)                # p(U1), U1 = [x.., s1]
@@ -529,15 +545,98 @@ class _Spectrum:
         u2 = np.concatenate([x[cols2].T, self.sums[1][:, None]], 1)
         p_tilde = np.concatenate([p_u1, q_u2], 1)
         q_tilde = np.concatenate([self.lam[:, None] * p_u1 @ c1 + q_u2 @ (c2 @ (u2.T @ u1) @ c1), q_u2 @ c2], 1)
-        delta = self._trace_sqrt_change(p_tilde, q_tilde)
+        return p_tilde, q_tilde, (u1, c1, p_u1, u2, c2, q_u2)
+
+    def _fid(self, updates: list[tuple[np.ndarray, ...]], trace_sqrt: float) -> float:
+        """The class-mean FID of the partition ``updates`` makes, given its ``tr (K1 K2)^(1/2)``."""
+        (add1, rem1, _, _, n1), (add2, rem2, _, _, n2) = updates
+        x, sq = self.means, self.sq_norms
         s1 = self.sums[0] + x[add1].sum(0) - x[rem1].sum(0)
         s2 = self.sums[1] + x[add2].sum(0) - x[rem2].sum(0)
-        sq = self.sq_norms
         tr1 = self.sumsq[0] + sq[add1].sum() - sq[rem1].sum() - s1 @ s1 / n1
         tr2 = self.sumsq[1] + sq[add2].sum() - sq[rem2].sum() - s2 @ s2 / n2
         diff = s1 / n1 - s2 / n2
-        cross = (self.trace_sqrt + delta) / np.sqrt((n1 - 1) * (n2 - 1))
+        cross = trace_sqrt / np.sqrt((n1 - 1) * (n2 - 1))
         return max(float(diff @ diff + tr1 / (n1 - 1) + tr2 / (n2 - 1) - 2 * cross), 0.0)
+
+    def distances_from(self, origin: Partition, partitions: Sequence[Partition]) -> np.ndarray | None:
+        """Class-mean FIDs of ``partitions`` near ``origin``, itself near the base; None if rounding defeats it.
+
+        Two levels, so that a base serves many steps: ``origin`` is the base
+        plus ``Pa Qa^T`` (``ra`` columns), whose resolvent follows from the base's by
+        Woodbury, ``(s + A + Pa Qa^T)^-1 = R - R Pa (I + Qa^T R Pa)^-1 Qa^T R``;
+        each partition is then an update ``Pc Qc^T`` of ``origin`` and costs
+        ``nodes * d * rc * (rc + 2 ra)`` rather than ``nodes * d * (ra + rc)^2``.
+        NaN marks a partition whose determinant came out non-positive.
+        """
+        base_updates = self._updates(*origin)
+        p_a, q_a, (u1a, c1a, p_u1a, u2a, c2a, q_u2a) = self._columns(base_updates)
+        eye_a = np.eye(p_a.shape[1])
+        k_a = eye_a + (np.ascontiguousarray(q_a.T)[None] * self.resolvent[:, None, :]) @ p_a  # (1 + nodes, ra, ra)
+        sign, logdet_a = np.linalg.slogdet(k_a)
+        if (sign <= 0).any():
+            return None
+        at_origin = self.trace_sqrt + self._integral(logdet_a, float(np.einsum("dr,dr->", q_a, p_a)))
+        (_, _, _, _, n1), (_, _, _, _, n2) = base_updates
+        x = self.means
+        sums = [x[origin[0]].sum(0), x[origin[1]].sum(0)]
+        p_s1, q_s2 = self._p(sums[0][:, None]), self._q(sums[1][:, None])
+        sides = (frozenset(origin[0].tolist()), frozenset(origin[1].tolist()))
+        p_c, q_c, sizes = [], [], []
+        for train, test in partitions:
+            (cols1, c1, _), (cols2, c2, _) = [
+                _side_update(x, np.array(sorted(frozenset(cl.tolist()) - now), dtype=np.int64),
+                             np.array(sorted(now - frozenset(cl.tolist())), dtype=np.int64), total, n)
+                for cl, now, total, n in ((train, sides[0], sums[0], n1), (test, sides[1], sums[1], n2))]
+            p1, _ = self._transforms(cols1)
+            _, q2 = self._transforms(cols2)
+            uc1 = np.concatenate([x[cols1].T, sums[0][:, None]], 1)
+            uc2 = np.concatenate([x[cols2].T, sums[1][:, None]], 1)
+            p_uc1, q_uc2 = np.concatenate([p1, p_s1], 1), np.concatenate([q2, q_s2], 1)
+            # K1 at origin = K1 base + U1a C1a U1a^T;  K2 after the move = K2 base + U2a C2a U2a^T + Uc2 Cc2 Uc2^T.
+            q_k2_u1 = (self.lam[:, None] * p_uc1 + q_u2a @ (c2a @ (u2a.T @ uc1))
+                       + q_uc2 @ (c2 @ (uc2.T @ uc1)))
+            p_c.append(np.concatenate([p_uc1, q_uc2 + p_u1a @ (c1a @ (u1a.T @ uc2))], 1))
+            q_c.append(np.concatenate([q_k2_u1 @ c1, q_uc2 @ c2], 1))
+            sizes.append(p_c[-1].shape[1])
+        changes = self._woodbury_changes(p_a, q_a, k_a, np.concatenate(p_c, 1), np.concatenate(q_c, 1), sizes)
+        return np.array([self._fid(self._updates(*part), at_origin + change)
+                         for part, change in zip(partitions, changes, strict=True)])
+
+    def _woodbury_changes(self, p_a: np.ndarray, q_a: np.ndarray, k_a: np.ndarray, p_c: np.ndarray,
+                          q_c: np.ndarray, sizes: list[int], chunk_bytes: int = 1 << 26) -> np.ndarray:
+        """Each candidate's ``tr`` square-root change from the origin (NaN where rounding defeats it).
+
+        ``p_c, q_c`` (d, sum(sizes)) hold the candidates' transformed columns side by side.
+        """
+        d, total = p_c.shape
+        bounds = np.cumsum([0] + sizes)
+        logdets = np.empty((len(sizes), len(self.resolvent)))
+        signs = np.ones_like(logdets)
+        step = max(1, chunk_bytes // (8 * d * max(total, p_a.shape[1])))
+        qc_t, qa_t = np.ascontiguousarray(q_c.T), np.ascontiguousarray(q_a.T)
+        for lo in range(0, len(self.resolvent), step):
+            res = self.resolvent[lo:lo + step, None, :]
+            scaled_c = qc_t[None] * res                                           # (nodes, total, d)
+            cross_ca = scaled_c @ p_a                                             # Qc^T R Pa
+            solved = np.linalg.solve(k_a[lo:lo + step], (qa_t[None] * res) @ p_c)  # Ka^-1 Qa^T R Pc
+            for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                g = scaled_c[:, a:b] @ p_c[:, a:b] - cross_ca[:, a:b] @ solved[:, :, a:b]
+                signs[i, lo:lo + step], logdets[i, lo:lo + step] = np.linalg.slogdet(np.eye(b - a) + g)
+        first = np.add.reduceat(np.einsum("dr,dr->r", q_c, p_c), bounds[:-1])
+        out = np.array([self._integral(row, f) for row, f in zip(logdets, first, strict=True)])
+        out[(signs <= 0).any(1)] = np.nan
+        return out
+
+    def _integral(self, logdets: np.ndarray, first_order: float) -> float:
+        """``(1/pi) int_0^inf log det(...) dt`` from its values at s = 0 and the nodes, with both tails.
+
+        The trapezoidal sum is continued over the nodes beyond both ends, where the
+        integrand (in log t) is ``log det(s = 0) * t`` below and ``tr(Q^T P) / t``
+        above, to first order: two geometric series.
+        """
+        tails = (logdets[0] * self.t_lo + first_order / self.t_hi) * self.step / (2 * np.sinh(self.step / 2))
+        return (self.step * float(logdets[1:] @ self.t) + tails) / np.pi
 
     def _trace_sqrt_change(self, p_tilde: np.ndarray, q_tilde: np.ndarray, chunk_bytes: int = 1 << 25) -> float:
         """``tr (A + P Q^T)^(1/2) - tr A^(1/2)`` from ``V^T L^-1 P`` and ``V^T L^T Q`` (each (d, r)), or NaN."""
@@ -551,11 +650,7 @@ class _Spectrum:
             sign, logdets[lo:lo + step] = np.linalg.slogdet(eye + g)
             if (sign <= 0).any():
                 return float("nan")
-        # The trapezoidal sum continued over the nodes beyond both ends, where the integrand (in log t) is
-        # log det(s = 0) * t below and tr(Q^T P) / t above, to first order: geometric series.
-        first_order = float(np.einsum("dr,dr->", q_tilde, p_tilde))
-        tails = (logdets[0] * self.t_lo + first_order / self.t_hi) * self.step / (2 * np.sinh(self.step / 2))
-        return (self.step * float(logdets[1:] @ self.t) + tails) / np.pi
+        return self._integral(logdets, float(np.einsum("dr,dr->", q_tilde, p_tilde)))
 
 
 def make_scorer(cf: ClassFeatures, distance: str = "fid", mode: str = "class-mean") -> Scorer:
