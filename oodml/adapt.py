@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .adapt_batched import MEMORY_BYTES, HeadEpisode, finetune_last_batched
+from .adapt_batched import BATCH_CLASSES, MEMORY_BYTES, PER_CLASS, HeadEpisode, finetune_last_batched
 from .adapt_progress import AdaptationMeter, metered
 from .augmentations import AUGMENTATIONS
 from .embedding import embed, resolve_device
@@ -41,7 +41,6 @@ from .registry import Registry
 from .seeding import derive_seed, rng_for
 
 FINETUNE_ITERATIONS = {2: 1000, 5: 1500}
-BATCH_CLASSES, PER_CLASS = 56, 2
 
 
 def batch_rows(support_labels: np.ndarray, iterations: int, seed: tuple) -> np.ndarray:

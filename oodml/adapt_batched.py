@@ -40,6 +40,13 @@ from .seeding import derive_seed, rng_for
 #: the default bound on one chunk's estimated memory (bytes), on any device
 MEMORY_BYTES = 1 << 30
 MARGIN, BETA = 0.2, 1.2
+#: every training batch: this many classes (all, when fewer) x this many support images each
+BATCH_CLASSES, PER_CLASS = 56, 2
+
+
+def batch_size(support_labels: np.ndarray) -> int:
+    """Images in each of an episode's training batches: ``min(BATCH_CLASSES, classes) * PER_CLASS``."""
+    return min(BATCH_CLASSES, len(np.unique(support_labels))) * PER_CLASS
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,7 @@ def episode_bytes(head: torch.nn.Module, episode: HeadEpisode, out_dim: int) -> 
     its support features, batch table, and one step's activations (inputs, embeddings, distance matrices)."""
     n_params = sum(p.numel() for p in head.parameters()) + sum(b.numel() for b in head.buffers())
     n_support, features = episode.support_features.shape
-    batch = 2 * min(56, len(np.unique(episode.support_labels)))
+    batch = batch_size(episode.support_labels)
     floats = 4 * n_params + n_support * features + 2 * batch * features + 8 * batch * out_dim + 12 * batch * batch
     return 4 * floats + 16 * episode.iterations * batch
 
@@ -197,7 +204,7 @@ class _Chunk:
         longest = max(e.iterations for e in episodes)
         most = max(len(e.support_features) for e in episodes)
         feats = np.zeros((len(episodes), most, episodes[0].support_features.shape[1]), np.float32)
-        rows = np.zeros((len(episodes), longest, 2 * min(56, len(np.unique(episodes[0].support_labels)))), np.int64)
+        rows = np.zeros((len(episodes), longest, batch_size(episodes[0].support_labels)), np.int64)
         labels = np.zeros_like(rows)
         for i, e in enumerate(episodes):
             feats[i, :len(e.support_features)] = e.support_features
@@ -251,11 +258,12 @@ def train_heads(head: torch.nn.Module, episodes: Sequence[HeadEpisode], *, devic
     """
     if not episodes:
         return
-    template = copy.deepcopy(head).float().to(device).train()
-    with torch.no_grad():
+    template = copy.deepcopy(head).float().to(device).eval()
+    with torch.no_grad():     # the embedding width, from one row in eval mode (a batch norm takes one row there)
         out_dim = template(torch.zeros(1, episodes[0].support_features.shape[1], device=device)).shape[-1]
+    template.train()
     sizes = [episode_bytes(template, e, out_dim) for e in episodes]
-    keys = [(min(56, len(np.unique(e.support_labels))), e.support_features.shape[1]) for e in episodes]
+    keys = [(batch_size(e.support_labels), e.support_features.shape[1]) for e in episodes]
     # Whatever the head draws (dropout) comes from torch's global generator, forked so the caller's is untouched.
     with torch.random.fork_rng():
         torch.manual_seed(int(rng_for(*episodes[0].seed).integers(2**31)))
