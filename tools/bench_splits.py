@@ -18,7 +18,15 @@ Reports, each against the reference it names:
    classes (time ratio, and how far short of the true extremes greedy stops), and the vectorised
    scoring vs scoring the splits one at a time.
 
+7. the default search through low-rank updates (``MeanFID`` with ``lowrank``, the default from 512-d
+   features) against the exact moment form in the same run, at a size where the exact one is affordable
+   (``--compare-classes`` classes of ``--compare-dim``-d synthetic means): time ratio and the chosen levels'
+   distances, their largest relative difference;
+8. the default search at SOP scale (``--sop-search``: 11,318 classes x 2048, synthetic), timed whole, with
+   its rebases and candidates counted, and one bootstrap draw's cost (``bootstrap_interval``'s unit).
+
 Run:  .venv/bin/python tools/bench_splits.py [--textbook-repeats N] [--only-exhaustive]
+      .venv/bin/python tools/bench_splits.py --only-lowrank [--compare-classes 1100 --compare-dim 512] [--sop-search]
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import numpy as np
 import scipy.linalg
 
 from oodml.shift import ClassFeatures, Gaussian, frechet_distance, trace_sqrt_of_product, trace_sqrt_product
+from oodml.splits import scoring
+from oodml.splits.levels import bootstrap_interval
 from oodml.splits.scoring import MeanFID, Move
 from oodml.splits.search import balanced_splits, exhaustive_levels, greedy_levels, swap_progression
 
@@ -63,7 +73,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--textbook-repeats", type=int, default=1, help="timings of the slow reference (best of)")
     parser.add_argument("--only-exhaustive", action="store_true", help="run section 6 alone")
+    parser.add_argument("--only-lowrank", action="store_true", help="run sections 7 (and 8) alone")
+    parser.add_argument("--compare-classes", type=int, default=1100, help="section 7: classes")
+    parser.add_argument("--compare-dim", type=int, default=512, help="section 7: feature width")
+    parser.add_argument("--sop-search", action="store_true", help="section 8: the whole search at SOP scale")
     args = parser.parse_args()
+    if args.only_lowrank:
+        bench_lowrank(args.compare_classes, args.compare_dim)
+        if args.sop_search:
+            bench_sop_search()
+        return
 
     feats, labels = synthetic_features()
     start = time.perf_counter()
@@ -153,6 +172,67 @@ def bench_exhaustive(means: np.ndarray) -> None:
     one_s *= len(first) / sample
     print(f"    scoring all {len(first):,} splits of 20 classes: vectorised {stacked_s:.2f} s vs one at a time "
           f"~{one_s:.2f} s (timed on {sample:,}), ratio {one_s / stacked_s:.1f}x")
+
+
+def sop_like_means(classes: int, dim: int, seed: int = 1) -> np.ndarray:
+    """(classes, dim) synthetic class means around 12 super-category centres (as section 5's)."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(classes, dim)) + np.repeat(rng.normal(size=(12, dim)), classes // 12 + 1, 0)[:classes]
+
+
+class CountingFID(MeanFID):
+    """MeanFID that counts the candidates it scores and the bases (eigendecompositions) it makes."""
+
+    candidates = 0
+    bases = 0
+
+    def move_distances(self, train, test, moves):
+        self.candidates += len(moves)
+        before = self._spectrum
+        out = super().move_distances(train, test, moves)
+        self.bases += self._spectrum is not before
+        return out
+
+
+def bench_lowrank(classes: int, dim: int) -> None:
+    """[7] The default search through low-rank updates vs the exact moment form, same classes, same run."""
+    means = sop_like_means(classes, dim)
+    runs = {}
+    for name, lowrank in (("exact", False), ("low-rank", True)):   # lowrank forced on below 512-d too
+        scorer = CountingFID(means, lowrank=lowrank)
+        start = time.perf_counter()
+        result = greedy_levels(scorer, classes)
+        runs[name] = (time.perf_counter() - start, result, scorer)
+    (old_s, old, old_scorer), (new_s, new, new_scorer) = runs["exact"], runs["low-rank"]
+    old_d, new_d = np.array([s.distance for s in old.levels]), np.array([s.distance for s in new.levels])
+    exact_new = np.array([frechet_distance(means[list(s.train)], means[list(s.test)]) for s in new.levels])
+    print(f"[7] default search, {classes} classes x {dim} (moment form): exact {old_s:.1f} s "
+          f"({old_scorer.candidates} candidates), low-rank {new_s:.1f} s ({new_scorer.candidates} candidates, "
+          f"{new_scorer.bases} bases), ratio {old_s / new_s:.1f}x faster")
+    print("    level distances exact:    " + ", ".join(f"{v:.3f}" for v in old_d))
+    print("    level distances low-rank: " + ", ".join(f"{v:.3f}" for v in new_d)
+          + f"; largest level difference {np.abs(new_d / old_d - 1).max():.2%}, "
+          f"low-rank values vs direct FID {np.abs(new_d / exact_new - 1).max():.1e}")
+
+
+def bench_sop_search(classes: int = 11318, dim: int = 2048) -> None:
+    """[8] The whole default search at SOP scale through low-rank updates, and one bootstrap draw."""
+    means = sop_like_means(classes, dim)
+    scorer = CountingFID(means)
+    start = time.perf_counter()
+    result = greedy_levels(scorer, classes)
+    search_s = time.perf_counter() - start
+    state = result.levels[-1]
+    train, test = np.array(state.train), np.array(state.test)
+    start = time.perf_counter()
+    bootstrap_interval(scorer.distances, train, test, draws=1, seed=0, level=1)
+    draw_s = time.perf_counter() - start
+    device = "CUDA" if scoring._cuda() else "CPU"
+    print(f"[8] default search at SOP scale, {classes:,} classes x {dim} ({device} bases): {search_s / 60:.1f} min, "
+          f"{scorer.candidates:,} candidates, {scorer.bases} bases; levels "
+          + ", ".join(f"{s.distance:.2f}" for s in result.levels)
+          + f"; one bootstrap draw (plus the estimate) {draw_s:.1f} s, so 8 levels x 200 draws "
+          f"~{1600 * draw_s / 120:.0f} min")
 
 
 if __name__ == "__main__":
