@@ -13,6 +13,8 @@ The public API, one page:
 * ``oodml.evaluate(model, dataset, splits, EvalConfig(levels=[1, 8])) -> Results`` (``.save(dir)``,
   ``.summary()``, ``.frame()``); ``oodml.results.load(dir)`` / ``load_many(dirs)`` -> pandas DataFrame;
   ``oodml.plot.curves(runs, metric=...)`` -> matplotlib Figure.
+* ``oodml.compare([A, B, ...], draws=2000, seed=0) -> Comparison`` (``.format()``, ``.to_json()``): paired
+  differences of runs or leaderboard entries on one split set, with class-bootstrap intervals.
 * ``oodml.train(dataset, splits, level, TrainConfig(...), out=DIR)`` -> (model, provenance).
 * ``oodml.OodmlError``: the one user-facing error type.
 
@@ -29,10 +31,11 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["EvalConfig", "OodmlError", "TrainConfig", "__version__", "evaluate", "train"]
+__all__ = ["EvalConfig", "OodmlError", "TrainConfig", "__version__", "compare", "evaluate", "train"]
 
 #: Public names that import torch, loaded on first use: name -> defining module.
-_LAZY = {"evaluate": "evaluation", "EvalConfig": "evaluation", "train": "training", "TrainConfig": "training"}
+_LAZY = {"evaluate": "evaluation", "EvalConfig": "evaluation", "train": "training", "TrainConfig": "training",
+         "compare": "comparison"}
 
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

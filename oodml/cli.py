@@ -719,6 +719,26 @@ def _add_evaluate(commands) -> None:
     plot.set_defaults(func=cmd_plot)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .comparison import compare
+
+    result = compare(args.runs, draws=args.draws, seed=args.seed, data_root=args.data_root)
+    print(result.to_json() if args.json else result.format())
+    return 0
+
+
+def _add_compare(commands) -> None:
+    p = commands.add_parser("compare", help="paired differences of runs on one split set, with class-bootstrap "
+                                            "intervals (each run against the first)")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="results folders (oodml evaluate --out) or leaderboard entries; the first is the reference")
+    p.add_argument("--draws", type=int, default=2000, help="bootstrap draws (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--data-root", help="dataset folder, for rescoring entries of datasets that need one")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=cmd_compare)
+
+
 def cmd_leaderboard_submit(args: argparse.Namespace) -> int:
     from .leaderboard import EntryInfo, submit
 
@@ -856,6 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_splits(commands)
     _add_splits(commands)
     _add_evaluate(commands)
+    _add_compare(commands)
     _add_train(commands)
     _add_leaderboard(commands)
     return parser

@@ -14,11 +14,15 @@ caller's (:func:`oodml.seeding.rng_for`).
   replacement resamples of units (classes), as indices or as counts, and a set
   of units under a resample; one resample applied to several sets is a
   *paired* bootstrap.
+* :func:`paired_ratio_draws`: per level a ratio of unit sums (Recall@1 hits
+  over queries of the drawn classes; an episode mean) for several runs under
+  the same resamples (:mod:`oodml.comparison`, the board's ranking).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -95,3 +99,27 @@ def with_counts(members: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """
     members = np.asarray(members, dtype=np.int64)
     return np.repeat(members, counts[members])
+
+
+def paired_ratio_draws(levels: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], draws: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """A paired bootstrap of per-unit ratios, level by level: (runs, levels, draws) float64.
+
+    ``levels[l][r]`` is run ``r``'s ``(sums, counts)`` at level ``l``: (n_l,) arrays over the level's units
+    (e.g. per test class the Recall@1 hits and the queries, or per few-shot episode its accuracy and 1), in
+    the same unit order for every run.  Draw ``b`` resamples each level's units once with replacement
+    (:func:`resample_indices`, levels in the order given, one ``rng`` call per level) and applies that
+    resample to every run: entry ``[r, l, b]`` is ``sum(sums) / sum(counts)`` over the drawn units (NaN when
+    they hold no count).  The leaderboard's ranking bootstrap is the mean over levels of this with
+    ``rng = default_rng(seed)`` and levels sorted.
+    """
+    runs = len(levels[0]) if levels else 0
+    out = np.empty((runs, len(levels), draws), dtype=np.float64)
+    for at, per_run in enumerate(levels):
+        idx = resample_indices(len(per_run[0][1]), draws, rng)
+        for r, (sums, counts) in enumerate(per_run):
+            drawn = np.asarray(counts, dtype=np.float64)[idx].sum(1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[r, at] = np.asarray(sums, dtype=np.float64)[idx].sum(1) / drawn
+            out[r, at][drawn == 0] = np.nan
+    return out

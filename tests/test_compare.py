@@ -1,0 +1,173 @@
+"""oodml compare: paired differences of runs and leaderboard entries with class-bootstrap intervals."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import oodml
+from oodml import OodmlError
+from oodml.cli import main
+from oodml.evaluation import EvalConfig, evaluate
+from oodml.leaderboard import verify
+from oodml.leaderboard.board import bootstrap_means
+from oodml.models import load_model
+from oodml.models.io import LoadedModel
+from oodml.stats import paired_ratio_draws
+
+
+@pytest.fixture(scope="module")
+def tiny(leaderboard_entry) -> Path:
+    """The untrained 8-d CNN's run on every level of glyphs@v1 (2-shot, one episode) behind the shared entry."""
+    return leaderboard_entry.parents[4] / "results"
+
+
+@pytest.fixture(scope="module")
+def pixels(glyphs, tmp_path_factory) -> Path:
+    """A clearly better run than ``tiny``: 8x8 average-pooled pixels (192-d) on levels 1 and 8, 2-shot, one
+    episode (the glyph classes are drawn shapes, which raw pixels tell apart far better than a random 8-d CNN)."""
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(8), torch.nn.Flatten())
+    model = LoadedModel(net, load_model("glyph-cnn", embed_dim=8, seed=1).preprocessing, "c0" * 32, "pixels-8x8")
+    config = EvalConfig.of(levels=[1, 8], clustering=False, fewshot=(2,), episodes=1, device="cpu",
+                           match_classes=None)
+    out = tmp_path_factory.mktemp("compare") / "pixels"
+    evaluate(model, glyphs, "v1", config).save(out)
+    return out
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``oodml -q ARGV`` in this process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["-q", *argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def _rows(result, **where) -> list[dict]:
+    return [r for r in result.rows if all(r[k] == v for k, v in where.items())]
+
+
+def test_a_run_compared_with_itself_differs_by_exactly_zero(tiny):
+    result = oodml.compare([tiny, tiny], draws=200)
+    assert result.rows and all(r["difference"] == 0 and r["ci_low"] == 0 == r["ci_high"] for r in result.rows)
+    assert not any(r["excludes_zero"] for r in result.rows)
+    assert {r["metric"] for r in result.rows} == {"recall@1", "map@r", "accuracy"}
+    assert {(r["shots"], r["adaptation"]) for r in _rows(result, metric="accuracy")} == {
+        (2, "none"), (2, "prototypes"), (2, "finetune-last")}
+    assert any("compared with itself" in n for n in result.notes)
+
+
+def test_a_clearly_better_run_has_an_interval_above_zero(tiny, pixels):
+    result = oodml.compare([tiny, pixels], draws=500)
+    assert result.levels == [1, 8] and any("level 2 is left out" in n for n in result.notes)
+    mean = _rows(result, metric="recall@1", scope="mean")[0]
+    assert mean["difference"] > 0.1 and mean["ci_low"] > 0 and mean["excludes_zero"]
+    for row in _rows(result, metric="recall@1", scope="level"):
+        assert row["ci_low"] <= row["difference"] <= row["ci_high"]
+    # the per-level values are the runs' own, from their results files
+    own = {r["level"]: r["value"] for r in oodml.results.read_run(pixels).rows
+           if r["metric"] == "recall@1" and r["shots"] == 0 and r.get("test_set", "full") == "full"}
+    assert {r["level"]: r["b"] for r in _rows(result, metric="recall@1", scope="level")} == pytest.approx(own,
+                                                                                                       abs=1e-9)
+    # finetune-last is only in tiny: few-shot is compared where both have it
+    assert {r["adaptation"] for r in _rows(result, metric="accuracy")} == {"none", "prototypes"}
+    assert result.to_json() == oodml.compare([tiny, pixels], draws=500).to_json()  # seeded
+    assert "*" in result.format()
+
+
+def test_a_leaderboard_entry_is_rescored_from_its_embeddings(tiny, leaderboard_entry):
+    result = oodml.compare([tiny, leaderboard_entry], draws=200)
+    assert [r["kind"] for r in result.runs] == ["run", "entry"]
+    rescored = {lv["level"]: lv["recall@1"] for lv in verify(leaderboard_entry).scores.levels}
+    assert {r["level"]: r["b"] for r in _rows(result, metric="recall@1", scope="level")} == pytest.approx(
+        rescored, abs=1e-12)
+    assert not _rows(result, metric="map@r") and not _rows(result, metric="accuracy")
+    assert any("map@r is compared between evaluation runs only" in n for n in result.notes)
+    itself = oodml.compare([leaderboard_entry, leaderboard_entry], draws=200)
+    assert all(r["difference"] == 0 == r["ci_low"] == r["ci_high"] for r in itself.rows)
+
+
+def test_cli_prints_a_table_and_json(tiny, pixels):
+    code, out, err = run_cli(["compare", str(tiny), str(pixels), "--draws", "200"])
+    assert code == 0, err
+    assert "pixels - results" in out and "recall@1" in out
+    code, out, err = run_cli(["compare", str(tiny), str(pixels), "--draws", "200", "--json"])
+    parsed = json.loads(out)
+    assert code == 0 and parsed["draws"] == 200 and parsed["runs"][1]["name"] == "pixels"
+    assert {"difference", "ci_low", "ci_high", "excludes_zero"} <= set(parsed["rows"][0])
+
+
+def _copy(run: Path, where: Path) -> Path:
+    shutil.copytree(run, where)
+    return where
+
+
+def _rewrite_classes(run: Path, change) -> None:
+    table = pq.read_table(run / "classes.parquet").to_pylist()
+    pq.write_table(pa.Table.from_pylist(change(table)), run / "classes.parquet")
+
+
+def _double_first(records: list[dict]) -> list[dict]:
+    records[0]["recall@1"] = records[0]["queries"] + 1.0
+    return records
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda r: (r / "classes.parquet").unlink(), r"holds no classes\.parquet .*evaluate it again"),
+    (lambda r: (r / "classes.parquet").write_bytes(b"PAR1 garbage"), "not readable as Parquet"),
+    (lambda r: _rewrite_classes(r, _double_first), "recall@1 records of level .* corrupt"),
+    (lambda r: _rewrite_classes(r, lambda t: [*t, next(r for r in t if r["draw"] == -1)]), "lists class .* twice"),
+    (lambda r: (r / "results.parquet").write_bytes(b"not parquet"), "not an oodml results file"),
+])
+def test_missing_or_corrupt_records_are_refused_in_one_line(tiny, tmp_path, damage, message):
+    bad = _copy(tiny, tmp_path / "bad")
+    damage(bad)
+    with pytest.raises(OodmlError, match=message):
+        oodml.compare([tiny, bad], draws=100)
+    code, out, err = run_cli(["compare", str(tiny), str(bad), "--draws", "100"])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_other_split_sets_datasets_folders_and_counts_are_refused(tiny, tmp_path):
+    with pytest.raises(OodmlError, match="at least two runs"):
+        oodml.compare([tiny])
+    with pytest.raises(OodmlError, match="neither an evaluation run .* nor a leaderboard entry"):
+        oodml.compare([tiny, tmp_path])
+    with pytest.raises(OodmlError, match="at least 100 bootstrap draws"):
+        oodml.compare([tiny, tiny], draws=10)
+    for field, value, message in [("split_digest", "f" * 64, "compare runs on the same split set"),
+                                  ("dataset", "cub200", "compare runs on one dataset")]:
+        other = _copy(tiny, tmp_path / field)
+        table = pq.read_table(other / "results.parquet")
+        extra = json.loads(table.schema.metadata[b"oodml"])
+        extra["meta"][field] = value
+        pq.write_table(table.replace_schema_metadata({"oodml": json.dumps(extra)}), other / "results.parquet")
+        with pytest.raises(OodmlError, match=message):
+            oodml.compare([tiny, other], draws=100)
+
+
+def test_an_entry_that_does_not_verify_is_refused(tiny, leaderboard_entry, tmp_path):
+    entry = _copy(leaderboard_entry, tmp_path / "entry")
+    meta = json.loads((entry / "submission.json").read_text())
+    meta["claimed"]["levels"]["1"]["recall@1"] = 0.99
+    (entry / "submission.json").write_text(json.dumps(meta))
+    with pytest.raises(OodmlError, match="does not verify .*oodml leaderboard verify"):
+        oodml.compare([tiny, entry], draws=100)
+
+
+def test_the_paired_draws_are_the_boards_ranking_bootstrap():
+    rng = np.random.default_rng(3)
+    class_hits = [{lv: (rng.integers(0, 5, 7).astype(float), np.full(7, 5.0)) for lv in (1, 2, 3)}
+                  for _ in range(2)]
+    units = [[entry[lv] for entry in class_hits] for lv in (1, 2, 3)]
+    ours = paired_ratio_draws(units, 300, np.random.default_rng(0)).mean(1)
+    np.testing.assert_allclose(ours, bootstrap_means(class_hits, 300, seed=0), rtol=0, atol=1e-12)
