@@ -122,7 +122,8 @@ class Comparison:
                               f"{r['b']:.4f}", f"{r['difference']:+.4f}",
                               f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]", "*" if r["excludes_zero"] else ""])
             widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
-            out.append(f"\n{run['name']} - {a} (paired on {'test classes and episodes' if rows else 'nothing'})")
+            units = " and ".join(dict.fromkeys(r["units"] for r in rows)) or "nothing in common"
+            out.append(f"\n{run['name']} - {a} (resampled: {units})")
             out += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths,
                                                                                                strict=True)))
                     .rstrip() for t in table]
