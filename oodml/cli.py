@@ -392,6 +392,14 @@ def positive_int(text: str) -> int:
     return _number(text, int, 1, strict=False, what="a whole number of at least 1")
 
 
+def match_classes(text: str) -> int | str | None:
+    """argparse type for ``--match-classes``: ``min``, ``off`` (None) or a whole number >= 2 (its upper bound,
+    the split set's fewest test classes, is checked by :func:`oodml.matched.matched_count`)."""
+    if text in ("min", "off"):
+        return None if text == "off" else text
+    return _number(text, int, 2, strict=False, what="min, off or a whole number of classes (at least 2)")
+
+
 def level_count(text: str) -> int | str:
     """argparse type for make-splits ``--levels``: ``auto`` or a whole number (at least 2: checked with the other
     split parameters, :meth:`oodml.splits.SplitConfig.validate`)."""
@@ -497,7 +505,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_with(args: argparse.Namespace, split_set, levels: list[int] | None):
     """:func:`oodml.evaluation.evaluate` with the command's arguments."""
-    from .evaluation import ComputeConfig, DataConfig, EvalConfig, FewShotConfig, ReportConfig, evaluate
+    from .evaluation import ComputeConfig, DataConfig, EvalConfig, FewShotConfig, MatchConfig, ReportConfig, evaluate
 
     config = EvalConfig(
         levels=levels, clustering=not args.no_clustering,
@@ -505,6 +513,7 @@ def _evaluate_with(args: argparse.Namespace, split_set, levels: list[int] | None
                               adapt_iterations=args.adapt_iterations),
         compute=ComputeConfig(device=args.device, precision=args.precision, batch_size=args.batch_size,
                               workers=args.workers, decode=args.decode, shard_size=args.shard_size),
+        match=MatchConfig(classes=args.match_classes, draws=args.match_draws),
         data=DataConfig(root=args.root, options=dict(args.option)),
         report=ReportConfig(label=args.label, save_embeddings=args.save_embeddings, reference=args.reference))
     return evaluate(args.model, args.dataset, split_set, config)
@@ -525,11 +534,11 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from ._fs import check_writable
     from .plot import save_curves
-    from .results import Results
+    from .results import read_run
 
     check_writable(Path(args.out).parent, option="--out")  # before reading the runs
-    runs = [Results.from_parquet(path) for path in args.results]
-    for written in save_curves(runs, args.out, metric=args.metric):
+    runs = [read_run(path) for path in args.results]
+    for written in save_curves(runs, args.out, metric=args.metric, test_set=args.test_set):
         print(f"wrote {written}")
     return 0
 
@@ -659,6 +668,19 @@ def _add_train(commands) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _add_matching(p: argparse.ArgumentParser) -> None:
+    """evaluate's comparisons: the in-distribution references and the class-count-matched scores
+    (:mod:`oodml.matched`)."""
+    p.add_argument("--reference", metavar="DIR",
+                   help="in-distribution references (`oodml train --reference`): also report per level the model's "
+                        "and the references' Recall@1 on the same halves and the gap, with a class-bootstrap interval")
+    p.add_argument("--match-classes", type=match_classes, default="min", metavar="N|min|off",
+                   help="also score every level on N of its test classes, N the same at every level (default min: "
+                        "the fewest test classes of any level of the split set); off: no matched scores")
+    p.add_argument("--match-draws", type=positive_int, default=20,
+                   help="seeded class draws per level for the matched scores, averaged (default 20)")
+
+
 def _add_evaluate(commands) -> None:
     p = commands.add_parser("evaluate", help="score a model on every level of a split set")
     p.add_argument("model", help="registered model ('resnet50': torchvision's ImageNet weights, downloaded once; "
@@ -701,9 +723,7 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--out", default="results", help="output directory (default ./results): new, empty, or an "
                    "earlier run of the same model, dataset and split set, which is replaced whole")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run of another model in --out")
-    p.add_argument("--reference", metavar="DIR",
-                   help="in-distribution references (`oodml train --reference`): also report per level the model's "
-                        "and the references' Recall@1 on the same halves and the gap, with a class-bootstrap interval")
+    _add_matching(p)
     p.set_defaults(func=cmd_evaluate)
 
     models = commands.add_parser("models", help="registered embedding models")
@@ -716,6 +736,9 @@ def _add_evaluate(commands) -> None:
     plot.add_argument("results", nargs="+", help="results directories or results.parquet files")
     plot.add_argument("--metric", default="recall@1", help="metric of the curves (default recall@1)")
     plot.add_argument("--out", default="curves", help="output prefix (PNG and SVG)")
+    plot.add_argument("--test-set", choices=["auto", "matched", "full"], default="auto",
+                      help="curve of the class-count-matched test sets, of the full ones, or auto (default): the "
+                           "matched curve as the headline with the full one dashed, where a run has both")
     plot.set_defaults(func=cmd_plot)
 
 

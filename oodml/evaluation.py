@@ -40,6 +40,7 @@ from .embedding import (
     resolve_device,
 )
 from .errors import OodmlError
+from .matched import DEFAULT_DRAWS, draw_classes, episode_classes, matched_count, matched_per_query
 from .metrics import metric_names, per_query_metrics, retrieval_metrics
 from .models import LoadedModel, load_model
 from .models.identity import levels_identity
@@ -100,6 +101,21 @@ class ComputeConfig:
 
 
 @dataclass(frozen=True)
+class MatchConfig:
+    """Class-count-matched scoring (:mod:`oodml.matched`): every level also scored on ``draws`` seeded
+    subsets of ``classes`` of its test classes.
+
+    Attributes:
+        classes: N: ``"min"`` (the smallest test-class count over all levels of the split set), a number up to
+            that, or None (no matched scores).
+        draws: subsets per level, averaged.
+    """
+
+    classes: int | str | None = "min"
+    draws: int = DEFAULT_DRAWS
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where a dataset given by name is loaded from: ``root`` (its folder) and adapter ``options``
     (e.g. ``{"subset": "test"}``); unused when :func:`evaluate` gets a loaded dataset."""
@@ -131,7 +147,7 @@ class EvalConfig:
 
     Attributes:
         levels: level numbers (default all); ks: the K of ``recall@K``; clustering: also nmi/ami (k-means).
-        fewshot, compute, data, report: the groups above.
+        fewshot, match, compute, data, report: the groups above.
 
     ``EvalConfig.of(levels=[1], device="cpu", fewshot=(2,))`` builds one from the flat names of
     :data:`FLAT_OPTIONS` (the CLI's option names), :meth:`replace` changes some of them.
@@ -141,6 +157,7 @@ class EvalConfig:
     ks: Sequence[int] = KS
     clustering: bool = True
     fewshot: FewShotConfig = FewShotConfig()
+    match: MatchConfig = MatchConfig()
     compute: ComputeConfig = ComputeConfig()
     data: DataConfig = DataConfig()
     report: ReportConfig = ReportConfig()
@@ -175,6 +192,7 @@ FLAT_OPTIONS: Mapping[str, tuple[str, str]] = {
     "levels": ("", "levels"), "ks": ("", "ks"), "clustering": ("", "clustering"),
     "fewshot": ("fewshot", "shots"), "adapt": ("fewshot", "adapt"), "episodes": ("fewshot", "episodes"),
     "adapt_iterations": ("fewshot", "adapt_iterations"),
+    "match_classes": ("match", "classes"), "match_draws": ("match", "draws"),
     **{name: ("compute", name) for name in ("device", "precision", "batch_size", "workers", "decode", "use_cache",
                                              "shard_size")},
     "root": ("data", "root"), "dataset_options": ("data", "options"),
@@ -308,13 +326,14 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
             shots, episodes, checkpoint and reference files) is checked, the models loaded, before data is read.
     """
     config = (config or EvalConfig()).replace(**options)
-    few, compute, report = config.fewshot, config.compute, config.report
+    few, report = config.fewshot, config.report
     adaptations = _checked_adaptations(few.adapt)
-    _check_counts(episodes=few.episodes, adapt_iterations=few.adapt_iterations, batch_size=compute.batch_size,
-                  workers=compute.workers, shard_size=compute.shard_size)
-    _check_device(compute.device, compute.precision)
+    _check_counts(episodes=few.episodes, adapt_iterations=few.adapt_iterations, batch_size=config.compute.batch_size,
+                  workers=config.compute.workers, shard_size=config.compute.shard_size, match_draws=config.match.draws)
+    _check_device(config.compute.device, config.compute.precision)
     fewshot = tuple(dict.fromkeys(few.shots))
     split_set, chosen = _levels_of(dataset, splits, config.levels)
+    n_match = matched_count(split_set, config.match.classes)
     _check_fewshot(chosen, fewshot, few.episodes)
     references, models = _references_and_models(report.reference, model, split_set, chosen,
                                                 adaptations if fewshot else ())
@@ -322,29 +341,27 @@ def evaluate(model: str | Path | LoadedModel, dataset: str | ImageDataset, split
                                                                          **dict(config.data.options))
     split_set.check_dataset(ds.fingerprint, ds.root)
     _warn_if_trained_on(models.shared, ds)
-    embedder = _Embedder(ds, dict(use_cache=compute.use_cache, shard_size=compute.shard_size, device=compute.device,
-                                  precision=compute.precision, batch_size=compute.batch_size,
-                                  workers=compute.workers, decode=compute.decode))
-    scoring = _Scoring(ds=ds, split_set=split_set, protocol=models.protocol, embedder=embedder, ks=tuple(config.ks),
-                       clustering=config.clustering, fewshot=fewshot, adaptations=adaptations,
-                       episodes=few.episodes, adapt_iterations=few.adapt_iterations, device=compute.device,
-                       batch_size=compute.batch_size, save_embeddings=report.save_embeddings or bool(references))
+    scoring = _Scoring.of(config, ds, split_set, models.protocol, adaptations=adaptations,
+                          save_embeddings=report.save_embeddings or bool(references), n_match=n_match)
     rows, saved, classes, images_embedded = _score_levels(chosen, models, scoring)
+    matched = {"n_classes": n_match, "draws": config.match.draws} if n_match else None
     meta = {"model": str(model if not isinstance(model, LoadedModel) else model.source), "label": report.label,
             "protocol": models.protocol, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
             "splits": f"{split_set.dataset}@{split_set.version}", "split_digest": split_set.digest,
             "distance": split_set.metadata.get("distance"), "fewshot": list(fewshot),
-            "adapt": list(adaptations) if fewshot else None, "episodes": few.episodes,
+            "adapt": list(adaptations) if fewshot else None, "episodes": few.episodes, "matched": matched,
             "images_embedded": images_embedded, **_model_meta(models),
-            **pretraining_meta(models.identity(), split_set, chosen, ds), **references.meta(saved, ds, embedder),
-            "protocol_card": models.card(split_set, chosen, config.ks, config.clustering),
+            **pretraining_meta(models.identity(), split_set, chosen, ds),
+            **references.meta(saved, ds, scoring.embedder),
+            "protocol_card": models.card(split_set, chosen, config.ks, config.clustering, matched),
             "oodml_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     return Results(rows, _level_records(chosen), meta, saved if report.save_embeddings else None, classes)
 
 
 def _level_records(chosen: list[Level]) -> list[dict]:
-    """``Results.levels``: each level's number, distance and the distance's interval."""
-    return [{"level": lv.index, "distance": lv.distance, "ci_low": lv.ci_low, "ci_high": lv.ci_high} for lv in chosen]
+    """``Results.levels``: each level's number, distance, the distance's interval and its test-class count."""
+    return [{"level": lv.index, "distance": lv.distance, "ci_low": lv.ci_low, "ci_high": lv.ci_high,
+             "n_test_classes": len(lv.test_classes)} for lv in chosen]
 
 
 def _levels_of(dataset: str | ImageDataset, splits: SplitSet | str | Path | None, levels: Sequence[int] | None
@@ -400,7 +417,24 @@ class _Scoring:
     device: str
     batch_size: int
     save_embeddings: bool
+    match_classes: int | None = None   # N of the class-count-matched scores (None: none)
+    match_draws: int = DEFAULT_DRAWS
     classes: list[dict] = field(default_factory=list)  # the per-class records of the levels scored so far
+
+    @classmethod
+    def of(cls, config: EvalConfig, ds: ImageDataset, split_set: SplitSet, protocol: str, *,
+           adaptations: tuple[str, ...], save_embeddings: bool, n_match: int | None) -> _Scoring:
+        """The scoring of ``config`` (its few-shot shots each once), embedding through the cache."""
+        compute = config.compute
+        embedder = _Embedder(ds, dict(use_cache=compute.use_cache, shard_size=compute.shard_size,
+                                      device=compute.device, precision=compute.precision,
+                                      batch_size=compute.batch_size, workers=compute.workers, decode=compute.decode))
+        return cls(ds=ds, split_set=split_set, protocol=protocol, embedder=embedder, ks=tuple(config.ks),
+                   clustering=config.clustering, fewshot=tuple(dict.fromkeys(config.fewshot.shots)),
+                   adaptations=adaptations, episodes=config.fewshot.episodes,
+                   adapt_iterations=config.fewshot.adapt_iterations, device=compute.device,
+                   batch_size=compute.batch_size, save_embeddings=save_embeddings, match_classes=n_match,
+                   match_draws=config.match.draws)
 
     def level(self, level: Level, loaded: LoadedModel, embeddings: dict[str, np.ndarray]
               ) -> tuple[list[dict], dict]:
@@ -411,7 +445,7 @@ class _Scoring:
         saved = {("test", level.index): ([ds.sample_ids[i] for i in indices], emb)} if self.save_embeddings else {}
         base = {"model": loaded.source, "model_digest": loaded.digest, "dataset": ds.name,
                 "split_digest": self.split_set.digest, "level": level.index, "distance": level.distance,
-                "protocol": self.protocol}
+                "protocol": self.protocol, "test_set": "full"}
         rows = self.retrieval(level, emb, ds.labels[indices], base)
         if self.fewshot:
             features = (self.embedder.backbone_features(loaded, indices, level)
@@ -421,28 +455,70 @@ class _Scoring:
             _adapt_level(ctx, level, self.fewshot, self.episodes, self.split_set.digest)
             for shots in self.fewshot:
                 rows += _fewshot_rows(ctx, level, shots, self.episodes, base)
+                if self.match_classes:  # the same episodes at n ways (oodml.matched)
+                    rows += _matched_fewshot_rows(ctx, level, shots, self.episodes, base, self.match_classes)
             saved.update({("fewshot", *key): value for key, value in (ctx.saved or {}).items()})
         return rows, saved
 
     def retrieval(self, level: Level, emb: np.ndarray, labels: np.ndarray, base: dict) -> list[dict]:
-        """The retrieval rows of a level's (N, d) test embeddings (unadapted), and its per-class records
+        """The retrieval rows of a level's (N, d) test embeddings (unadapted), on its full test set and on
+        every matched draw (``test_set`` ``matched``, ``episode`` the draw), and its per-class records
         appended to ``classes``."""
-        self.classes += _class_records(level, per_query_metrics(emb, labels, ks=self.ks, map_depth=None),
-                                       labels, self.ds)
-        return _retrieval_rows(emb, labels, base, self.ks, self.clustering)
+        rows = _retrieval_rows(emb, labels, base, self.ks, self.clustering)
+        if not self.match_classes:
+            per_query = per_query_metrics(emb, labels, ks=self.ks, map_depth=None)
+            self.classes += _class_records(level.index, -1, level.test_classes, per_query, labels, self.ds)
+            return rows
+        draws = [draw_classes(self.split_set.digest, level.index, d, level.test_classes, self.match_classes)
+                 for d in range(self.match_draws)]
+        subsets = [np.array([self.ds.class_index[c] for c in classes]) for classes in [level.test_classes, *draws]]
+        whole, *per_draw = matched_per_query(emb, labels, subsets, self.ks)  # one search: the level, every draw
+        self.classes += _class_records(level.index, -1, level.test_classes, whole, labels, self.ds)
+        for d, (classes, values) in enumerate(zip(draws, per_draw, strict=True)):
+            self.classes += _class_records(level.index, d, classes, values, labels, self.ds)
+            rows += [{**base, "test_set": "matched", "adaptation": "none", "shots": 0, "episode": d, "metric": m,
+                      "value": float(v.mean())} for m, v in values.items() if m != "query"]
+        return rows
 
 
-def _class_records(level: Level, per_query: dict[str, np.ndarray], labels: np.ndarray, ds: ImageDataset
-                   ) -> list[dict]:
-    """Per test class of ``level``: its query count and the sum of each per-query metric over its queries
-    (:func:`oodml.metrics.per_query_metrics` output; ``labels`` (N,) the dataset labels of its rows)."""
-    position = {ds.class_index[c]: k for k, c in enumerate(level.test_classes)}
+def _class_records(level: int, draw: int, classes: Sequence[str], per_query: dict[str, np.ndarray],
+                   labels: np.ndarray, ds: ImageDataset) -> list[dict]:
+    """Per class of ``classes`` (a level's test classes, or a matched draw's): its query count and the sum of
+    each per-query metric over its queries (:func:`oodml.metrics.per_query_metrics` output, its ``query`` rows
+    of ``labels``, the (N,) dataset labels of the level's test images)."""
+    position = {ds.class_index[c]: k for k, c in enumerate(classes)}
     query_class = np.array([position[int(y)] for y in labels[per_query["query"]]], dtype=np.int64)
-    n = len(level.test_classes)
+    n = len(classes)
     counts = np.bincount(query_class, minlength=n)
     sums = {m: np.bincount(query_class, weights=v, minlength=n) for m, v in per_query.items() if m != "query"}
-    return [{"level": level.index, "draw": -1, "class": name, "queries": int(counts[k]),
-             **{m: float(s[k]) for m, s in sums.items()}} for k, name in enumerate(level.test_classes)]
+    return [{"level": level, "draw": draw, "class": name, "queries": int(counts[k]),
+             **{m: float(s[k]) for m, s in sums.items()}} for k, name in enumerate(classes)]
+
+
+def _matched_fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episodes: int | None, base: dict,
+                          ways: int) -> list[dict]:
+    """Per episode, its scores restricted to ``ways`` of its classes (:func:`oodml.matched.episode_classes`):
+    the support and the queries of the other classes dropped, the embeddings those of the whole episode
+    (adapted ones from ``ctx.adapted``), so that n-way accuracy is compared at the same n on every level."""
+    rows = []
+    for index, (support, support_labels, query, query_labels), _ in ctx.episodes(level, shots, episodes,
+                                                                                   base["split_digest"]):
+        n_ways = int(support_labels.max()) + 1
+        keep = episode_classes(base["split_digest"], level.index, shots, index, range(n_ways), ways)
+        s_in, q_in = np.isin(support_labels, keep), np.isin(query_labels, keep)
+        relabel = np.full(n_ways, -1)
+        relabel[keep] = np.arange(len(keep))
+        emb_s, emb_q = ctx.stack(ctx.embeddings, support), ctx.stack(ctx.embeddings, query)
+        embedded = {"none": (emb_s, emb_q)}
+        for adapt in ctx.adaptations:
+            adapted = None if ADAPTATIONS[adapt].run is None else ctx.adapted[(shots, index, adapt)]
+            embedded[adapt] = (emb_s, emb_q) if adapted is None else (adapted[:len(support)], adapted[len(support):])
+        for adapt, (e_s, e_q) in embedded.items():
+            scored = score_episode(e_s[s_in], relabel[support_labels[s_in]], e_q[q_in], relabel[query_labels[q_in]],
+                                   adapt)
+            rows += [{**base, "test_set": "matched", "shots": shots, "episode": index, "adaptation": adapt,
+                      "metric": m, "value": v} for m, v in scored.items()]
+    return rows
 
 
 def _check_device(device: str, precision: str) -> None:
@@ -497,12 +573,14 @@ class _Models:
         self.level_preprocessing[level.index] = loaded.preprocessing
         return loaded
 
-    def card(self, split_set: SplitSet, chosen: list[Level], ks: Sequence[int], clustering: bool) -> dict:
+    def card(self, split_set: SplitSet, chosen: list[Level], ks: Sequence[int], clustering: bool,
+             matched: dict | None) -> dict:
         """The protocol card (:func:`oodml.protocol.protocol_card`) of scoring the chosen levels with these
         models: each level's preprocessing is its model's (per level: its checkpoint's, loaded by now)."""
         preprocessing = ({lv.index: self.shared.preprocessing for lv in chosen} if self.shared is not None
                          else self.level_preprocessing)
-        return protocol_card(split_set, chosen, preprocessing, protocol=self.protocol, ks=ks, clustering=clustering)
+        return protocol_card(split_set, chosen, preprocessing, protocol=self.protocol, ks=ks, clustering=clustering,
+                             matched=matched)
 
     def identity(self) -> dict:
         """What ran (:attr:`LoadedModel.identity`): the shared model's; per level, what the checkpoints loaded
@@ -566,7 +644,8 @@ def _check_counts(**counts: int | None) -> None:
 
     The CLI's argument types refuse these before this; it guards the Python API.
     """
-    minimum = {"episodes": 1, "adapt_iterations": 1, "batch_size": 1, "shard_size": 1, "workers": 0}
+    minimum = {"episodes": 1, "adapt_iterations": 1, "batch_size": 1, "shard_size": 1, "workers": 0,
+               "match_draws": 1}
     for name, value in counts.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
                                   or value < minimum[name]):

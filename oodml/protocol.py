@@ -192,6 +192,13 @@ CARD_VERSION = 1
 UNMATCHED = ("each level keeps its own class counts (under classes); no level is subsampled to a common class "
              "count, so there are no matched draws and absolute values of levels with different counts differ "
              "partly because of the count")
+#: how the class-count-matched scores are drawn and combined (:mod:`oodml.matched`)
+MATCHED_RULE = ("every level also scored on D draws of N of its test classes (N the same at every level; by default "
+                "the fewest test classes of any level of the split set); draw d of level L keeps the classes a "
+                "generator seeded by sha256('oodml-matched|<split digest>|L|d') chooses; a draw's retrieval is the "
+                "level's ranking restricted to the drawn classes' images; the level's value is the mean over its "
+                "draws, its interval the class bootstrap and the draws' standard error added in quadrature; "
+                "few-shot episodes scored on N of their classes (seeded per episode), support and queries alike")
 #: the retrieval rule, as :func:`oodml.metrics.per_query_metrics` and :mod:`oodml.knn` implement it
 RETRIEVAL_RULE = {
     "gallery": "every test image of the level (all of its test classes), unadapted embeddings",
@@ -229,21 +236,32 @@ def clustering_rule(clustering: bool) -> dict | None:
             **{metric.name: metric.definition for metric in METRICS if metric.needs == "clustering"}}
 
 
+def matched_record(matched: Mapping[str, int] | None) -> dict | None:
+    """The card's ``matched``: N and D of the class-count-matched scores (:mod:`oodml.matched`) and how their
+    draws are made; None when a run has none."""
+    if not matched:
+        return None
+    return {"n_classes": int(matched["n_classes"]), "draws": int(matched["draws"]), "rule": MATCHED_RULE}
+
+
 def protocol_card(split_set: SplitSet, levels: Sequence[Level], preprocessing: Mapping[int, Preprocessing], *,
-                  protocol: str, ks: Sequence[int], clustering: bool) -> dict:
+                  protocol: str, ks: Sequence[int], clustering: bool, matched: Mapping[str, int] | None = None
+                  ) -> dict:
     """What a result measures, so that numbers are compared only with numbers of the same protocol.
 
     Args:
         split_set: the split set evaluated; levels: its levels evaluated.
         preprocessing: level number -> the preprocessing of the model evaluated there.
         protocol: ``zero-shot`` or ``per-level``; ks: the K of ``recall@K``; clustering: nmi/ami computed.
+        matched: ``{"n_classes": N, "draws": D}`` of the matched scores, or None.
 
     Returns:
         A JSON-ready dict: ``card_version``, ``metrics_version``, the split set, ``class_disjoint`` (no level
         shares a class between train and test), the retrieval rule (gallery, queries, query exclusion,
         similarity, ties), the metric definitions, the clustering settings (or null), ``preprocessing`` (one
         record, or ``{"levels": {level: record}}`` when levels differ), per level its train and test class
-        counts and images, and ``matched``: null with ``matched_note`` saying why.
+        counts and images, and ``matched``: ``matched`` as :func:`matched_record` states it (N, D and the rule),
+        or null with ``matched_note`` saying why.
     """
     records = {lv.index: preprocessing_record(preprocessing[lv.index]) for lv in levels}
     distinct = {json.dumps(r, sort_keys=True) for r in records.values()}
@@ -257,7 +275,8 @@ def protocol_card(split_set: SplitSet, levels: Sequence[Level], preprocessing: M
             "clustering": clustering_rule(clustering),
             "preprocessing": (next(iter(records.values())) if len(distinct) == 1
                               else {"levels": {str(k): r for k, r in records.items()}}),
-            "classes": classes, "matched": None, "matched_note": UNMATCHED}
+            "classes": classes, "matched": matched_record(matched),
+            **({} if matched else {"matched_note": UNMATCHED})}
 
 
 def card_problems(card: object, split_set: SplitSet, protocol: str) -> list[str]:
@@ -284,8 +303,14 @@ def card_problems(card: object, split_set: SplitSet, protocol: str) -> list[str]
                                                        else record) for lv in split_set.levels}
     except OodmlError as exc:
         return [f"protocol_card preprocessing: {exc}"]
+    matched = card.get("matched")
+    if matched is not None:
+        counts = [matched.get(key) if isinstance(matched, dict) else None for key in ("n_classes", "draws")]
+        if not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 100_000 for c in counts):
+            return [f"protocol_card 'matched' must hold whole numbers n_classes and draws, not {brief(matched)}"]
+        matched = dict(zip(("n_classes", "draws"), counts, strict=True))
     expected = protocol_card(split_set, split_set.levels, by_level, protocol=protocol, ks=ks,
-                             clustering=card.get("clustering") is not None)
+                             clustering=card.get("clustering") is not None, matched=matched)
     wrong = [key for key in dict.fromkeys([*expected, *card]) if card.get(key, ...) != expected.get(key, ...)]
     if wrong:
         return [f"protocol_card {wrong[0]!r} is not what oodml states for this entry ({brief(card.get(wrong[0]))}"

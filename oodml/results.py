@@ -3,8 +3,11 @@ read back, and the run as data (a pandas DataFrame) for a notebook.
 
 A run's folder (``oodml evaluate --out DIR``, :meth:`Results.save`) holds:
 
-* ``results.parquet``: one row per (level, adaptation, shots, episode, metric), columns
+* ``results.parquet``: one row per (test set, level, adaptation, shots, episode, metric), columns
   :data:`RESULT_COLUMNS`; the run's ``meta`` and ``levels`` ride in the schema metadata (key ``oodml``).
+  ``test_set`` is ``full`` (the level's test set) or ``matched`` (:mod:`oodml.matched`: retrieval rows per
+  draw, ``episode`` holding the draw; few-shot rows per episode at N ways); files written before the column
+  existed read as all ``full``.
 * ``summary.json``: :meth:`Results.summary`.
 * ``classes.parquet``: per level and per test class, the retrieval queries of that class and the sum of
   each per-query metric over them, so that intervals and paired comparisons resample classes
@@ -38,13 +41,17 @@ from ._fs import atomic_path, check_writable, claim
 from .errors import OodmlError
 
 RESULT_COLUMNS = ("model", "model_digest", "dataset", "split_digest", "level", "distance", "protocol",
-                  "adaptation", "shots", "episode", "metric", "value")
+                  "adaptation", "shots", "episode", "metric", "value", "test_set")
+#: ``test_set`` of a row: scored on the level's full test set, or on a class-count-matched draw
+#: (:mod:`oodml.matched`; ``episode`` is then the draw for retrieval rows); runs saved before it are all full
+TEST_SETS = ("full", "matched")
 #: what :meth:`Results.save` writes into a run's folder; a folder holding anything else is never replaced
 RUN_ENTRY = re.compile(r"results\.parquet|summary\.json|classes\.parquet|curve-[^/]+\.(?:png|svg)|embeddings")
 #: the ``Results.meta`` fields of "the same run": saving it again replaces the earlier results unasked
 SAME_RUN = ("model", "dataset", "split_digest")
 #: the columns of :meth:`Results.frame` and :func:`load`, in order
-FRAME_COLUMNS = ("run", "level", "distance", "metric", "value", "ci_low", "ci_high", "adaptation", "shots")
+FRAME_COLUMNS = ("run", "level", "distance", "metric", "value", "ci_low", "ci_high", "adaptation", "shots",
+                 "test_set")
 #: class-bootstrap resamples behind the zero-shot intervals of :meth:`Results.frame`
 BOOTSTRAP_DRAWS = 1000
 
@@ -104,7 +111,8 @@ class Results:
     classes: list[dict] | None = None
 
     def table(self) -> pa.Table:
-        return pa.table({c: [r[c] for r in self.rows] for c in RESULT_COLUMNS})
+        return pa.table({c: [r.get(c, "full") if c == "test_set" else r[c] for r in self.rows]
+                         for c in RESULT_COLUMNS})
 
     def to_parquet(self, path: str | Path) -> Path:
         path = Path(path)
@@ -125,52 +133,126 @@ class Results:
             extra = json.loads(table.schema.metadata[b"oodml"])
         except (OSError, KeyError, TypeError, ValueError, pa.ArrowException) as exc:
             raise OodmlError(f"{path}: not an oodml results file ({exc})") from None
-        return cls(table.to_pylist(), extra["levels"], extra["meta"])
+        rows = table.to_pylist()
+        for row in rows:
+            row.setdefault("test_set", "full")
+        return cls(rows, extra["levels"], extra["meta"])
 
-    def zero_shot(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(distance, value) per level for the unadapted full-test-set metric."""
-        pairs = sorted((r["distance"], r["value"]) for r in self.rows
-                       if r["metric"] == metric and r["adaptation"] == "none" and r["shots"] == 0)
+    def zero_shot(self, metric: str, test_set: str = "full") -> tuple[np.ndarray, np.ndarray]:
+        """(distance, value) per level, in order of distance, of the unadapted metric on the full test sets or
+        (``test_set="matched"``) on the matched draws, averaged."""
+        by_level: dict[int, list] = {}
+        for r in self.rows:
+            if (r["metric"] == metric and r["adaptation"] == "none" and r["shots"] == 0
+                    and r.get("test_set", "full") == test_set):
+                by_level.setdefault(r["level"], [r["distance"], []])[1].append(r["value"])
+        pairs = sorted((d, float(np.mean(v)) if len(v) > 1 else v[0]) for d, v in by_level.values())
         return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
 
     def summary(self) -> dict:
-        """Per metric: per-level values, mean, AUC on the [0, 1] distance axis, slope, relative drop;
-        and few-shot means with 95% t-intervals over episodes."""
+        """Per metric: per-level values, mean, AUC on the [0, 1] distance axis, slope, relative drop; few-shot
+        means with 95% t-intervals over episodes; and ``matched`` (:meth:`matched_summary`)."""
         from .protocol import curve_summary
 
-        out: dict = {"meta": self.meta, "levels": self.levels, "metrics": {}, "fewshot": {}}
+        out: dict = {"meta": self.meta, "levels": self.levels, "metrics": {}, "fewshot": self._fewshot("full")}
         for metric in sorted({r["metric"] for r in self.rows if r["shots"] == 0}):
             d, v = self.zero_shot(metric)
             if len(d):
                 out["metrics"][metric] = {"per_level": v.tolist(), **curve_summary(d, v)}
-        for (level, shots, adaptation, metric), values in sorted(self._episode_groups().items()):
+        out["matched"] = self.matched_summary()
+        return out
+
+    def matched_summary(self) -> dict | None:
+        """The class-count-matched scores (:mod:`oodml.matched`), or None for a run without them:
+        ``{"n_classes": N, "draws": D, "metrics": {name: {"per_level": [...], "ci_low": [...], "ci_high": [...]}},
+        "fewshot": ...}``, levels in order of distance, each value the mean over the draws with the interval of
+        :func:`oodml.matched.matched_interval` (NaN without class records); ``fewshot`` as the full ``fewshot``."""
+        matched = self.meta.get("matched")
+        if not matched:
+            return None
+        metrics = {}
+        for metric in sorted({r["metric"] for r in self.rows if r["shots"] == 0 and r.get("test_set") == "matched"}):
+            per_level = self.matched_levels(metric)
+            metrics[metric] = {"per_level": [v for _, v, _, _ in per_level],
+                               "ci_low": [lo for _, _, lo, _ in per_level],
+                               "ci_high": [hi for _, _, _, hi in per_level]}
+        return {"n_classes": matched["n_classes"], "draws": matched["draws"], "metrics": metrics,
+                "fewshot": self._fewshot("matched")}
+
+    def matched_levels(self, metric: str) -> list[tuple[int, float, float, float]]:
+        """Per level, in order of distance: ``(level, matched value, ci_low, ci_high)`` of a zero-shot metric."""
+        from .matched import matched_interval
+
+        draws: dict[int, list[float]] = {}
+        distance = {}
+        for r in self.rows:
+            if r["metric"] == metric and r["shots"] == 0 and r.get("test_set") == "matched":
+                draws.setdefault(r["level"], []).append(r["value"])
+                distance[r["level"]] = r["distance"]
+        out = []
+        for level in sorted(draws, key=lambda lv: (distance[lv], lv)):
+            records = self._draw_records(level, metric)
+            _, low, high = matched_interval(*records) if records is not None else (None, math.nan, math.nan)
+            out.append((level, float(np.mean(draws[level])), low, high))   # the value: the draws' rows, averaged
+        return out
+
+    def _draw_records(self, level: int, metric: str) -> tuple[list[tuple], int] | None:
+        """For :func:`oodml.matched.matched_interval`: per draw of ``level`` its classes' positions among the
+        level's test classes, metric sums and query counts, and the number of test classes; None without
+        class records."""
+        records = [c for c in self.classes or () if c["level"] == level and metric in c]
+        full = [c["class"] for c in records if c["draw"] == -1]
+        if not full or not any(c["draw"] >= 0 for c in records):
+            return None
+        position = {name: k for k, name in enumerate(full)}
+        by_draw: dict[int, list[dict]] = {}
+        for c in records:
+            if c["draw"] >= 0:
+                by_draw.setdefault(c["draw"], []).append(c)
+        per_draw = [(np.array([position[c["class"]] for c in cs]), np.array([c[metric] for c in cs], dtype=np.float64),
+                     np.array([c["queries"] for c in cs], dtype=np.float64)) for _, cs in sorted(by_draw.items())]
+        return per_draw, len(full)
+
+    def _fewshot(self, test_set: str) -> dict:
+        """``{"<k>-shot": {adaptation: {metric: [{"level", "mean", "ci_low", "ci_high", "episodes"}]}}}``: the
+        episodes' mean and 95% t-interval, per level, on the full or the matched (n-way) episodes."""
+        out: dict = {}
+        for (level, shots, adaptation, metric), values in sorted(self._episode_groups(test_set).items()):
             mean, lo, hi = t_interval(values)
-            out["fewshot"].setdefault(f"{shots}-shot", {}).setdefault(adaptation, {}).setdefault(metric, []).append(
+            out.setdefault(f"{shots}-shot", {}).setdefault(adaptation, {}).setdefault(metric, []).append(
                 {"level": level, "mean": mean, "ci_low": lo, "ci_high": hi, "episodes": len(values)})
         return out
 
-    def _episode_groups(self) -> dict[tuple[int, int, str, str], list[float]]:
+    def _episode_groups(self, test_set: str = "full") -> dict[tuple[int, int, str, str], list[float]]:
         """(level, shots, adaptation, metric) -> the value of every few-shot episode, in row order."""
         groups: dict[tuple, list[float]] = {}
         for r in self.rows:
-            if r["shots"] > 0:
+            if r["shots"] > 0 and r.get("test_set", "full") == test_set:
                 groups.setdefault((r["level"], r["shots"], r["adaptation"], r["metric"]), []).append(r["value"])
         return groups
 
     def format_table(self, metrics: Sequence[str] = ("recall@1", "map@r", "nmi")) -> str:
-        """The per-level table printed at the end of a run."""
+        """The per-level table printed at the end of a run: the full test sets' metrics, the matched ones
+        (``recall@1 N=132``: the mean over the draws) and the few-shot accuracies."""
         by_level: dict[int, dict[str, float]] = {}
         for r in self.rows:
-            if r["shots"] == 0 and r["adaptation"] == "none":
+            if r["shots"] == 0 and r["adaptation"] == "none" and r.get("test_set", "full") == "full":
                 by_level.setdefault(r["level"], {})[r["metric"]] = r["value"]
         shown = [m for m in metrics if any(m in v for v in by_level.values())]
-        fewshot = self.summary()["fewshot"]
+        summary = self.summary()
+        matched = summary["matched"] or {"metrics": {}}
+        matched_shown = [m for m in shown if m in matched["metrics"]]
+        matched_at = {m: dict(zip([lv for lv, *_ in self.matched_levels(m)], matched["metrics"][m]["per_level"],
+                                  strict=True)) for m in matched_shown}
+        fewshot = summary["fewshot"]
         extra = [(shots, adaptation) for shots, by in fewshot.items() for adaptation in by]
-        header = ["level", "distance", *shown, *[f"{s} {a} acc" for s, a in extra]]
+        header = ["level", "distance", "classes", *shown, *[f"{m} N={matched['n_classes']}" for m in matched_shown],
+                  *[f"{s} {a} acc" for s, a in extra]]
         rows = [header]
         for lv in self.levels:
-            cells = [str(lv["level"]), f"{lv['distance']:.4g}"]
+            cells = [str(lv["level"]), f"{lv['distance']:.4g}", str(lv.get("n_test_classes", "-"))]
             cells += [f"{by_level.get(lv['level'], {}).get(m, float('nan')):.4f}" for m in shown]
+            cells += [f"{matched_at[m].get(lv['level'], float('nan')):.4f}" for m in matched_shown]
             for shots, adaptation in extra:
                 entry = next((e for e in fewshot[shots][adaptation].get("accuracy", []) if e["level"] == lv["level"]),
                              None)
@@ -181,28 +263,40 @@ class Results:
         return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
     def frame_records(self, run: str) -> list[dict]:
-        """The rows of :meth:`frame` as dicts (no pandas needed): per level and zero-shot metric its value
-        with a class-bootstrap 95% interval (:func:`class_bootstrap_interval`; NaN without class records or
-        for nmi/ami), and per level, shots, adaptation and few-shot metric the episodes' mean with its 95%
-        t-interval."""
+        """The rows of :meth:`frame` as dicts (no pandas needed).
+
+        ``test_set`` ``full``: per level and zero-shot metric its value with a class-bootstrap 95% interval
+        (:func:`class_bootstrap_interval`; NaN without class records, and for map@1000, nmi and ami).
+        ``matched``: per level and retrieval metric the mean over the draws with the interval of
+        :func:`oodml.matched.matched_interval`.  Few-shot rows (both test sets): per level, shots, adaptation
+        and metric the episodes' mean with its 95% t-interval.
+        """
         distance = {lv["level"]: lv["distance"] for lv in self.levels}
         by_class: dict[int, list[dict]] = {}
         for record in self.classes or ():
             if record.get("draw", -1) == -1:
                 by_class.setdefault(record["level"], []).append(record)
+        common = {"run": run, "adaptation": "none", "shots": 0}
         out = []
         for r in self.rows:
-            if r["shots"] == 0 and r["adaptation"] == "none":
+            if r["shots"] == 0 and r["adaptation"] == "none" and r.get("test_set", "full") == "full":
                 records = by_class.get(r["level"], [])
                 low, high = (class_bootstrap_interval([c[r["metric"]] for c in records],
                                                       [c["queries"] for c in records])
                              if records and r["metric"] in records[0] else (float("nan"), float("nan")))
-                out.append({"run": run, "level": r["level"], "distance": r["distance"], "metric": r["metric"],
-                            "value": r["value"], "ci_low": low, "ci_high": high, "adaptation": "none", "shots": 0})
-        for (level, shots, adaptation, metric), values in sorted(self._episode_groups().items()):
-            mean, low, high = t_interval(values)
-            out.append({"run": run, "level": level, "distance": distance.get(level, float("nan")), "metric": metric,
-                        "value": mean, "ci_low": low, "ci_high": high, "adaptation": adaptation, "shots": shots})
+                out.append({**common, "level": r["level"], "distance": r["distance"], "metric": r["metric"],
+                            "value": r["value"], "ci_low": low, "ci_high": high, "test_set": "full"})
+        for metric in dict.fromkeys(r["metric"] for r in self.rows if r.get("test_set") == "matched"
+                                    and r["shots"] == 0):
+            for level, value, low, high in self.matched_levels(metric):
+                out.append({**common, "level": level, "distance": distance.get(level, float("nan")),
+                            "metric": metric, "value": value, "ci_low": low, "ci_high": high, "test_set": "matched"})
+        for test_set in TEST_SETS:
+            for (level, shots, adaptation, metric), values in sorted(self._episode_groups(test_set).items()):
+                mean, low, high = t_interval(values)
+                out.append({"run": run, "level": level, "distance": distance.get(level, float("nan")),
+                            "metric": metric, "value": mean, "ci_low": low, "ci_high": high,
+                            "adaptation": adaptation, "shots": shots, "test_set": test_set})
         return out
 
     def frame(self, run: str | None = None):
@@ -351,10 +445,15 @@ def class_records(path: str | Path) -> list[dict]:
 
 
 def read_run(path: str | Path) -> Results:
-    """A saved run (its folder, or its ``results.parquet``) with its class records when it has them."""
-    folder = _run_folder(path)
-    results = Results.from_parquet(folder / "results.parquet")
-    if (folder / "classes.parquet").is_file():
+    """A saved run (its folder, or its results file) with its class records when its folder has them."""
+    path = Path(path)
+    if path.is_file():  # a results file, perhaps renamed: its class records only beside it under their names
+        results = Results.from_parquet(path)
+        folder = path.parent if path.name == "results.parquet" else None
+    else:
+        folder = _run_folder(path)
+        results = Results.from_parquet(folder / "results.parquet")
+    if folder is not None and (folder / "classes.parquet").is_file():
         results.classes = class_records(folder)
     return results
 
@@ -371,13 +470,15 @@ def _run_folder(path: str | Path) -> Path:
 # --- a run as data ----------------------------------------------------------------------------------
 
 def load(path: str | Path, run: str | None = None):
-    """A saved run as a long pandas DataFrame, one row per (level, metric[, shots, adaptation]).
+    """A saved run as a long pandas DataFrame, one row per (test set, level, metric[, shots, adaptation]).
 
     Columns (:data:`FRAME_COLUMNS`): ``run`` (``run``, default the folder's name), ``level``, ``distance``
     (the level's measured train-test distance), ``metric``, ``value``, ``ci_low``/``ci_high`` (95%: for
     zero-shot retrieval metrics a class bootstrap over the level's test classes, from ``classes.parquet``,
-    NaN when the run has none and for nmi/ami; for few-shot rows the t-interval over episodes),
-    ``adaptation`` (``none`` for zero-shot rows) and ``shots`` (0 for zero-shot rows).
+    NaN when the run has none and for map@1000/nmi/ami; on matched test sets that bootstrap combined with
+    the draws' spread, :func:`oodml.matched.matched_interval`; for few-shot rows the t-interval over
+    episodes), ``adaptation`` (``none`` for zero-shot rows), ``shots`` (0 for zero-shot rows) and
+    ``test_set`` (``full``, or ``matched``: the mean over the class-count-matched draws, :mod:`oodml.matched`).
 
     Raises:
         OodmlError: pandas is not installed (``pip install pandas``), or ``path`` holds no readable run.
@@ -403,7 +504,7 @@ def load_many(paths: Iterable[str | Path]):
 def _frame_table(records: list[dict]) -> pa.Table:
     types = {"run": pa.string(), "level": pa.int64(), "distance": pa.float64(), "metric": pa.string(),
              "value": pa.float64(), "ci_low": pa.float64(), "ci_high": pa.float64(), "adaptation": pa.string(),
-             "shots": pa.int64()}
+             "shots": pa.int64(), "test_set": pa.string()}
     return pa.table({c: pa.array([r[c] for r in records], type=types[c]) for c in FRAME_COLUMNS})
 
 

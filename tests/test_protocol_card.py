@@ -38,7 +38,10 @@ def test_the_card_states_the_split_the_rule_and_the_preprocessing(split_set):
     assert card["classes"]["1"] == {"train": len(first.train_classes), "test": len(first.test_classes),
                                     "train_images": first.n_train_images, "test_images": first.n_test_images}
     assert card["clustering"]["seed"] == 0 and card["clustering"]["iterations"] == 20
-    assert card["matched"] is None and "no matched draws" in card["matched_note"]   # issue 26 part 1: not built
+    assert card["matched"] is None and "no matched draws" in card["matched_note"]   # --match-classes off
+    matched = card_of(split_set, split_set.levels[:2], matched={"n_classes": 132, "draws": 20})
+    assert matched["matched"]["n_classes"] == 132 and matched["matched"]["draws"] == 20
+    assert "seeded by sha256" in matched["matched"]["rule"] and "matched_note" not in matched
     assert json.loads(json.dumps(card)) == card                                      # JSON as it is
 
 

@@ -49,7 +49,8 @@ def changed(card: dict, **fields) -> dict:
     (lambda c: changed(c, protocol="per-level"), "protocol_card 'protocol' is not what oodml states"),
     (lambda c: changed(c, classes={**c["classes"], "3": {**c["classes"]["3"], "test": 500}}),
      "protocol_card 'classes' is not what oodml states"),
-    (lambda c: changed(c, matched={"draws": 100}), "protocol_card 'matched'"),             # part 1 is not built
+    (lambda c: changed(c, matched={"draws": 100}), "protocol_card 'matched' must hold whole numbers"),
+    (lambda c: changed(c, matched={**c["matched"], "rule": "any"}), "protocol_card 'matched' is not what oodml"),
     (lambda c: changed(c, ties="<script>alert(1)</script>"), "protocol_card 'ties'"),       # never reaches the board
     (lambda c: changed(c, extra=1), "protocol_card 'extra'"),
     (lambda c: {k: v for k, v in c.items() if k != "gallery"}, "protocol_card 'gallery'"),
@@ -92,7 +93,8 @@ def test_the_board_shows_the_card_of_entries_that_carry_one(entry, glyphs, tmp_p
     assert set(details) == {"tiny", "bare"}
     assert "protocol card: metrics version 1; class-disjoint train/test; gallery: every test image" in details["tiny"]
     assert "resize 32 (shorter-side, bilinear), crop 32, mean 0.5/0.5/0.5" in details["tiny"]
-    assert "excluded by index" in details["tiny"] and "not matched across levels" in details["tiny"]
+    assert "excluded by index" in details["tiny"]
+    assert "also scored matched: 132 classes at every level, 20 draws" in details["tiny"]
     assert "protocol card" not in details["bare"]
 
 

@@ -182,10 +182,13 @@ def card_details(meta: dict) -> str | None:
         prep_text = ("; ".join(f"L{k} {_preprocessing_text(r)}" for k, r in prep["levels"].items())
                      if "levels" in prep else _preprocessing_text(prep))
         counts = ", ".join(f"L{k} {c['test']}" for k, c in card["classes"].items())
+        matched = card.get("matched")
+        matching = (f"also scored matched: {int(matched['n_classes'])} classes at every level, "
+                    f"{int(matched['draws'])} draws" if matched else "not matched across levels")
         return (f"protocol card: metrics version {card['metrics_version']}; "
                 f"{'class-disjoint' if card['class_disjoint'] else 'NOT class-disjoint'} train/test; gallery: "
                 f"{card['gallery']}; query: {card['query_in_gallery']}; ties: {card['ties']}; preprocessing: "
-                f"{prep_text}; test classes {counts}, not matched across levels")
+                f"{prep_text}; test classes {counts}, {matching}")
     except (KeyError, TypeError, AttributeError, ValueError):  # ValueError: an integer too long to print
         return "protocol card: malformed (not verified)"
 
