@@ -22,8 +22,11 @@ the split set, the results, the protocol card).  Each second is counted once, in
 ``--scale S`` shrinks classes, images, image size and episodes for a CPU (1 is the full study); the table
 names the size, the device and each stage's share of the total.
 
-Run:  .venv/bin/python tools/bench_study.py --scale 0.03 --device cpu      # minutes on a 2-core CPU
-      .venv/bin/python tools/bench_study.py --device cuda                  # the full study on a GPU
+On a CPU shared with other work, set ``OMP_WAIT_POLICY=PASSIVE`` (spinning OpenMP threads cost several-fold
+there; see tools/bench_metrics.py).
+
+Run:  OMP_WAIT_POLICY=PASSIVE .venv/bin/python tools/bench_study.py --scale 0.01 --device cpu  # 2-core CPU
+      .venv/bin/python tools/bench_study.py --device cuda                                     # full size, GPU
 """
 
 from __future__ import annotations
@@ -257,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     images = (args.work or Path.home() / ".cache" / "oodml-bench-study") / f"images-{args.scale:g}"
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
-        print(f"study: {size.name}; device: {device_name(args.device)}")
+        print(f"study: {size.name}; device: {device_name(args.device)}; OMP_WAIT_POLICY "
+              f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}")
         wrote = write_images(images, size)
         print(f"images: {f'written in {wrote:.1f} s' if wrote else 'reused'} ({images})")
         rows, cpu = study(images, work, size, args)
