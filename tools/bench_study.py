@@ -236,13 +236,15 @@ def device_name(device: str) -> str:
 
 def print_table(rows: dict[str, dict[str, float]], cpu: dict[str, float], order: list[str]) -> None:
     """One row per stage (wall seconds), one column per step, then the total; last the process's CPU seconds
-    (all threads), which a machine shared with other work changes less than the wall time."""
+    (all threads), which a machine shared with other work changes less than the wall time.  A stage a step
+    never entered shows ``-`` (one it entered briefly shows ``0.0s``)."""
     steps = list(rows)
     print(f"{'stage':<16}" + "".join(f"{s[:26]:>28}" for s in steps) + f"{'total':>10}")
-    for stage, cells in [*((st, [rows[s].get(st, 0.0) for s in steps]) for st in order),
+    for stage, cells in [*((st, [rows[s].get(st) for s in steps]) for st in order),
                          ("total (wall)", [sum(rows[s].values()) for s in steps]),
                          ("process CPU", [cpu[s] for s in steps])]:
-        print(f"{stage:<16}" + "".join(f"{c:>27.1f}s" for c in cells) + f"{sum(cells):>9.1f}s")
+        shown = "".join(f"{'-':>28}" if c is None else f"{c:>27.1f}s" for c in cells)
+        print(f"{stage:<16}" + shown + f"{sum(c or 0.0 for c in cells):>9.1f}s")
 
 
 def main(argv: list[str] | None = None) -> None:
