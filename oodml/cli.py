@@ -745,7 +745,7 @@ def _add_evaluate(commands) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .comparison import compare
 
-    result = compare(args.runs, draws=args.draws, seed=args.seed, data_root=args.data_root)
+    result = compare(args.runs, draws=args.draws, seed=args.seed, data_root=args.data_root, test_set=args.test_set)
     print(result.to_json() if args.json else result.format())
     return 0
 
@@ -758,6 +758,9 @@ def _add_compare(commands) -> None:
     p.add_argument("--draws", type=int, default=2000, help="bootstrap draws (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.add_argument("--data-root", help="dataset folder, for rescoring entries of datasets that need one")
+    p.add_argument("--test-set", choices=("both", "matched", "full"), default="both",
+                   help="compare on the class-count-matched curve (the headline), each level's full test set, or "
+                        "both (default; matched where every run has the same matched draws)")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=cmd_compare)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +19,7 @@ import torch
 import oodml
 from oodml import OodmlError
 from oodml.cli import main
-from oodml.evaluation import FLAT_OPTIONS, EvalConfig, evaluate
+from oodml.evaluation import EvalConfig, evaluate
 from oodml.leaderboard import verify
 from oodml.leaderboard.board import bootstrap_means
 from oodml.models import load_model
@@ -34,13 +36,11 @@ def tiny(leaderboard_entry) -> Path:
 @pytest.fixture(scope="module")
 def pixels(glyphs, tmp_path_factory) -> Path:
     """A clearly better run than ``tiny``: 8x8 average-pooled pixels (192-d) on levels 1 and 8, 2-shot, one
-    episode (the glyph classes are drawn shapes, which raw pixels tell apart far better than a random 8-d CNN)."""
+    episode (the glyph classes are drawn shapes, which raw pixels tell apart far better than a random 8-d CNN),
+    with the class-count-matched scores of the default N and draws, as ``tiny`` has them."""
     net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(8), torch.nn.Flatten())
     model = LoadedModel(net, load_model("glyph-cnn", embed_dim=8, seed=1).preprocessing, "c0" * 32, "pixels-8x8")
-    options = {"levels": [1, 8], "clustering": False, "fewshot": (2,), "episodes": 1, "device": "cpu"}
-    if "match_classes" in FLAT_OPTIONS:  # the class-count-matched scores are not compared: skip their time
-        options["match_classes"] = None
-    config = EvalConfig.of(**options)
+    config = EvalConfig.of(levels=[1, 8], clustering=False, fewshot=(2,), episodes=1, device="cpu")
     out = tmp_path_factory.mktemp("compare") / "pixels"
     evaluate(model, glyphs, "v1", config).save(out)
     return out
@@ -63,6 +63,8 @@ def test_a_run_compared_with_itself_differs_by_exactly_zero(tiny):
     assert result.rows and all(r["difference"] == 0 and r["ci_low"] == 0 == r["ci_high"] for r in result.rows)
     assert not any(r["excludes_zero"] for r in result.rows)
     assert {r["metric"] for r in result.rows} == {"recall@1", "map@r", "accuracy"}
+    assert result.test_sets == ["matched", "full"] and {r["test_set"] for r in _rows(result, metric="map@r")} == {
+        "matched", "full"}
     assert {(r["shots"], r["adaptation"]) for r in _rows(result, metric="accuracy")} == {
         (2, "none"), (2, "prototypes"), (2, "finetune-last")}
     assert any("compared with itself" in n for n in result.notes)
@@ -71,17 +73,18 @@ def test_a_run_compared_with_itself_differs_by_exactly_zero(tiny):
 def test_a_clearly_better_run_has_an_interval_above_zero(tiny, pixels):
     result = oodml.compare([tiny, pixels], draws=500)
     assert result.levels == [1, 8] and any("level 2 is left out" in n for n in result.notes)
-    mean = _rows(result, metric="recall@1", scope="mean")[0]
-    assert mean["difference"] > 0.1 and mean["ci_low"] > 0 and mean["excludes_zero"]
-    for row in _rows(result, metric="recall@1", scope="level"):
-        assert row["ci_low"] <= row["difference"] <= row["ci_high"]
+    for test_set in ("matched", "full"):
+        mean = _rows(result, metric="recall@1", scope="mean", test_set=test_set)[0]
+        assert mean["difference"] > 0.1 and mean["ci_low"] > 0 and mean["excludes_zero"]
+        for row in _rows(result, metric="recall@1", scope="level", test_set=test_set):
+            assert row["ci_low"] <= row["difference"] <= row["ci_high"]
     # the per-level values are the runs' own, from their results files
     own = {r["level"]: r["value"] for r in oodml.results.read_run(pixels).rows
            if r["metric"] == "recall@1" and r["shots"] == 0 and r.get("test_set", "full") == "full"}
-    assert {r["level"]: r["b"] for r in _rows(result, metric="recall@1", scope="level")} == pytest.approx(own,
-                                                                                                       abs=1e-9)
+    assert {r["level"]: r["b"] for r in _rows(result, metric="recall@1", scope="level", test_set="full")} == \
+        pytest.approx(own, abs=1e-9)
     # finetune-last is only in tiny: few-shot is compared where both have it
-    assert {r["adaptation"] for r in _rows(result, metric="accuracy")} == {"none", "prototypes"}
+    assert {r["adaptation"] for r in _rows(result, metric="accuracy", test_set="full")} == {"none", "prototypes"}
     assert result.to_json() == oodml.compare([tiny, pixels], draws=500).to_json()  # seeded
     assert "*" in result.format()
 
@@ -92,6 +95,9 @@ def test_a_leaderboard_entry_is_rescored_from_its_embeddings(tiny, leaderboard_e
     rescored = {lv["level"]: lv["recall@1"] for lv in verify(leaderboard_entry).scores.levels}
     assert {r["level"]: r["b"] for r in _rows(result, metric="recall@1", scope="level")} == pytest.approx(
         rescored, abs=1e-12)
+    assert result.test_sets == ["full"] and result.matched is None
+    assert any("full test sets only: tiny has no class-count-matched records (a leaderboard entry)" in n
+               for n in result.notes)
     assert not _rows(result, metric="map@r") and not _rows(result, metric="accuracy")
     assert any("map@r is compared between evaluation runs only" in n for n in result.notes)
     itself = oodml.compare([leaderboard_entry, leaderboard_entry], draws=200)
@@ -118,15 +124,26 @@ def _rewrite_classes(run: Path, change) -> None:
     pq.write_table(pa.Table.from_pylist(change(table)), run / "classes.parquet")
 
 
-def _double_first(records: list[dict]) -> list[dict]:
-    records[0]["recall@1"] = records[0]["queries"] + 1.0
+def _double_first(records: list[dict], draw: int = -1) -> list[dict]:
+    first = next(r for r in records if r["draw"] == draw)
+    first["recall@1"] = first["queries"] + 1.0
     return records
+
+
+def _edit_meta(run: Path, change) -> None:
+    table = pq.read_table(run / "results.parquet")
+    extra = json.loads(table.schema.metadata[b"oodml"])
+    change(extra["meta"])
+    pq.write_table(table.replace_schema_metadata({"oodml": json.dumps(extra)}), run / "results.parquet")
 
 
 @pytest.mark.parametrize(("damage", "message"), [
     (lambda r: (r / "classes.parquet").unlink(), r"holds no classes\.parquet .*evaluate it again"),
     (lambda r: (r / "classes.parquet").write_bytes(b"PAR1 garbage"), "not readable as Parquet"),
     (lambda r: _rewrite_classes(r, _double_first), "recall@1 records of level .* corrupt"),
+    (lambda r: _rewrite_classes(r, lambda t: _double_first(t, draw=3)), "class-count-matched records of level .* "
+                                                                         "corrupt"),
+    (lambda r: _rewrite_classes(r, lambda t: [c for c in t if c["draw"] != 5]), "class-count-matched records"),
     (lambda r: _rewrite_classes(r, lambda t: [*t, next(r for r in t if r["draw"] == -1)]), "lists class .* twice"),
     (lambda r: (r / "results.parquet").write_bytes(b"not parquet"), "not an oodml results file"),
 ])
@@ -149,10 +166,7 @@ def test_other_split_sets_datasets_folders_and_counts_are_refused(tiny, tmp_path
     for field, value, message in [("split_digest", "f" * 64, "compare runs on the same split set"),
                                   ("dataset", "cub200", "compare runs on one dataset")]:
         other = _copy(tiny, tmp_path / field)
-        table = pq.read_table(other / "results.parquet")
-        extra = json.loads(table.schema.metadata[b"oodml"])
-        extra["meta"][field] = value
-        pq.write_table(table.replace_schema_metadata({"oodml": json.dumps(extra)}), other / "results.parquet")
+        _edit_meta(other, lambda meta, field=field, value=value: meta.update({field: value}))
         with pytest.raises(OodmlError, match=message):
             oodml.compare([tiny, other], draws=100)
 
@@ -173,3 +187,59 @@ def test_the_paired_draws_are_the_boards_ranking_bootstrap():
     units = [[entry[lv] for entry in class_hits] for lv in (1, 2, 3)]
     ours = paired_ratio_draws(units, 300, np.random.default_rng(0)).mean(1)
     np.testing.assert_allclose(ours, bootstrap_means(class_hits, 300, seed=0), rtol=0, atol=1e-12)
+
+
+def test_the_matched_curve_is_the_headline_and_the_json_carries_it(tiny, pixels):
+    result = oodml.compare([tiny, pixels], draws=300)
+    matched = oodml.results.read_run(pixels).summary()["matched"]
+    assert result.matched == {"n_classes": matched["n_classes"], "draws": matched["draws"]} and matched["draws"] > 1
+    # the matched values are the runs' own matched curve (the mean over the draws), levels by distance
+    rows = _rows(result, metric="recall@1", scope="level", test_set="matched")
+    assert [r["b"] for r in rows] == pytest.approx(matched["metrics"]["recall@1"]["per_level"], abs=1e-9)
+    # each side of a matched interval holds at least the draws' spread: z times the standard error of the
+    # paired per-draw differences (added in quadrature to the class bootstrap's side)
+    per_draw = [{(r["level"], r["episode"]): r["value"] for r in oodml.results.read_run(run).rows
+                 if r["metric"] == "recall@1" and r["shots"] == 0 and r["test_set"] == "matched"}
+                for run in (tiny, pixels)]
+    floors = []
+    for r in rows:
+        d = np.array([per_draw[1][k] - per_draw[0][k] for k in per_draw[1] if k[0] == r["level"]])
+        floors.append(NormalDist().inv_cdf(0.975) * d.std(ddof=1) / np.sqrt(len(d)))
+        assert r["difference"] - r["ci_low"] >= floors[-1] - 1e-12 <= r["ci_high"] - r["difference"]
+    assert floors[0] > 0  # level 1 has more than N classes, so its draws differ (level 8 has exactly N)
+    assert {r["shots"] for r in _rows(result, test_set="matched")} == {0, 2}
+    text = result.format()
+    assert "test set matched: " in text and text.index(" matched ") < text.index(" full ")
+    parsed = json.loads(oodml.compare([tiny, pixels], draws=300).to_json())
+    assert parsed["test_sets"] == ["matched", "full"] and parsed["matched"] == result.matched
+    assert {r["test_set"] for r in parsed["rows"]} == {"matched", "full"}
+    full = oodml.compare([tiny, pixels], draws=300, test_set="full")
+    assert full.test_sets == ["full"] and full.matched is None and {r["test_set"] for r in full.rows} == {"full"}
+    assert [r for r in result.rows if r["test_set"] == "full"] == full.rows
+    with pytest.raises(OodmlError, match="--test-set 'curve': give one of both, matched, full"):
+        oodml.compare([tiny, pixels], draws=100, test_set="curve")
+
+
+def _other_draw_classes(records: list[dict]) -> list[dict]:
+    """Move draw 0 of level 1 onto a class it did not draw (its sums unchanged, so the records still add up)."""
+    drawn = {r["class"] for r in records if r["level"] == 1 and r["draw"] == 0}
+    spare = next(r["class"] for r in records if r["level"] == 1 and r["draw"] == -1 and r["class"] not in drawn)
+    next(r for r in records if r["level"] == 1 and r["draw"] == 0)["class"] = spare
+    return records
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda r: _edit_meta(r, lambda m: m["matched"].update(n_classes=m["matched"]["n_classes"] - 1)),
+     r"is matched at \d+ classes in \d+ draws, other at \d+ in .*same --match-classes"),
+    (lambda r: _edit_meta(r, lambda m: m.update(matched=None)), "other has no class-count-matched records "
+                                                                 r"\(evaluated with --match-classes off"),
+    (lambda r: _rewrite_classes(r, _other_draw_classes), "matched draws of other at level 1 hold other classes"),
+])
+def test_runs_without_the_same_matched_curve_compare_on_the_full_test_sets(pixels, tmp_path, damage, message):
+    other = _copy(pixels, tmp_path / "other")
+    damage(other)
+    result = oodml.compare([pixels, other], draws=100)
+    assert result.test_sets == ["full"] and {r["test_set"] for r in result.rows} == {"full"}
+    assert any(n.startswith("compared on the full test sets only") and re.search(message, n) for n in result.notes)
+    code, out, err = run_cli(["compare", str(pixels), str(other), "--draws", "100", "--test-set", "matched"])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--test-set full" in err
