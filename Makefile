@@ -34,7 +34,7 @@ $(DEMO_RUN)/level8.pt: $(STAMP)
 
 # One worker per core, each test file whole on one worker (its module fixtures are built once).
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=20
 
 # The leaderboard page is tested in a real headless browser: install Debian's chromium when missing.
 browser:

@@ -62,17 +62,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--update", type=Path, metavar="DOC",
-                        help="rewrite DOC in place, keeping its reference-gap section")
+                        help="rewrite DOC in place, keeping its reference-gap and matched-curve sections")
     args = parser.parse_args()
     if args.update is None:
         findings(args.results)
         return
-    kept = re.search(r"<!-- reference-gap:.*?<!-- /reference-gap -->\n", args.update.read_text(encoding="utf-8"),
-                     re.S)
+    doc = args.update.read_text(encoding="utf-8")
+    kept = [m.group() for name in ("reference-gap", "matched-curve")   # sections other tools write
+            if (m := re.search(rf"<!-- {name}:.*?<!-- /{name} -->\n", doc, re.S))]
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         findings(args.results)
-    args.update.write_text(text.getvalue() + ("\n" + kept.group() if kept else ""), encoding="utf-8")
+    args.update.write_text(text.getvalue() + "".join("\n" + k for k in kept), encoding="utf-8")
 
 
 def findings(results: Path) -> None:
