@@ -97,3 +97,15 @@ def server():
 
     with serving() as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: thousands of calls on small batches, where a second thread only
+    adds synchronisation (8x slower here).  Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

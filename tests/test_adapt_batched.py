@@ -24,12 +24,7 @@ from oodml.seeding import rng_for
 EMBEDDING_TOLERANCE, ACCURACY_TOLERANCE = 1e-4, 0.02
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many calls on small batches
 
 
 class Model(torch.nn.Module):

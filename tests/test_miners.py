@@ -14,13 +14,7 @@ ALPHA = 1e-3        # family-wise: a distribution test fails when some anchor's 
 DRAWS = 400         # miner calls per distribution test (each draws 2 or 3 triplets per anchor; uniform p ~ 1e-38)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Thousands of calls on a 14 x 4 batch: a second thread only adds synchronisation (8x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many calls on small batches
 
 
 def small_batch() -> tuple[torch.Tensor, torch.Tensor]:
