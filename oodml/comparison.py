@@ -221,6 +221,9 @@ def compare(paths: Sequence[str | Path], *, draws: int = DRAWS, seed: int = 0, c
     levels, notes = _common_levels(scored)
     if Path(scored[0].path).resolve() in {Path(s.path).resolve() for s in scored[1:]}:
         notes.append("a run is compared with itself: its differences are 0 by construction")
+    if len({s.kind for s in scored}) > 1:
+        notes.append("leaderboard entries are scored from their float16 embeddings, evaluation runs from float32: "
+                     "part of a difference between a run and an entry can be that rounding")
     test_sets = _test_sets(scored, levels, test_set, notes)
     rows = []
     for other in scored[1:]:

@@ -100,7 +100,9 @@ def test_a_leaderboard_entry_is_rescored_from_its_embeddings(tiny, leaderboard_e
                for n in result.notes)
     assert not _rows(result, metric="map@r") and not _rows(result, metric="accuracy")
     assert any("map@r is compared between evaluation runs only" in n for n in result.notes)
+    assert any("scored from their float16 embeddings" in n for n in result.notes)   # a run against an entry
     itself = oodml.compare([leaderboard_entry, leaderboard_entry], draws=200)
+    assert not any("float16" in n for n in itself.notes)                           # entries alone: no mixing
     assert all(r["difference"] == 0 == r["ci_low"] == r["ci_high"] for r in itself.rows)
 
 
