@@ -73,7 +73,7 @@ class Metric:
 
 #: The metrics, in the order results report them.  **A new metric goes here** (and its computation in
 #: :func:`_per_query` or :func:`retrieval_metrics`); :func:`metric_names` lists them for evaluate's ``--metric``,
-#: the results table and the leaderboard's re-scoring (``oodml.leaderboard.scoring.RETRIEVAL``).  A change to a
+#: the results table and the leaderboard's re-scoring (``oodml.leaderboard.verify.RETRIEVAL``).  A change to a
 #: definition is a new :data:`METRICS_VERSION`.
 METRICS: tuple[Metric, ...] = (
     Metric("recall@k", "higher", "knn", "hit rate at k: 1 if a same-class image is among the k nearest, else 0"),

@@ -1,7 +1,7 @@
 """The evaluation protocol, once for :func:`oodml.evaluate` and the leaderboard verifier alike.
 
 It owns what both must agree on, so the board re-scores an entry with the rule
-its authors ran (:mod:`oodml.leaderboard.scoring` calls these same functions):
+its authors ran (:mod:`oodml.leaderboard.verify` calls these same functions):
 
 * the protocols (:data:`PROTOCOLS`) and the names of saved embedding files
   (:func:`embedding_file_name`, :func:`parse_embedding_file_name`);

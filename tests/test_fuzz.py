@@ -123,7 +123,7 @@ def test_hostile_sample_ids_are_named_never_opened(tmp_path_factory, ids):
     import numpy as np
 
     from oodml.embedding import read_embedding_table, write_embedding_table
-    from oodml.leaderboard.scoring import _id_problems
+    from oodml.leaderboard.verify import _id_problems
 
     path = tmp_path_factory.mktemp("ids") / "level1.parquet"
     write_embedding_table(path, ids, np.zeros((len(ids), 4)), dtype=np.float16)

@@ -23,8 +23,8 @@ from oodml import OodmlError
 from oodml.cli import main
 from oodml.leaderboard import EntryInfo, Verification, build, read_submission, submit, verify
 from oodml.leaderboard.board import collect_boards, markdown_text, render_html, render_markdown
-from oodml.leaderboard.scoring import _compare_claims
 from oodml.leaderboard.submission import FIELDS, Submission, is_web_url, schema_problems
+from oodml.leaderboard.verify import _compare_claims
 
 PAYLOAD = "<script>alert(1)</script><img src=x onerror=alert(1)>|[x](javascript:alert(1))`*a*_b_\\"
 STRING_FIELDS = [name for name, types in FIELDS.items() if str in types]

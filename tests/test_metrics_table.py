@@ -6,7 +6,7 @@ import pytest
 
 from oodml import OodmlError
 from oodml.evaluation import zero_shot_metrics
-from oodml.leaderboard.scoring import RETRIEVAL
+from oodml.leaderboard.verify import RETRIEVAL
 from oodml.metrics import MAP_DEPTH, METRICS, metric, metric_names, retrieval_metrics
 from oodml.protocol import METRIC_DEFINITIONS, clustering_rule
 

@@ -6,7 +6,7 @@ import pytest
 from oodml import OodmlError
 from oodml.shift import ClassFeatures, frechet_distance
 from oodml.splits import greedy_levels, removal_continuation, swap_progression
-from oodml.splits.scoring import GenericScorer, MeanFID, Move
+from oodml.splits.distance import GenericScorer, MeanFID, Move
 from oodml.splits.search import _shortlist
 
 

@@ -12,7 +12,7 @@ from oodml.cli import main
 from oodml.shift import frechet_distance
 from oodml.splits import SplitConfig, swap_progression
 from oodml.splits.build import fit_levels
-from oodml.splits.scoring import MeanFID, Scorer
+from oodml.splits.distance import MeanFID, Scorer
 from oodml.splits.search import (
     balanced_split_count,
     balanced_splits,

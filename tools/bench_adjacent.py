@@ -31,8 +31,8 @@ from oodml.shift import ClassFeatures
 from oodml.splits import load
 from oodml.splits.adjacent import adjacent_pairs, paired_draws
 from oodml.splits.audit import level_partitions
+from oodml.splits.distance import make_scorer
 from oodml.splits.levels import bootstrap_interval
-from oodml.splits.scoring import make_scorer
 
 
 def main() -> None:

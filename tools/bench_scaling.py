@@ -28,8 +28,8 @@ import torch
 
 from oodml.metrics import retrieval_metrics
 from oodml.shift import ClassFeatures, frechet_distance
+from oodml.splits.distance import MeanFID
 from oodml.splits.levels import bootstrap_interval
-from oodml.splits.scoring import MeanFID
 from oodml.splits.search import greedy_levels
 
 

@@ -38,9 +38,9 @@ import numpy as np
 import scipy.linalg
 
 from oodml.shift import ClassFeatures, Gaussian, frechet_distance, trace_sqrt_of_product, trace_sqrt_product
-from oodml.splits import scoring
+from oodml.splits import distance
+from oodml.splits.distance import MeanFID, Move
 from oodml.splits.levels import bootstrap_interval
-from oodml.splits.scoring import MeanFID, Move
 from oodml.splits.search import balanced_splits, exhaustive_levels, greedy_levels, swap_progression
 
 
@@ -227,7 +227,7 @@ def bench_sop_search(classes: int = 11318, dim: int = 2048) -> None:
     start = time.perf_counter()
     bootstrap_interval(scorer.distances, train, test, draws=1, seed=0, level=1)
     draw_s = time.perf_counter() - start
-    device = "CUDA" if scoring._cuda() else "CPU"
+    device = "CUDA" if distance._cuda() else "CPU"
     print(f"[8] default search at SOP scale, {classes:,} classes x {dim} ({device} bases): {search_s / 60:.1f} min, "
           f"{scorer.candidates:,} candidates, {scorer.bases} bases; levels "
           + ", ".join(f"{s.distance:.2f}" for s in result.levels)

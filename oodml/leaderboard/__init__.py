@@ -7,9 +7,9 @@
 """
 
 from .board import build, rank_entries
-from .scoring import Scores, Verification, iter_entries, verify, verify_entries
 from .submission import SCHEMA_VERSION, Submission, read_submission
 from .submit import EntryInfo, entry_path, submit
+from .verify import Scores, Verification, iter_entries, verify, verify_entries
 
 __all__ = ["SCHEMA_VERSION", "EntryInfo", "Scores", "Submission", "Verification", "build", "entry_path", "iter_entries",
            "rank_entries", "read_submission", "submit", "verify", "verify_entries"]

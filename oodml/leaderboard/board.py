@@ -28,8 +28,8 @@ import numpy as np
 from .._fs import atomic_path, remove_abandoned
 from ..splits import SplitSet, iter_published, read_split_set
 from ..splits.audit import PretrainingOverlap, pretraining_overlap
-from .scoring import Verification, iter_entries, verify_entries
 from .submission import NO_PRETRAINING, SCHEMA_VERSION, declared_pretraining, is_web_url, one_line
+from .verify import Verification, iter_entries, verify_entries
 
 DRAWS = 2000
 STEPS = """1. Evaluate your model with embeddings saved: `oodml evaluate MODEL --dataset D --splits V --fewshot 2,5 \

@@ -20,8 +20,8 @@ from ..models.identity import entry_pretraining
 from ..models.sources import is_spec
 from ..results import Results, read_saved_embeddings
 from ..splits import SplitSet, load
-from .scoring import score
 from .submission import NAME_RE, SCHEMA_VERSION, Submission, file_record, schema_problems
+from .verify import score
 
 
 def entry_path(root: str | Path, dataset: str, version: str, name: str) -> Path:

@@ -239,7 +239,7 @@ def measure_adjacent(split_set: SplitSet, *, root: str | Path | None = None, opt
     from ..features import extract_features, get_extractor
     from ..shift import ClassFeatures
     from .audit import level_partitions
-    from .scoring import make_scorer
+    from .distance import make_scorer
 
     meta = split_set.metadata
     recorded = (meta.get("parameters") or {}).get("bootstrap") if isinstance(meta.get("parameters"), dict) else None

@@ -4,7 +4,7 @@
 distance measured in one network's features (``metadata["extractor"]``).
 :func:`audit_features` re-measures every level's distance in another
 extractor's features, with the split set's own distance and mode
-(:func:`oodml.splits.scoring.make_scorer`, the scorer the search used), and
+(:func:`oodml.splits.distance.make_scorer`, the scorer the search used), and
 compares the two orders by Spearman's rho and Kendall's tau-b
 (``scipy.stats``).
 
@@ -53,9 +53,9 @@ from .._fs import atomic_path, check_writable, claim
 from ..errors import OodmlError
 from ..shift import MODES, ClassFeatures, get_distance
 from ..stats import CONFIDENCE, shifted_interval
+from .distance import make_scorer
 from .levels import bootstrap_interval
 from .manifest import AUDITS, SplitSet, open_split_set
-from .scoring import make_scorer
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from ..progress import progress
 from ..registry import Registry
 from ..shift import MODES, ClassFeatures, get_distance, split_distance
 from .adjacent import AdjacentPair, adjacent_pairs, adjacent_seed, not_distinct_note, paired_draws
+from .distance import Scorer, make_scorer
 from .levels import Level, bootstrap_interval, draw_episodes, tuning_split
-from .scoring import Scorer, make_scorer
 from .search import (
     MIN_CLASSES,
     SearchResult,

@@ -36,7 +36,7 @@ from ..errors import OodmlError
 from ..progress import counter
 from ..seeding import rng_for
 from ..shift import frechet_distance
-from .scoring import Move, Scorer, centroid_scores
+from .distance import Move, Scorer, centroid_scores
 
 
 @dataclass(frozen=True)
@@ -541,7 +541,7 @@ def greedy_levels(scorer: Scorer, num_classes: int, *, levels: int = 8, removal_
     fewer partitions than single swaps for the same range of distances, and a
     10,000-class search takes about 3 minutes on 2 cores
     (``tools/bench_scaling.py``, docs/scaling.md).  From 512-d features
-    :class:`~oodml.splits.scoring.MeanFID` scores the many-class candidates as
+    :class:`~oodml.splits.distance.MeanFID` scores the many-class candidates as
     low-rank updates of one eigendecomposition (to about 1e-9), and a move must
     gain more than the scorer's ``rounding`` to count.
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from oodml.shift import frechet_distance
-from oodml.splits import greedy_levels, scoring
-from oodml.splits.scoring import LOWRANK_MIN_DIM, REBASE_AFTER, MeanFID, Move
+from oodml.splits import distance, greedy_levels
+from oodml.splits.distance import LOWRANK_MIN_DIM, REBASE_AFTER, MeanFID, Move
 
 
 def clustered_means(seed=0, classes=300, dim=24, clusters=6, scales=None):
@@ -87,11 +87,11 @@ def test_decomposition_on_a_torch_device_matches_numpy():
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=(60, 12)), rng.normal(size=(70, 12))
     k1, k2 = a.T @ a, b.T @ b
-    factor, lam, vec = scoring._decompose(k1, k2)
-    t_factor, t_lam, t_vec = scoring._decompose(k1, k2, "cpu")                # the CUDA path's code, on the CPU
+    factor, lam, vec = distance._decompose(k1, k2)
+    t_factor, t_lam, t_vec = distance._decompose(k1, k2, "cpu")                # the CUDA path's code, on the CPU
     np.testing.assert_allclose(t_lam, lam, rtol=1e-10)
     np.testing.assert_allclose(t_factor, factor, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(np.abs(t_vec.T @ vec), np.eye(12), atol=1e-8)  # same eigenvectors up to sign
     assert sorted(np.linalg.eigvals(k1 @ k2).real) == pytest.approx(list(lam), rel=1e-9)
     with pytest.raises(np.linalg.LinAlgError):
-        scoring._decompose(k1, np.zeros_like(k2), "cpu")
+        distance._decompose(k1, np.zeros_like(k2), "cpu")
