@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from torchvision import transforms as T
 
-from .embedding import Preprocessing
+from .preprocessing import Preprocessing
 from .registry import Registry
 
 

@@ -154,7 +154,7 @@ def _compare_with_published(split_set) -> None:
     and what differs when it does not (:func:`oodml.splits.compare`); every other place on the search paths
     that holds the name is compared, also those the new one now shadows."""
     from .splits import compare, read_split_set
-    from .splits.manifest import split_set_copies
+    from .splits.catalogue import split_set_copies
 
     for copy in split_set_copies(split_set.dataset, split_set.version):
         if copy.path.resolve() != split_set.path.resolve():
@@ -173,7 +173,7 @@ def _load_split_set(ref: str):
 
 
 def cmd_splits_list(args: argparse.Namespace) -> int:
-    from .splits.manifest import published_split_sets
+    from .splits.catalogue import published_split_sets
 
     found = published_split_sets()
     if not found:

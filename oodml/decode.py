@@ -64,7 +64,7 @@ from .errors import OodmlError
 
 if TYPE_CHECKING:
     from .datasets import ImageDataset
-    from .embedding import Preprocessing
+    from .preprocessing import Preprocessing
 
 #: ``decode`` values of :func:`oodml.embedding.embed`: ``loader`` (PIL on the workers), ``device``
 #: (this module), ``auto`` (``device`` on CUDA when most sampled images are JPEG files, else ``loader``)

@@ -35,7 +35,6 @@ from .adapt import ADAPTATIONS, EpisodeInput, check_adaptable
 from .datasets import ImageDataset, dataset_spec, load_dataset
 from .embedding import (
     PRECISIONS,
-    Preprocessing,
     embed_cached,
     resolve_device,
 )
@@ -46,6 +45,7 @@ from .models import LoadedModel, load_model
 from .models.identity import levels_identity
 from .models.refs import expand_level_template, resolve_model_ref  # noqa: F401 (expand_level_template: re-exported)
 from .models.sources import declared_training_on
+from .preprocessing import Preprocessing
 from .protocol import (
     episode_split,
     protocol_card,

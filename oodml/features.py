@@ -33,9 +33,10 @@ import torch
 
 from . import __version__
 from .datasets import ImageDataset
-from .embedding import IMAGENET, Preprocessing, embed_cached, embedding_cache_dir
+from .embedding import embed_cached, embedding_cache_dir
 from .errors import OodmlError
 from .models.digest import file_sha256
+from .preprocessing import IMAGENET, Preprocessing
 from .registry import Registry
 from .weights import resnet50_weights_path
 

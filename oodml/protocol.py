@@ -35,9 +35,9 @@ import torch
 
 from .adapt import FINETUNED
 from .clustering import KMEANS_ITERATIONS
-from .embedding import Preprocessing
 from .errors import OodmlError, brief
 from .metrics import CLUSTERING_SEED, METRICS, METRICS_VERSION, retrieval_metrics
+from .preprocessing import Preprocessing
 
 #: the evaluation protocols: one model for every level, or one checkpoint per level
 PROTOCOLS = ("per-level", "zero-shot")
@@ -217,7 +217,7 @@ METRIC_DEFINITIONS = {
 
 
 def preprocessing_record(preprocessing: Preprocessing) -> dict:
-    """Every field of a :class:`~oodml.embedding.Preprocessing`, defaults included (``as_dict`` leaves
+    """Every field of a :class:`~oodml.preprocessing.Preprocessing`, defaults included (``as_dict`` leaves
     default interpolation and resize mode out): resize and crop in pixels (null: skipped), the
     interpolation, the resize mode and the per-channel mean and std of normalisation."""
     return {"resize": preprocessing.resize, "resize_mode": preprocessing.resize_mode,

@@ -14,7 +14,8 @@ from PIL import Image
 
 from oodml.datasets import load_dataset
 from oodml.decode import DeviceBatches, preprocess
-from oodml.embedding import Preprocessing, embed_cached, embedding_cache_dir, read_shards, write_shard
+from oodml.embedding import embed_cached, embedding_cache_dir, read_shards, write_shard
+from oodml.preprocessing import Preprocessing
 
 SQUASH = Preprocessing(resize=96, crop=80, resize_mode="squash")  # both sides resized: portraits go vertical-first
 LEVEL = 1 / (255 * 0.224)  # one 8-bit level after normalisation, at the smallest std (green)

@@ -20,7 +20,8 @@ from PIL import Image
 from oodml import OodmlError
 from oodml.datasets import load_dataset
 from oodml.decode import DeviceBatches, choose_decode, decode_jpegs, decoding_difference, device_decodable, preprocess
-from oodml.embedding import Preprocessing, embed
+from oodml.embedding import embed
+from oodml.preprocessing import Preprocessing
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,8 +9,9 @@ from fixtures import build_cub
 
 from oodml import OodmlError
 from oodml.datasets import load_dataset
-from oodml.embedding import IMAGENET, Preprocessing, embed, resolve_device
+from oodml.embedding import embed, resolve_device
 from oodml.features import cache_dir, extract_features, get_extractor, list_extractors
+from oodml.preprocessing import IMAGENET, Preprocessing
 
 
 @pytest.fixture

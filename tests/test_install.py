@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from oodml.cli import main
-from oodml.splits.manifest import published_split_sets, split_locations
+from oodml.splits.catalogue import published_split_sets
+from oodml.splits.locations import split_locations
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("oodml", "splits", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md")

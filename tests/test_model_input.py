@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oodml import OodmlError
-from oodml.embedding import Preprocessing, embed, embed_cached, embedding_cache_dir
+from oodml.embedding import embed, embed_cached, embedding_cache_dir
 from oodml.errors import brief
 from oodml.features import cache_dir, torchscript_extractor
 from oodml.models import create_model, load_model, model_digest, save
+from oodml.preprocessing import Preprocessing
 
 TINY = Preprocessing(resize=8, crop=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,

@@ -13,12 +13,12 @@ from cli_run import one_line_error, run
 
 from oodml import OodmlError
 from oodml.cli import build_parser
-from oodml.embedding import Preprocessing
 from oodml.evaluation import _per_level_path
 from oodml.features import get_extractor
 from oodml.models import create_model, load_model, register_model, save
 from oodml.models.refs import PRECEDENCE, resolve_model_ref
 from oodml.models.sources import SOURCES, Source, is_spec, register_source
+from oodml.preprocessing import Preprocessing
 
 
 @pytest.fixture

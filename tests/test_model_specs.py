@@ -12,11 +12,12 @@ import torch
 
 from oodml import OodmlError
 from oodml.cli import build_parser, main
-from oodml.embedding import Preprocessing, embed_cached, embedding_cache_dir
+from oodml.embedding import embed_cached, embedding_cache_dir
 from oodml.evaluation import evaluate
 from oodml.models import LoadedModel, create_model, load_model, save
 from oodml.models.digest import weights_sha256
 from oodml.models.sources import declared_training_on, parse_spec
+from oodml.preprocessing import Preprocessing
 from oodml.results import Results
 from oodml.splits import read_split_set
 

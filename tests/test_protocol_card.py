@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from oodml.embedding import IMAGENET, Preprocessing
 from oodml.evaluation import evaluate
 from oodml.metrics import METRICS_VERSION
+from oodml.preprocessing import IMAGENET, Preprocessing
 from oodml.protocol import protocol_card
 from oodml.splits import read_split_set
 

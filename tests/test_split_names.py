@@ -15,7 +15,7 @@ from PIL import Image
 from oodml import OodmlError
 from oodml._fs import file_digest
 from oodml.cli import main
-from oodml.splits import Episode, Level, compare, load, manifest, read_split_set, write_split_set
+from oodml.splits import Episode, Level, catalogue, compare, load, manifest, read_split_set, write_split_set
 
 REPO = Path(__file__).resolve().parents[1]
 GLYPHS_V1 = REPO / "splits" / "glyphs" / "v1"
@@ -56,7 +56,7 @@ def tipped_levels(published) -> tuple[Level, ...]:
 def written_before_names_were_checked(out: Path, published, monkeypatch) -> Path:
     """A different glyphs@v1 at ``out``, as an oodml that did not check published names wrote it."""
     with monkeypatch.context() as patch:
-        patch.setattr(manifest, "split_set_copies", lambda dataset, version: [], raising=False)
+        patch.setattr(catalogue, "split_set_copies", lambda dataset, version: [], raising=False)
         return write_split_set(out, "glyphs", "v1", tipped_levels(published), published_metadata(published)).path
 
 

@@ -32,7 +32,8 @@ from PIL import Image
 
 from oodml.datasets import load_dataset
 from oodml.decode import decoding_difference
-from oodml.embedding import IMAGENET, embed, resolve_device
+from oodml.embedding import embed, resolve_device
+from oodml.preprocessing import IMAGENET
 from oodml.progress import set_quiet
 
 

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from oodml.datasets import load_dataset
-from oodml.embedding import IMAGENET, embed
+from oodml.embedding import embed
 from oodml.metrics import retrieval_metrics
 from oodml.models import create_model
+from oodml.preprocessing import IMAGENET
 
 
 def images_per_second(ds, model, n: int, device: str, precision: str, batch_size: int) -> float:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..embedding import Preprocessing
 from ..errors import OodmlError, brief
+from ..preprocessing import Preprocessing
 
 
 class EmbeddingModel(torch.nn.Module):

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from .._fs import file_digest
-from ..embedding import Preprocessing
+from ..preprocessing import Preprocessing
 
 DIGEST_FORMAT = b"oodml-model-digest/2"
 _MAX_DEPTH = 6  # attribute values nest (dicts of lists of ...); deeper parts are hashed by type name only

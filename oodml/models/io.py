@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from .._fs import atomic_path
-from ..embedding import Preprocessing
 from ..errors import OodmlError, brief, first_line
+from ..preprocessing import Preprocessing
 from .base import EmbeddingModel
 from .digest import model_digest
 from .identity import checkpoint_identity, foreign_file_identity, registered_identity, warn_random_weights
@@ -433,7 +433,7 @@ def _architecture_preprocessing(model: torch.nn.Module, name: str) -> Preprocess
     preprocessing = getattr(model, "preprocessing", None)
     if not isinstance(preprocessing, Preprocessing):
         raise OodmlError(f"model {name!r} carries no preprocessing; its factory must set model.preprocessing to an "
-                         "oodml.embedding.Preprocessing")
+                         "oodml.preprocessing.Preprocessing")
     return preprocessing
 
 

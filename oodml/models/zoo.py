@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..embedding import IMAGENET, Preprocessing
 from ..errors import OodmlError, brief, first_line
+from ..preprocessing import IMAGENET, Preprocessing
 from ..weights import resnet50_weights_path
 from .base import EmbeddingModel
 from .digest import file_sha256

@@ -18,28 +18,21 @@ from .._lazy import lazy_attributes
 if TYPE_CHECKING:  # the names below load on first use (see __getattr__); these imports are for type checkers
     from .audit import Audit, audit
     from .build import ALGORITHMS, SplitConfig, build_levels
+    from .catalogue import iter_published, load, open_split_set, resolve, verify_split_sets
     from .compare import SplitComparison, compare
     from .levels import Episode, Level
     from .make import make_splits
-    from .manifest import (
-        SplitSet,
-        iter_published,
-        load,
-        open_split_set,
-        read_split_set,
-        resolve,
-        verify_split_sets,
-        write_split_set,
-    )
+    from .manifest import SplitSet, read_split_set
+    from .publish import write_split_set
     from .search import SplitState, greedy_levels, removal_continuation, swap_progression
 
 #: public name -> the submodule defining it.  They load on first use: `oodml --version` and `oodml splits list`
 #: read a few paths and manifests, and should not wait for numpy, pyarrow or (make_splits) torch.
 _LAZY = {"Audit": "audit", "audit": "audit", "ALGORITHMS": "build", "SplitConfig": "build",
          "build_levels": "build", "SplitComparison": "compare", "compare": "compare", "Episode": "levels",
-         "Level": "levels", "make_splits": "make", "SplitSet": "manifest", "iter_published": "manifest",
-         "load": "manifest", "open_split_set": "manifest", "read_split_set": "manifest", "resolve": "manifest",
-         "verify_split_sets": "manifest", "write_split_set": "manifest", "SplitState": "search",
+         "Level": "levels", "make_splits": "make", "SplitSet": "manifest", "iter_published": "catalogue",
+         "load": "catalogue", "open_split_set": "catalogue", "read_split_set": "manifest", "resolve": "catalogue",
+         "verify_split_sets": "catalogue", "write_split_set": "publish", "SplitState": "search",
          "greedy_levels": "search", "removal_continuation": "search", "swap_progression": "search"}
 
 __all__ = ["ALGORITHMS", "Audit", "Episode", "Level", "SplitComparison", "SplitConfig", "SplitSet", "SplitState",

@@ -53,9 +53,10 @@ from .._fs import atomic_path, check_writable, claim
 from ..errors import OodmlError
 from ..shift import MODES, ClassFeatures, get_distance
 from ..stats import CONFIDENCE, shifted_interval
+from .catalogue import open_split_set
 from .distance import make_scorer
 from .levels import bootstrap_interval
-from .manifest import AUDITS, SplitSet, open_split_set
+from .manifest import AUDITS, SplitSet
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import brief
+from .catalogue import open_split_set
 from .levels import Level
-from .manifest import SplitSet, open_split_set
+from .manifest import SplitSet
 
 RTOL = 1e-2
 ATOL = 1e-12

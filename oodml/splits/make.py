@@ -14,7 +14,9 @@ from ..errors import OodmlError, brief
 from ..features import Extractor, extract_features, get_extractor
 from .adjacent import METADATA_KEY as ADJACENT_LEVELS
 from .build import AUTO, MOST_LEVELS, SplitConfig, build_levels
-from .manifest import SplitSet, check_version_name, name_taken, published_copy, read_split_set, write_split_set
+from .catalogue import published_copy
+from .manifest import SplitSet, check_version_name, read_split_set
+from .publish import name_taken, write_split_set
 
 #: Generation records known before the search: a published name recording others cannot be reproduced.
 KNOWN_BEFORE_SEARCH = ("dataset_fingerprint", "extractor", "weights_hash", "distance", "mode", "algorithm", "seed")
@@ -24,12 +26,12 @@ def check_name_free(dataset: str, version: str, out: str | Path, record: dict) -
     """Refuse, before any search, to make ``dataset@version`` when it is published (at ``out`` or on the
     search paths) with generation records other than ``record``'s (:data:`KNOWN_BEFORE_SEARCH`): the split
     set could not reproduce it, and published names are immutable (:func:`write_split_set` checks the rest)."""
-    reference = published_copy(dataset, version, Path(out) / dataset / version)
-    if reference is None:
+    published = published_copy(dataset, version, Path(out) / dataset / version)
+    if published is None:
         return
     for key in KNOWN_BEFORE_SEARCH:
-        if record[key] != _asked(reference.metadata, key):
-            raise name_taken(reference, f"{key} {brief(record[key])} vs {brief(_asked(reference.metadata, key))}")
+        if record[key] != _asked(published.metadata, key):
+            raise name_taken(published, f"{key} {brief(record[key])} vs {brief(_asked(published.metadata, key))}")
 
 
 def _asked(metadata: dict, key: str) -> object:

@@ -42,33 +42,29 @@ holding ``adjacent_levels`` as too new, rather than as a digest mismatch.
 The digest does not depend on the Parquet writer's bytes; the per-file sha256
 sums catch any change to the files themselves.  A published version is
 immutable: a ``dataset@version`` has one digest wherever it is published
-(:func:`write_split_set` keeps or copies the published files for content that
-reproduces them and refuses other content; :func:`load` refuses a name that two
+(:func:`oodml.splits.publish.write_split_set` keeps or copies the published files for content that
+reproduces them and refuses other content; :func:`oodml.splits.catalogue.load` refuses a name that two
 places on the search paths hold with different digests).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .._fs import atomic_path, claim, file_digest
+from .._fs import atomic_path, file_digest
 from ..errors import OodmlError, brief
 from .adjacent import METADATA_KEY as ADJACENT_LEVELS
 from .adjacent import pairs_from_metadata
 from .levels import LEVEL_KINDS, Episode, Level
-from .locations import CHECKSUMS, SplitLocation, search_paths, split_locations
+from .locations import CHECKSUMS
 
 SCHEMA_VERSION = 3
 SCHEMA_VERSIONS = (1, 2, 3)  # the digest rules this oodml can verify
@@ -243,8 +239,9 @@ def check_version_name(version: str) -> None:
 
 
 def split_set_of(dataset: str, version: str, levels: tuple[Level, ...], metadata: dict) -> SplitSet:
-    """The split set that :func:`write_split_set` would publish, in memory (``path`` None): schema and
-    canonical-form keys added to ``metadata``, measured values in canonical form, digest computed."""
+    """The split set that :func:`oodml.splits.publish.write_split_set` would publish, in memory (``path``
+    None): schema and canonical-form keys added to ``metadata``, measured values in canonical form, digest
+    computed."""
     metadata = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "version": version,
                 "canonical_form": CANONICAL_FORM, **metadata}
     metadata = json.loads(json.dumps(metadata))  # as metadata.json will read back (tuples become lists)
@@ -264,46 +261,9 @@ def _canonical_pair(record: object) -> object:
     return {k: canonical_float(v) if isinstance(v, float) else v for k, v in record.items()}
 
 
-def write_split_set(out: Path, dataset: str, version: str, levels: tuple[Level, ...], metadata: dict) -> SplitSet:
-    """Publish a split set under ``out/<dataset>/<version>/``, atomically.
-
-    A published name is immutable: when ``dataset@version`` is already
-    published there or on the search paths (:func:`published_copy`), content
-    that reproduces it (same class sets and episodes, measured values within
-    :data:`oodml.splits.compare.RTOL`) keeps the published files -- copied to
-    ``out`` when they live elsewhere, so the name has one digest everywhere --
-    and different content is refused.
-
-    Returns:
-        The published :class:`SplitSet` (as read back and verified).
-    """
-    check_version_name(version)
-    check_levels(levels, f"split set {dataset}@{version}")
-    new = split_set_of(dataset, version, levels, metadata)
-    dest = Path(out) / dataset / version
-    # One writer at a time, from the check to the rename: another's result is then published, or refused.
-    with _empty_folders_removed(dest.parent), claim(dest, what=f"split set {dataset}@{version} at {dest}",
-                                                   fix="choose another --version or --out"):
-        reference = published_copy(dataset, version, dest)
-        return _republish(reference, new, dest) if reference is not None else _publish(new, dest)
-
-
-@contextlib.contextmanager
-def _empty_folders_removed(folder: Path) -> Iterator[None]:
-    """On an error in the block, remove ``folder`` and those of its parents that it created, if still empty
-    (a refused split set leaves nothing behind, not even ``out/<dataset>/``)."""
-    new = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        yield
-    except BaseException:
-        for path in new:
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        raise
-
-
-def _publish(new: SplitSet, dest: Path) -> SplitSet:
-    """Write ``new``'s files at ``dest`` (a new name), atomically; returns it as read back and verified."""
+def write_manifest(new: SplitSet, dest: Path) -> SplitSet:
+    """Write ``new``'s files at ``dest`` (a folder that does not exist), atomically; returns it as read back and
+    verified.  Whether its name may be published there is :func:`oodml.splits.publish.write_split_set`'s check."""
     tables = levels_to_tables(new.levels)
     with atomic_path(dest) as tmp:
         tmp.mkdir()
@@ -313,46 +273,6 @@ def _publish(new: SplitSet, dest: Path) -> SplitSet:
         sums = {"schema_version": SCHEMA_VERSION, "digest": new.digest,
                 "files": {name: file_digest(tmp / name) for name in FILES}}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
-    return read_split_set(dest)
-
-
-def published_copy(dataset: str, version: str, dest: Path) -> SplitSet | None:
-    """The published ``dataset@version`` that a split set written at ``dest`` must reproduce: the one at
-    ``dest`` when it exists, else the one on the search paths (verified); None when the name is free.
-
-    Raises:
-        OodmlError: when the places holding the name record different digests (naming two of them).
-    """
-    dest = Path(dest)
-    copies = split_set_copies(dataset, version)
-    if dest.exists():  # first, as itself when it is on the search paths
-        here = [p for p in copies if p.path.resolve() == dest.resolve()] or [
-            PublishedSplitSet(dataset, version, dest, SplitLocation("--out", dest.parent.parent))]
-        copies = here + [p for p in copies if p.path.resolve() != dest.resolve()]
-    return read_split_set(one_content(copies).path) if copies else None
-
-
-def name_taken(reference: SplitSet, difference: str) -> OodmlError:
-    """The refusal of other content under ``reference``'s published name; ``difference`` says what differs."""
-    return OodmlError(f"{reference.dataset}@{reference.version} is already published at {reference.path} with "
-                      f"different content ({difference}); published versions are immutable, choose a new --version "
-                      "(then `oodml splits diff` compares the two)")
-
-
-def _republish(reference: SplitSet, new: SplitSet, dest: Path) -> SplitSet:
-    """``new`` published under ``reference``'s name at ``dest``: refused unless it reproduces ``reference``,
-    whose files are then kept (at ``dest``) or copied there (audits stay behind)."""
-    from .compare import compare
-
-    comparison = compare(new, reference)
-    if not comparison.reproduces:
-        raise name_taken(reference, comparison.first_difference())
-    if reference.path.resolve() == dest.resolve():
-        return reference
-    with atomic_path(dest) as tmp:
-        tmp.mkdir()
-        for name in (*FILES, CHECKSUMS):
-            shutil.copyfile(reference.path / name, tmp / name)
     return read_split_set(dest)
 
 
@@ -379,7 +299,7 @@ def _read_json(path: Path, where: str) -> object:
                          "published") from None
 
 
-def _read_checksums(path: Path, where: str) -> dict:
+def read_checksums(path: Path, where: str) -> dict:
     """``checksums.json`` of the split set at ``path``, its shape checked (not yet the files it names)."""
     sums = _read_json(path / CHECKSUMS, where)
     if not isinstance(sums, dict) or not isinstance(sums.get("files"), dict) or not isinstance(sums.get("digest"), str):
@@ -429,7 +349,7 @@ def read_split_set(path: Path) -> SplitSet:
     """Read and verify a split set directory; any tampered, missing or foreign file is an error."""
     path = Path(path)
     where = f"split set {path}"
-    sums = _read_checksums(path, where)
+    sums = read_checksums(path, where)
     rule = sums["schema_version"]
     _check_files(path, sums, where)
     metadata = _read_json(path / "metadata.json", where)
@@ -500,155 +420,3 @@ def check_levels(levels: tuple[Level, ...], where: str) -> None:
         if problem:
             raise OodmlError(f"{where}: level {lv.index} has {problem}; the split set is malformed, "
                              "restore it from where it was published")
-
-
-@dataclass(frozen=True)
-class PublishedSplitSet:
-    """Where one published split set was found: ``dataset@version`` at ``path``, from ``location``."""
-
-    dataset: str
-    version: str
-    path: Path
-    location: SplitLocation
-
-
-def _all_copies(dataset: str | None = None) -> list[PublishedSplitSet]:
-    """Every split set directory on the search paths (only ``dataset``'s when given), in search order; a
-    ``dataset@version`` found in several places is listed once per place."""
-    found = []
-    for location in split_locations():
-        base = location.path
-        for ds_dir in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
-            if dataset is not None and ds_dir.name != dataset:
-                continue
-            for v_dir in sorted(p for p in ds_dir.iterdir() if (p / CHECKSUMS).exists()):
-                found.append(PublishedSplitSet(ds_dir.name, v_dir.name, v_dir, location))
-    return found
-
-
-def published_split_sets(dataset: str | None = None) -> list[PublishedSplitSet]:
-    """Every published split set on the search paths (only ``dataset``'s when given); a ``dataset@version``
-    found in several places is listed once, from the earliest location (:func:`load` refuses the name when
-    the places hold different content)."""
-    found: dict[tuple[str, str], PublishedSplitSet] = {}
-    for published in _all_copies(dataset):
-        found.setdefault((published.dataset, published.version), published)
-    return list(found.values())
-
-
-def split_set_copies(dataset: str, version: str) -> list[PublishedSplitSet]:
-    """Every copy of ``dataset@version`` on the search paths, in search order (usually one or none)."""
-    return [p for p in _all_copies(dataset) if p.version == version]
-
-
-def _conflict(name: str, first: PublishedSplitSet, digest: str, other: PublishedSplitSet, other_digest: str) -> str:
-    """The one-line refusal of a name that two places hold with different digests."""
-    where = {p.location.source: p.path for p in (first, other)}
-    keep = "installed" if "installed" in where else "project" if "project" in where else None
-    drop = next(p.path for p in (first, other) if p.location.source != keep) if keep else None
-    fix = (f"keep the {keep} one and delete {drop}, or remake that one with another --version" if keep else
-           "delete the one that is not the published set, or remake it with another --version")
-    return (f"{name} has two different contents on the split-set search path: digest {digest[:12]} at "
-            f"{first.path} ({first.location.source}) and {other_digest[:12]} at {other.path} "
-            f"({other.location.source}); a published name is immutable: {fix}")
-
-
-def one_content(copies: Sequence[PublishedSplitSet]) -> PublishedSplitSet:
-    """The first of ``copies`` (places holding one ``dataset@version``), after checking that they all record
-    the same digest.
-
-    Raises:
-        OodmlError: one line naming two places whose digests differ, or a copy whose checksums cannot be read.
-    """
-    digests = [_read_checksums(p.path, f"split set {p.path}")["digest"] for p in copies]
-    for other, digest in zip(copies[1:], digests[1:], strict=True):
-        if digest != digests[0]:
-            name = f"{copies[0].dataset}@{copies[0].version}"
-            raise OodmlError(_conflict(name, copies[0], digests[0], other, digest))
-    return copies[0]
-
-
-def iter_published(dataset: str | None = None) -> Iterator[tuple[str, str, Path]]:
-    """``(dataset, version, path)`` of every published split set found on the search paths."""
-    for published in published_split_sets(dataset):
-        yield published.dataset, published.version, published.path
-
-
-def _natural_key(text: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
-
-
-def _created(published: PublishedSplitSet) -> tuple:
-    """Sort key of "latest": ``created_at`` of the metadata (empty when unreadable), then the version name."""
-    try:
-        metadata = json.loads((published.path / "metadata.json").read_text())
-        stamp = metadata.get("created_at", "") if isinstance(metadata, dict) else ""
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        stamp = ""
-    return str(stamp), _natural_key(published.version)
-
-
-def load(dataset: str, version: str | None = None) -> SplitSet:
-    """Load and verify a published split set (the latest version when ``version`` is None).
-
-    "Latest" is the most recently created (``created_at`` in the metadata),
-    ties broken by natural order of the version names.  A name held in
-    several places on the search paths must have one digest in all of them
-    (published names are immutable), else it is refused naming two places.
-    """
-    found = published_split_sets(dataset)
-    if version is not None and not any(p.version == version for p in found):
-        known = ", ".join(p.version for p in found) or "none"
-        raise OodmlError(f"no published split set {dataset}@{version}; published versions: {known} "
-                         f"(searched {', '.join(map(str, search_paths())) or 'nothing'}; set $OODML_SPLITS)")
-    if not found:
-        raise OodmlError(f"no published split set for {dataset!r} (searched "
-                         f"{', '.join(map(str, search_paths())) or 'nothing'}); run `oodml make-splits {dataset}`")
-    chosen = version if version is not None else max(found, key=_created).version
-    return read_split_set(one_content(split_set_copies(dataset, chosen)).path)
-
-
-def resolve(dataset: str, ref: SplitSet | str | Path | None) -> SplitSet:
-    """A split set from what a user gave: a loaded one, a manifest directory, a version of ``dataset``'s
-    published split sets, or None for the latest."""
-    if isinstance(ref, SplitSet):
-        return ref
-    if ref is not None and Path(ref).is_dir():
-        return read_split_set(Path(ref))
-    return load(dataset, None if ref is None else str(ref))
-
-
-def open_split_set(ref: SplitSet | str | Path) -> SplitSet:
-    """A split set from a reference: a loaded one, a manifest directory, or ``DATASET[@VERSION]`` (the latest
-    published version when no version is given)."""
-    if isinstance(ref, SplitSet):
-        return ref
-    if Path(ref).is_dir():
-        return read_split_set(Path(ref))
-    if isinstance(ref, Path) or "/" in str(ref) or os.sep in str(ref):
-        raise OodmlError(f"{ref}: no such split set directory; give a directory holding {CHECKSUMS} "
-                         "or DATASET@VERSION (see `oodml splits list`)")
-    dataset, _, version = str(ref).partition("@")
-    return load(dataset, version or None)
-
-
-def verify_split_sets(refs: Sequence[str | Path] | None = None) -> list[tuple[str, SplitSet | None, str | None]]:
-    """Verify each split set ``refs`` names (see :func:`open_split_set`), or every published one.
-
-    Returns:
-        One ``(reference, split set or None, problem or None)`` per split set, in order; every published
-        one is named ``DATASET@VERSION``, so a name held with two digests is a problem (:func:`load`).
-
-    Raises:
-        OodmlError: when no split set is given and none is published.
-    """
-    targets = list(refs) if refs else [f"{p.dataset}@{p.version}" for p in published_split_sets()]
-    if not targets:
-        raise OodmlError("no published split sets to verify")
-    checks = []
-    for ref in targets:
-        try:
-            checks.append((str(ref), open_split_set(ref), None))
-        except OodmlError as exc:
-            checks.append((str(ref), None, str(exc)))
-    return checks

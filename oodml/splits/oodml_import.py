@@ -22,7 +22,8 @@ from .. import __version__
 from ..errors import OodmlError
 from ..features import file_sha256
 from .levels import Episode, Level
-from .manifest import SplitSet, write_split_set
+from .manifest import SplitSet
+from .publish import write_split_set
 
 _ALLOWED_KINDS = {"U": "string", "S": "string", "f": "float"}
 EPISODE_LAYOUT = ("ooDML folder layout images/<class name>/<file name>; sample ids are '<class name>/<file name>' "

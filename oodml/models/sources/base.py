@@ -19,7 +19,7 @@ from .forms import SPEC_FORMS
 if TYPE_CHECKING:
     import torch
 
-    from ...embedding import Preprocessing
+    from ...preprocessing import Preprocessing
     from .spec import ModelSpec
 
 

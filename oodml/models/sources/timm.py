@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ...embedding import Preprocessing
 from ...errors import OodmlError
+from ...preprocessing import Preprocessing
 from .base import Source
 from .failures import build_error, fetch_error, offline
 from .forms import SPEC_FORMS

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ...embedding import IMAGENET, Preprocessing
 from ...errors import OodmlError
+from ...preprocessing import IMAGENET, Preprocessing
 from .base import Source
 from .failures import build_error, fetch_error, offline
 from .forms import SPEC_FORMS
