@@ -34,6 +34,9 @@ import numpy as np
 from .errors import OodmlError
 from .registry import Registry
 
+#: a float, or a float64 array of values computed at once (one per partition)
+ArrayOrFloat = float | np.ndarray
+
 
 def _as_samples(x: np.ndarray, what: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
@@ -92,6 +95,31 @@ def trace_sqrt_of_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
 
 
+def frechet_from_terms(mean_term: ArrayOrFloat, trace1: ArrayOrFloat, trace2: ArrayOrFloat,
+                       trace_sqrt: ArrayOrFloat) -> ArrayOrFloat:
+    """The Fréchet distance from its four terms: ``||mu1 - mu2||^2 + tr S1 + tr S2 - 2 tr (S1 S2)^(1/2)``.
+
+    The one place the formula is written; every FID here (:func:`frechet_distance`,
+    :func:`frechet_distance_from_stats`, the split scorers of :mod:`oodml.splits.distance`) computes
+    its terms in whichever exact way is fastest and assembles them with this.
+
+    Args:
+        mean_term: ``||mu1 - mu2||^2``, squared feature units.
+        trace1, trace2: ``tr S1`` and ``tr S2``, the covariances' traces (squared feature units).
+        trace_sqrt: ``tr (S1 S2)^(1/2)`` (squared feature units), >= 0.
+
+    Returns:
+        The distance in squared feature units, clamped at 0 (rounding can take a zero distance a few ulps
+        below it): a float when all four are scalars, else a float64 array of their broadcast shape (one
+        value per partition, when scoring many at once).  Summed left to right, so a caller that keeps
+        its terms gets the same bits as before.
+    """
+    value = mean_term + trace1 + trace2 - 2 * trace_sqrt
+    if np.ndim(value) == 0:
+        return max(float(value), 0.0)
+    return np.maximum(value, 0.0)
+
+
 def frechet_distance_from_stats(mu1: np.ndarray | Gaussian, cov1: np.ndarray | None,
                                 mu2: np.ndarray, cov2: np.ndarray) -> float:
     """Fréchet distance between N(mu1, cov1) and N(mu2, cov2), in squared feature units.
@@ -102,8 +130,7 @@ def frechet_distance_from_stats(mu1: np.ndarray | Gaussian, cov1: np.ndarray | N
     g1 = mu1 if isinstance(mu1, Gaussian) else Gaussian(np.asarray(mu1, np.float64), np.asarray(cov1, np.float64))
     mu2, cov2 = np.asarray(mu2, np.float64), np.asarray(cov2, np.float64)
     diff = g1.mean - mu2
-    value = diff @ diff + np.trace(g1.cov) + np.trace(cov2) - 2 * trace_sqrt_product(g1, cov2)
-    return max(float(value), 0.0)
+    return frechet_from_terms(diff @ diff, np.trace(g1.cov), np.trace(cov2), trace_sqrt_product(g1, cov2))
 
 
 def nuclear_norm(m: np.ndarray) -> float:
@@ -130,8 +157,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     if min(n1, n2) < d:
         cross = nuclear_norm(a1 @ a2.T) / np.sqrt((n1 - 1) * (n2 - 1))
         diff = mu1 - mu2
-        value = diff @ diff + (a1 * a1).sum() / (n1 - 1) + (a2 * a2).sum() / (n2 - 1) - 2 * cross
-        return max(float(value), 0.0)
+        return frechet_from_terms(diff @ diff, (a1 * a1).sum() / (n1 - 1), (a2 * a2).sum() / (n2 - 1), cross)
     return frechet_distance_from_stats(mu1, a1.T @ a1 / (n1 - 1), mu2, a2.T @ a2 / (n2 - 1))
 
 

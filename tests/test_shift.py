@@ -12,6 +12,7 @@ from oodml.shift import (
     Gaussian,
     frechet_distance,
     frechet_distance_from_stats,
+    frechet_from_terms,
     split_distance,
     trace_sqrt_of_product,
     trace_sqrt_product,
@@ -53,6 +54,25 @@ def test_nuclear_and_symmetric_forms_agree():
     fast = frechet_distance(a, b)  # both sets have more rows than dimensions: symmetric form
     wide_a, wide_b = np.hstack([a, np.zeros((30, 20))]), np.hstack([b, np.zeros((25, 20))])  # 40 dims
     assert frechet_distance(wide_a, wide_b) == pytest.approx(fast, rel=1e-10)  # fewer rows: nuclear form
+
+
+def test_the_formula_is_assembled_once_from_its_four_terms():
+    rng = np.random.default_rng(5)
+    a, b = correlated(rng, 300, 12), correlated(rng, 200, 12, shift=0.4)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    diff = a.mean(0) - b.mean(0)
+    terms = (diff @ diff, np.trace(s1), np.trace(s2), np.trace(scipy.linalg.sqrtm(s1 @ s2).real))
+    assert frechet_from_terms(*terms) == pytest.approx(textbook_fid(a, b), rel=1e-12)
+    assert frechet_from_terms(*terms) == pytest.approx(frechet_distance(a, b), rel=1e-9)
+    assert isinstance(frechet_from_terms(*terms), float)
+
+
+def test_the_formula_clamps_rounding_below_zero_at_zero_per_partition():
+    assert frechet_from_terms(0.0, 1.0, 1.0, 1.0 + 1e-15) == 0.0        # identical sets, rounded a hair under
+    values = frechet_from_terms(np.array([0.0, 2.0]), np.array([1.0, 1.0]), np.array([1.0, 1.0]),
+                                np.array([1.0 + 1e-15, 1.0]))
+    assert values.dtype == np.float64 and values.tolist() == [0.0, 2.0]
+    assert np.isnan(frechet_from_terms(np.nan, 1.0, 1.0, 1.0))          # NaN is not hidden as a distance of 0
 
 
 def test_from_stats_reuses_the_cached_square_root():

@@ -32,7 +32,7 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import OodmlError
-from ..shift import ClassFeatures, split_distance, trace_sqrt_of_product
+from ..shift import ClassFeatures, frechet_from_terms, split_distance, trace_sqrt_of_product
 
 Partition = tuple[np.ndarray, np.ndarray]
 
@@ -174,8 +174,7 @@ class _Side:
 def _fid_of_sides(a: _Side, b: _Side) -> float:
     (mu1, cov1), (mu2, cov2) = a.mean_cov(), b.mean_cov()
     diff = mu1 - mu2
-    value = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt_of_product(cov1, cov2)
-    return max(float(value), 0.0)
+    return frechet_from_terms(diff @ diff, np.trace(cov1), np.trace(cov2), trace_sqrt_of_product(cov1, cov2))
 
 
 class MeanFID(Scorer):
@@ -215,7 +214,9 @@ class MeanFID(Scorer):
     def _gram_form(self, n1: int, n2: int) -> bool:
         return min(n1, n2) <= self.means.shape[1]
 
-    def _terms(self, train: np.ndarray, test: np.ndarray) -> tuple[float, np.ndarray]:
+    def _terms(self, train: np.ndarray, test: np.ndarray) -> tuple[float, float, float, np.ndarray]:
+        """The mean term, ``tr S1``, ``tr S2`` and the doubly centred (n1, n2) block whose nuclear norm,
+        over ``sqrt((n1-1)(n2-1))``, is the trace term."""
         g = self.gram
         n1, n2 = len(train), len(test)
         g_tt, g_ss, g_ts = g[np.ix_(train, train)], g[np.ix_(test, test)], g[np.ix_(train, test)]
@@ -224,7 +225,7 @@ class MeanFID(Scorer):
         tr1 = (diag[train].sum() - g_tt.sum() / n1) / (n1 - 1)
         tr2 = (diag[test].sum() - g_ss.sum() / n2) / (n2 - 1)
         centred = g_ts - g_ts.mean(0, keepdims=True) - g_ts.mean(1, keepdims=True) + g_ts.mean()
-        return mean_term + tr1 + tr2, centred
+        return mean_term, tr1, tr2, centred
 
     def distances(self, partitions: Sequence[Partition]) -> np.ndarray:
         """Exact distances of several partitions; same-shaped Gram-form ones share one batched SVD."""
@@ -237,9 +238,10 @@ class MeanFID(Scorer):
                 x = self.means
                 out[idx] = [_fid_of_sides(_Side.of(x[partitions[i][0]]), _Side.of(x[partitions[i][1]])) for i in idx]
                 continue
-            terms = [self._terms(*partitions[i]) for i in idx]
-            sv = np.linalg.svd(np.stack([c for _, c in terms]), compute_uv=False).sum(1)
-            out[idx] = np.maximum(np.array([b for b, _ in terms]) - 2 * sv / np.sqrt((n1 - 1) * (n2 - 1)), 0)
+            mean_term, tr1, tr2, centred = zip(*(self._terms(*partitions[i]) for i in idx), strict=True)
+            sv = np.linalg.svd(np.stack(centred), compute_uv=False).sum(1)
+            out[idx] = frechet_from_terms(np.array(mean_term), np.array(tr1), np.array(tr2),
+                                          sv / np.sqrt((n1 - 1) * (n2 - 1)))
         return out
 
     def stacked_distances(self, train: np.ndarray, test: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -267,7 +269,9 @@ class MeanFID(Scorer):
             centred = (g_ts - g_ts.mean(1, keepdims=True) - g_ts.mean(2, keepdims=True)
                        + g_ts.mean((1, 2), keepdims=True))
             sv = np.linalg.svd(centred, compute_uv=False).sum(1)
-            out[lo:lo + chunk] = np.maximum(mean_term + traces - 2 * sv / np.sqrt((n1 - 1) * (n2 - 1)), 0)
+            # tr S1 + tr S2 as one term (trace2 0): summed first, as this path always has, so the exhaustive
+            # search's values, and its choice among tied splits, stay bit for bit what they were
+            out[lo:lo + chunk] = frechet_from_terms(mean_term, traces, 0.0, sv / np.sqrt((n1 - 1) * (n2 - 1)))
         return out
 
     def move_distances(self, train: np.ndarray, test: np.ndarray, moves: Sequence[Move]) -> np.ndarray:
@@ -557,7 +561,7 @@ class _Spectrum:
         tr2 = self.sumsq[1] + sq[add2].sum() - sq[rem2].sum() - s2 @ s2 / n2
         diff = s1 / n1 - s2 / n2
         cross = trace_sqrt / np.sqrt((n1 - 1) * (n2 - 1))
-        return max(float(diff @ diff + tr1 / (n1 - 1) + tr2 / (n2 - 1) - 2 * cross), 0.0)
+        return frechet_from_terms(diff @ diff, tr1 / (n1 - 1), tr2 / (n2 - 1), cross)
 
     def distances_from(self, origin: Partition, partitions: Sequence[Partition]) -> np.ndarray | None:
         """Class-mean FIDs of ``partitions`` near ``origin``, itself near the base; None if rounding defeats it.
