@@ -54,7 +54,7 @@ from .protocol import (
 from .reference import References
 from .results import Results
 from .splits import Level, SplitSet, resolve
-from .splits.audit import pretraining_meta
+from .splits.overlap import pretraining_meta
 
 #: the K of the recall@K that :func:`evaluate` reports
 KS = (1, 2, 4, 8)

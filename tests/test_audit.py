@@ -15,19 +15,9 @@ from oodml.cli import main
 from oodml.errors import OodmlError
 from oodml.shift import ClassFeatures, split_distance
 from oodml.splits import Level, load, read_split_set, write_split_set
-from oodml.splits.audit import (
-    audit,
-    audit_features,
-    audit_slug,
-    imagenet_classes,
-    model_overlap,
-    overlap_map,
-    parse_pretraining,
-    pretraining_overlap,
-    rank_agreement,
-    store_audit,
-)
+from oodml.splits.audit import audit, audit_features, audit_slug, rank_agreement, store_audit
 from oodml.splits.manifest import split_set_of
+from oodml.splits.overlap import imagenet_classes, model_overlap, overlap_map, parse_pretraining, pretraining_overlap
 
 # sha256 of CUB_200_2011/classes.txt's 200 names, one per line ("001.Black_footed_Albatross\n" ...), from the
 # official archive's listing (see classes_source in oodml/splits/data/cub200-imagenet-1k.json).

@@ -22,7 +22,7 @@ version 2 on, ``pretraining``: the model's declared pretraining data
 (``imagenet-1k``, a library's tag such as ``a1_in1k`` or ``laion2b_s34b_b79k``,
 ``none`` for a model trained from scratch, or empty when not declared), from
 which the board counts each level's test classes seen in pretraining
-(:func:`oodml.splits.audit.pretraining_overlap`).  Version 1 entries (without
+(:func:`oodml.splits.overlap.pretraining_overlap`).  Version 1 entries (without
 it) stay valid and show as not declared.  An entry of any version may carry
 ``protocol_card``, the card ``oodml evaluate`` wrote in ``summary.json``
 (:func:`oodml.protocol.protocol_card`: metrics version, split facts, the
