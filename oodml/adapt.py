@@ -104,42 +104,6 @@ def iterations_for(shots: int, iterations: int | None) -> int:
     return iterations or FINETUNE_ITERATIONS.get(shots, 1000)
 
 
-def finetune_last(model: torch.nn.Module, support_features: np.ndarray, support_labels: np.ndarray,
-                  query_features: np.ndarray, *, shots: int, iterations: int | None, seed: tuple,
-                  device: str = "cpu", meter: AdaptationMeter | None = None) -> np.ndarray:
-    """Train a copy of ``model.head`` on backbone features, one episode; return normalised query embeddings.
-
-    The one-at-a-time reference of :func:`oodml.adapt_batched.finetune_last_batched` (which ``evaluate`` runs).
-    """
-    dev = resolve_device(device)
-    head = copy.deepcopy(model.head).float().to(dev).train()
-    feats = torch.as_tensor(support_features, dtype=torch.float32, device=dev)
-    _margin_training(list(head.parameters()), lambda rows: head(feats[rows]), support_labels,
-                     iterations_for(shots, iterations), seed, meter)
-    with torch.no_grad():
-        out = head.eval()(torch.as_tensor(query_features, dtype=torch.float32, device=dev))
-    return torch.nn.functional.normalize(out, dim=1).cpu().numpy()
-
-
-def finetune_all(model: torch.nn.Module, dataset, support: np.ndarray, support_labels: np.ndarray,
-                 query: np.ndarray, *, shots: int, iterations: int | None, seed: tuple, device: str,
-                 batch_size: int, meter: AdaptationMeter | None = None) -> np.ndarray:
-    """Train a copy of the whole model on augmented support images (on ``device``: ``auto`` picks a GPU when
-    there is one); return normalised query embeddings."""
-    dev = resolve_device(device)
-    tuned = copy.deepcopy(model).float().to(dev).train()
-    augment = AUGMENTATIONS[getattr(tuned, "augmentation", "none")](tuned.preprocessing)
-    images = [dataset.load_image(int(i)) for i in support]
-
-    def forward(rows: np.ndarray) -> torch.Tensor:
-        return tuned(torch.stack([augment(images[r]) for r in rows]).to(dev), normalize=False)
-
-    _margin_training([p for p in tuned.parameters() if p.requires_grad], forward, support_labels,
-                     iterations_for(shots, iterations), seed, meter)
-    return embed(dataset, tuned.eval(), tuned.preprocessing, indices=query, device=device, batch_size=batch_size,
-                 desc="embed adapted")
-
-
 @dataclass(frozen=True)
 class EpisodeInput:
     """One few-shot episode as an adaptation sees it.
@@ -162,6 +126,51 @@ class EpisodeInput:
     backbone_features: Callable[[np.ndarray], np.ndarray]
     shots: int
     seed: tuple
+
+
+def finetune_last(model: torch.nn.Module, episode: HeadEpisode, target_features: np.ndarray, *,
+                  device: str = "cpu", meter: AdaptationMeter | None = None) -> np.ndarray:
+    """Train a copy of ``model.head`` on one episode's backbone features; return the normalised embeddings of
+    ``target_features`` (n, F), the backbone features of the images to embed after adapting (in ``evaluate``,
+    the support images, then the query images).
+
+    The one-at-a-time reference of :func:`oodml.adapt_batched.finetune_last_batched` (which ``evaluate`` runs),
+    from the same :class:`~oodml.adapt_batched.HeadEpisode` (its ``iterations``: see :func:`iterations_for`).
+
+    Returns:
+        float32 (n, d), L2-normalised.
+    """
+    dev = resolve_device(device)
+    head = copy.deepcopy(model.head).float().to(dev).train()
+    feats = torch.as_tensor(episode.support_features, dtype=torch.float32, device=dev)
+    _margin_training(list(head.parameters()), lambda rows: head(feats[rows]), episode.support_labels,
+                     episode.iterations, episode.seed, meter)
+    with torch.no_grad():
+        out = head.eval()(torch.as_tensor(target_features, dtype=torch.float32, device=dev))
+    return torch.nn.functional.normalize(out, dim=1).cpu().numpy()
+
+
+def finetune_all(episode: EpisodeInput, *, iterations: int | None, device: str, batch_size: int,
+                 meter: AdaptationMeter | None = None) -> np.ndarray:
+    """Train a copy of the whole model on the episode's augmented support images (on ``device``: ``auto`` picks
+    a GPU when there is one); return the normalised embeddings of its ``targets`` (the support images, then
+    the query images), float32 (n, d).
+
+    ``iterations`` overrides :func:`iterations_for`'s count for the episode's shots; ``batch_size`` is the
+    embedding batch of the adapted model.
+    """
+    dev = resolve_device(device)
+    tuned = copy.deepcopy(episode.model).float().to(dev).train()
+    augment = AUGMENTATIONS[getattr(tuned, "augmentation", "none")](tuned.preprocessing)
+    images = [episode.dataset.load_image(int(i)) for i in episode.support]
+
+    def forward(rows: np.ndarray) -> torch.Tensor:
+        return tuned(torch.stack([augment(images[r]) for r in rows]).to(dev), normalize=False)
+
+    _margin_training([p for p in tuned.parameters() if p.requires_grad], forward, episode.support_labels,
+                     iterations_for(episode.shots, iterations), episode.seed, meter)
+    return embed(episode.dataset, tuned.eval(), tuned.preprocessing, indices=episode.targets, device=device,
+                 batch_size=batch_size, desc="embed adapted")
 
 
 @dataclass(frozen=True)
@@ -200,9 +209,7 @@ def _run_finetune_all(episodes: Sequence[EpisodeInput], *, iterations: int | Non
     out = []
     with metered(desc, len(episodes), sum(iterations_for(e.shots, iterations) for e in episodes)) as meter:
         for e in episodes:
-            out.append(finetune_all(e.model, e.dataset, e.support, e.support_labels, e.targets, shots=e.shots,
-                                    iterations=iterations, seed=e.seed, device=device, batch_size=batch_size,
-                                    meter=meter))
+            out.append(finetune_all(e, iterations=iterations, device=device, batch_size=batch_size, meter=meter))
             meter.episode_done()
     return out
 

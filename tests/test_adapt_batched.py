@@ -1,5 +1,7 @@
 """finetune-last over all episodes at once gives what it gives one episode at a time."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -65,13 +67,11 @@ def test_batched_episodes_match_one_at_a_time(head):
     heads, targets, query_labels = episodes(16)
     batched = finetune_last_batched(model, heads, lambda i: targets[i])
     for i, h in enumerate(heads):
-        alone = finetune_last(model, h.support_features, h.support_labels, targets[i], shots=0,
-                              iterations=h.iterations, seed=h.seed)
+        alone = finetune_last(model, h, targets[i])
         assert batched[i].shape == alone.shape == (len(targets[i]), 8)
         assert np.abs(batched[i] - alone).max() < EMBEDDING_TOLERANCE
         assert abs(accuracy(batched[i], h, query_labels) - accuracy(alone, h, query_labels)) <= ACCURACY_TOLERANCE
-    untrained = finetune_last(model, heads[0].support_features, heads[0].support_labels, targets[0], shots=0,
-                              iterations=1, seed=heads[0].seed)
+    untrained = finetune_last(model, dataclasses.replace(heads[0], iterations=1), targets[0])
     assert np.abs(batched[0] - untrained).max() > 1e-3          # it did train
 
 

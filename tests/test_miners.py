@@ -8,6 +8,7 @@ from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.miners import distance_weighted_miner as pml_dwm
 
 from oodml.adapt import finetune_last
+from oodml.adapt_batched import HeadEpisode
 from oodml.miners import DistanceWeightedMiner, distance_weights
 
 ALPHA = 1e-3        # family-wise: a distribution test fails when some anchor's p-value < ALPHA / anchors
@@ -154,7 +155,7 @@ def test_finetune_last_repeats_under_its_seed():
     support, labels, query = rng.normal(size=(8, 6)), np.repeat(np.arange(4), 2), rng.normal(size=(3, 6))
 
     def tuned(seed):
-        return finetune_last(model, support, labels, query, shots=2, iterations=20, seed=seed)
+        return finetune_last(model, HeadEpisode(support, labels, 20, seed), query)
 
     before = torch.get_rng_state()
     assert np.array_equal(tuned(("a",)), tuned(("a",))) and not np.allclose(tuned(("a",)), tuned(("b",)))

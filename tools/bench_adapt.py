@@ -69,7 +69,7 @@ def episode_seconds(model, support: np.ndarray, support_labels: np.ndarray, quer
                     library: bool) -> float:
     """Seconds for one finetune-last episode, with the library's miner swapped in when ``library``."""
     def run():
-        finetune_last(model, support, support_labels, query, shots=2, iterations=iterations, seed=("bench",))
+        finetune_last(model, HeadEpisode(support, support_labels, iterations, ("bench",)), query)
 
     if not library:
         return timed(run)
@@ -114,8 +114,7 @@ def compare_head(name: str, features: int, embed_dim: int, args: argparse.Namesp
 
     def alone() -> None:
         for h, t in zip(heads, targets, strict=True):
-            one_at_a_time.append(finetune_last(model, h.support_features, h.support_labels, t, shots=0,
-                                               iterations=h.iterations, seed=h.seed))
+            one_at_a_time.append(finetune_last(model, h, t))
 
     batched: list[np.ndarray] = []
     sequential_s = timed(alone)
