@@ -1,8 +1,8 @@
 """Fetching one file over HTTP(S), bounded in time, hash-checked, written atomically: the one download routine.
 
 Used for pretrained weights (:mod:`oodml.weights`) and dataset archives
-(:mod:`oodml.datasets.download`).  :func:`download_file` streams the response in
-blocks, hashing as it goes, into ``<dest>.<random>.partial`` beside the
+(:mod:`oodml.datasets.download`).  :func:`download_file` streams the response to a
+:class:`DownloadRequest` in blocks, hashing as it goes, into ``<dest>.<random>.partial`` beside the
 destination, and renames it onto ``dest`` only once every announced byte has
 arrived and the digest matches.  On any failure (refused connection, HTTP error,
 a server that stops sending, a dropped or corrupt transfer, a full disk, Ctrl-C)
@@ -24,6 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import OodmlError, brief, first_line
@@ -54,36 +55,55 @@ def download_timeout() -> float:
     return seconds
 
 
-def download_file(url: str, dest: Path, *, algorithm: str, expected: str, who: str, by_hand: str,
-                  unwritable: str, desc: str | None = None, timeout: float | None = None) -> Path:
-    """Fetch ``url`` to ``dest``, verified: its ``algorithm`` digest (a ``hashlib`` name) must start with ``expected``.
+@dataclass(frozen=True)
+class DownloadRequest:
+    """One file to fetch: where from and to, the digest it must have, and how its messages read.
 
-    Args:
+    Attributes:
         url: an ``http``, ``https`` or ``file`` URL.
         dest: the file to create; its folder is created if needed.  An existing file is replaced only by a
             verified download.
-        algorithm, expected: ``"md5"`` and a full digest, or ``"sha256"`` and torchvision's published prefix.
+        algorithm, expected: ``"md5"`` and a full digest, or ``"sha256"`` and torchvision's published prefix:
+            the file's ``algorithm`` digest (a ``hashlib`` name) must start with ``expected``.
         who: what needs the file (``"resnet50"``, ``"cub200"``), starting every message.
         by_hand: how to get the file otherwise, ending the messages about the transfer
             (``"put it at <path>, or pass --weights PATH"``).
         unwritable: what to do when ``dest`` cannot be written (``"set TORCH_HOME to a writable folder"``).
         desc: the progress bar's label (default ``download <file name>``); no bar under ``--quiet``.
+    """
+
+    url: str
+    dest: Path
+    algorithm: str
+    expected: str
+    who: str
+    by_hand: str
+    unwritable: str
+    desc: str | None = None
+
+
+def download_file(request: DownloadRequest, *, timeout: float | None = None) -> Path:
+    """Fetch ``request.url`` to ``request.dest``, verified against ``request.expected``.
+
+    Args:
+        request: what to fetch, where to, its digest, and the words of its messages.
         timeout: seconds to wait to connect and for each read; default :func:`download_timeout`.
 
     Returns:
-        ``dest``, complete and verified.
+        ``request.dest``, complete and verified.
 
     Raises:
-        OodmlError: one line naming ``url`` for a bad scheme, an unreachable server, an HTTP error, a
+        OodmlError: one line naming the URL for a bad scheme, an unreachable server, an HTTP error, a
             connection or read that waited ``$OODML_DOWNLOAD_TIMEOUT`` seconds in vain, a transfer that broke
-            off or stopped short, a digest mismatch, or an unwritable ``dest``; a bad timeout value.
+            off or stopped short, a digest mismatch, or an unwritable destination; a bad timeout value.
     """
     timeout = download_timeout() if timeout is None else timeout
+    url, dest, who = request.url, request.dest, request.who
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in SCHEMES:
         raise OodmlError(f"{who}: cannot download {brief(url)}: {'no' if not scheme else brief(scheme)} URL scheme;"
                          f" use one of {', '.join(s + '://' for s in SCHEMES)}")
-    response = _open(url, timeout, who=who, by_hand=by_hand)
+    response = _open(request, timeout)
     partial = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
         with response:
@@ -91,23 +111,23 @@ def download_file(url: str, dest: Path, *, algorithm: str, expected: str, who: s
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 out = open(partial, "xb")  # noqa: SIM115 (closed below, before the rename)
             except OSError as exc:
-                raise _unwritable(exc, url, dest, who=who, unwritable=unwritable) from None
+                raise _unwritable(exc, request) from None
             with out:
-                digest = _stream(response, out, url, timeout, algorithm=algorithm, who=who, by_hand=by_hand,
-                                 unwritable=unwritable, dest=dest, desc=desc or f"download {dest.name}")
-        if not digest.startswith(expected):
-            raise OodmlError(f"{who}: the file downloaded from {url} failed its {algorithm} check (expected "
-                             f"{expected}{'...' if len(expected) < len(digest) else ''}, got {digest}) and was "
-                             f"discarded; the transfer was corrupted or the server holds another file. Try again, "
-                             f"or {by_hand}")
+                digest = _stream(response, out, request, timeout)
+        if not digest.startswith(request.expected):
+            raise OodmlError(f"{who}: the file downloaded from {url} failed its {request.algorithm} check (expected "
+                             f"{request.expected}{'...' if len(request.expected) < len(digest) else ''}, got "
+                             f"{digest}) and was discarded; the transfer was corrupted or the server holds another "
+                             f"file. Try again, or {request.by_hand}")
         os.replace(partial, dest)
     finally:
         partial.unlink(missing_ok=True)  # after a failure of any kind, Ctrl-C included; a no-op after the rename
     return dest
 
 
-def _open(url: str, timeout: float, *, who: str, by_hand: str):
-    """The open response for ``url``, connecting within ``timeout`` seconds; a one-line OodmlError if not."""
+def _open(request: DownloadRequest, timeout: float):
+    """The open response for ``request.url``, connecting within ``timeout`` seconds; a one-line OodmlError if not."""
+    url, who, by_hand = request.url, request.who, request.by_hand
     try:
         return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (scheme checked by the caller)
     except urllib.error.HTTPError as exc:  # the server answered: not a matter of being offline
@@ -120,17 +140,19 @@ def _open(url: str, timeout: float, *, who: str, by_hand: str):
                          f"{by_hand}") from None
 
 
-def _stream(response, out, url: str, timeout: float, *, algorithm: str, who: str, by_hand: str, unwritable: str,
-            dest: Path, desc: str) -> str:
-    """Copy ``response`` into the open file ``out`` with a progress bar; the hex digest of what was copied.
+def _stream(response, out, request: DownloadRequest, timeout: float) -> str:
+    """Copy ``response`` into the open file ``out`` with a progress bar; the hex digest (``request.algorithm``)
+    of what was copied.
 
     Raises:
         OodmlError: a read waited ``timeout`` seconds in vain or failed, fewer bytes came than the response's
             ``Content-Length`` announced, or ``out`` could not be written.
     """
+    url, who, by_hand = request.url, request.who, request.by_hand
     total = int(response.headers.get("Content-Length") or 0) or None
-    digest, received = hashlib.new(algorithm), 0
+    digest, received = hashlib.new(request.algorithm), 0
     read = getattr(response, "read1", response.read)  # what has arrived, so the count is exact when a read fails
+    desc = request.desc or f"download {request.dest.name}"
     with stage(desc, total, unit="B", unit_scale=True, unit_divisor=1024) as bar:
         while True:
             try:
@@ -147,7 +169,7 @@ def _stream(response, out, url: str, timeout: float, *, algorithm: str, who: str
             try:
                 out.write(block)
             except OSError as exc:
-                raise _unwritable(exc, url, dest, who=who, unwritable=unwritable) from None
+                raise _unwritable(exc, request) from None
             digest.update(block)
             received += len(block)
             bar.update(len(block))
@@ -158,8 +180,9 @@ def _stream(response, out, url: str, timeout: float, *, algorithm: str, who: str
     return digest.hexdigest()
 
 
-def _unwritable(exc: OSError, url: str, dest: Path, *, who: str, unwritable: str) -> OodmlError:
-    return OodmlError(f"{who}: cannot save {url} to {dest} ({exc.strerror or first_line(exc)}); {unwritable}")
+def _unwritable(exc: OSError, request: DownloadRequest) -> OodmlError:
+    reason = exc.strerror or first_line(exc)
+    return OodmlError(f"{request.who}: cannot save {request.url} to {request.dest} ({reason}); {request.unwritable}")
 
 
 def _timed_out(exc: BaseException) -> bool:

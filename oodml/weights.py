@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .download import download_file
+from .download import DownloadRequest, download_file
 from .errors import OodmlError
 from .progress import is_quiet
 
@@ -88,10 +88,10 @@ def fetch_weights(file_name: str, *, owner: str, base_url: str | None = None) ->
     url, expected = weights_url(file_name, base_url), published_hash_prefix(file_name)
     if not is_quiet():
         print(f"{owner}: downloading {url} to {path}", file=sys.stderr)
-    return download_file(url, path, algorithm="sha256", expected=expected, who=owner,
-                         by_hand=f"fetch it on a machine that can and put it at {path}, or {_LOCAL_COPY}",
-                         unwritable=f"set TORCH_HOME to a writable folder, or {_LOCAL_COPY}",
-                         desc=f"download {file_name}")
+    return download_file(DownloadRequest(
+        url, path, algorithm="sha256", expected=expected, who=owner,
+        by_hand=f"fetch it on a machine that can and put it at {path}, or {_LOCAL_COPY}",
+        unwritable=f"set TORCH_HOME to a writable folder, or {_LOCAL_COPY}", desc=f"download {file_name}"))
 
 
 def resnet50_weights_path(weights: str | None, *, base_url: str | None = None) -> Path:

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from .._fs import file_digest
-from ..download import download_file, download_timeout
+from ..download import DownloadRequest, download_file, download_timeout
 from ..errors import OodmlError
 from .registry import Download, dataset_spec
 
@@ -22,11 +22,12 @@ def md5_of(path: Path) -> str:
 def _fetch(item: Download, dest: Path, *, dataset: str, root: Path, layout: str, timeout: float) -> None:
     """Download ``item.url`` to ``dest`` with a progress bar and verify its md5 (:func:`oodml.download.download_file`:
     bounded waits, and on any failure nothing is left at or beside ``dest``)."""
-    download_file(item.url, dest, algorithm="md5", expected=item.md5, who=dataset,
-                  by_hand=f"fetch it elsewhere and put it at {dest} (then run this again), or unpack it into {root} "
-                          f"so that it holds {layout}",
-                  unwritable=f"make {root} writable or choose another --root", desc=f"download {item.filename}",
-                  timeout=timeout)
+    download_file(DownloadRequest(
+        item.url, dest, algorithm="md5", expected=item.md5, who=dataset,
+        by_hand=f"fetch it elsewhere and put it at {dest} (then run this again), or unpack it into {root} so that "
+                f"it holds {layout}",
+        unwritable=f"make {root} writable or choose another --root", desc=f"download {item.filename}"),
+        timeout=timeout)
 
 
 def _check_member(name: str, archive: Path) -> None:
