@@ -120,7 +120,7 @@ def train_reference(ds: ImageDataset, splits: SplitSet, level: int, fold: int, c
     ``out``, writes ``out/level{level}-fold{fold}.pt`` (kept when it is already this very run; a killed run
     resumes from ``out/level{level}-fold{fold}.state.pt``).
     """
-    from .training import TrainConfig, finished_checkpoint, train_on, with_iterations
+    from .training import TrainConfig, TrainingRows, finished_checkpoint, train_on, with_iterations
 
     cfg = (config or TrainConfig()).resolved()
     splits.check_dataset(ds.fingerprint, ds.root)
@@ -135,8 +135,8 @@ def train_reference(ds: ImageDataset, splits: SplitSet, level: int, fold: int, c
     if finished is not None:
         raise OodmlError(f"{path} is not the reference of half {fold}; choose another --out or delete it")
     state_path = path.with_suffix(".state.pt") if path is not None else None
-    model, fitted = train_on(ds, lv.test_classes, train_idx, ds.indices_of_classes(lv.val_classes), cfg,
-                             name=f"level {level} reference fold {fold}", device=device, workers=workers,
+    model, fitted = train_on(ds, TrainingRows(lv.test_classes, train_idx, ds.indices_of_classes(lv.val_classes)),
+                             cfg, name=f"level {level} reference fold {fold}", device=device, workers=workers,
                              state_path=state_path, identity={**identity, "fold": fold})
     provenance = {
         "dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "splits": f"{splits.dataset}@{splits.version}",

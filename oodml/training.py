@@ -210,9 +210,9 @@ def train(dataset: str | ImageDataset, splits: SplitSet, level: int, config: Tra
         if finished is not None:
             return finished
     state_path = Path(out) / f"level{level}.state.pt" if out is not None else None
-    model, fitted = train_on(ds, lv.tuning_train_classes, train_idx, ds.indices_of_classes(lv.val_classes), cfg,
-                             name=f"level {level}", device=device, workers=workers, state_path=state_path,
-                             identity=identity)
+    rows = TrainingRows(lv.tuning_train_classes, train_idx, ds.indices_of_classes(lv.val_classes))
+    model, fitted = train_on(ds, rows, cfg, name=f"level {level}", device=device, workers=workers,
+                             state_path=state_path, identity=identity)
     provenance = {
         "dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "splits": f"{splits.dataset}@{splits.version}",
         "split_digest": splits.digest, "level": level, "train_classes": list(lv.tuning_train_classes),
@@ -236,15 +236,29 @@ def with_iterations(config: TrainConfig, n_images: int) -> TrainConfig:
     return dataclasses.replace(config, iterations=iterations, eval_every=min(config.eval_every, iterations))
 
 
-def train_on(ds: ImageDataset, classes: Sequence[str], train_idx: np.ndarray, val_idx: np.ndarray,
-             config: TrainConfig, *, name: str, device: str = "auto", workers: int = 0,
-             state_path: Path | None = None, identity: dict | None = None) -> tuple[EmbeddingModel, dict]:
-    """Train on the images ``train_idx`` of ``classes``, keeping the state with the best Recall@1 on the
-    images ``val_idx``: the training steps of :func:`train`, for any set of images.
+@dataclass(frozen=True)
+class TrainingRows:
+    """The images one training run uses.
+
+    Attributes:
+        classes: the training classes, in the order that numbers them inside the loss (its proxies).
+        train: dataset rows to train on, each of one of ``classes``.
+        val: dataset rows whose Recall@1 selects the best state.
+    """
+
+    classes: Sequence[str]
+    train: np.ndarray
+    val: np.ndarray
+
+
+def train_on(ds: ImageDataset, rows: TrainingRows, config: TrainConfig, *, name: str, device: str = "auto",
+             workers: int = 0, state_path: Path | None = None, identity: dict | None = None
+             ) -> tuple[EmbeddingModel, dict]:
+    """Train on the images ``rows.train`` of ``rows.classes``, keeping the state with the best Recall@1 on the
+    images ``rows.val``: the training steps of :func:`train`, for any set of images.
 
     Args:
-        classes: the training classes, in the order that numbers them inside the loss (its proxies).
-        train_idx, val_idx: dataset rows to train on (each of one of ``classes``) and to select on.
+        rows: the classes and the dataset rows to train and to select on.
         config: resolved, counting iterations (:meth:`TrainConfig.resolved`, :func:`with_iterations`).
         name: the run's name in progress bars and errors (``"level 3"``).
         state_path, identity: where a resumable state is written at each validation, and the fields it must
@@ -258,6 +272,7 @@ def train_on(ds: ImageDataset, classes: Sequence[str], train_idx: np.ndarray, va
             fp16 without CUDA, divergence.
     """
     _check_run_arguments(config, device, workers)
+    classes, train_idx, val_idx = rows.classes, rows.train, rows.val
     outside = np.setdiff1d(ds.labels[train_idx], [ds.class_index[c] for c in classes])
     if len(outside):
         raise OodmlError(f"{name}: training images of class {ds.classes[int(outside[0])]!r}, which is not "
@@ -320,10 +335,12 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, model: EmbeddingModel, loss_fn: torch.nn.Module,
                  objective: torch.nn.Module, optimiser: torch.optim.Optimizer, label_map: torch.Tensor,
-                 remap: dict[int, int], dev: torch.device, name: str):
+                 dev: torch.device, name: str):
+        """``label_map``: (dataset classes,) int64, each dataset label's number inside the loss (-1: not a
+        training class)."""
         self.name = name
         self.cfg, self.model, self.loss_fn, self.objective = cfg, model, loss_fn, objective
-        self.optimiser, self.label_map, self.remap, self.dev = optimiser, label_map, remap, dev
+        self.optimiser, self.label_map, self.dev = optimiser, label_map, dev
         self.scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
         self.best, self.best_state, self.history = -1.0, None, []
 
@@ -351,7 +368,7 @@ class _Run:
         label_map = torch.full((len(ds.classes),), -1, dtype=torch.long)
         for original, k in remap.items():
             label_map[original] = k
-        return cls(cfg, model, loss_fn, objective, optimiser, label_map, remap, dev, name)
+        return cls(cfg, model, loss_fn, objective, optimiser, label_map, dev, name)
 
     def batches(self, ds: ImageDataset, train_idx: np.ndarray, done: int, rank: int, world: int,
                 workers: int) -> Iterator:
@@ -360,7 +377,7 @@ class _Run:
         from pytorch_metric_learning.samplers import MPerClassSampler
 
         cfg = self.cfg
-        train_labels = np.array([self.remap[int(y)] for y in ds.labels[train_idx]])
+        train_labels = self.label_map[torch.as_tensor(ds.labels[train_idx], dtype=torch.long)].numpy()
         sampler = MPerClassSampler(train_labels, m=cfg.samples_per_class, batch_size=cfg.batch_size,
                                    length_before_new_iter=cfg.iterations * cfg.batch_size)
         sampler = _RankSlice(_Skip(sampler, done * cfg.batch_size), cfg.batch_size, rank, world)
