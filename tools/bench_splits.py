@@ -23,25 +23,37 @@ Reports, each against the reference it names:
    (``--compare-classes`` classes of ``--compare-dim``-d synthetic means): time ratio and the chosen levels'
    distances, their largest relative difference;
 8. the default search at SOP scale (``--sop-search``: 11,318 classes x 2048, synthetic), timed whole, with
-   its rebases and candidates counted, and one bootstrap draw's cost (``bootstrap_interval``'s unit).
+   its rebases and candidates counted, then what ``make-splits`` does next with its levels: every level's
+   bootstrap interval and the adjacent-level comparison (``--draws`` each, calibrated linearised draws:
+   :mod:`oodml.splits.resampling`), timed, with one exact draw's cost for reference; wall and process CPU
+   seconds and the load average, since the machine may be shared;
+9. the calibrated linearised bootstrap against the exact one (``--bootstrap-check CLASSES DIM``, synthetic
+   means, a random and an ordered half split): interval endpoints of 5 seeds x ``--draws`` draws each against
+   the exact interval of all 5 x ``--draws`` exact draws pooled, as a fraction of that interval's half-width
+   and of the distance, next to the exact bootstrap's own seed-to-seed error.
 
 Run:  .venv/bin/python tools/bench_splits.py [--textbook-repeats N] [--only-exhaustive]
       .venv/bin/python tools/bench_splits.py --only-lowrank [--compare-classes 1100 --compare-dim 512] [--sop-search]
+      .venv/bin/python tools/bench_splits.py --bootstrap-check 1400 512
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 import scipy.linalg
 
 from oodml.shift import ClassFeatures, Gaussian, frechet_distance, trace_sqrt_of_product, trace_sqrt_product
-from oodml.splits import distance
+from oodml.splits import distance, resampling
+from oodml.splits.adjacent import paired_draws
 from oodml.splits.distance import MeanFID, Move
 from oodml.splits.levels import bootstrap_interval
+from oodml.splits.resampling import resample_distances
 from oodml.splits.search import balanced_splits, exhaustive_levels, greedy_levels, swap_progression
+from oodml.stats import shifted_interval
 
 
 def textbook_fid(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,11 +89,17 @@ def main() -> None:
     parser.add_argument("--compare-classes", type=int, default=1100, help="section 7: classes")
     parser.add_argument("--compare-dim", type=int, default=512, help="section 7: feature width")
     parser.add_argument("--sop-search", action="store_true", help="section 8: the whole search at SOP scale")
+    parser.add_argument("--draws", type=int, default=200, help="sections 8 and 9: bootstrap draws")
+    parser.add_argument("--bootstrap-check", type=int, nargs=2, metavar=("CLASSES", "DIM"),
+                        help="run section 9 alone")
     args = parser.parse_args()
+    if args.bootstrap_check:
+        bench_bootstrap_check(*args.bootstrap_check, draws=args.draws)
+        return
     if args.only_lowrank:
         bench_lowrank(args.compare_classes, args.compare_dim)
         if args.sop_search:
-            bench_sop_search()
+            bench_sop_search(draws=args.draws)
         return
 
     feats, labels = synthetic_features()
@@ -215,24 +233,90 @@ def bench_lowrank(classes: int, dim: int) -> None:
           f"low-rank values vs direct FID {np.abs(new_d / exact_new - 1).max():.1e}")
 
 
-def bench_sop_search(classes: int = 11318, dim: int = 2048) -> None:
-    """[8] The whole default search at SOP scale through low-rank updates, and one bootstrap draw."""
+def load() -> str:
+    return "load average " + ", ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+class Clock:
+    """Wall and process CPU seconds since it was made."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def __str__(self):
+        return f"{time.perf_counter() - self.wall:.0f} s wall, {time.process_time() - self.cpu:.0f} s CPU"
+
+
+def bench_sop_search(classes: int = 11318, dim: int = 2048, draws: int = 200) -> None:
+    """[8] The whole default search at SOP scale through low-rank updates, then its levels' intervals."""
     means = sop_like_means(classes, dim)
     scorer = CountingFID(means)
-    start = time.perf_counter()
+    print(f"[8] SOP scale, {classes:,} classes x {dim} ({'CUDA' if distance._cuda() else 'CPU'} bases), {load()}",
+          flush=True)
+    clock = Clock()
     result = greedy_levels(scorer, classes)
-    search_s = time.perf_counter() - start
-    state = result.levels[-1]
-    train, test = np.array(state.train), np.array(state.test)
-    start = time.perf_counter()
-    bootstrap_interval(scorer.distances, train, test, draws=1, seed=0, level=1)
-    draw_s = time.perf_counter() - start
-    device = "CUDA" if distance._cuda() else "CPU"
-    print(f"[8] default search at SOP scale, {classes:,} classes x {dim} ({device} bases): {search_s / 60:.1f} min, "
-          f"{scorer.candidates:,} candidates, {scorer.bases} bases; levels "
-          + ", ".join(f"{s.distance:.2f}" for s in result.levels)
-          + f"; one bootstrap draw (plus the estimate) {draw_s:.1f} s, so 8 levels x 200 draws "
-          f"~{1600 * draw_s / 120:.0f} min")
+    print(f"    default search: {clock}, {scorer.candidates:,} candidates, {scorer.bases} bases, {load()}; levels "
+          + ", ".join(f"{s.distance:.2f}" for s in result.levels), flush=True)
+    bench_sop_intervals(scorer, [(np.array(s.train), np.array(s.test)) for s in result.levels], draws)
+
+
+def bench_sop_intervals(scorer: MeanFID, partitions: list, draws: int) -> None:
+    """[8, continued] What make-splits does with the levels: each one's interval, then the adjacent comparison."""
+    clock = Clock()
+    resampling.resample_distance(scorer.means, partitions[0])
+    print(f"    one exact bootstrap draw (weighted, as the calibration scores it): {clock}", flush=True)
+    clock, intervals = Clock(), []
+    for k, (train, test) in enumerate(partitions, start=1):
+        intervals.append(bootstrap_interval(resample_distances(scorer, [(train, test)]), train, test, draws=draws,
+                                            seed=0, level=k))
+    print(f"    {len(partitions)} levels' intervals ({draws} draws each): {clock}, {load()}; "
+          + ", ".join(f"{lo:.1f}..{hi:.1f}" for lo, hi in intervals), flush=True)
+    clock = Clock()
+    estimates, values = paired_draws(resample_distances(scorer, partitions), partitions, num_classes=len(scorer.means),
+                                     draws=draws, seed=0)
+    print(f"    adjacent-level comparison ({len(values)} paired draws): {clock}, {load()}", flush=True)
+
+
+def bench_bootstrap_check(classes: int, dim: int, draws: int = 200, seeds: int = 5) -> None:
+    """[9] Calibrated linearised bootstrap intervals vs the exact bootstrap (pooled over seeds)."""
+    resampling.LINEARISED_MIN_DIM = min(resampling.LINEARISED_MIN_DIM, dim)   # forced on below its default
+    distance._cuda()                                                          # torch imported before timing
+    means = sop_like_means(classes, dim)
+    scorer = MeanFID(means)
+    for name, order in (("random", np.random.default_rng(0).permutation(classes)),
+                        ("ordered", np.argsort(means[:, 0] + means[:, 1]))):
+        train, test = order[:classes // 2], order[classes // 2:]
+        estimate = scorer.distance(train, test)
+        exact, fast = [], []
+        clock_exact = clock_fast = 0.0
+        for seed in range(seeds):
+            vars(scorer).pop("_weight_gradients", None)          # each seed pays for its gradient
+            linearised, kept = resample_distances(scorer, [(train, test)]), []
+
+            def keeping(batch, linearised=linearised, kept=kept):
+                kept.append(batch)
+                return linearised(batch)
+
+            start = time.perf_counter()
+            fast.append(bootstrap_interval(keeping, train, test, draws=draws, seed=seed, level=1))
+            clock_fast += time.perf_counter() - start
+            start = time.perf_counter()
+            exact.append(scorer.distances(kept[0]))
+            clock_exact += time.perf_counter() - start
+        pooled = shifted_interval(estimate, np.concatenate(exact))
+        half = (pooled[1] - pooled[0]) / 2
+
+        def error(iv, pooled=pooled, half=half):
+            return max(abs(iv[0] - pooled[0]), abs(iv[1] - pooled[1])) / half
+
+        exact_err = [error(shifted_interval(estimate, e)) for e in exact]
+        fast_err = [error(iv) for iv in fast]
+        print(f"[9] {classes} classes x {dim}, {name} half split (distance {estimate:.2f}, pooled exact interval "
+              f"{pooled[0]:.2f}..{pooled[1]:.2f}): endpoint error / half-width, mean (worst) of {seeds} seeds: "
+              f"calibrated linearised {np.mean(fast_err):.2f} ({max(fast_err):.2f}) "
+              f"= {max(fast_err) * half / estimate:.2%} "
+              f"of the distance; exact {np.mean(exact_err):.2f} ({max(exact_err):.2f}); time {clock_fast:.1f} s vs "
+              f"{clock_exact:.1f} s exact, ratio {clock_exact / clock_fast:.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from ..shift import MODES, ClassFeatures, get_distance, split_distance
 from .adjacent import AdjacentPair, adjacent_pairs, adjacent_seed, not_distinct_note, paired_draws
 from .distance import Scorer, make_scorer
 from .levels import Level, bootstrap_interval, draw_episodes, tuning_split
+from .resampling import resample_distances
 from .search import (
     MIN_CLASSES,
     SearchResult,
@@ -236,7 +237,8 @@ def _compare_adjacent(scorer: Scorer, result: SearchResult, num_classes: int, cf
     """The adjacent pairs of ``result``'s levels (:mod:`oodml.splits.adjacent`); empty without bootstrap draws."""
     if cfg.bootstrap <= 0:
         return ()
-    estimates, draws = paired_draws(scorer.distances, _partitions(result), num_classes=num_classes,
+    partitions = _partitions(result)
+    estimates, draws = paired_draws(resample_distances(scorer, partitions), partitions, num_classes=num_classes,
                                     draws=cfg.bootstrap, seed=adjacent_seed(cfg.seed))
     return adjacent_pairs(estimates, draws)
 
@@ -276,7 +278,8 @@ def _complete(dataset: ImageDataset, cf: ClassFeatures, scorer: Scorer, result: 
     for k, state in enumerate(progress(result.levels, "levels: intervals and episodes", unit="level"), start=1):
         train, test = np.array(state.train), np.array(state.test)
         distance = split_distance(cf, train, test, distance=cfg.distance, mode=cfg.mode)
-        lo, hi = bootstrap_interval(scorer.distances, train, test, draws=cfg.bootstrap, seed=cfg.seed, level=k)
+        lo, hi = bootstrap_interval(resample_distances(scorer, [(train, test)]), train, test, draws=cfg.bootstrap,
+                                    seed=cfg.seed, level=k)
         train_names = tuple(sorted(dataset.classes[i] for i in train))
         test_names = tuple(sorted(dataset.classes[i] for i in test))
         episodes = {shots: draw_episodes(test_names, samples_by_class, shots=shots, episodes=cfg.episodes,

@@ -516,11 +516,10 @@ def exhaustive_levels(scorer: Scorer, num_classes: int, *, levels: int = 8, remo
 
 
 def greedy_levels(scorer: Scorer, num_classes: int, *, levels: int = 8, removal_levels: int = 2,
-                  seed: int = 0, shortlist: int = 4, floor: float = 0.5,
-                  start: tuple[Sequence[int], Sequence[int]] | None = None, batch: int | None = None) -> SearchResult:
+                  seed: int = 0, shortlist: int = 4, floor: float = 0.5, batch: int | None = None) -> SearchResult:
     """Build ``levels`` splits with distances spread evenly from the easiest reachable to the hardest.
 
-    The start is :func:`seeded_split` (or ``start``).  Steepest descent and
+    The start is :func:`seeded_split`.  Steepest descent and
     ascent by swaps give a path of increasing distance; ``levels -
     removal_levels`` levels are the path states nearest evenly spaced targets
     between its two ends, and ``removal_levels`` more continue at the same
@@ -549,12 +548,10 @@ def greedy_levels(scorer: Scorer, num_classes: int, *, levels: int = 8, removal_
         :class:`SearchResult` with class indices in its states.
     """
     _check_levels(num_classes, levels, removal_levels)
-    if start is None:
-        if levels > level_capacity(num_classes, exhaustive=False):
-            raise OodmlError(f"{num_classes} classes are too few for {levels} levels by greedy search; at most "
-                             f"{level_capacity(num_classes, exhaustive=False)}")
-        start = seeded_split(num_classes, seed)
-    train, test = np.asarray(start[0]), np.asarray(start[1])
+    if levels > level_capacity(num_classes, exhaustive=False):
+        raise OodmlError(f"{num_classes} classes are too few for {levels} levels by greedy search; at most "
+                         f"{level_capacity(num_classes, exhaustive=False)}")
+    train, test = seeded_split(num_classes, seed)
     default = SplitState(tuple(int(c) for c in train), tuple(int(c) for c in test), scorer.distance(train, test))
     max_steps = len(train) * len(test)
     if batch is None:

@@ -1,0 +1,117 @@
+"""Bootstrap draws of many-class, wide class-mean FIDs: linearised in the class weights, calibrated exactly."""
+
+import numpy as np
+import pytest
+
+from oodml.splits import resampling
+from oodml.splits.adjacent import paired_draws
+from oodml.splits.distance import GenericScorer, MeanFID
+from oodml.splits.levels import bootstrap_interval
+from oodml.splits.resampling import CALIBRATION_DRAWS, linearised, resample_distances, weight_gradient
+
+
+def clustered_means(seed=0, classes=400, dim=12):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(8, dim))[np.arange(classes) % 8] * 2 + rng.normal(size=(classes, dim))
+
+
+def weighted_fid(means, train, test, w1, w2):
+    """The class-mean FID with real class weights, written out directly."""
+    def stats(rows, w):
+        m = w @ rows / w.sum()
+        c = rows - m
+        return m, (c.T * w) @ c / (w.sum() - 1)
+    (m1, s1), (m2, s2) = stats(means[train], w1), stats(means[test], w2)
+    root = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()
+    return (m1 - m2) @ (m1 - m2) + np.trace(s1) + np.trace(s2) - 2 * root
+
+
+def test_the_weight_gradient_is_the_derivative_of_the_distance():
+    means = clustered_means(classes=60, dim=6)
+    train, test = np.arange(0, 60, 2), np.arange(1, 60, 2)
+    value, g1, g2 = weight_gradient(means, train, test)
+    ones1, ones2 = np.ones(30), np.ones(30)
+    assert value == pytest.approx(weighted_fid(means, train, test, ones1, ones2), rel=1e-10)
+    h = 1e-6
+    for side, k in ((0, 3), (0, 17), (1, 0), (1, 29)):
+        e = np.zeros(30)
+        e[k] = h
+        plus = weighted_fid(means, train, test, ones1 + e * (side == 0), ones2 + e * (side == 1))
+        minus = weighted_fid(means, train, test, ones1 - e * (side == 0), ones2 - e * (side == 1))
+        assert (g1, g2)[side][k] == pytest.approx((plus - minus) / (2 * h), rel=1e-5, abs=1e-8)
+
+
+def test_narrow_features_few_classes_and_other_distances_keep_the_exact_draws():
+    wide = np.random.default_rng(0).normal(size=(40, 600))
+    scorer = MeanFID(clustered_means(classes=400, dim=12))
+    assert resample_distances(scorer, [(np.arange(200), np.arange(200, 400))]) == scorer.distances  # 12-d
+    wide_scorer = MeanFID(wide)                                       # 20 classes a side <= 600 dims: Gram form
+    assert resample_distances(wide_scorer, [(np.arange(20), np.arange(20, 40))]) == wide_scorer.distances
+    generic = GenericScorer.__new__(GenericScorer)
+    generic.means = wide
+    assert not linearised(generic, (np.arange(20), np.arange(20, 40)))
+
+
+@pytest.fixture
+def narrow_threshold(monkeypatch):
+    """Linearise from 8-d features, so that the exact draws stay affordable to compare with."""
+    monkeypatch.setattr(resampling, "LINEARISED_MIN_DIM", 8)
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_linearised_intervals_agree_with_the_exact_bootstrap(narrow_threshold, ordered):
+    means = clustered_means(classes=800, dim=16)
+    order = np.argsort(means[:, 0]) if ordered else np.random.default_rng(1).permutation(800)
+    train, test = order[:400], order[400:]
+    scorer = MeanFID(means)
+    scored = []
+    fast = resample_distances(scorer, [(train, test)])
+    assert fast is not scorer.distances
+
+    def recording(batch):
+        values = fast(batch)
+        scored.append((batch, values))
+        return values
+
+    low, high = bootstrap_interval(recording, train, test, draws=200, seed=3, level=2)
+    exact_low, exact_high = bootstrap_interval(scorer.distances, train, test, draws=200, seed=3, level=2)
+    batch, values = scored[0]
+    # The calibration draws are the exact draws themselves; the estimate is exact.
+    np.testing.assert_allclose(values[:CALIBRATION_DRAWS], scorer.distances(batch[:CALIBRATION_DRAWS]), rtol=1e-12)
+    assert scored[1][1][0] == pytest.approx(scorer.distance(train, test), rel=1e-12)
+    assert np.isfinite(values).all()
+    half = (exact_high - exact_low) / 2
+    # Endpoints within 0.35 of the exact interval's half-width (its own Monte Carlo error at 200 draws is ~0.1-0.2).
+    assert abs(low - exact_low) < 0.35 * half and abs(high - exact_high) < 0.35 * half
+    # The first-order values alone would be too narrow on the random split: the calibration matters.
+    model = resampling._Calibrated(scorer, (train, test))
+    first_order = np.array([model.linear(part)[0] for part in batch])
+    assert np.std(first_order) < np.std(values)
+
+
+def test_paired_draws_attribute_each_resample_to_its_level(narrow_threshold):
+    means = clustered_means(seed=4, classes=700, dim=10)
+    rng = np.random.default_rng(5)
+    order = rng.permutation(700)
+    levels = [(order[:300], order[300:600]), (order[30:330], np.r_[order[300:570], order[:30]])]
+    scorer = MeanFID(means)
+    fast = resample_distances(scorer, levels)
+    estimates, draws = paired_draws(fast, levels, num_classes=700, draws=60, seed=1)
+    exact_estimates, exact_draws = paired_draws(scorer.distances, levels, num_classes=700, draws=60, seed=1)
+    np.testing.assert_allclose(estimates, exact_estimates, rtol=1e-12)
+    np.testing.assert_allclose(draws[:CALIBRATION_DRAWS], exact_draws[:CALIBRATION_DRAWS], rtol=1e-12)
+    diff, exact_diff = draws[:, 1] - draws[:, 0], exact_draws[:, 1] - exact_draws[:, 0]
+    assert np.corrcoef(diff, exact_diff)[0, 1] > 0.8        # paired: the levels' draws move together
+    # A partition that resamples neither level (a class from outside both) is scored exactly.
+    other = (np.r_[order[:299], order[650]], order[300:600])
+    assert fast([other])[0] == pytest.approx(scorer.distance(*other), rel=1e-12)
+
+
+def test_singular_scatters_fall_back_to_exact_draws(narrow_threshold):
+    rng = np.random.default_rng(6)
+    means = rng.normal(size=(400, 4)) @ rng.normal(size=(4, 9))      # rank 4 < 9 dims
+    train, test = np.arange(200), np.arange(200, 400)
+    scorer = MeanFID(means)
+    fast = resample_distances(scorer, [(train, test)])
+    batch = [(rng.choice(train, 200), rng.choice(test, 200)) for _ in range(CALIBRATION_DRAWS + 5)]
+    np.testing.assert_allclose(fast(batch), scorer.distances(batch), rtol=1e-12)
