@@ -39,7 +39,7 @@ from .embedding import (
     resolve_device,
 )
 from .errors import OodmlError
-from .matched import DEFAULT_DRAWS, draw_classes, episode_classes, matched_count, matched_per_query
+from .matched import DEFAULT_DRAWS, class_sums, level_draws, matched_count, matched_episode
 from .metrics import metric_names, per_query_metrics, retrieval_metrics
 from .models import LoadedModel, load_model
 from .models.identity import levels_identity
@@ -469,12 +469,11 @@ class _Scoring:
             per_query = per_query_metrics(emb, labels, ks=self.ks, map_depth=None)
             self.classes += _class_records(level.index, -1, level.test_classes, per_query, labels, self.ds)
             return rows
-        draws = [draw_classes(self.split_set.digest, level.index, d, level.test_classes, self.match_classes)
-                 for d in range(self.match_draws)]
-        subsets = [np.array([self.ds.class_index[c] for c in classes]) for classes in [level.test_classes, *draws]]
-        whole, *per_draw = matched_per_query(emb, labels, subsets, self.ks)  # one search: the level, every draw
+        whole, per_draw = level_draws(emb, labels, level.test_classes, self.ds.class_index,  # one search
+                                      (self.split_set.digest, level.index), self.match_classes, self.match_draws,
+                                      self.ks)
         self.classes += _class_records(level.index, -1, level.test_classes, whole, labels, self.ds)
-        for d, (classes, values) in enumerate(zip(draws, per_draw, strict=True)):
+        for d, (classes, values) in enumerate(per_draw):
             self.classes += _class_records(level.index, d, classes, values, labels, self.ds)
             rows += [{**base, "test_set": "matched", "adaptation": "none", "shots": 0, "episode": d, "metric": m,
                       "value": float(v.mean())} for m, v in values.items() if m != "query"]
@@ -486,11 +485,7 @@ def _class_records(level: int, draw: int, classes: Sequence[str], per_query: dic
     """Per class of ``classes`` (a level's test classes, or a matched draw's): its query count and the sum of
     each per-query metric over its queries (:func:`oodml.metrics.per_query_metrics` output, its ``query`` rows
     of ``labels``, the (N,) dataset labels of the level's test images)."""
-    position = {ds.class_index[c]: k for k, c in enumerate(classes)}
-    query_class = np.array([position[int(y)] for y in labels[per_query["query"]]], dtype=np.int64)
-    n = len(classes)
-    counts = np.bincount(query_class, minlength=n)
-    sums = {m: np.bincount(query_class, weights=v, minlength=n) for m, v in per_query.items() if m != "query"}
+    counts, sums = class_sums(per_query, labels, [ds.class_index[c] for c in classes])
     return [{"level": level, "draw": draw, "class": name, "queries": int(counts[k]),
              **{m: float(s[k]) for m, s in sums.items()}} for k, name in enumerate(classes)]
 
@@ -503,19 +498,15 @@ def _matched_fewshot_rows(ctx: _FewShotContext, level: Level, shots: int, episod
     rows = []
     for index, (support, support_labels, query, query_labels), _ in ctx.episodes(level, shots, episodes,
                                                                                    base["split_digest"]):
-        n_ways = int(support_labels.max()) + 1
-        keep = episode_classes(base["split_digest"], level.index, shots, index, range(n_ways), ways)
-        s_in, q_in = np.isin(support_labels, keep), np.isin(query_labels, keep)
-        relabel = np.full(n_ways, -1)
-        relabel[keep] = np.arange(len(keep))
+        s_in, s_labels, q_in, q_labels = matched_episode((base["split_digest"], level.index, shots, index),
+                                                         support_labels, query_labels, ways)
         emb_s, emb_q = ctx.stack(ctx.embeddings, support), ctx.stack(ctx.embeddings, query)
         embedded = {"none": (emb_s, emb_q)}
         for adapt in ctx.adaptations:
             adapted = None if ADAPTATIONS[adapt].run is None else ctx.adapted[(shots, index, adapt)]
             embedded[adapt] = (emb_s, emb_q) if adapted is None else (adapted[:len(support)], adapted[len(support):])
         for adapt, (e_s, e_q) in embedded.items():
-            scored = score_episode(e_s[s_in], relabel[support_labels[s_in]], e_q[q_in], relabel[query_labels[q_in]],
-                                   adapt)
+            scored = score_episode(e_s[s_in], s_labels, e_q[q_in], q_labels, adapt)
             rows += [{**base, "test_set": "matched", "shots": shots, "episode": index, "adaptation": adapt,
                       "metric": m, "value": v} for m, v in scored.items()]
     return rows

@@ -17,7 +17,13 @@ set, so a run of some levels and a run of all give the same matched numbers), in
   ``high = m + sqrt((b_high - m)^2 + (1.96 se)^2)``.
 
 Few-shot episodes are matched by ways: each episode restricted to a seeded subset of N of its classes
-(:func:`episode_classes`), its support and its queries alike.
+(:func:`episode_classes`, :func:`matched_episode`), its support and its queries alike.
+
+``oodml evaluate`` and the leaderboard's verifier score a level through the same functions
+(:func:`level_draws`, :func:`class_sums`, :func:`matched_episode`); a run's or an entry's matched scores as
+per-draw, per-class records are a :class:`MatchedRecords`, and several runs' are compared (``oodml compare``,
+the board's ranking) through one paired class bootstrap, :func:`paired_matched_draws`, whose interval is
+widened by the draws' spread as above (:func:`oodml.stats.with_draw_spread`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +40,7 @@ import torch
 from .errors import OodmlError
 from .knn import MAX_PRUNED_K, knn_chunks
 from .metrics import _per_query
+from .stats import paired_ratio_draws, with_draw_spread
 
 if TYPE_CHECKING:
     from .splits import SplitSet
@@ -41,7 +49,6 @@ if TYPE_CHECKING:
 DEFAULT_DRAWS = 20
 #: class-bootstrap resamples behind the matched intervals
 BOOTSTRAP_DRAWS = 1000
-_Z95 = 1.959963984540054
 
 
 def matched_count(split_set: SplitSet, classes: int | str | None) -> int | None:
@@ -162,5 +169,140 @@ def matched_interval(per_draw: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray
         boot += np.divide(w @ sums, total, out=np.full(resamples, np.nan), where=total > 0)
     boot = boot[np.isfinite(boot)] / len(per_draw)
     b_low, b_high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (math.nan, math.nan)
-    spread = _Z95 * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return (mean, mean - math.hypot(mean - float(b_low), spread), mean + math.hypot(float(b_high) - mean, spread))
+    return (mean, *with_draw_spread(mean, (b_low, b_high), values))
+
+
+# --- one run's matched records, and the paired bootstrap of several ------------------------------------
+
+def class_sums(per_query: dict[str, np.ndarray], labels: np.ndarray, class_labels: Sequence[int]
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per class, its retrieval queries and each per-query metric summed over them.
+
+    Args:
+        per_query: :func:`matched_per_query` (or :func:`oodml.metrics.per_query_metrics`) output: ``"query"``
+            rows of ``labels`` and a (Q,) value per query of each metric.
+        labels: (M,) int labels of the rows ``"query"`` indexes.
+        class_labels: (C,) the labels of the classes to sum over (a level's test classes), every query's
+            among them.
+
+    Returns:
+        ``(queries, sums)``: (C,) int64 query counts and metric -> (C,) float64 sums, in ``class_labels`` order
+        (0 for a class without queries: one left out of a matched draw).
+    """
+    position = {int(c): k for k, c in enumerate(class_labels)}
+    query_class = np.array([position[int(y)] for y in np.asarray(labels)[per_query["query"]]], dtype=np.int64)
+    n = len(position)
+    return (np.bincount(query_class, minlength=n),
+            {m: np.bincount(query_class, weights=v, minlength=n) for m, v in per_query.items() if m != "query"})
+
+
+def level_draws(embeddings: np.ndarray, labels: np.ndarray, classes: Sequence[str], class_index: dict[str, int],
+                where: tuple[str, int], n: int, draws: int, ks: Sequence[int]
+                ) -> tuple[dict[str, np.ndarray], list[tuple[list[str], dict[str, np.ndarray]]]]:
+    """A level scored on its whole test set and on each of its ``draws`` matched draws of ``n`` classes, from
+    one search (:func:`matched_per_query`): what ``oodml evaluate`` and the leaderboard's verifier both run.
+
+    Args:
+        embeddings: (M, d) the level's test images; labels: (M,) their int labels.
+        classes: the level's test class names; class_index: class name -> label.
+        where: ``(split digest, level number)``, which seed the draws (:func:`draw_classes`).
+
+    Returns:
+        ``(whole, per draw [(its classes, its per-query metrics)])``, each per-query dict as
+        :func:`matched_per_query` returns it (``"query"``: rows of ``embeddings``).
+    """
+    digest, level = where
+    chosen = [draw_classes(digest, level, d, classes, n) for d in range(draws)]
+    subsets = [np.array([class_index[c] for c in names]) for names in [classes, *chosen]]
+    whole, *per_draw = matched_per_query(embeddings, labels, subsets, ks)
+    return whole, list(zip(chosen, per_draw, strict=True))
+
+
+def matched_episode(where: tuple[str, int, int, int], support_labels: np.ndarray, query_labels: np.ndarray,
+                    ways: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An episode restricted to ``ways`` of its classes (:func:`episode_classes`), support and queries alike.
+
+    Args:
+        where: ``(split digest, level, shots, episode index)``, which seed the choice.
+        support_labels, query_labels: (S,), (Q,) the episode's labels 0..n-1 (:func:`oodml.protocol.episode_split`).
+
+    Returns:
+        ``(support kept (S,) bool, their labels 0..ways-1, queries kept (Q,) bool, their labels)``.
+    """
+    digest, level, shots, episode = where
+    n_ways = int(support_labels.max()) + 1
+    keep = episode_classes(digest, level, shots, episode, range(n_ways), ways)
+    s_in, q_in = np.isin(support_labels, keep), np.isin(query_labels, keep)
+    relabel = np.full(n_ways, -1)
+    relabel[keep] = np.arange(len(keep))
+    return s_in, relabel[support_labels[s_in]], q_in, relabel[query_labels[q_in]]
+
+
+@dataclass
+class MatchedRecords:
+    """One run's class-count-matched scores as records per draw and class: what its intervals, the
+    comparison of runs (:mod:`oodml.comparison`) and the leaderboard's ranking resample.
+
+    Attributes:
+        n_classes, draws: N (classes per draw) and D (draws per level).
+        subsets: level -> (D, N) int64, each draw's classes as positions among the level's C test classes
+            (in the order the holder states: ``Level.test_classes`` for the verifier, sorted names for a
+            comparison).
+        queries: level -> (D, C) float64, per draw the retrieval queries of each class (0 for one it left out).
+        sums: metric -> level -> (D, C) float64, likewise the metric summed over each class's queries.
+        episodes: (shots, adaptation, metric) -> level -> episode index -> value on the N-way episodes.
+    """
+
+    n_classes: int
+    draws: int
+    subsets: dict[int, np.ndarray]
+    queries: dict[int, np.ndarray]
+    sums: dict[str, dict[int, np.ndarray]]
+    episodes: dict[tuple[int, str, str], dict[int, dict[int, float]]] = field(default_factory=dict)
+
+    def draw_values(self, metric: str, level: int) -> np.ndarray:
+        """(D,) the metric of each draw of ``level``: its classes' sums over their queries."""
+        return self.sums[metric][level].sum(1) / self.queries[level].sum(1)
+
+    def value(self, metric: str, level: int) -> float:
+        """The matched value of ``level``: the mean over its draws."""
+        return float(self.draw_values(metric, level).mean())
+
+    def interval(self, metric: str, level: int) -> tuple[float, float, float]:
+        """``(value, low, high)`` of ``level`` by :func:`matched_interval` (as ``summary.json`` states it)."""
+        per_draw = [(p, self.sums[metric][level][d][p], self.queries[level][d][p])
+                    for d, p in enumerate(self.subsets[level])]
+        return matched_interval(per_draw, self.queries[level].shape[1])
+
+    def reordered(self, order: dict[int, np.ndarray]) -> MatchedRecords:
+        """The records with each level's classes put in another order: ``order[level]`` (C,) the old position
+        of each new one (levels without an order are left out)."""
+        back = {lv: np.argsort(o) for lv, o in order.items()}
+        return MatchedRecords(
+            self.n_classes, self.draws, {lv: np.sort(back[lv][s], axis=1) for lv, s in self.subsets.items()
+                                         if lv in order},
+            {lv: q[:, order[lv]] for lv, q in self.queries.items() if lv in order},
+            {m: {lv: s[:, order[lv]] for lv, s in by.items() if lv in order} for m, by in self.sums.items()},
+            self.episodes)
+
+
+def paired_matched_draws(runs: Sequence[MatchedRecords], metric: str, levels: Sequence[int], draws: int,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The matched values of several runs and their paired class bootstrap.
+
+    Every (run, matched draw) is one "run" of :func:`oodml.stats.paired_ratio_draws`: bootstrap draw ``b``
+    resamples each level's *full* test-class list once, with replacement, and applies that one resample to
+    every matched draw of every run (the draws of a level share most of their classes, so one resample keeps
+    their overlap); the D draws are then averaged.  The runs must hold the same draws (same N, D, classes in
+    one order).
+
+    Returns:
+        ``(per_draw, boot)``: (R, D, L) each matched draw's value, and (R, L, draws) the bootstrap of each
+        level's matched value (mean over the D draws); combine an interval of their percentiles with the
+        draws' spread (:func:`oodml.stats.with_draw_spread`).
+    """
+    d = runs[0].draws
+    units = [[(run.sums[metric][lv][k], run.queries[lv][k]) for run in runs for k in range(d)] for lv in levels]
+    boot = paired_ratio_draws(units, draws, rng).reshape(len(runs), d, len(levels), draws).mean(1)
+    per_draw = np.stack([np.stack([run.draw_values(metric, lv) for lv in levels], axis=1) for run in runs])
+    return per_draw, boot

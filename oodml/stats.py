@@ -16,13 +16,16 @@ caller's (:func:`oodml.seeding.rng_for`).
   *paired* bootstrap.
 * :func:`paired_ratio_draws`: per level a ratio of unit sums (Recall@1 hits
   over queries of the drawn classes; an episode mean) for several runs under
-  the same resamples (:mod:`oodml.comparison`, the board's ranking).
+  the same resamples (:mod:`oodml.comparison`, the board's ranking, :mod:`oodml.reference`).
+* :func:`with_draw_spread`: a bootstrap interval widened by the Monte-Carlo error of an estimate that is the
+  mean over seeded draws (the class-count-matched curve, :mod:`oodml.matched`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -123,3 +126,25 @@ def paired_ratio_draws(levels: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]
                 out[r, at] = np.asarray(sums, dtype=np.float64)[idx].sum(1) / drawn
             out[r, at][drawn == 0] = np.nan
     return out
+
+
+def with_draw_spread(estimate: float, interval: tuple[float, float], draw_values: np.ndarray,
+                     confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """A bootstrap ``interval`` of ``estimate`` (the mean of ``draw_values`` over D seeded draws) widened by the
+    draws' spread: their standard error ``se = z sd / sqrt(D)`` (z the normal quantile of ``confidence``; 0
+    for fewer than 2 draws) added in quadrature to each side, ``low = m - sqrt((m - low)^2 + se^2)``,
+    ``high = m + sqrt((high - m)^2 + se^2)``.
+
+    Args:
+        estimate: the mean over draws (or a difference of two such means).
+        interval: ``(low, high)`` of the bootstrap, in the estimate's units (NaN stays NaN).
+        draw_values: (D,) the estimate of each draw (or each draw's paired difference).
+
+    Returns:
+        ``(low, high)`` floats.
+    """
+    values = np.asarray(draw_values, dtype=np.float64).ravel()
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    se = z * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    low, high = (float(x) for x in interval)
+    return estimate - math.hypot(estimate - low, se), estimate + math.hypot(high - estimate, se)

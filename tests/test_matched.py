@@ -11,17 +11,22 @@ import pytest
 from oodml import OodmlError
 from oodml.evaluation import EvalConfig, evaluate
 from oodml.matched import (
+    MatchedRecords,
+    class_sums,
     draw_classes,
     episode_classes,
     matched_count,
+    matched_episode,
     matched_interval,
     matched_per_query,
+    paired_matched_draws,
 )
 from oodml.metrics import per_query_metrics
 from oodml.models import load_model
 from oodml.plot import curves
 from oodml.results import Results, read_run
 from oodml.splits import load
+from oodml.stats import paired_ratio_draws, with_draw_spread
 
 SMALLEST = 132   # glyphs@v1: 165 test classes at levels 1-6, 148 at 7, 132 at 8
 
@@ -95,6 +100,64 @@ def test_the_interval_holds_the_mean_and_widens_with_the_draws_spread():
     assert low < mean < high and high - low > 2 * 1.96 * 0.1 * np.sqrt(2.5) / np.sqrt(5) * 0.99
     assert matched_interval(spread, 40) == (mean, low, high)                           # seeded
     assert np.isnan(matched_interval([(np.array([0]), np.array([1.0]), np.array([2.0]))], 1)[1])
+
+
+def _records(rng: np.random.Generator, classes: int = 12, n: int = 8, draws: int = 4) -> MatchedRecords:
+    """Random matched records: each draw keeps n of the classes (queries and sums 0 for the others)."""
+    subsets = np.array([np.sort(rng.choice(classes, n, replace=False)) for _ in range(draws)])
+    queries = np.zeros((draws, classes))
+    for d, keep in enumerate(subsets):
+        queries[d, keep] = rng.integers(1, 6, n)
+    hits = queries * rng.random((draws, classes))
+    return MatchedRecords(n, draws, {1: subsets}, {1: queries}, {"recall@1": {1: hits}})
+
+
+def test_a_runs_records_give_its_draws_its_mean_and_the_interval_of_one_run():
+    records = _records(np.random.default_rng(0))
+    per_draw = [(p, records.sums["recall@1"][1][d][p], records.queries[1][d][p])
+                for d, p in enumerate(records.subsets[1])]
+    assert records.interval("recall@1", 1) == matched_interval(per_draw, 12)
+    assert records.value("recall@1", 1) == pytest.approx(np.mean([s.sum() / q.sum() for _, s, q in per_draw]),
+                                                         abs=1e-15)
+    order = {1: np.arange(12)[::-1]}                                  # the classes in another order
+    again = records.reordered(order)
+    assert again.interval("recall@1", 1)[0] == pytest.approx(records.value("recall@1", 1), abs=1e-15)
+    assert (again.queries[1][:, ::-1] == records.queries[1]).all()
+    assert (np.sort(11 - records.subsets[1], axis=1) == again.subsets[1]).all()
+
+
+def test_the_paired_bootstrap_of_matched_draws_resamples_classes_once_for_every_draw_and_run():
+    rng = np.random.default_rng(1)
+    a, b = _records(rng), _records(rng)
+    b.subsets, b.queries = a.subsets, a.queries                       # one draw layout, other hits
+    per_draw, boot = paired_matched_draws([a, b], "recall@1", [1], 300, np.random.default_rng(5))
+    assert per_draw.shape == (2, 4, 1) and boot.shape == (2, 1, 300)
+    assert per_draw[1, :, 0] == pytest.approx(b.draw_values("recall@1", 1), abs=1e-15)
+    units = [[(run.sums["recall@1"][1][d], run.queries[1][d]) for run in (a, b) for d in range(4)]]
+    by_hand = paired_ratio_draws(units, 300, np.random.default_rng(5)).reshape(2, 4, 1, 300).mean(1)
+    np.testing.assert_allclose(boot, by_hand, rtol=0, atol=1e-15)
+    _, same = paired_matched_draws([a, a], "recall@1", [1], 300, np.random.default_rng(5))
+    assert (same[0] == same[1]).all()                                 # a run against itself: exactly paired
+
+
+def test_the_draw_spread_widens_an_interval_in_quadrature():
+    assert with_draw_spread(0.5, (0.4, 0.7), np.full(5, 0.5)) == pytest.approx((0.4, 0.7), abs=1e-15)
+    low, high = with_draw_spread(0.5, (0.4, 0.7), np.array([0.4, 0.6]))
+    se = 1.959963984540054 * np.std([0.4, 0.6], ddof=1) / np.sqrt(2)
+    assert (low, high) == pytest.approx((0.5 - np.hypot(0.1, se), 0.5 + np.hypot(0.2, se)), abs=1e-12)
+    assert with_draw_spread(0.5, (0.4, 0.7), np.array([0.9])) == pytest.approx((0.4, 0.7), abs=1e-15)
+
+
+def test_class_sums_and_an_n_way_episode_as_evaluate_uses_them():
+    per_query = {"query": np.array([0, 1, 3, 4]), "recall@1": np.array([1.0, 0.0, 1.0, 1.0])}
+    queries, sums = class_sums(per_query, np.array([7, 7, 9, 5, 5]), [5, 7, 9])
+    assert queries.tolist() == [2, 2, 0] and sums["recall@1"].tolist() == [2.0, 1.0, 0.0]
+    support, query = np.repeat(np.arange(6), 2), np.repeat(np.arange(6), 3)
+    s_in, s_labels, q_in, q_labels = matched_episode(("d" * 64, 1, 2, 0), support, query, 4)
+    keep = episode_classes("d" * 64, 1, 2, 0, range(6), 4)
+    assert s_in.tolist() == np.isin(support, keep).tolist() and q_in.tolist() == np.isin(query, keep).tolist()
+    assert s_labels.tolist() == np.repeat(np.arange(4), 2).tolist() and q_labels.max() == 3
+    assert matched_episode(("d" * 64, 1, 2, 0), support, query, 6)[0].all()    # at least its ways: all kept
 
 
 def test_every_level_is_also_scored_on_matched_draws(run):

@@ -3,11 +3,20 @@
 :func:`score` checks the content of a structurally valid submission against the
 published split set and the dataset (each level's test images exactly once,
 finite values, one width; each fine-tuned episode's support and query images
-exactly once) and computes, per level, the retrieval metrics, the per-class
-Recall@1 hit counts the board's paired bootstrap resamples, and the few-shot
-accuracies of the manifest's episodes, split and scored by :mod:`oodml.protocol`,
-the rule :func:`oodml.evaluate` runs.  :func:`verify` runs the whole check and
-compares the numbers the entry claims.
+exactly once) and computes, with the functions :func:`oodml.evaluate` runs:
+
+* per level, the retrieval metrics and, per test class, their sums over its
+  queries (what a paired class bootstrap resamples);
+* the class-count-matched scores (:mod:`oodml.matched`): every level on D
+  seeded draws of N of its test classes, from the level's one search, with
+  per draw and class the metric sums; N and D are those of the entry's
+  protocol card, or the split set's default (the fewest test classes of any
+  level, 20 draws) for an entry without them;
+* the few-shot accuracy of every scored episode of the manifest, on all its
+  classes and on N of them (:func:`oodml.matched.matched_episode`), split and
+  scored by :mod:`oodml.protocol`.
+
+:func:`verify` runs the whole check and compares the numbers the entry claims.
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ from ..adapt import FINETUNED
 from ..datasets import ImageDataset, load_dataset
 from ..embedding import read_embedding_table
 from ..errors import OodmlError, brief
-from ..metrics import metric_names, per_query_metrics
+from ..matched import DEFAULT_DRAWS, MatchedRecords, class_sums, level_draws, matched_count, matched_episode
+from ..metrics import metric_names
 from ..protocol import card_problems, curve_summary, episode_split, score_episode
 from ..splits import Episode, Level, SplitSet, load
 from .submission import Submission, is_fraction, parse_file_name, read_submission
@@ -32,6 +42,12 @@ from .submission import Submission, is_fraction, parse_file_name, read_submissio
 RETRIEVAL = tuple(metric_names((1, 2, 4, 8), map_depth=None, clustering=False))
 #: claimed numbers must match the recomputed ones to this absolute difference
 TOLERANCE = 1e-6
+#: the most matched draws per level an entry's protocol card may ask the verifier for (each costs a pass over
+#: the level's neighbours); ``oodml evaluate`` uses 20 unless told otherwise
+MAX_MATCHED_DRAWS = 200
+
+#: an episode's accuracy per (shots, adaptation, ``"accuracy"``) -> level -> episode index
+Episodes = dict[tuple[int, str, str], dict[int, dict[int, float]]]
 
 
 @dataclass
@@ -40,25 +56,57 @@ class Scores:
 
     Attributes:
         levels: per level ``{"level", "distance", "recall@1", ..., "map@r"}``.
-        class_hits: level -> (Recall@1 hits per test class, queries per test class), classes
-            in the order of ``Level.test_classes``; the unit the paired bootstrap resamples.
-        fewshot: ``"<k>-shot"`` -> adaptation (``none`` = nearest support image) -> level -> mean
-            accuracy over the episodes.
+        class_sums: level -> ``(queries, sums)``: (C,) float64 the retrieval queries of each test class and
+            metric -> (C,) float64 each :data:`RETRIEVAL` metric summed over them, classes in the order of
+            ``Level.test_classes``; the units a paired class bootstrap resamples.
+        episodes: (shots, adaptation, ``"accuracy"``) -> level -> episode index -> accuracy (``none`` =
+            nearest support image), the manifest's episodes on all their classes.
+        matched: the class-count-matched records (classes in ``Level.test_classes`` order; ``episodes`` on
+            the N-way episodes), or None for scores made without them.
     """
 
     levels: list[dict]
-    class_hits: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    fewshot: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
+    class_sums: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
+    episodes: Episodes = field(default_factory=dict)
+    matched: MatchedRecords | None = None
 
-    def curve(self, metric: str = "recall@1") -> dict:
+    @property
+    def class_hits(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """level -> (Recall@1 hits per test class, queries per test class), views of ``class_sums``."""
+        return {lv: (sums["recall@1"], queries) for lv, (queries, sums) in self.class_sums.items()}
+
+    @property
+    def fewshot(self) -> dict[str, dict[str, dict[int, float]]]:
+        """``"<k>-shot"`` -> adaptation -> level -> mean accuracy over the episodes (what entries claim)."""
+        return _episode_means(self.episodes)
+
+    @property
+    def matched_fewshot(self) -> dict[str, dict[str, dict[int, float]]]:
+        """As :attr:`fewshot`, on the N-way episodes; empty without matched records."""
+        return _episode_means(self.matched.episodes) if self.matched else {}
+
+    def per_level(self, metric: str = "recall@1", test_set: str = "full") -> list[float]:
+        """``metric`` per level (in the order of ``levels``) on the full test sets or, ``test_set="matched"``,
+        the mean over each level's matched draws."""
+        if test_set == "matched":
+            return [self.matched.value(metric, lv["level"]) for lv in self.levels]
+        return [lv[metric] for lv in self.levels]
+
+    def curve(self, metric: str = "recall@1", test_set: str = "full") -> dict:
         """Mean, AUC on the [0, 1] distance axis, slope and relative drop of ``metric`` over levels."""
-        return curve_summary([lv["distance"] for lv in self.levels], [lv[metric] for lv in self.levels])
+        return curve_summary([lv["distance"] for lv in self.levels], self.per_level(metric, test_set))
 
     def claims(self) -> dict:
         """The numbers an entry declares in ``submission.json`` (``claimed``), as recomputed here."""
         return {"levels": {str(lv["level"]): {m: lv[m] for m in RETRIEVAL} for lv in self.levels},
                 "fewshot": {shots: {a: {str(k): v for k, v in by.items()} for a, by in adaptations.items()}
                             for shots, adaptations in self.fewshot.items()}}
+
+
+def _episode_means(episodes: Episodes) -> dict[str, dict[str, dict[int, float]]]:
+    return {f"{shots}-shot": {a: {lv: float(np.mean(list(by_ep.values()))) for lv, by_ep in by_level.items()}
+                              for (k, a, _), by_level in episodes.items() if k == shots}
+            for shots in dict.fromkeys(k for k, _, _ in episodes)}
 
 
 @dataclass
@@ -135,49 +183,78 @@ def _episode_accuracy(support: np.ndarray, support_labels: np.ndarray, query: np
     return score_episode(support, support_labels, query, query_labels, adaptation, metrics=("accuracy",))["accuracy"]
 
 
+def matched_setting(meta: dict, split_set: SplitSet) -> tuple[int, int] | str:
+    """``(N, D)`` of the entry's class-count-matched scores: its protocol card's (checked: N must be a class
+    count every level has, D at most :data:`MAX_MATCHED_DRAWS`), else the split set's default; or the problem."""
+    card = meta.get("protocol_card")
+    recorded = card.get("matched") if isinstance(card, dict) else None
+    if not recorded:
+        return matched_count(split_set, "min"), DEFAULT_DRAWS
+    n, draws = recorded["n_classes"], recorded["draws"]
+    smallest = matched_count(split_set, "min")
+    if not 2 <= n <= smallest:
+        return (f"protocol_card matched n_classes {n} is not a class count every level of {split_set.dataset}@"
+                f"{split_set.version} has (2 to {smallest}); submit the card `oodml evaluate` wrote")
+    if not 1 <= draws <= MAX_MATCHED_DRAWS:
+        return (f"protocol_card matched draws {draws}: the verifier scores at most {MAX_MATCHED_DRAWS}; evaluate "
+                f"with --match-draws {DEFAULT_DRAWS} (the default) and submit again")
+    return n, draws
+
+
+@dataclass
+class _Tally:
+    """What :func:`score` gathers level by level."""
+
+    levels: list[dict] = field(default_factory=list)
+    class_sums: dict = field(default_factory=dict)
+    episodes: Episodes = field(default_factory=dict)
+    matched: MatchedRecords | None = None
+
+    def add_episode(self, key: tuple[int, str, str], level: int, episode: int, value: float,
+                    matched: bool = False) -> None:
+        into = self.matched.episodes if matched else self.episodes
+        into.setdefault(key, {}).setdefault(level, {})[episode] = value
+
+
 def score(sub: Submission, split_set: SplitSet, ds: ImageDataset) -> tuple[Scores | None, list[str]]:
     """Recompute every number of ``sub`` from its files; return the scores (None on problems) and problems."""
     meta = sub.meta
     problems = _shot_problems(sub, split_set)
+    setting = matched_setting(meta, split_set)
+    if isinstance(setting, str):
+        problems.append(f"{sub.path}/submission.json: {setting}")
     if problems:
         return None, problems
     shots_list, episodes = meta["fewshot"].get("shots", []), meta["fewshot"].get("episodes", 0)
     finetuned = [a for a in meta["adaptations"] if a in FINETUNED]
     index_of = {sid: i for i, sid in enumerate(ds.sample_ids)}
-    levels, class_hits = [], {}
-    fewshot: dict[str, dict[str, dict[int, list[float]]]] = {}
+    tally = _Tally(matched=MatchedRecords(*setting, {}, {}, {}))
     for level in split_set.levels:
-        retrieval = _score_retrieval(sub, level, ds)
+        retrieval = _score_retrieval(sub, level, ds, tally)
         if isinstance(retrieval, list):
             problems += retrieval
             continue
-        row, class_hits[level.index], emb, rows = retrieval
-        levels.append(row)
+        emb, rows = retrieval
         emb_of = {int(i): e for i, e in zip(rows, emb, strict=True)}
         for shots in shots_list:
             for ep in level.episodes(shots)[:episodes]:
-                accuracies, missing = _score_episode(sub, (level.index, shots, ep), ds, index_of, emb_of, finetuned)
-                problems += missing
-                for adaptation, value in accuracies.items():
-                    fewshot.setdefault(f"{shots}-shot", {}).setdefault(adaptation, {}).setdefault(
-                        level.index, []).append(value)
+                problems += _score_episode(sub, (level.index, shots, ep), (ds, index_of, split_set.digest), emb_of,
+                                           tally)
     expected_files = {sub.test_file(lv.index) for lv in split_set.levels} | {
         sub.fewshot_file(lv.index, k, ep.index, a) for lv in split_set.levels for k in shots_list
         for ep in lv.episodes(k)[:episodes] for a in finetuned}
     problems += _unexpected_files(sub, expected_files)
     if problems:
         return None, problems
-    means = {shots: {a: {lv: float(np.mean(v)) for lv, v in by.items()} for a, by in adaptations.items()}
-             for shots, adaptations in fewshot.items()}
-    return Scores(levels, class_hits, means), []
+    return Scores(tally.levels, tally.class_sums, tally.episodes, tally.matched), []
 
 
-def _score_retrieval(sub: Submission, level: Level, ds: ImageDataset
-                     ) -> tuple[dict, tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray] | list[str]:
-    """One level's retrieval metrics from its test embeddings.
+def _score_retrieval(sub: Submission, level: Level, ds: ImageDataset, tally: _Tally
+                     ) -> tuple[np.ndarray, np.ndarray] | list[str]:
+    """One level's retrieval metrics and per-class sums, on its full test set and its matched draws (one
+    search, :func:`oodml.matched.level_draws`), added to ``tally``.
 
-    Returns ``(row, (hits per class, queries per class), embeddings (N, d), dataset rows (N,))`` with ``row``
-    the level's line of the scores table, or the problems with its file.
+    Returns ``(embeddings (M, d), dataset rows (M,))`` of the level's test images, or the problems with its file.
     """
     name = sub.test_file(level.index)
     if name not in sub.meta["files"]:
@@ -186,37 +263,44 @@ def _score_retrieval(sub: Submission, level: Level, ds: ImageDataset
     emb = _rows_in_order(sub, name, sub.meta["embedding_dim"], [ds.sample_ids[i] for i in rows])
     if isinstance(emb, list):
         return emb
-    labels = ds.labels[rows]
-    per_query = per_query_metrics(emb, labels, map_depth=None)
-    row = {"level": level.index, "distance": level.distance, **{m: float(per_query[m].mean()) for m in RETRIEVAL}}
-    class_pos = {ds.class_index[c]: k for k, c in enumerate(level.test_classes)}
-    query_class = np.array([class_pos[int(y)] for y in labels[per_query["query"]]])
-    n = len(level.test_classes)
-    hits = (np.bincount(query_class, weights=per_query["recall@1"], minlength=n),
-            np.bincount(query_class, minlength=n).astype(np.float64))
-    return row, hits, emb, rows
+    labels, matched = ds.labels[rows], tally.matched
+    class_labels = [ds.class_index[c] for c in level.test_classes]
+    whole, per_draw = level_draws(emb, labels, level.test_classes, ds.class_index, (sub.meta["split_digest"],
+                                  level.index), matched.n_classes, matched.draws, (1, 2, 4, 8))
+    tally.levels.append({"level": level.index, "distance": level.distance,
+                         **{m: float(whole[m].mean()) for m in RETRIEVAL}})
+    queries, sums = class_sums(whole, labels, class_labels)
+    tally.class_sums[level.index] = (queries.astype(np.float64), {m: sums[m] for m in RETRIEVAL})
+    drawn = [class_sums(values, labels, class_labels) for _, values in per_draw]
+    position = {c: k for k, c in enumerate(level.test_classes)}
+    matched.subsets[level.index] = np.array([[position[c] for c in classes] for classes, _ in per_draw],
+                                            dtype=np.int64).reshape(len(per_draw), matched.n_classes)
+    matched.queries[level.index] = np.array([q for q, _ in drawn], dtype=np.float64)
+    for m in RETRIEVAL:
+        matched.sums.setdefault(m, {})[level.index] = np.array([s[m] for _, s in drawn])
+    return emb, rows
 
 
-def _score_episode(sub: Submission, where: tuple[int, int, Episode], ds: ImageDataset, index_of: dict[str, int],
-                   emb_of: dict[int, np.ndarray], finetuned: list[str]) -> tuple[dict[str, float], list[str]]:
-    """One episode's accuracy per adaptation.
+def _score_episode(sub: Submission, where: tuple[int, int, Episode], data: tuple[ImageDataset, dict[str, int], str],
+                   emb_of: dict[int, np.ndarray], tally: _Tally) -> list[str]:
+    """One episode's accuracy per adaptation, on all its classes and on N of them, added to ``tally``.
 
     Args:
         where: (level, shots, episode).
-        index_of: sample id -> dataset row.
+        data: (the dataset, sample id -> dataset row, the split digest).
         emb_of: dataset row -> its (d,) test embedding at this level, for the unadapted adaptations;
             fine-tuned ones are read from the episode's own file.
 
     Returns:
-        adaptation -> accuracy, and the problems (missing or malformed episode files).
+        The problems (missing or malformed episode files).
     """
     level, shots, ep = where
+    ds, index_of, digest = data
     support, support_labels, query, query_labels = episode_split(ds, ep, index_of)
     emb_s, emb_q = (np.stack([emb_of[int(i)] for i in part]) for part in (support, query))
-    unadapted = ["none", *(a for a in sub.meta["adaptations"] if a not in FINETUNED)]
-    accuracies = {name: _episode_accuracy(emb_s, support_labels, emb_q, query_labels, name) for name in unadapted}
+    embedded = {name: (emb_s, emb_q) for name in ["none", *(a for a in sub.meta["adaptations"] if a not in FINETUNED)]}
     problems = []
-    for adaptation in finetuned:
+    for adaptation in (a for a in sub.meta["adaptations"] if a in FINETUNED):
         file = sub.fewshot_file(level, shots, ep.index, adaptation)
         if file not in sub.meta["files"]:
             problems.append(f"{sub.path}: {adaptation} is declared but {file} is missing")
@@ -226,9 +310,15 @@ def _score_episode(sub: Submission, where: tuple[int, int, Episode], ds: ImageDa
         if isinstance(adapted, list):
             problems += adapted
             continue
-        accuracies[adaptation] = _episode_accuracy(adapted[:len(support)], support_labels, adapted[len(support):],
-                                                   query_labels, adaptation)
-    return accuracies, problems
+        embedded[adaptation] = adapted[:len(support)], adapted[len(support):]
+    s_in, s_labels, q_in, q_labels = matched_episode((digest, level, shots, ep.index), support_labels, query_labels,
+                                                     tally.matched.n_classes)
+    for adaptation, (e_s, e_q) in embedded.items():
+        key = (shots, adaptation, "accuracy")
+        tally.add_episode(key, level, ep.index, _episode_accuracy(e_s, support_labels, e_q, query_labels, adaptation))
+        tally.add_episode(key, level, ep.index, _episode_accuracy(e_s[s_in], s_labels, e_q[q_in], q_labels, adaptation),
+                          matched=True)
+    return problems
 
 
 def _unexpected_files(sub: Submission, expected: set[str]) -> list[str]:
