@@ -34,7 +34,7 @@ import torch
 from .adapt_batched import BATCH_CLASSES, MEMORY_BYTES, PER_CLASS, HeadEpisode, finetune_last_batched
 from .adapt_progress import AdaptationMeter, metered
 from .augmentations import AUGMENTATIONS
-from .embedding import embed, resolve_device
+from .embedding import EmbedSettings, embed, resolve_device
 from .errors import OodmlError
 from .miners import DistanceWeightedMiner
 from .registry import Registry
@@ -169,8 +169,8 @@ def finetune_all(episode: EpisodeInput, *, iterations: int | None, device: str, 
 
     _margin_training([p for p in tuned.parameters() if p.requires_grad], forward, episode.support_labels,
                      iterations_for(episode.shots, iterations), episode.seed, meter)
-    return embed(episode.dataset, tuned.eval(), tuned.preprocessing, indices=episode.targets, device=device,
-                 batch_size=batch_size, desc="embed adapted")
+    return embed(episode.dataset, tuned.eval(), tuned.preprocessing, indices=episode.targets,
+                 settings=EmbedSettings(device, batch_size=batch_size), desc="embed adapted")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +63,32 @@ class _Images(torch.utils.data.Dataset):
         return self.transform(self.dataset.load_image(self.indices[i]))
 
 
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Where and how images are embedded; none of it changes what an embedding means.
+
+    Attributes:
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast (GPU only; the CPU runs fp32).
+        batch_size: images per batch; workers: image loader processes (0: the main process).
+        decode: where images are decoded and resized: ``loader`` (PIL on the workers), ``device``
+            (JPEGs decoded and all images resized on ``device``, :mod:`oodml.decode`), or ``auto``
+            (``device`` on CUDA for datasets of JPEG files).  The embeddings agree within the
+            tolerances stated there.
+    """
+
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 128
+    workers: int = 0
+    decode: str = "loader"
+
+
 def _batches(dataset: ImageDataset, indices: list[int], preprocessing: Preprocessing, dev: torch.device,
-             batch_size: int, workers: int, decode: str) -> DeviceBatches | torch.utils.data.DataLoader:
+             settings: EmbedSettings) -> DeviceBatches | torch.utils.data.DataLoader:
     """The images as float (B, 3, H, W) batches: decoded by PIL on the workers, or on ``dev`` (``decode``)."""
-    if choose_decode(decode, dev, dataset, indices) == "device":
+    batch_size, workers = settings.batch_size, settings.workers
+    if choose_decode(settings.decode, dev, dataset, indices) == "device":
         return DeviceBatches(dataset, indices, preprocessing, dev, batch_size=batch_size, workers=workers)
     return torch.utils.data.DataLoader(_Images(dataset, indices, preprocessing.transform()), batch_size=batch_size,
                                        num_workers=workers, pin_memory=dev.type == "cuda", persistent_workers=False)
@@ -73,9 +96,8 @@ def _batches(dataset: ImageDataset, indices: list[int], preprocessing: Preproces
 
 @torch.no_grad()
 def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preprocessing, *,
-          indices: Sequence[int] | None = None, batch_size: int = 128, device: str = "auto",
-          precision: str = "fp32", workers: int = 0, desc: str = "embed",
-          model_name: str = "the model", decode: str = "loader", within: Stage | None = None) -> np.ndarray:
+          indices: Sequence[int] | None = None, settings: EmbedSettings = EmbedSettings(), desc: str = "embed",
+          model_name: str = "the model", within: Stage | None = None) -> np.ndarray:
     """Embed images with ``model`` in eval mode.
 
     Args:
@@ -83,15 +105,9 @@ def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preproce
         model: maps a (B, 3, H, W) float batch to (B, d) embeddings, d >= 1.
         preprocessing: how to turn each image into a tensor.
         indices: which samples (default all), in this order.
-        batch_size, workers: DataLoader settings.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        precision: ``fp32``, or ``bf16``/``fp16`` autocast (GPU only; the CPU runs fp32).
+        settings: the device, precision, batch size, loader workers and decode mode.
         desc: the progress stage's label (:mod:`oodml.progress`); it counts images.
         model_name: how errors name the model (e.g. the file it was loaded from).
-        decode: where images are decoded and resized: ``loader`` (PIL on the workers), ``device``
-            (JPEGs decoded and all images resized on ``device``, :mod:`oodml.decode`), or ``auto``
-            (``device`` on CUDA for datasets of JPEG files).  The embeddings agree within the
-            tolerances stated there.
         within: a stage to count the images on instead of one of its own (one bar across cache shards).
 
     Returns:
@@ -101,15 +117,15 @@ def embed(dataset: ImageDataset, model: torch.nn.Module, preprocessing: Preproce
         OodmlError: bad device/precision/decode, an unreadable image, or a model output
             that is not (B, d) real values, d >= 1 and the same in every batch, all finite.
     """
-    if precision not in PRECISIONS:
-        raise OodmlError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-    dev = resolve_device(device)
+    if settings.precision not in PRECISIONS:
+        raise OodmlError(f"unknown precision {settings.precision!r}; use {', '.join(PRECISIONS)}")
+    dev = resolve_device(settings.device)
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    loader = _batches(dataset, indices, preprocessing, dev, batch_size, workers, decode)
+    loader = _batches(dataset, indices, preprocessing, dev, settings)
     model = model.eval().to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    autocast = PRECISIONS[precision] if dev.type == "cuda" else None
+    autocast = PRECISIONS[settings.precision] if dev.type == "cuda" else None
     out = []
     with stage(desc, total=len(indices), unit="img", within=within) as counted:
         for batch in loader:
@@ -272,15 +288,15 @@ def embed_cached(dataset: ImageDataset, model: torch.nn.Module, preprocessing: P
     so a killed run loses at most one shard of work.  Under torch.distributed,
     shard ``b`` of the missing images is embedded by rank ``b mod world`` and
     every rank then reads the complete cache (which must be on a filesystem all
-    ranks share), so the result equals a single process's.  ``embed_options`` go to :func:`embed`.
-    The decode mode (``decode``, resolved once for all of ``indices``) is part of the key; ``device`` and
-    ``precision`` are not.
+    ranks share), so the result equals a single process's.  ``embed_options`` (``settings``, ``desc``,
+    ``model_name``) go to :func:`embed`.  The decode mode (``settings.decode``, resolved once for all of
+    ``indices``) is part of the key; the device and precision are not.
     """
     indices = list(indices)
     rank, world = rank_world()
-    decode = choose_decode(embed_options.get("decode", "loader"), resolve_device(embed_options.get("device", "auto")),
-                           dataset, indices)
-    embed_options = {**embed_options, "decode": decode}
+    settings = embed_options.get("settings", EmbedSettings())
+    decode = choose_decode(settings.decode, resolve_device(settings.device), dataset, indices)
+    embed_options = {**embed_options, "settings": replace(settings, decode=decode)}
     if not use_cache and world == 1:
         return embed(dataset, model, preprocessing, indices=indices, **embed_options)
     directory = embedding_cache_dir(dataset, model_digest, preprocessing, decode)

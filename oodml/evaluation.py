@@ -35,6 +35,7 @@ from .adapt import ADAPTATIONS, EpisodeInput, check_adaptable
 from .datasets import ImageDataset, dataset_spec, load_dataset
 from .embedding import (
     PRECISIONS,
+    EmbedSettings,
     embed_cached,
     resolve_device,
 )
@@ -426,9 +427,8 @@ class _Scoring:
            adaptations: tuple[str, ...], save_embeddings: bool, n_match: int | None) -> _Scoring:
         """The scoring of ``config`` (its few-shot shots each once), embedding through the cache."""
         compute = config.compute
-        embedder = _Embedder(ds, dict(use_cache=compute.use_cache, shard_size=compute.shard_size,
-                                      device=compute.device, precision=compute.precision,
-                                      batch_size=compute.batch_size, workers=compute.workers, decode=compute.decode))
+        settings = EmbedSettings(compute.device, compute.precision, compute.batch_size, compute.workers, compute.decode)
+        embedder = _Embedder(ds, dict(use_cache=compute.use_cache, shard_size=compute.shard_size, settings=settings))
         return cls(ds=ds, split_set=split_set, protocol=protocol, embedder=embedder, ks=tuple(config.ks),
                    clustering=config.clustering, fewshot=tuple(dict.fromkeys(config.fewshot.shots)),
                    adaptations=adaptations, episodes=config.fewshot.episodes,

@@ -33,7 +33,7 @@ import torch
 
 from . import __version__
 from .datasets import ImageDataset
-from .embedding import embed_cached, embedding_cache_dir
+from .embedding import EmbedSettings, embed_cached, embedding_cache_dir
 from .errors import OodmlError
 from .models.digest import file_sha256
 from .preprocessing import IMAGENET, Preprocessing
@@ -180,5 +180,5 @@ def extract_features(dataset: ImageDataset, extractor: Extractor, *, device: str
     (dataset fingerprint, extractor id, weights hash); see :func:`cache_dir`.
     """
     return embed_cached(dataset, extractor.build(), extractor.preprocessing, extractor_digest(extractor),
-                        range(len(dataset)), use_cache=use_cache, device=device, batch_size=batch_size,
-                        workers=workers, precision=precision, desc=f"features {extractor.id}")
+                        range(len(dataset)), use_cache=use_cache, desc=f"features {extractor.id}",
+                        settings=EmbedSettings(device, precision, batch_size, workers))

@@ -28,7 +28,7 @@ from ._fs import atomic_path
 from .augmentations import AUGMENTATIONS
 from .datasets import ImageDataset, load_dataset
 from .distributed import barrier, rank_world
-from .embedding import PRECISIONS, embed, resolve_device
+from .embedding import PRECISIONS, EmbedSettings, embed, resolve_device
 from .errors import OodmlError
 from .losses import REGULARISERS, get_loss
 from .metrics import retrieval_metrics
@@ -183,7 +183,7 @@ class _Train(torch.utils.data.Dataset):
 
 
 def validation_recall(model: EmbeddingModel, ds: ImageDataset, indices: np.ndarray, device: str) -> float:
-    emb = embed(ds, model, model.preprocessing, indices=indices, device=device, desc="validate")
+    emb = embed(ds, model, model.preprocessing, indices=indices, settings=EmbedSettings(device), desc="validate")
     return retrieval_metrics(emb, ds.labels[indices], ks=(1,), clustering=False)["recall@1"]
 
 

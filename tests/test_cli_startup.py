@@ -200,7 +200,7 @@ def test_quiet_means_no_line_either(capsys, monkeypatch):
 
 def test_embedding_over_several_cache_shards_is_one_stage(loud, glyphs, capsys, tmp_path, monkeypatch):
     """Five shards of 8 images, one line; a rerun says that everything came from the cache."""
-    from oodml.embedding import embed_cached
+    from oodml.embedding import EmbedSettings, embed_cached
     from oodml.models import load_model
 
     monkeypatch.setenv("OODML_HOME", str(tmp_path))
@@ -208,7 +208,7 @@ def test_embedding_over_several_cache_shards_is_one_stage(loud, glyphs, capsys, 
     capsys.readouterr()
     for _ in range(2):
         embed_cached(glyphs, model.module, model.preprocessing, model.digest, range(40), shard_size=8,
-                     batch_size=4, device="cpu", desc="features glyph-cnn")
+                     settings=EmbedSettings("cpu", batch_size=4), desc="features glyph-cnn")
     stages = [LINE.match(line).group("desc", "n", "note") for line in capsys.readouterr().err.splitlines()]
     first, again = [found for found in stages if found[0] == "features glyph-cnn"]   # before: 5 + 0 lines
     assert first == ("features glyph-cnn", "40", "0 of 40 read from the cache")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from oodml.datasets import load_dataset
 from oodml.decode import DeviceBatches, preprocess
-from oodml.embedding import embed_cached, embedding_cache_dir, read_shards, write_shard
+from oodml.embedding import EmbedSettings, embed_cached, embedding_cache_dir, read_shards, write_shard
 from oodml.preprocessing import Preprocessing
 
 SQUASH = Preprocessing(resize=96, crop=80, resize_mode="squash")  # both sides resized: portraits go vertical-first
@@ -59,7 +59,8 @@ class CountingModel(torch.nn.Module):
 
 
 def embedded(ds, model: CountingModel, decode: str, digest: str) -> np.ndarray:
-    return embed_cached(ds, model, SQUASH, digest, range(len(ds)), device="cpu", decode=decode, batch_size=4)
+    settings = EmbedSettings("cpu", batch_size=4, decode=decode)
+    return embed_cached(ds, model, SQUASH, digest, range(len(ds)), settings=settings)
 
 
 def test_the_two_decode_modes_use_two_cache_entries_and_agree_on_the_cpu(photos):

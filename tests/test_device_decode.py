@@ -20,7 +20,7 @@ from PIL import Image
 from oodml import OodmlError
 from oodml.datasets import load_dataset
 from oodml.decode import DeviceBatches, choose_decode, decode_jpegs, decoding_difference, device_decodable, preprocess
-from oodml.embedding import embed
+from oodml.embedding import EmbedSettings, embed
 from oodml.preprocessing import Preprocessing
 
 
@@ -173,7 +173,7 @@ def test_auto_decodes_on_cuda_only_for_jpeg_files(folder):
 
 def error_of(ds, decode: str) -> str:
     with pytest.raises(OodmlError) as caught:
-        embed(ds, torch.nn.Flatten(), Preprocessing(resize=32, crop=32), device="cpu", decode=decode)
+        embed(ds, torch.nn.Flatten(), Preprocessing(resize=32, crop=32), settings=EmbedSettings("cpu", decode=decode))
     return str(caught.value)
 
 
@@ -218,9 +218,8 @@ def test_embeddings_agree_between_decode_modes(folder, device):
     torch.manual_seed(0)
     model = resnet18(num_classes=64)
     ds = load_dataset("imagefolder", root=folder)
-    options = dict(device=device, batch_size=8, precision="fp32")
-    loader = embed(ds, model, Preprocessing(), decode="loader", **options)
-    ours = embed(ds, model, Preprocessing(), decode="device", **options)
+    loader = embed(ds, model, Preprocessing(), settings=EmbedSettings(device, batch_size=8, decode="loader"))
+    ours = embed(ds, model, Preprocessing(), settings=EmbedSettings(device, batch_size=8, decode="device"))
     error = np.linalg.norm(ours - loader, axis=1) / np.linalg.norm(loader, axis=1)
     distances = np.linalg.norm(loader[:, None] - loader[None], axis=2)
     np.fill_diagonal(distances, np.inf)

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from fixtures import build_cub
 
 from oodml.datasets import load_dataset
-from oodml.embedding import embed, embed_cached, embedding_cache_dir
+from oodml.embedding import EmbedSettings, embed, embed_cached, embedding_cache_dir
 from oodml.models import load_model
 
 
@@ -21,7 +21,7 @@ def _worker(rank: int, world: int, root: str, home: str, rendezvous: str, out: s
         ds = load_dataset("cub200", root=root)
         loaded = load_model("glyph-cnn", embed_dim=8)
         values = embed_cached(ds, loaded.module, loaded.preprocessing, loaded.digest, range(len(ds)),
-                              shard_size=2, device="cpu", batch_size=2)
+                              shard_size=2, settings=EmbedSettings("cpu", batch_size=2))
         np.save(f"{out}/rank{rank}.npy", values)
     finally:
         dist.destroy_process_group()
@@ -37,7 +37,7 @@ def test_two_gloo_processes_share_the_work_and_agree_with_one(tmp_path, monkeypa
     monkeypatch.setenv("OODML_HOME", str(home))
     ds = load_dataset("cub200", root=tmp_path / "data")
     loaded = load_model("glyph-cnn", embed_dim=8)
-    single = embed(ds, loaded.module, loaded.preprocessing, device="cpu", batch_size=2)
+    single = embed(ds, loaded.module, loaded.preprocessing, settings=EmbedSettings("cpu", batch_size=2))
     np.testing.assert_allclose(ranks[0], single, atol=1e-5)
     shards = list(embedding_cache_dir(ds, loaded.digest, loaded.preprocessing).glob("shard-*.parquet"))
     assert len(shards) == 5                                     # 9 images in shards of 2, none embedded twice

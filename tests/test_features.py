@@ -9,9 +9,11 @@ from fixtures import build_cub
 
 from oodml import OodmlError
 from oodml.datasets import load_dataset
-from oodml.embedding import embed, resolve_device
+from oodml.embedding import EmbedSettings, embed, resolve_device
 from oodml.features import cache_dir, extract_features, get_extractor, list_extractors
 from oodml.preprocessing import IMAGENET, Preprocessing
+
+CPU = EmbedSettings("cpu")
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def test_resnet50_from_a_weights_file(cub, tmp_path):
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)
     ext = get_extractor("resnet50", weights=str(weights))
     assert ext.preprocessing == IMAGENET and len(ext.weights_hash) == 64
-    feats = embed(cub, ext.build(), ext.preprocessing, indices=[0, 5], device="cpu")
+    feats = embed(cub, ext.build(), ext.preprocessing, indices=[0, 5], settings=CPU)
     assert feats.shape == (2, 2048) and np.isfinite(feats).all()
 
 
@@ -94,7 +96,7 @@ def test_models_with_bad_outputs_are_reported(cub, model, message):
             return model(x)
 
     with pytest.raises(OodmlError, match=message):
-        embed(cub, Wrap(), Preprocessing(resize=8, crop=8), device="cpu")
+        embed(cub, Wrap(), Preprocessing(resize=8, crop=8), settings=CPU)
 
 
 def test_device_resolution():
@@ -109,7 +111,7 @@ def test_device_resolution():
 
 def test_bf16_request_runs_fp32_on_cpu(cub):
     out = embed(cub, torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()),
-                Preprocessing(resize=8, crop=8), device="cpu", precision="bf16")
+                Preprocessing(resize=8, crop=8), settings=EmbedSettings("cpu", precision="bf16"))
     assert out.dtype == np.float32 and out.shape == (9, 3)
     with pytest.raises(OodmlError, match="unknown precision 'int4'"):
-        embed(cub, torch.nn.Flatten(), Preprocessing(resize=8, crop=8), device="cpu", precision="int4")
+        embed(cub, torch.nn.Flatten(), Preprocessing(resize=8, crop=8), settings=EmbedSettings("cpu", precision="int4"))

@@ -11,13 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oodml import OodmlError
-from oodml.embedding import embed, embed_cached, embedding_cache_dir
+from oodml.embedding import EmbedSettings, embed, embed_cached, embedding_cache_dir
 from oodml.errors import brief
 from oodml.features import cache_dir, torchscript_extractor
 from oodml.models import create_model, load_model, model_digest, save
 from oodml.preprocessing import Preprocessing
 
 TINY = Preprocessing(resize=8, crop=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+CPU = EmbedSettings("cpu")
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -71,11 +72,11 @@ def test_each_model_gets_its_own_cached_embeddings(glyphs, tmp_path):
     indices = range(0, len(glyphs), 100)
 
     def cached(loaded):
-        return embed_cached(glyphs, loaded.module, loaded.preprocessing, loaded.digest, indices, device="cpu")
+        return embed_cached(glyphs, loaded.module, loaded.preprocessing, loaded.digest, indices, settings=CPU)
 
     mean_embeddings = cached(mean)                                 # fills the cache
     max_embeddings = cached(max_)
-    fresh = embed(glyphs, max_.module, max_.preprocessing, indices=indices, device="cpu")
+    fresh = embed(glyphs, max_.module, max_.preprocessing, indices=indices, settings=CPU)
     np.testing.assert_array_equal(max_embeddings, fresh)
     assert not np.allclose(max_embeddings, mean_embeddings)
 
@@ -251,7 +252,7 @@ class Outputs(torch.nn.Module):
 def test_bad_model_outputs_are_named_errors(glyphs, tmp_path, kind, message):
     loaded = load_model(save_torchscript(Outputs(kind), tmp_path / "m.pt"))
     with pytest.raises(OodmlError, match=message):
-        embed(glyphs, loaded.module, loaded.preprocessing, indices=range(4), device="cpu", model_name=loaded.source)
+        embed(glyphs, loaded.module, loaded.preprocessing, indices=range(4), settings=CPU, model_name=loaded.source)
 
 
 def test_a_torchscript_file_without_forward(tmp_path):

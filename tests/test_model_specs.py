@@ -12,7 +12,7 @@ import torch
 
 from oodml import OodmlError
 from oodml.cli import build_parser, main
-from oodml.embedding import embed_cached, embedding_cache_dir
+from oodml.embedding import EmbedSettings, embed_cached, embedding_cache_dir
 from oodml.evaluation import evaluate
 from oodml.models import LoadedModel, create_model, load_model, save
 from oodml.models.digest import weights_sha256
@@ -140,8 +140,9 @@ def test_embeddings_are_cached_under_the_spec_digest(glyphs):
     calls = []
     loaded.module.register_forward_hook(lambda *_: calls.append(1))
     indices = range(40)
-    first = embed_cached(glyphs, loaded.module, loaded.preprocessing, loaded.digest, indices, device="cpu")
-    again = embed_cached(glyphs, loaded.module, loaded.preprocessing, loaded.digest, indices, device="cpu")
+    cpu = EmbedSettings("cpu")
+    first = embed_cached(glyphs, loaded.module, loaded.preprocessing, loaded.digest, indices, settings=cpu)
+    again = embed_cached(glyphs, loaded.module, loaded.preprocessing, loaded.digest, indices, settings=cpu)
     assert len(calls) == 1 and first.shape == (40, 64)
     np.testing.assert_array_equal(first, again)
     assert embedding_cache_dir(glyphs, loaded.digest, loaded.preprocessing).is_dir()

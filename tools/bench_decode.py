@@ -32,7 +32,7 @@ from PIL import Image
 
 from oodml.datasets import load_dataset
 from oodml.decode import decoding_difference
-from oodml.embedding import embed, resolve_device
+from oodml.embedding import EmbedSettings, embed, resolve_device
 from oodml.preprocessing import IMAGENET
 from oodml.progress import set_quiet
 
@@ -62,14 +62,13 @@ def build_model(name: str) -> torch.nn.Module:
 
 def timed_embed(ds, model, decode: str, args: argparse.Namespace) -> tuple[float, np.ndarray]:
     """(images/s of the best of ``args.repeats`` passes after a warm-up, the embeddings)."""
-    options = dict(device=args.device, precision=args.precision, batch_size=args.batch_size, workers=args.workers,
-                   decode=decode)
-    embed(ds, model, IMAGENET, indices=range(min(len(ds), 2 * args.batch_size)), **options)  # warm-up
+    settings = EmbedSettings(args.device, args.precision, args.batch_size, args.workers, decode)
+    embed(ds, model, IMAGENET, indices=range(min(len(ds), 2 * args.batch_size)), settings=settings)  # warm-up
     best, values = float("inf"), None
     for _ in range(args.repeats):
         synchronize(args.device)
         start = time.perf_counter()
-        values = embed(ds, model, IMAGENET, **options)
+        values = embed(ds, model, IMAGENET, settings=settings)
         synchronize(args.device)
         best = min(best, time.perf_counter() - start)
     return len(ds) / best, values

@@ -16,7 +16,7 @@ import time
 import torch
 
 from oodml.datasets import load_dataset
-from oodml.embedding import embed
+from oodml.embedding import EmbedSettings, embed
 from oodml.evaluation import ComputeConfig, EvalConfig, evaluate
 from oodml.models import load_model
 from oodml.splits import load
@@ -49,7 +49,7 @@ def main() -> None:
     start = time.perf_counter()
     for lv in split_set.levels:  # what per-level re-extraction costs in embedding time alone
         idx = ds.indices_of_classes(lv.test_classes)
-        embed(ds, loaded.module.inner, loaded.preprocessing, indices=idx, device="cpu")
+        embed(ds, loaded.module.inner, loaded.preprocessing, indices=idx, settings=EmbedSettings("cpu"))
     ref_s = time.perf_counter() - start
     print(f"time: oodml.evaluate (embedding + all metrics) {ours_s:.1f} s; per-level re-extraction, embedding "
           f"only, {ref_s:.1f} s; ratio {ref_s / ours_s:.2f}")

@@ -21,20 +21,19 @@ import numpy as np
 import torch
 
 from oodml.datasets import load_dataset
-from oodml.embedding import embed
+from oodml.embedding import EmbedSettings, embed
 from oodml.metrics import retrieval_metrics
 from oodml.models import create_model
 from oodml.preprocessing import IMAGENET
 
 
 def images_per_second(ds, model, n: int, device: str, precision: str, batch_size: int) -> float:
-    embed(ds, model, IMAGENET, indices=range(min(n, 256)), device=device, precision=precision,
-          batch_size=batch_size, workers=4)  # warm-up: kernels, cudnn autotuning
+    settings = EmbedSettings(device, precision, batch_size, workers=4)
+    embed(ds, model, IMAGENET, indices=range(min(n, 256)), settings=settings)  # warm-up: kernels, cudnn autotuning
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    embed(ds, model, IMAGENET, indices=range(n), device=device, precision=precision, batch_size=batch_size,
-          workers=4)
+    embed(ds, model, IMAGENET, indices=range(n), settings=settings)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return n / (time.perf_counter() - start)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from oodml.datasets import load_dataset
-from oodml.embedding import PRECISIONS, _Images, embed, resolve_device
+from oodml.embedding import PRECISIONS, EmbedSettings, _Images, embed, resolve_device
 from oodml.models import load_model
 from oodml.progress import set_quiet
 
@@ -107,8 +107,8 @@ def main() -> None:
                 plain_loop(ds, indices, forward, loaded.preprocessing, args.batch_size, device, args.precision)
                 best["plain"] = min(best["plain"], time.perf_counter() - start)
                 start = time.perf_counter()
-                embed(ds, module, loaded.preprocessing, indices=indices, batch_size=args.batch_size,
-                      device=str(device), precision=args.precision)
+                embed(ds, module, loaded.preprocessing, indices=indices,
+                      settings=EmbedSettings(str(device), args.precision, args.batch_size))
                 best["oodml"] = min(best["oodml"], time.perf_counter() - start)
             shown = spec if len(spec) <= 42 else "..." + spec[-39:]
             print(f"{source:<10} {shown:<42} {loaded.preprocessing.crop or loaded.preprocessing.resize:>5} "
