@@ -4,23 +4,28 @@ batched model.
 The one-at-a-time path (:func:`oodml.adapt.finetune_last`) spends most of its time in Python and in launching
 small kernels: 1000-1500 steps per episode, each a few tiny matrix products.  Here the E episodes' head
 parameters are stacked along a leading episode dimension (``torch.func.stack_module_state``) and the head runs
-on all of them in one call (``torch.func.vmap`` over ``torch.func.functional_call``, so any head module works:
-the Linear of :class:`oodml.models.EmbeddingModel`, an MLP), and every other step is batched too:
+on all of them in one call (one batched matrix product for the ``torch.nn.Linear`` of
+:class:`oodml.models.EmbeddingModel`; ``torch.func.vmap`` over ``torch.func.functional_call`` for any other
+head, an MLP), and every other step is batched too, with as few operations as possible (each costs more to
+dispatch than to compute at these sizes):
 
 * batches: each episode's rows come from its own numpy stream, the one :func:`oodml.adapt.batch_rows` draws;
-* mining: :func:`oodml.miners.distance_weights` on (E, B, d) embeddings and
-  :func:`oodml.miners.sample_triplets_batched`, each episode drawing from its own generator what it would draw
-  alone;
-* loss: :func:`margin_loss_batched`, pytorch-metric-learning's ``MarginLoss`` (margin 0.2, beta 1.2 fixed,
-  its divisor reducer) per episode, summed, so each episode's gradient is its own loss's;
+  every batch is 56 (or all) classes x 2 rows, rows 2k and 2k + 1 one class;
+* mining: :func:`oodml.miners.pair_distance_weights` (the distance-weighted miner's weights, for batches of
+  class pairs) and :func:`oodml.miners.sample_pair_negatives`, each episode drawing from its own generator the
+  uniforms it would draw alone;
+* loss: :func:`pair_margin_loss`, pytorch-metric-learning's ``MarginLoss`` (margin 0.2, beta 1.2 fixed, its
+  divisor reducer) per episode and its gradient in closed form, then back through the L2 normalisation and,
+  for a Linear head, the head (:func:`_linear_gradients`) without autograd;
 * optimiser: :class:`BatchedAdam`, ``torch.optim.Adam``'s update op for op on the stacked parameters (Adam is
   elementwise, so one update of the stack is E independent updates).
 
 Every episode keeps the seeds of the one-at-a-time path (``seed=(split_digest, level, shots, episode)``), so
-the two differ only by rounding (a batched matrix product sums in another order), which can flip a rare draw
-near a sampling boundary; ``tests/test_adapt_batched.py`` bounds the difference in accuracy per episode.
-Episodes with fewer iterations (2-shot: 1000, 5-shot: 1500) leave the batch when done.  Episodes are trained in
-chunks whose estimated memory stays under ``memory_bytes`` (:func:`plan_chunks`).
+the two differ only by rounding (batched products sum in another order, the weights are computed in another
+form), which can flip a rare draw near a sampling boundary; ``tests/test_adapt_batched.py`` bounds the
+difference per episode.  Episodes with fewer iterations (2-shot: 1000, 5-shot: 1500) leave the batch when
+done.  Episodes are trained in chunks whose estimated memory stays under ``memory_bytes``
+(:func:`plan_chunks`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch
 
 from .adapt_progress import AdaptationMeter
 from .errors import OodmlError
-from .miners import distance_weights, sample_triplets_batched
+from .miners import pair_distance_weights, sample_pair_negatives
 from .seeding import derive_seed, rng_for
 
 #: the default bound on one chunk's estimated memory (bytes), on any device
@@ -66,45 +71,51 @@ class HeadEpisode:
     seed: tuple
 
 
-def margin_loss_batched(embeddings: torch.Tensor, batches: torch.Tensor, anchors: torch.Tensor,
-                        positives: torch.Tensor, negatives: torch.Tensor, *, margin: float = MARGIN,
-                        beta: float = BETA) -> torch.Tensor:
-    """pytorch-metric-learning's ``MarginLoss(margin, beta=beta, learn_beta=False)`` of E batches at once.
+def pair_margin_loss(unit: torch.Tensor, negatives: torch.Tensor, usable: torch.Tensor, *, margin: float = MARGIN,
+                     beta: float = BETA) -> tuple[torch.Tensor, torch.Tensor]:
+    """pytorch-metric-learning's ``MarginLoss(margin, beta=beta, learn_beta=False)`` of E batches of class pairs
+    at once, and its gradient, in closed form (no autograd graph: a step's few hundred small operations cost
+    more in dispatch than in arithmetic).
 
-    Per batch: distances between the L2-normalised embeddings, ``relu(d_ap - beta + margin) +
-    relu(beta - d_an + margin)`` per triplet, summed and divided by the number of non-zero terms (0 when none).
-    Distances come from each batch's Gram matrix as ``sqrt(max(|x|^2 + |y|^2 - 2 x.y, 1e-30))``, the form
-    ``torch.cdist`` (the library's distance) takes on batches over 25 rows: a pair of identical rows has
-    distance ~0 and gradient 0, as there.
+    The triplets are :func:`oodml.miners.sample_pair_negatives`': each usable anchor i twice, with its partner
+    (row ``i ^ 1``) as the positive and each of its two negatives.  Per batch: ``relu(d_ap - beta + margin) +
+    relu(beta - d_an + margin)`` per triplet over distances between the L2-normalised embeddings, summed and
+    divided by the number of non-zero terms (0 when none).  A term's gradient with respect to ``unit[i]`` is
+    ``+-(unit[i] - unit[j]) / d_ij`` over that divisor; a pair at distance 0 (two copies of one image) has
+    gradient 0, as ``torch.cdist``'s clamped form gives.
 
     Args:
-        embeddings: (E, B, d) raw embeddings.
-        batches, anchors, positives, negatives: (T,) int64 triplets, as
-            :func:`oodml.miners.sample_triplets_batched` returns them.
+        unit: (E, B, d) L2-normalised embeddings, B even.
+        negatives: (E, B, 2) int64 and ``usable``: (E, B) bool, as :func:`oodml.miners.sample_pair_negatives`
+            returns them.
 
     Returns:
-        (E,) losses, each differentiable with respect to its own batch's embeddings only.
+        ``(loss, gradient)``: (E,) losses and the (E, B, d) gradient of their sum with respect to ``unit``.
     """
-    if len(anchors) == 0:
-        return embeddings.sum(dim=(1, 2)) * 0.0       # the library's zero loss: zero gradients, still a graph
-    size = embeddings.size(1)
-    unit = torch.nn.functional.normalize(embeddings, p=2, dim=-1)
-    square = unit.pow(2).sum(dim=-1).flatten()                         # (E * B,)
-    gram = torch.bmm(unit, unit.transpose(1, 2)).flatten()              # (E * B * B,)
-    anchor = batches * size + anchors                                   # rows of the flattened batches
-    anchor_square = square.index_select(0, anchor)
-
-    def distance(others: torch.Tensor) -> torch.Tensor:
-        pair = (anchor_square + square.index_select(0, batches * size + others)
-                - 2.0 * gram.index_select(0, anchor * size + others))
-        return pair.clamp_min(1e-30).sqrt()
-
-    pos = torch.relu((distance(positives) - beta) + margin)
-    neg = torch.relu((beta - distance(negatives)) + margin)
-    zeros = embeddings.new_zeros(len(embeddings))
-    total = zeros.index_add(0, batches, pos + neg)
-    divisor = zeros.index_add(0, batches, ((pos > 0).to(zeros.dtype) + (neg > 0).to(zeros.dtype)))
-    return total / divisor.clamp(min=1.0)         # a batch without a non-zero term sums to 0: loss 0
+    batches, size, dim = unit.shape
+    pairs = unit.view(batches, size // 2, 2, dim)
+    between = pairs[:, :, 0] - pairs[:, :, 1]                              # (E, B/2, d): row 2k - row 2k + 1
+    rows = (negatives.view(batches, -1) + (torch.arange(batches, device=unit.device) * size).unsqueeze(-1)).view(-1)
+    to_negative = unit.unsqueeze(2) - unit.reshape(-1, dim).index_select(0, rows).view(batches, size, 2, dim)
+    positive_distance = torch.linalg.vector_norm(between, dim=-1)          # (E, B/2), both anchors of a pair
+    negative_distance = torch.linalg.vector_norm(to_negative, dim=-1)      # (E, B, 2)
+    positive_term = (positive_distance - beta).add_(margin).relu_()
+    negative_term = (beta - negative_distance).add_(margin).relu_()
+    # a pair's positive term counts once per draw of each of its usable anchors
+    positive_count = usable.view(batches, -1, 2).sum(dim=-1).mul_(2).mul_(positive_term > 0).to(unit.dtype)
+    negative_count = (negative_term > 0).mul_(usable.unsqueeze(-1)).to(unit.dtype)
+    divisor = (positive_count.sum(dim=1) + negative_count.sum(dim=(1, 2))).clamp_(min=1.0)
+    loss = ((positive_term * positive_count).sum(dim=1) + (negative_term * negative_count).sum(dim=(1, 2))) / divisor
+    # d term / d unit[i] = sign * (unit[i] - unit[j]) / d_ij over the divisor; sign -1 for negatives
+    per = divisor.reciprocal_().unsqueeze(-1)
+    positive_push = between.mul_(positive_count.mul_(per).div_(positive_distance.clamp_(min=1e-15)).unsqueeze(-1))
+    negative_push = to_negative.mul_(negative_count.mul_(per.unsqueeze(-1)).div_(negative_distance.clamp_(min=1e-15))
+                                     .neg_().unsqueeze(-1))
+    gradient = negative_push[:, :, 0] + negative_push[:, :, 1]
+    gradient.view(batches, -1, 2, dim)[:, :, 0] += positive_push
+    gradient.view(batches, -1, 2, dim)[:, :, 1] -= positive_push
+    gradient.view(-1, dim).index_add_(0, rows, negative_push.view(-1, dim).neg_())
+    return loss, gradient
 
 
 class BatchedAdam:
@@ -191,42 +202,90 @@ def _linear(params: dict[str, torch.Tensor], buffers: dict, x: torch.Tensor) -> 
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
+def _linear_gradients(params: dict[str, torch.Tensor], x: torch.Tensor, grad_out: torch.Tensor,
+                      ) -> dict[str, torch.Tensor]:
+    """The gradients of :func:`_linear`'s parameters, given its (E, B, F) input and the (E, B, d) gradient
+    of its output."""
+    grads = {"weight": torch.bmm(grad_out.transpose(1, 2), x)}
+    if "bias" in params:
+        grads["bias"] = grad_out.sum(dim=1)
+    return grads
+
+
+def _normalize_backward(raw: torch.Tensor, unit: torch.Tensor, grad_unit: torch.Tensor) -> torch.Tensor:
+    """The gradient with respect to ``raw`` of ``unit = normalize(raw)`` (norms clamped below at 1e-12, as
+    ``torch.nn.functional.normalize``): ``(g - unit (unit . g)) / |raw|`` (0 where the norm is clamped)."""
+    norm = torch.linalg.vector_norm(raw, dim=-1, keepdim=True)
+    radial = (unit * grad_unit).sum(dim=-1, keepdim=True)
+    return grad_unit.sub_(unit * radial).div_(norm).mul_(norm >= 1e-12)
+
+
+def label_ranks(labels: np.ndarray) -> np.ndarray:
+    """(..., B) each row's place when its batch of class pairs (rows 2k, 2k + 1 one class) is ordered by
+    label, then by row: the order in which :func:`oodml.miners.sample_pair_triplets` assigns uniforms."""
+    pairs = labels[..., ::2]
+    rank = np.empty(pairs.shape, np.int64)
+    np.put_along_axis(rank, np.argsort(pairs, axis=-1, kind="stable"), np.arange(pairs.shape[-1]), axis=-1)
+    return (2 * rank[..., None] + np.arange(2)).reshape(labels.shape)
+
+
 class _Chunk:
-    """The training state of one chunk of episodes: stacked parameters, optimiser, batches, generators."""
+    """The training state of one chunk of episodes: stacked parameters, optimiser, batches, generators.
+
+    A step: each episode's batch of support features gathered by one index, the heads' forward pass, the
+    miner's weights and draws for all episodes (:func:`oodml.miners.pair_distance_weights`,
+    :func:`oodml.miners.sample_pair_triplets`), the loss's gradient in closed form
+    (:func:`margin_loss_gradient`), back through the normalisation and the heads (in closed form for a
+    ``torch.nn.Linear`` head, by autograd for any other), and one Adam update of the stack.
+    """
 
     def __init__(self, head: torch.nn.Module, episodes: Sequence[HeadEpisode], device: torch.device) -> None:
         self.head, self.episodes = head, list(episodes)
         self.active = list(range(len(episodes)))
+        self.linear = type(head) is torch.nn.Linear
         params, self.buffers = torch.func.stack_module_state([head] * len(episodes))
-        self.params = {k: v.detach().to(device).requires_grad_() for k, v in params.items()}
+        self.params = {k: v.detach().to(device).requires_grad_(not self.linear) for k, v in params.items()}
         self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
         self.adam = BatchedAdam(self.params)
         longest = max(e.iterations for e in episodes)
         most = max(len(e.support_features) for e in episodes)
         feats = np.zeros((len(episodes), most, episodes[0].support_features.shape[1]), np.float32)
         rows = np.zeros((len(episodes), longest, batch_size(episodes[0].support_labels)), np.int64)
-        labels = np.zeros_like(rows)
+        ranks = np.zeros_like(rows)
         for i, e in enumerate(episodes):
             feats[i, :len(e.support_features)] = e.support_features
             rows[i, :e.iterations] = batch_rows_table(e)
-            labels[i, :e.iterations] = e.support_labels[rows[i, :e.iterations]]
-        self.feats, self.rows, self.labels = (torch.from_numpy(a).to(device) for a in (feats, rows, labels))
+            ranks[i, :e.iterations] = label_ranks(e.support_labels[rows[i, :e.iterations]])
+        rows += most * np.arange(len(episodes))[:, None, None]           # rows of the flattened features
+        self.feats = torch.from_numpy(feats).to(device).flatten(0, 1)
+        # per-step matrices of a megabyte or more cost more to allocate than to fill: computed in these
+        self.inputs = self.feats.new_empty(rows.shape[0] * rows.shape[2], feats.shape[2])
+        self.scratch = self.feats.new_empty((3, rows.shape[0], rows.shape[2], rows.shape[2]))
+        self.rows, self.ranks = torch.from_numpy(rows).to(device), torch.from_numpy(ranks).to(device)
         self.generators = [torch.Generator(device).manual_seed(derive_seed(*e.seed, "triplets")) for e in episodes]
-        self.forward = (_linear if type(head) is torch.nn.Linear else
+        self.forward = (_linear if self.linear else
                         torch.func.vmap(lambda p, b, x: torch.func.functional_call(head, (p, b), (x,)),
                                         randomness="different"))
 
     def step(self, iteration: int) -> None:
         """One training step of every active episode."""
-        rows, labels = self.rows[:, iteration], self.labels[:, iteration]
-        x = self.feats[torch.arange(len(rows), device=rows.device).unsqueeze(1), rows]
-        raw = self.forward(self.params, self.buffers, x)
+        rows = self.rows[:, iteration]
+        active = len(rows)
+        x = torch.index_select(self.feats, 0, rows.flatten(), out=self.inputs[:rows.numel()]).view(*rows.shape, -1)
+        with torch.set_grad_enabled(not self.linear):
+            raw = self.forward(self.params, self.buffers, x)
         with torch.no_grad():
-            triplets = sample_triplets_batched(distance_weights(raw.detach(), labels, cutoff=0.5,
-                                                                nonzero_loss_cutoff=1.4), labels, self.generators)
-        loss = margin_loss_batched(raw, *triplets).sum()
-        grads = torch.autograd.grad(loss, tuple(self.params.values()))
-        self.adam.step(dict(zip(self.params, grads, strict=True)))
+            unit = torch.nn.functional.normalize(raw.detach(), p=2, dim=-1)
+            negatives, usable = sample_pair_negatives(pair_distance_weights(unit, cutoff=0.5, nonzero_loss_cutoff=1.4,
+                                                                            out=self.scratch[:, :active]),
+                                                      self.ranks[:, iteration], self.generators)
+            _, grad_unit = pair_margin_loss(unit, negatives, usable)
+            grad_raw = _normalize_backward(raw.detach(), unit, grad_unit)
+            if self.linear:
+                grads = _linear_gradients(self.params, x, grad_raw)
+        if not self.linear:
+            grads = dict(zip(self.params, torch.autograd.grad(raw, tuple(self.params.values()), grad_raw), strict=True))
+        self.adam.step(grads)
 
     def finish(self, iteration: int) -> list[tuple[int, dict[str, torch.Tensor]]]:
         """The episodes whose last step was ``iteration`` (0-based) with their trained parameters and buffers;
@@ -239,11 +298,11 @@ class _Chunk:
         keep = torch.tensor([j for j, end in enumerate(ends) if not end], dtype=torch.long)
         self.active = [i for i, end in zip(self.active, ends, strict=True) if not end]
         if self.active:
-            on = keep.to(self.feats.device)
-            self.params = {k: v.detach()[on].requires_grad_() for k, v in self.params.items()}
+            on = keep.to(self.rows.device)
+            self.params = {k: v.detach()[on].requires_grad_(not self.linear) for k, v in self.params.items()}
             self.buffers = {k: v[on] for k, v in self.buffers.items()}
             self.adam.keep(on, self.params)
-            self.feats, self.rows, self.labels = self.feats[on], self.rows[on], self.labels[on]
+            self.rows, self.ranks = self.rows[on], self.ranks[on]      # the features stay, indexed by row
             self.generators = [self.generators[j] for j in keep.tolist()]
         return done
 

@@ -9,8 +9,12 @@ inverse CDF from one ``torch.rand`` call: on the CPU exactly the draws
 over the classes of the batch, and from a ``torch.Generator`` of its own, so a
 seeded miner neither reads nor advances torch's global random state.  The
 random stream is not the library's: the same seed draws different triplets.
-:func:`sample_triplets_batched` draws for many batches (few-shot episodes) in
-one go, each from its own generator, exactly what each would draw alone.
+:func:`sample_triplets_batched` draws for many batches in one go, each from its
+own generator, exactly what each would draw alone.  For the batches that
+fine-tuning draws (classes in pairs of rows), :func:`pair_distance_weights` and
+:func:`sample_pair_negatives` do the same for many few-shot episodes at once in
+fewer operations: the same distribution and the same uniforms, the weights
+equal up to float32 rounding.
 
 The distribution, for a batch of B embeddings in d dimensions:
 
@@ -34,6 +38,7 @@ The distribution, for a batch of B embeddings in d dimensions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -216,6 +221,125 @@ def _classmates_drawn(ordered: torch.Tensor, by_label: torch.Tensor, batch: torc
     places = window.clamp(max=ordered.size(-1) - 1)
     chosen = inverse_cdf(torch.cumsum(classmate.float(), dim=-1), uniforms)
     return by_label[batch.unsqueeze(1), places.gather(1, chosen.clamp(max=widest - 1))]
+
+
+def pair_distance_weights(unit: torch.Tensor, *, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
+                          out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`distance_weights` of E batches of class pairs, in fewer and cheaper passes (for training many
+    few-shot heads at once, where this matrix is most of a step's arithmetic).
+
+    A batch of class pairs: rows 2k and 2k + 1 share a class and no other two rows do (a fine-tuning batch,
+    :func:`oodml.adapt.batch_rows`).  Per batch, each row of the result is proportional to the same row of
+    :func:`distance_weights` (the same distribution), computed another way:
+
+    * squared distances from one batched product (the form ``torch.cdist`` takes), never their square roots;
+    * ``exp(log w - M) = 2 ** (-c log2(s (4 - s)) + 2 c - M / ln 2) / sqrt(s)`` for squared distance ``s``
+      and ``c = (d - 3) / 2``: one logarithm and one power of 2 per pair instead of two logarithms and an
+      exponential;
+    * pairs of one class and pairs at ``nonzero_loss_cutoff`` or further (the non-candidates) get weight 0
+      through arithmetic, not boolean masks;
+    * ``M``, the scale, is the library's: the largest finite log weight of a pair of different classes (or
+      0), taken at the batch's nearest and farthest such pairs (for ``d >= 2``, ``log w`` falls and then
+      rises with the distance), not over the whole matrix.  The scale cancels in the sampling except where
+      it drives weights to underflow to 0: a nearly antipodal pair raises it so far that every weight of
+      the batch underflows and the batch draws nothing, here as in the library.
+
+    The results differ from :func:`distance_weights`' by rounding (a few float32 units in the last place,
+    relative), so a draw falling within that of a boundary between two negatives can differ.
+
+    Args:
+        unit: (E, B, d) L2-normalised embeddings, B even, float32 or float64.
+        cutoff: distances below it count as ``cutoff``.
+        nonzero_loss_cutoff: pairs at this distance or further get weight 0; below 2.
+        out: a (3, E, B, B) tensor like ``unit`` to compute in, or None (allocated).  Reusing one saves
+            allocating three matrices per call, which costs more than computing them where each is a
+            megabyte or more (the C library maps and unmaps the memory every time).
+
+    Returns:
+        (E, B, B) non-negative weights in ``unit.dtype`` (``out[2]`` when given), at most 1 (up to rounding);
+        row i is all 0 when anchor i has no candidate negative.
+    """
+    batches, size, d = unit.shape
+    squared, candidate, weights = out if out is not None else unit.new_empty((3, batches, size, size))
+    squared_norms = unit.pow(2).sum(dim=-1, keepdim=True)
+    ones = torch.ones_like(squared_norms)
+    # |x|^2 + |y|^2 - 2 x.y in one product, as torch.cdist computes it
+    torch.bmm(torch.cat([unit * -2.0, squared_norms, ones], dim=-1),
+              torch.cat([unit, ones, squared_norms], dim=-1).transpose(1, 2), out=squared)
+    # each pair's 2 x 2 block of same-class entries (the diagonal blocks): 0 while the farthest pair of
+    # different classes is found, then out of range, so not candidates
+    same_class = squared.view(batches, size // 2, 2, size // 2, 2).diagonal(dim1=1, dim2=3)
+    same_class.fill_(0.0)
+    farthest = squared.amax(dim=(1, 2), keepdim=True)                                          # (E, 1, 1)
+    same_class.fill_(4.0)
+    if bool((farthest >= 4.0).any()):        # antipodal within rounding: no finite log weight, left out
+        farthest = torch.where(squared < 4.0, squared, 0.0).amax(dim=(1, 2), keepdim=True)
+    nearest = squared.amin(dim=(1, 2), keepdim=True)
+    far = nonzero_loss_cutoff**2
+    torch.neg(squared, out=candidate).add_(far).clamp_(min=0.0).sign_()          # 1 below the cutoff, else 0
+    squared.clamp_(min=cutoff**2, max=far)
+    c = (d - 3) / 2
+    ends = torch.cat([nearest.clamp(min=cutoff**2, max=far), farthest.clamp(min=cutoff**2)], dim=-1)
+    log_max = (torch.log(ends * (4.0 - ends)) * -c - 0.5 * torch.log(ends) + c * math.log(4.0)).amax(dim=-1)
+    log_max = log_max.clamp_(min=0.0).unsqueeze(-1)
+    torch.neg(squared, out=weights).add_(4.0).mul_(squared).log2_().mul_(-c).add_(2 * c - log_max / math.log(2.0))
+    return weights.exp2_().mul_(squared.rsqrt_()).mul_(candidate)
+
+
+def sample_pair_negatives(weights: torch.Tensor, label_rank: torch.Tensor,
+                          generators: Sequence[torch.Generator | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_triplets_batched` for E batches of class pairs (rows 2k, 2k + 1 share a class, no other
+    two rows do), with no search among labels: the same negatives from the same uniforms.
+
+    Every usable anchor's class has 2 members, so it draws 2 triplets, each with its partner as the positive
+    and a negative from its row of ``weights``.  Batch e with n usable anchors takes ``torch.rand(4 n)`` from
+    ``generators[e]``, as :func:`sample_triplets_batched` does: the positives' uniforms (unused here: a
+    uniform of exactly 0, probability 2**-53, would draw the anchor itself there when it comes first in label
+    order), then the negatives', 2 per anchor, anchors in label order.
+
+    Args:
+        weights: (E, B, B) non-negative weights, 0 within a pair; anchor i's row is row i.  Overwritten (by
+            each row's cumulative shares).
+        label_rank: (E, B) int64, each row's place in its batch ordered by label, then by row (a stable sort).
+        generators: E random sources (on ``weights``' device; ``None``: torch's global one).
+
+    Returns:
+        ``(negatives, usable)``: (E, B, 2) int64 each anchor's two negatives (meaningless where not usable)
+        and (E, B) bool, the anchors with a candidate negative.
+    """
+    batches, size, _ = weights.shape
+    device = weights.device
+    cumulative = weights.cumsum_(dim=-1)
+    total = cumulative[..., -1:].clone()                                       # (E, B, 1)
+    usable = total.squeeze(-1) > 0
+    counts = usable.sum(dim=-1)
+    every = counts.tolist()
+    if all(n == size for n in every):
+        rank = label_rank
+    else:            # an anchor's uniforms follow from its place among the usable anchors, in label order
+        order = torch.empty_like(label_rank).scatter_(-1, label_rank,
+                                                      torch.arange(size, device=device).expand_as(label_rank))
+        rank = (usable.gather(-1, order).cumsum(dim=-1) - 1).gather(-1, label_rank).clamp_(min=0)
+    precise = torch.float32 if device.type == "mps" else torch.float64     # MPS has no float64
+    uniforms = torch.zeros(batches, 4 * size, dtype=precise, device=device)
+    for row, generator, n in zip(uniforms, generators, every, strict=True):
+        if n:
+            torch.rand(4 * n, dtype=precise, generator=generator, device=device, out=row[:4 * n])
+    place = (rank * 2 + (counts * 2).unsqueeze(-1)).unsqueeze(-1) + torch.arange(2, device=device)   # (E, B, 2)
+    share = cumulative.div_(total)
+    share[..., -1] = 1.0
+    negatives = torch.searchsorted(share.view(-1, size), _float32_ceiling(uniforms.gather(1, place.view(batches, -1)))
+                                   .view(-1, 2), right=False)
+    return negatives.view(batches, size, 2).clamp_(max=size - 1), usable
+
+
+def _float32_ceiling(uniforms: torch.Tensor) -> torch.Tensor:
+    """The smallest float32 at least each uniform: ``share >= u`` and ``share >= ceiling(u)`` agree for every
+    float32 ``share``, so the search runs in float32 instead of on a float64 copy of the shares."""
+    if uniforms.dtype == torch.float32:
+        return uniforms.contiguous()
+    rounded = uniforms.float()
+    return torch.where(rounded.double() < uniforms, torch.nextafter(rounded, torch.full_like(rounded, 2.0)), rounded)
 
 
 class DistanceWeightedMiner(torch.nn.Module):

@@ -12,8 +12,9 @@ from oodml.adapt import batch_rows, finetune_last
 from oodml.adapt_batched import (
     BatchedAdam,
     HeadEpisode,
+    _normalize_backward,
     finetune_last_batched,
-    margin_loss_batched,
+    pair_margin_loss,
     plan_chunks,
 )
 from oodml.errors import OodmlError
@@ -137,31 +138,38 @@ def library_margin_loss(embeddings: torch.Tensor, triplets) -> torch.Tensor:
     return losses.MarginLoss(margin=0.2, beta=1.2, learn_beta=False)(embeddings, None, triplets)
 
 
-def test_margin_loss_batched_is_the_librarys_per_episode_value_and_gradient():
+def pair_triplets(negatives: torch.Tensor, usable: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """pair_margin_loss's triplets written out: (batch, anchor, partner, negative) per usable anchor and draw."""
+    batch, anchor, draw = torch.nonzero(usable.unsqueeze(-1).expand(-1, -1, 2), as_tuple=True)
+    return batch, anchor, anchor ^ 1, negatives[batch, anchor, draw]
+
+
+def test_pair_margin_loss_is_the_librarys_per_episode_value_and_gradient():
     gen = torch.Generator().manual_seed(3)
-    raw = torch.randn(3, 14, 5, generator=gen, requires_grad=True)
-    labels = torch.arange(7).repeat_interleave(2).repeat(3, 1)
-    labels[2] = torch.arange(14)                   # episode 2: no class of two, no triplet, loss 0
-    with torch.no_grad():
-        triplets = sample_triplets_batched(distance_weights(raw, labels), labels, [gen] * 3)
-    ours = margin_loss_batched(raw, *triplets)
-    ours.sum().backward()
+    raw = torch.randn(3, 14, 5, generator=gen)
+    raw[0, 5] = raw[0, 4]                          # a pair of copies: distance 0, no gradient from it
+    unit = torch.nn.functional.normalize(raw, dim=-1)
+    negatives = torch.randint(0, 14, (3, 14, 2), generator=gen)
+    negatives = torch.where(negatives // 2 == torch.arange(14).view(1, -1, 1) // 2, (negatives + 2) % 14, negatives)
+    usable = torch.rand(3, 14, generator=gen) > 0.2
+    usable[2] = False                              # episode 2: no triplet, loss 0
+    loss, gradient = pair_margin_loss(unit, negatives, usable)
+    gradient = _normalize_backward(raw, unit, gradient)          # the library normalises the raw embeddings
+    batch, *triplets = pair_triplets(negatives, usable)
     for e in range(3):
-        mine = triplets[0] == e
-        x = raw.detach()[e].clone().requires_grad_()
-        theirs = library_margin_loss(x, tuple(t[mine] for t in triplets[1:]))
+        x = raw[e].clone().requires_grad_()
+        theirs = library_margin_loss(x, tuple(t[batch == e] for t in triplets))
         theirs.backward()
-        assert ours[e].item() == pytest.approx(theirs.item(), abs=1e-6)
-        assert torch.allclose(raw.grad[e], x.grad, atol=1e-6)
-    assert ours[2].item() == 0.0 and (raw.grad[2] == 0).all() and ours[0].item() > 0
+        assert loss[e].item() == pytest.approx(theirs.item(), abs=1e-6)
+        assert torch.allclose(gradient[e], x.grad, rtol=0, atol=1e-6)
+    assert loss[2].item() == 0.0 and (gradient[2] == 0).all() and loss[0].item() > 0 and (gradient[0, 4] != 0).any()
 
 
-def test_margin_loss_batched_without_any_triplet_is_zero_with_a_zero_gradient():
-    raw = torch.randn(2, 4, 3, requires_grad=True)
-    empty = torch.empty(0, dtype=torch.long)
-    loss = margin_loss_batched(raw, empty, empty, empty, empty)
-    loss.sum().backward()
-    assert loss.tolist() == [0.0, 0.0] and (raw.grad == 0).all()
+def test_pair_margin_loss_without_any_triplet_is_zero_with_a_zero_gradient():
+    unit = torch.nn.functional.normalize(torch.randn(2, 4, 3), dim=-1)
+    nowhere = torch.zeros(2, 4, dtype=torch.bool)
+    loss, gradient = pair_margin_loss(unit, torch.full((2, 4, 2), 2), nowhere)
+    assert loss.tolist() == [0.0, 0.0] and (gradient == 0).all()
 
 
 def test_batched_adam_is_torch_adam_per_episode_and_drops_episodes():

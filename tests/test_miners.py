@@ -9,7 +9,13 @@ from pytorch_metric_learning.miners import distance_weighted_miner as pml_dwm
 
 from oodml.adapt import finetune_last
 from oodml.adapt_batched import HeadEpisode
-from oodml.miners import DistanceWeightedMiner, distance_weights
+from oodml.miners import (
+    DistanceWeightedMiner,
+    distance_weights,
+    pair_distance_weights,
+    sample_pair_negatives,
+    sample_triplets_batched,
+)
 
 ALPHA = 1e-3        # family-wise: a distribution test fails when some anchor's p-value < ALPHA / anchors
 DRAWS = 400         # miner calls per distribution test (each draws 2 or 3 triplets per anchor; uniform p ~ 1e-38)
@@ -160,3 +166,72 @@ def test_finetune_last_repeats_under_its_seed():
     before = torch.get_rng_state()
     assert np.array_equal(tuned(("a",)), tuned(("a",))) and not np.allclose(tuned(("a",)), tuned(("b",)))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+# The batched fine-tuning path's miner, for batches of class pairs (rows 2k, 2k + 1 one class).
+PAIR_WEIGHT_RTOL = 1e-4     # relative, per weight of a row normalised to sum 1; float32 rounding grows with d
+
+
+def pair_batches(batches: int, size: int, dim: int, seed: int, spread: float = 0.3):
+    """(E, B, dim) unit embeddings of class pairs (partners near each other), their labels (E, B), and each
+    row's place in label order (E, B)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batches, size, dim, generator=gen)
+    x[:, 1::2] = x[:, 0::2] + spread * torch.randn(batches, size // 2, dim, generator=gen)
+    labels = torch.stack([torch.randperm(4 * size, generator=gen)[:size // 2].repeat_interleave(2)
+                          for _ in range(batches)])
+    rank = torch.argsort(torch.argsort(labels, dim=-1, stable=True), dim=-1)
+    return torch.nn.functional.normalize(x, dim=-1), labels, rank
+
+
+@pytest.mark.parametrize("dim", [2, 8, 32, 128])
+def test_pair_weights_are_the_librarys_distribution(dim):
+    unit, labels, _ = pair_batches(4, 112, dim, seed=dim)
+    unit[0, 4:6] = unit[0, 2]                       # duplicate rows: distance 0 to a classmate and a negative
+    unit[1, 0], unit[1, 1] = -unit[1, 2], -unit[1, 2]      # a pair antipodal to another: beyond the cutoff
+    theirs, ours = distance_weights(unit, labels), pair_distance_weights(unit)
+    assert torch.equal(theirs > 0, ours > 0)        # the same candidates: other class, nearer than 1.4
+    if dim == 128:       # there the antipodal pair's log weight is the scale: every weight underflows to 0
+        assert (ours[1] == 0).all() and (ours[[0, 2, 3]] > 0).any()
+    rows = theirs.sum(dim=-1, keepdim=True) > 0
+    theirs, ours = theirs / theirs.sum(dim=-1, keepdim=True), ours / ours.sum(dim=-1, keepdim=True)
+    assert torch.allclose(ours[rows.expand_as(ours)], theirs[rows.expand_as(theirs)], rtol=PAIR_WEIGHT_RTOL, atol=0)
+    assert ours.shape == (4, 112, 112) and ours.dtype == torch.float32
+
+
+def test_pair_weights_in_a_given_buffer_and_a_row_without_candidates():
+    unit, labels, _ = pair_batches(2, 8, 4, seed=1)
+    # batch 1: rows 0, 1 point one way, every other row the other way (distance ~2): no candidate negative
+    sides = torch.tensor([1.0, 1.0, -1, -1, -1, -1, -1, -1]).view(-1, 1) * torch.tensor([1.0, 0, 0, 0])
+    noise = 0.01 * torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
+    unit[1] = torch.nn.functional.normalize(sides + noise, dim=-1)
+    scratch = torch.full((3, 2, 8, 8), float("nan"))
+    ours = pair_distance_weights(unit, out=scratch)
+    assert ours.data_ptr() == scratch[2].data_ptr() and torch.equal(ours, pair_distance_weights(unit))
+    assert (ours[1, :2] == 0).all() and (ours[1, 2:, 2:] > 0).any()
+    assert torch.equal(ours > 0, distance_weights(unit, labels) > 0)
+
+
+def drawn_by_row(batches, anchors, positives, negatives, size):
+    """sample_triplets_batched's triplets (label order) as (E, B, 2) negatives, -1 where no anchor."""
+    out = torch.full((int(batches.max()) + 1 if len(batches) else 0, size, 2), -1)
+    for b, a, p, n in zip(*(t.view(-1, 2) for t in (batches, anchors, positives, negatives)), strict=True):
+        assert b[0] == b[1] and a[0] == a[1] and (p == a[0] ^ 1).all()     # partner as positive, twice
+        out[b[0], a[0]] = n
+    return out
+
+
+def test_pair_negatives_are_sample_triplets_batched_draws():
+    unit, labels, rank = pair_batches(5, 112, 32, seed=3)
+    weights = pair_distance_weights(unit)
+    weights[1, 7] = 0                              # anchors without a candidate: skipped, later uniforms shift
+    weights[1, 40] = 0
+    weights[3] = 0                                 # a batch without any anchor draws nothing
+    alone = sample_triplets_batched(weights, labels, [torch.Generator().manual_seed(e) for e in range(5)])
+    expected = drawn_by_row(*alone, 112)
+    generators = [torch.Generator().manual_seed(e) for e in range(5)]
+    negatives, usable = sample_pair_negatives(weights.clone(), rank, generators)
+    assert usable.tolist() == (weights.sum(dim=-1) > 0).tolist() and usable.sum() == 4 * 112 - 2
+    assert torch.equal(negatives[usable], expected[torch.arange(5) != 3][usable[torch.arange(5) != 3]])
+    assert torch.equal(generators[3].get_state(), torch.Generator().manual_seed(3).get_state())
+    assert (labels.gather(1, negatives.flatten(1)).view(5, 112, 2) != labels.unsqueeze(-1))[usable].all()
