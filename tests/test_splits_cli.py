@@ -1,5 +1,6 @@
 """`oodml make-splits` and `oodml splits ...` end to end, and the ooDML importer's restricted unpickler."""
 
+import copy
 import pickle
 import subprocess
 import sys
@@ -20,9 +21,26 @@ PUBLISHED = Path(__file__).resolve().parents[1] / "splits"
 
 
 @pytest.fixture(scope="module")
-def glyph_splits(glyphs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("splits")
-    assert main(["-q", "make-splits", "glyphs", "--out", str(out)]) == 0
+def searched() -> list[tuple]:
+    """The searches ``glyph_splits`` ran: (features, config, what build_levels returned)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def glyph_splits(glyphs, searched, tmp_path_factory):
+    """``oodml make-splits glyphs`` into a fresh folder (glyphs@v1), its search recorded in ``searched``."""
+    from oodml.splits import make
+
+    def recording(ds, features, config):
+        result = real(ds, features, config)
+        searched.append((features.copy(), config, copy.deepcopy(result)))
+        return result
+
+    real, out = make.build_levels, tmp_path_factory.mktemp("splits")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(make, "build_levels", recording)
+        assert main(["-q", "make-splits", "glyphs", "--out", str(out)]) == 0
+    assert len(searched) == 1
     return out
 
 
@@ -52,8 +70,18 @@ def test_make_splits_publishes_a_verified_manifest(glyph_splits, capsys, monkeyp
     assert "glyphs@v1" in capsys.readouterr().out
 
 
-def test_make_splits_again_is_a_no_op_that_says_it_reproduces(glyph_splits, capsys, monkeypatch):
+def test_make_splits_again_is_a_no_op_that_says_it_reproduces(glyph_splits, searched, capsys, monkeypatch):
+    """Publishing the same content again.  The search is the first run's, replayed for the same features and
+    settings (checked): it is deterministic, which test_reproducibility proves by rerunning it."""
+    features, config, result = searched[0]
+
+    def replay(ds, again, cfg):
+        np.testing.assert_array_equal(again, features)
+        assert cfg == config
+        return copy.deepcopy(result)
+
     before = (glyph_splits / "glyphs" / "v1" / "checksums.json").read_bytes()
+    monkeypatch.setattr("oodml.splits.make.build_levels", replay)
     monkeypatch.setenv("OODML_SPLITS", str(PUBLISHED))
     capsys.readouterr()
     assert main(["-q", "make-splits", "glyphs", "--out", str(glyph_splits)]) == 0
