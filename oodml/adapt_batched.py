@@ -212,10 +212,17 @@ def _linear_gradients(params: dict[str, torch.Tensor], x: torch.Tensor, grad_out
     return grads
 
 
-def _normalize_backward(raw: torch.Tensor, unit: torch.Tensor, grad_unit: torch.Tensor) -> torch.Tensor:
-    """The gradient with respect to ``raw`` of ``unit = normalize(raw)`` (norms clamped below at 1e-12, as
-    ``torch.nn.functional.normalize``): ``(g - unit (unit . g)) / |raw|`` (0 where the norm is clamped)."""
+def _normalized(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(torch.nn.functional.normalize(raw, dim=-1), the norms)``: the same division, the norms kept for
+    :func:`_normalize_backward`."""
     norm = torch.linalg.vector_norm(raw, dim=-1, keepdim=True)
+    return raw / norm.clamp_min(1e-12), norm
+
+
+def _normalize_backward(norm: torch.Tensor, unit: torch.Tensor, grad_unit: torch.Tensor) -> torch.Tensor:
+    """The gradient with respect to ``raw`` of ``unit = normalize(raw)`` (norms ``norm`` clamped below at 1e-12,
+    as ``torch.nn.functional.normalize``): ``(g - unit (unit . g)) / |raw|`` (0 where the norm is clamped).
+    Overwrites ``grad_unit``."""
     radial = (unit * grad_unit).sum(dim=-1, keepdim=True)
     return grad_unit.sub_(unit * radial).div_(norm).mul_(norm >= 1e-12)
 
@@ -275,12 +282,12 @@ class _Chunk:
         with torch.set_grad_enabled(not self.linear):
             raw = self.forward(self.params, self.buffers, x)
         with torch.no_grad():
-            unit = torch.nn.functional.normalize(raw.detach(), p=2, dim=-1)
+            unit, norm = _normalized(raw.detach())
             negatives, usable = sample_pair_negatives(pair_distance_weights(unit, cutoff=0.5, nonzero_loss_cutoff=1.4,
                                                                             out=self.scratch[:, :active]),
                                                       self.ranks[:, iteration], self.generators)
             _, grad_unit = pair_margin_loss(unit, negatives, usable)
-            grad_raw = _normalize_backward(raw.detach(), unit, grad_unit)
+            grad_raw = _normalize_backward(norm, unit, grad_unit)
             if self.linear:
                 grads = _linear_gradients(self.params, x, grad_raw)
         if not self.linear:

@@ -154,7 +154,8 @@ def test_pair_margin_loss_is_the_librarys_per_episode_value_and_gradient():
     usable = torch.rand(3, 14, generator=gen) > 0.2
     usable[2] = False                              # episode 2: no triplet, loss 0
     loss, gradient = pair_margin_loss(unit, negatives, usable)
-    gradient = _normalize_backward(raw, unit, gradient)          # the library normalises the raw embeddings
+    # the library normalises the raw embeddings itself
+    gradient = _normalize_backward(torch.linalg.vector_norm(raw, dim=-1, keepdim=True), unit, gradient)
     batch, *triplets = pair_triplets(negatives, usable)
     for e in range(3):
         x = raw[e].clone().requires_grad_()
