@@ -11,6 +11,21 @@ import pytest
 # OpenMP threads that spin while waiting for work (the default) cost several-fold on a shared 2-core machine
 # (tools/bench_metrics.py measured 2.5x on the kNN); set before torch is imported, inherited by subprocesses.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _threads_per_worker() -> int | None:
+    """Cores per pytest-xdist worker (at least 1); None outside xdist.  `make test` runs one worker per core,
+    so a worker's second BLAS/OpenMP/torch thread only competes with the other worker for its core."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers) if workers else None
+
+
+# Read by numpy's BLAS and torch when first imported, which is after this (tests that compare thread counts set
+# them explicitly); inherited by the CLI subprocesses the tests start.  An explicit setting wins.
+if (_threads := _threads_per_worker()) is not None:
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_threads))
 # Never touch the network or the user's cache from tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
