@@ -92,7 +92,10 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=200, help="sections 8 and 9: bootstrap draws")
     parser.add_argument("--bootstrap-check", type=int, nargs=2, metavar=("CLASSES", "DIM"),
                         help="run section 9 alone")
+    parser.add_argument("--calibration", type=int, default=resampling.CALIBRATION_DRAWS,
+                        help="sections 8 and 9: exact calibration draws per level (default: the library's)")
     args = parser.parse_args()
+    resampling.CALIBRATION_DRAWS = args.calibration
     if args.bootstrap_check:
         bench_bootstrap_check(*args.bootstrap_check, draws=args.draws)
         return
@@ -311,7 +314,8 @@ def bench_bootstrap_check(classes: int, dim: int, draws: int = 200, seeds: int =
 
         exact_err = [error(shifted_interval(estimate, e)) for e in exact]
         fast_err = [error(iv) for iv in fast]
-        print(f"[9] {classes} classes x {dim}, {name} half split (distance {estimate:.2f}, pooled exact interval "
+        print(f"[9] {classes} classes x {dim}, {resampling.CALIBRATION_DRAWS} calibration draws, {name} half split "
+              f"(distance {estimate:.2f}, pooled exact interval "
               f"{pooled[0]:.2f}..{pooled[1]:.2f}): endpoint error / half-width, mean (worst) of {seeds} seeds: "
               f"calibrated linearised {np.mean(fast_err):.2f} ({max(fast_err):.2f}) "
               f"= {max(fast_err) * half / estimate:.2%} "
