@@ -135,14 +135,14 @@ def _split_config(args: argparse.Namespace):
 
 
 def cmd_make_splits(args: argparse.Namespace) -> int:
-    from .splits import make_splits
+    from .datasets import DataConfig
+    from .splits import FeatureConfig, make_splits
     from .splits.report import format_levels
 
     built: dict = {}
-    split_set = make_splits(args.name, root=args.root, options=dict(args.option), extractor=args.extractor,
-                            weights=args.weights, config=_split_config(args), version=args.version, out=args.out,
-                            device=args.device, batch_size=args.batch_size, keep_classes=args.keep_classes,
-                            built=built.update)
+    split_set = make_splits(args.name, config=_split_config(args), data=DataConfig(args.root, dict(args.option)),
+                            features=FeatureConfig(args.extractor, args.weights, args.device, args.batch_size),
+                            version=args.version, out=args.out, keep_classes=args.keep_classes, built=built.update)
     print(format_levels(split_set, built.get("adjacent_levels")))
     print(f"published {split_set.path}")
     _compare_with_published(split_set)
@@ -246,15 +246,16 @@ def cmd_splits_import(args: argparse.Namespace) -> int:
 
 
 def cmd_splits_audit(args: argparse.Namespace) -> int:
+    from .datasets import DataConfig
     from .splits.audit import audit, audit_destinations, format_audit, store_audit, write_audit
 
     split_set = _load_split_set(args.ref)
     out = args.out or f"{split_set.dataset}-{split_set.version}-audit"
     with audit_destinations(split_set, out, extractors=args.extractor, pretraining=args.pretraining,
                             store=args.store, replace=args.replace):  # claimed and checked before any work
-        result = audit(split_set, args.extractor, pretraining=args.pretraining, root=args.root,
-                       dataset_options=dict(args.option), draws=args.bootstrap, seed=args.seed, device=args.device,
-                       batch_size=args.batch_size)
+        result = audit(split_set, args.extractor, pretraining=args.pretraining,
+                       data=DataConfig(args.root, dict(args.option)), draws=args.bootstrap, seed=args.seed,
+                       device=args.device, batch_size=args.batch_size)
         written = write_audit(result, out, replace=args.replace)
         stored = store_audit(result, split_set, replace=args.replace) if args.store else []
     print(format_audit(result))

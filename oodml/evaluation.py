@@ -32,7 +32,7 @@ import numpy as np
 
 from . import __version__
 from .adapt import ADAPTATIONS, EpisodeInput, check_adaptable
-from .datasets import ImageDataset, dataset_spec, load_dataset
+from .datasets import DataConfig, ImageDataset, dataset_spec, load_dataset
 from .embedding import (
     PRECISIONS,
     EmbedSettings,
@@ -114,15 +114,6 @@ class MatchConfig:
 
     classes: int | str | None = "min"
     draws: int = DEFAULT_DRAWS
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where a dataset given by name is loaded from: ``root`` (its folder) and adapter ``options``
-    (e.g. ``{"subset": "test"}``); unused when :func:`evaluate` gets a loaded dataset."""
-
-    root: str | Path | None = None
-    options: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 from oodml.cli import main
 from oodml.features import extract_features, get_extractor
 from oodml.shift import ClassFeatures, split_distance
-from oodml.splits import compare, make_splits, read_split_set
+from oodml.splits import FeatureConfig, compare, make_splits, read_split_set
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "splits" / "glyphs" / "v1"
 
@@ -29,7 +29,8 @@ def rebuild(features, out, threads=None):
     threads (the library's default when None)."""
     with pytest.MonkeyPatch.context() as patch, threadpool_limits(limits=threads, user_api="blas"):
         patch.setattr("oodml.splits.make.extract_features", lambda *args, **kwargs: features)
-        return make_splits("glyphs", out=out, device="cpu", version="rebuilt")   # v1 would keep the published files
+        # v1 would keep the published files
+        return make_splits("glyphs", out=out, features=FeatureConfig(device="cpu"), version="rebuilt")
 
 
 @pytest.fixture(scope="module")

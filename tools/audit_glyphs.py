@@ -35,8 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import render_glyphs as rg  # noqa: E402
 
-from oodml.datasets import load_dataset  # noqa: E402
-from oodml.splits import SplitConfig, load, make_splits  # noqa: E402
+from oodml.datasets import DataConfig, load_dataset  # noqa: E402
+from oodml.splits import FeatureConfig, SplitConfig, load, make_splits  # noqa: E402
 from oodml.splits.audit import audit, format_audit, store_audit, write_audit  # noqa: E402
 from oodml.training import TrainConfig, train  # noqa: E402
 
@@ -79,7 +79,8 @@ def trained_extractor(work: Path) -> Path:
     ds = load_dataset("glyphs", root=folders)
     # A split set over the disjoint characters only serves train()'s interface: level 1's tuning-train classes
     # are trained on, its validation classes select the checkpoint.
-    split_set = make_splits("glyphs", root=folders, extractor="pixels", version="disjoint", out=work / "splits",
+    split_set = make_splits("glyphs", data=DataConfig(root=folders), features=FeatureConfig(extractor="pixels"),
+                            version="disjoint", out=work / "splits",
                             config=SplitConfig(levels=2, removal_levels=0, bootstrap=0, episodes=0, shots=(1,)))
     config = TrainConfig(arch="glyph-cnn", iterations=200, eval_every=100, seed=0)
     train(ds, split_set, 1, config, out=checkpoint.parent)

@@ -30,7 +30,6 @@ from oodml.features import extract_features, get_extractor
 from oodml.shift import ClassFeatures
 from oodml.splits import load
 from oodml.splits.adjacent import adjacent_pairs, paired_draws
-from oodml.splits.audit import level_partitions
 from oodml.splits.distance import make_scorer
 from oodml.splits.levels import bootstrap_interval
 
@@ -43,7 +42,7 @@ def main() -> None:
     ds = load_dataset("glyphs")
     cf = ClassFeatures(extract_features(ds, get_extractor("pixels")), ds.labels)
     scorer = make_scorer(cf)
-    partitions = level_partitions(split_set, ds.classes)
+    partitions = split_set.partitions(ds.classes)
 
     start = time.process_time()
     for k, (train, test) in enumerate(partitions, start=1):

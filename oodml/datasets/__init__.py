@@ -9,7 +9,7 @@
 from . import cars196, cub200, glyphs, hf, imagefolder, sop  # noqa: F401  (registration)
 from .base import ImageDataset, dataset_summary, fingerprint_of
 from .download import download_dataset
-from .registry import DatasetSpec, Download, dataset_spec, list_datasets, load_dataset, register_dataset
+from .registry import DataConfig, DatasetSpec, Download, dataset_spec, list_datasets, load_dataset, register_dataset
 
-__all__ = ["DatasetSpec", "Download", "ImageDataset", "dataset_spec", "dataset_summary", "download_dataset",
-           "fingerprint_of", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = ["DataConfig", "DatasetSpec", "Download", "ImageDataset", "dataset_spec", "dataset_summary",
+           "download_dataset", "fingerprint_of", "list_datasets", "load_dataset", "register_dataset"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._fs import data_home, escaping_link
@@ -122,6 +122,20 @@ def load_dataset(name: str, root: str | Path | None = None, *, follow_symlinks: 
     if not follow_symlinks and reads_image_files(ds):
         check_inside_root(ds)
     return ds
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a dataset given by name is loaded from: ``root`` (its folder) and adapter ``options``
+    (e.g. ``{"subset": "test"}``), as :func:`load_dataset` takes them; read by ``evaluate``, ``make_splits``
+    and ``audit`` when they get a dataset by name."""
+
+    root: str | Path | None = None
+    options: Mapping[str, object] = field(default_factory=dict)
+
+    def load(self, name: str) -> ImageDataset:
+        """The registered dataset ``name`` loaded from here (:func:`load_dataset`)."""
+        return load_dataset(name, root=self.root, **dict(self.options))
 
 
 def reads_image_files(ds: ImageDataset) -> bool:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the names below load on first use (see __getattr__); these 
     from .catalogue import iter_published, load, open_split_set, resolve, verify_split_sets
     from .compare import SplitComparison, compare
     from .levels import Episode, Level
-    from .make import make_splits
+    from .make import FeatureConfig, make_splits
     from .manifest import SplitSet, read_split_set
     from .publish import write_split_set
     from .search import SplitState, greedy_levels, removal_continuation, swap_progression
@@ -29,14 +29,15 @@ if TYPE_CHECKING:  # the names below load on first use (see __getattr__); these 
 #: public name -> the submodule defining it.  They load on first use: `oodml --version` and `oodml splits list`
 #: read a few paths and manifests, and should not wait for numpy, pyarrow or (make_splits) torch.
 _LAZY = {"Audit": "audit", "audit": "audit", "ALGORITHMS": "build", "SplitConfig": "build",
-         "build_levels": "build", "SplitComparison": "compare", "compare": "compare", "Episode": "levels",
-         "Level": "levels", "make_splits": "make", "SplitSet": "manifest", "iter_published": "catalogue",
-         "load": "catalogue", "open_split_set": "catalogue", "read_split_set": "manifest", "resolve": "catalogue",
-         "verify_split_sets": "catalogue", "write_split_set": "publish", "SplitState": "search",
-         "greedy_levels": "search", "removal_continuation": "search", "swap_progression": "search"}
+         "build_levels": "build", "iter_published": "catalogue", "load": "catalogue", "open_split_set": "catalogue",
+         "resolve": "catalogue", "verify_split_sets": "catalogue", "SplitComparison": "compare",
+         "compare": "compare", "Episode": "levels", "Level": "levels", "FeatureConfig": "make",
+         "make_splits": "make", "SplitSet": "manifest", "read_split_set": "manifest", "write_split_set": "publish",
+         "SplitState": "search", "greedy_levels": "search", "removal_continuation": "search",
+         "swap_progression": "search"}
 
-__all__ = ["ALGORITHMS", "Audit", "Episode", "Level", "SplitComparison", "SplitConfig", "SplitSet", "SplitState",
-           "audit", "build_levels", "compare", "greedy_levels", "iter_published", "load", "make_splits",
+__all__ = ["ALGORITHMS", "Audit", "Episode", "FeatureConfig", "Level", "SplitComparison", "SplitConfig", "SplitSet",
+           "SplitState", "audit", "build_levels", "compare", "greedy_levels", "iter_published", "load", "make_splits",
            "open_split_set", "read_split_set", "removal_continuation", "resolve", "swap_progression",
            "verify_split_sets", "write_split_set"]
 

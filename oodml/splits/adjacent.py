@@ -238,7 +238,6 @@ def measure_adjacent(split_set: SplitSet, *, root: str | Path | None = None, opt
     from ..datasets import dataset_spec, load_dataset
     from ..features import extract_features, get_extractor
     from ..shift import ClassFeatures
-    from .audit import level_partitions
     from .distance import make_scorer
 
     meta = split_set.metadata
@@ -249,7 +248,7 @@ def measure_adjacent(split_set: SplitSet, *, root: str | Path | None = None, opt
     # The data first: a split set whose data is absent or other is refused before any weights are fetched.
     ds = load_dataset(split_set.dataset, root=root, **(options or {}))
     split_set.check_dataset(ds.fingerprint, ds.root)
-    partitions = level_partitions(split_set, ds.classes)
+    partitions = split_set.partitions(ds.classes)
     ext = get_extractor(extractor or dataset_spec(split_set.dataset).split_extractor, weights)
     cf = ClassFeatures(extract_features(ds, ext, device=device, batch_size=batch_size), ds.labels)
     scorer = make_scorer(cf, str(meta.get("distance", "fid")), str(meta.get("mode", "class-mean")))

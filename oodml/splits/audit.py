@@ -36,13 +36,14 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .._fs import atomic_path, check_writable, claim
+from ..datasets import DataConfig
 from ..errors import OodmlError
 from ..shift import MODES, ClassFeatures, get_distance
 from ..stats import CONFIDENCE, shifted_interval
@@ -202,42 +203,28 @@ def _recording(distances: Callable[[list], np.ndarray], into: list) -> Callable[
     return scored
 
 
-def level_partitions(split_set: SplitSet, classes: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each level's (train, test) class indices into ``classes``; a class the dataset lacks is an error."""
-    index = {c: i for i, c in enumerate(classes)}
-    out = []
-    for lv in split_set.levels:
-        missing = [c for c in (*lv.train_classes, *lv.test_classes) if c not in index]
-        if missing:
-            raise OodmlError(f"{split_set.dataset}@{split_set.version} level {lv.index} names class {missing[0]!r}, "
-                             f"which the dataset does not have ({len(missing)} such); audit it on the data it "
-                             "was made from (--root)")
-        out.append((np.array([index[c] for c in lv.train_classes]), np.array([index[c] for c in lv.test_classes])))
-    return out
-
-
 def audit_features(split_set: SplitSet, classes: Sequence[str], features: np.ndarray, labels: np.ndarray, *,
-                   extractor: str, extractor_id: str | None = None, weights_hash: str = "unknown",
-                   draws: int = 200, seed: int | None = None) -> ExtractorAudit:
+                   extractor: str, draws: int = 200, seed: int | None = None) -> ExtractorAudit:
     """Re-measure ``split_set``'s levels in ``features`` and compare the order with the published one.
 
     Args:
         classes: the dataset's class names, ``labels`` index into them.
         features: (N, d) one row per image; ``labels``: (N,) ints.
-        extractor: what to call the extractor in reports.
+        extractor: what to call the extractor in reports; the result names it as its ``extractor_id`` too,
+            with ``weights_hash`` ``"unknown"`` (:func:`audit` records the resolved extractor's).
         draws: bootstrap resamples (module docstring); ``seed``: their seed (default: the split set's).
     """
     seed = _seed(split_set, seed)
     cf = ClassFeatures(features, labels)
     meta = split_set.metadata
-    distances, intervals, boot = remeasure_levels(cf, level_partitions(split_set, classes),
+    distances, intervals, boot = remeasure_levels(cf, split_set.partitions(classes),
                                                   distance=meta.get("distance", "fid"),
                                                   mode=meta.get("mode", "class-mean"), draws=draws, seed=seed)
     published = [lv.distance for lv in split_set.levels]
     spearman, kendall = rank_agreement(published, distances, boot if draws > 0 else None)
     levels = tuple(LevelDistance(lv.index, float(lv.distance), float(d), float(lo), float(hi))
                    for lv, d, (lo, hi) in zip(split_set.levels, distances, intervals, strict=True))
-    return ExtractorAudit(extractor, extractor_id or extractor, weights_hash, int(np.shape(features)[1]), levels,
+    return ExtractorAudit(extractor, extractor, "unknown", int(np.shape(features)[1]), levels,
                           spearman, kendall)
 
 
@@ -251,8 +238,8 @@ def _seed(split_set: SplitSet, seed: int | None) -> int:
 # --- I/O: extract, write, store --------------------------------------------------------------------
 
 def audit(splits: SplitSet | str | Path, extractors: Sequence[str] = (), *, pretraining: str | None = None,
-          root: str | Path | None = None, dataset_options: Mapping[str, object] | None = None, draws: int = 200,
-          seed: int | None = None, device: str = "auto", batch_size: int = 128) -> Audit:
+          data: DataConfig | None = None, draws: int = 200, seed: int | None = None, device: str = "auto",
+          batch_size: int = 128) -> Audit:
     """Audit a split set: its levels re-measured under each of ``extractors`` (:func:`audit_features`) and,
     with ``pretraining``, the overlap of its test classes with that pretraining data
     (:func:`oodml.splits.overlap.pretraining_overlap`).
@@ -260,14 +247,13 @@ def audit(splits: SplitSet | str | Path, extractors: Sequence[str] = (), *, pret
     Args:
         splits: a :class:`SplitSet`, a manifest directory or ``DATASET[@VERSION]``.
         extractors: registered extractors, model specs (``'timm:resnet18?pretrained=false'``) or files.
-        root, dataset_options: where and how to load the dataset (needed for extractors; for the
-            pretraining audit only to count images, which are reported unknown when it cannot be loaded).
+        data: where and how to load the dataset (needed for extractors; for the pretraining audit only to
+            count images, which are reported unknown when it cannot be loaded).
         draws: bootstrap resamples; ``seed``: their seed (default the split set's).
 
     Raises:
         OodmlError: nothing to audit, a bad count, an unknown extractor, data that is not the split set's.
     """
-    from ..datasets import load_dataset
     from ..features import extract_features, get_extractor
 
     split_set = splits if isinstance(splits, SplitSet) else open_split_set(splits)
@@ -277,14 +263,15 @@ def audit(splits: SplitSet | str | Path, extractors: Sequence[str] = (), *, pret
         raise OodmlError(f"--bootstrap must be a non-negative whole number (got {draws!r})")
     resolved = [get_extractor(spec) for spec in extractors]  # refuse a bad spec before loading any data
     ds = None
-    if resolved or root is not None or split_set.dataset == "glyphs":
-        ds = load_dataset(split_set.dataset, root=root, **(dataset_options or {}))
+    data = data or DataConfig()
+    if resolved or data.root is not None or split_set.dataset == "glyphs":
+        ds = data.load(split_set.dataset)
         split_set.check_dataset(ds.fingerprint, ds.root)
     results = []
     for spec, ext in zip(extractors, resolved, strict=True):
         features = extract_features(ds, ext, device=device, batch_size=batch_size)
-        results.append(audit_features(split_set, ds.classes, features, ds.labels, extractor=spec,
-                                      extractor_id=ext.id, weights_hash=ext.weights_hash, draws=draws, seed=seed))
+        measured = audit_features(split_set, ds.classes, features, ds.labels, extractor=spec, draws=draws, seed=seed)
+        results.append(replace(measured, extractor_id=ext.id, weights_hash=ext.weights_hash))
     overlap = None
     if pretraining is not None:
         counts = dict(zip(ds.classes, (int(n) for n in ds.class_counts()), strict=True)) if ds is not None else None

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..datasets import ImageDataset, dataset_spec, load_dataset
+from ..datasets import DataConfig, ImageDataset, dataset_spec
 from ..distributed import barrier, is_main_process
 from ..errors import OodmlError, brief
 from ..features import Extractor, extract_features, get_extractor
@@ -91,15 +92,26 @@ def _metadata(ds: ImageDataset, ext: Extractor, feature_dim: int, info: dict, *,
     return metadata
 
 
-def make_splits(dataset: str, *, root: str | Path | None = None, options: dict | None = None,
-                extractor: str | None = None, weights: str | None = None, config: SplitConfig | None = None,
-                version: str = "v1", out: str | Path = "splits", device: str = "auto",
-                batch_size: int = 128, keep_classes: bool = False,
-                built: Callable[[dict], None] | None = None) -> SplitSet:
+@dataclass(frozen=True)
+class FeatureConfig:
+    """The features the levels are measured in: ``extractor`` (default: the dataset's registered split
+    extractor, ``resnet50``; ``pixels`` for glyphs; or a model spec or file) with its ``weights`` file, computed
+    on ``device`` in batches of ``batch_size`` images (neither changes the split set)."""
+
+    extractor: str | None = None
+    weights: str | None = None
+    device: str = "auto"
+    batch_size: int = 128
+
+
+def make_splits(dataset: str, *, config: SplitConfig | None = None, data: DataConfig | None = None,
+                features: FeatureConfig | None = None, version: str = "v1", out: str | Path = "splits",
+                keep_classes: bool = False, built: Callable[[dict], None] | None = None) -> SplitSet:
     """Build and publish ``out/<dataset>/<version>/``; returns the verified :class:`SplitSet`.
 
-    ``extractor`` defaults to the dataset's registered split extractor
-    (``resnet50``; ``pixels`` for glyphs).  Publishing identical content again
+    ``dataset`` is loaded from ``data`` (default: its default root, no
+    options); ``features`` says which features (:class:`FeatureConfig`; default
+    the dataset's split extractor).  Publishing identical content again
     is a no-op; different content under a published ``dataset@version`` (at
     ``out`` or on the search paths) is refused, before the search when the
     dataset, extractor or search settings already differ (:func:`check_name_free`).
@@ -119,17 +131,18 @@ def make_splits(dataset: str, *, root: str | Path | None = None, options: dict |
     """
     check_version_name(version)
     config = keep_classes_config(config) if keep_classes else (config or SplitConfig())
-    ds = load_dataset(dataset, root=root, **(options or {}))
-    ext = get_extractor(extractor or dataset_spec(dataset).split_extractor, weights)
+    features = features or FeatureConfig()
+    ds = (data or DataConfig()).load(dataset)
+    ext = get_extractor(features.extractor or dataset_spec(dataset).split_extractor, features.weights)
     check_name_free(dataset, version, out, {
         "dataset_fingerprint": ds.fingerprint, "extractor": ext.id, "weights_hash": ext.weights_hash,
         "distance": config.distance, "mode": config.mode, "algorithm": config.algorithm, "seed": config.seed})
-    features = extract_features(ds, ext, device=device, batch_size=batch_size)
+    values = extract_features(ds, ext, device=features.device, batch_size=features.batch_size)
     asked_levels = config.levels
-    levels, info = build_levels(ds, features, config)
+    levels, info = build_levels(ds, values, config)
     if built is not None:
         built(info)
-    metadata = _metadata(ds, ext, features.shape[1], info, keep_classes=keep_classes, auto=asked_levels == AUTO)
+    metadata = _metadata(ds, ext, values.shape[1], info, keep_classes=keep_classes, auto=asked_levels == AUTO)
     if is_main_process():
         split_set = write_split_set(Path(out), dataset, version, levels, metadata)
     barrier()  # under torchrun, the other ranks read what rank 0 published

@@ -53,8 +53,10 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -65,6 +67,9 @@ from .adjacent import METADATA_KEY as ADJACENT_LEVELS
 from .adjacent import pairs_from_metadata
 from .levels import LEVEL_KINDS, Episode, Level
 from .locations import CHECKSUMS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SCHEMA_VERSION = 3
 SCHEMA_VERSIONS = (1, 2, 3)  # the digest rules this oodml can verify
@@ -129,6 +134,26 @@ class SplitSet:
             raise OodmlError(f"splits {self.dataset}@{self.version} were made from data with fingerprint "
                              f"{expected[:16]}; yours is {fingerprint[:16]}{where}")
 
+    def partitions(self, classes: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each level's (train, test) class indices into ``classes`` (a dataset's class names), level 1 first.
+
+        Raises:
+            OodmlError: a level names a class ``classes`` lacks (the data is not what the split set was made from).
+        """
+        import numpy as np
+
+        index = {c: i for i, c in enumerate(classes)}
+        out = []
+        for lv in self.levels:
+            missing = [c for c in (*lv.train_classes, *lv.test_classes) if c not in index]
+            if missing:
+                raise OodmlError(f"{self.dataset}@{self.version} level {lv.index} names class {missing[0]!r}, "
+                                 f"which the dataset does not have ({len(missing)} such); use the data it was made "
+                                 "from (--root)")
+            out.append((np.array([index[c] for c in lv.train_classes]),
+                        np.array([index[c] for c in lv.test_classes])))
+        return out
+
     @property
     def schema_version(self) -> int:
         """The manifest schema, which fixes the digest rule (see module docstring)."""
@@ -149,31 +174,47 @@ def canonical_float(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
 
 def levels_to_tables(levels: tuple[Level, ...]) -> dict[str, pa.Table]:
     """The three tables of ``levels``, measured values in canonical form (:func:`canonical_float`)."""
-    lv_rows = {name: [] for name in LEVEL_SCHEMA.names}
-    cls_rows = {name: [] for name in CLASS_SCHEMA.names}
-    ep_rows = {name: [] for name in EPISODE_SCHEMA.names}
+    return {"levels": _table(LEVEL_SCHEMA, _level_rows(levels)),
+            "classes": _table(CLASS_SCHEMA, _class_rows(levels)),
+            "episodes": _table(EPISODE_SCHEMA, _episode_rows(levels))}
+
+
+def _table(schema: pa.Schema, rows: Iterator[tuple]) -> pa.Table:
+    """A table of ``schema`` from rows of values in its column order."""
+    columns: dict[str, list] = {name: [] for name in schema.names}
+    for row in rows:
+        for name, value in zip(schema.names, row, strict=True):
+            columns[name].append(value)
+    return pa.table(columns, schema=schema)
+
+
+def _level_rows(levels: tuple[Level, ...]) -> Iterator[tuple]:
+    """One :data:`LEVEL_SCHEMA` row per level, measured values in canonical form."""
     for lv in levels:
         measured = (canonical_float(lv.distance), canonical_float(lv.ci_low), canonical_float(lv.ci_high))
-        for name, value in zip(LEVEL_SCHEMA.names, (lv.index, *measured, lv.kind,
-                                                    len(lv.train_classes), len(lv.test_classes),
-                                                    lv.n_train_images, lv.n_test_images), strict=True):
-            lv_rows[name].append(value)
+        yield (lv.index, *measured, lv.kind, len(lv.train_classes), len(lv.test_classes), lv.n_train_images,
+               lv.n_test_images)
+
+
+def _class_rows(levels: tuple[Level, ...]) -> Iterator[tuple]:
+    """One :data:`CLASS_SCHEMA` row per level and class: train classes (tuning train or val), then test classes
+    (no tuning role)."""
+    for lv in levels:
         val = set(lv.val_classes)
-        for role, classes in (("train", lv.train_classes), ("test", lv.test_classes)):
-            for c in classes:
-                tuning = ("val" if c in val else "train") if role == "train" else None
-                for name, value in zip(CLASS_SCHEMA.names, (lv.index, c, role, tuning), strict=True):
-                    cls_rows[name].append(value)
+        for c in lv.train_classes:
+            yield lv.index, c, "train", "val" if c in val else "train"
+        for c in lv.test_classes:
+            yield lv.index, c, "test", None
+
+
+def _episode_rows(levels: tuple[Level, ...]) -> Iterator[tuple]:
+    """One :data:`EPISODE_SCHEMA` row per support image of every episode."""
+    for lv in levels:
         for shots in lv.shots:
             for ep in lv.episodes(shots):
                 for c, ids in ep.support.items():
                     for sid in ids:
-                        for name, value in zip(EPISODE_SCHEMA.names, (lv.index, shots, ep.index, c, sid),
-                                               strict=True):
-                            ep_rows[name].append(value)
-    return {"levels": pa.table(lv_rows, schema=LEVEL_SCHEMA),
-            "classes": pa.table(cls_rows, schema=CLASS_SCHEMA),
-            "episodes": pa.table(ep_rows, schema=EPISODE_SCHEMA)}
+                        yield lv.index, shots, ep.index, c, sid
 
 
 def tables_to_levels(tables: dict[str, pa.Table]) -> tuple[Level, ...]:
@@ -403,20 +444,25 @@ def check_levels(levels: tuple[Level, ...], where: str) -> None:
     if [lv.index for lv in levels] != list(range(1, len(levels) + 1)):
         raise OodmlError(f"{where}: levels are numbered {[lv.index for lv in levels][:10]}, expected 1..{len(levels)}")
     for lv in levels:
-        train, test = set(lv.train_classes), set(lv.test_classes)
-        problem = None
-        if not train:
-            problem = "no train classes"
-        elif len(test) < 2:
-            problem = f"{len(test)} test classes (retrieval needs at least 2)"
-        elif lv.kind not in LEVEL_KINDS:
-            problem = f"kind {brief(lv.kind)}, not one of {', '.join(LEVEL_KINDS)}"
-        elif train & test:
-            problem = f"class {brief(sorted(train & test)[0])} on both sides"
-        elif not set(lv.val_classes) <= train:
-            problem = "validation classes that are not train classes"
-        elif any(not set(ep.support) <= test for eps in lv.episode_table.values() for ep in eps):
-            problem = "episode support from classes that are not test classes"
+        problem = level_problem(lv)
         if problem:
             raise OodmlError(f"{where}: level {lv.index} has {problem}; the split set is malformed, "
                              "restore it from where it was published")
+
+
+def level_problem(lv: Level) -> str | None:
+    """What makes level ``lv`` unusable, a few words (see :func:`check_levels`), or None."""
+    train, test = set(lv.train_classes), set(lv.test_classes)
+    if not train:
+        return "no train classes"
+    if len(test) < 2:
+        return f"{len(test)} test classes (retrieval needs at least 2)"
+    if lv.kind not in LEVEL_KINDS:
+        return f"kind {brief(lv.kind)}, not one of {', '.join(LEVEL_KINDS)}"
+    if train & test:
+        return f"class {brief(sorted(train & test)[0])} on both sides"
+    if not set(lv.val_classes) <= train:
+        return "validation classes that are not train classes"
+    if any(not set(ep.support) <= test for eps in lv.episode_table.values() for ep in eps):
+        return "episode support from classes that are not test classes"
+    return None
