@@ -266,24 +266,34 @@ def pair_distance_weights(unit: torch.Tensor, *, cutoff: float = 0.5, nonzero_lo
     # |x|^2 + |y|^2 - 2 x.y in one product, as torch.cdist computes it
     torch.bmm(torch.cat([unit * -2.0, squared_norms, ones], dim=-1),
               torch.cat([unit, ones, squared_norms], dim=-1).transpose(1, 2), out=squared)
-    # each pair's 2 x 2 block of same-class entries (the diagonal blocks): 0 while the farthest pair of
-    # different classes is found, then out of range, so not candidates
+    far = nonzero_loss_cutoff**2
+    log_max = _largest_log_weight(squared, d, cutoff=cutoff, far=far)
+    torch.neg(squared, out=candidate).add_(far).clamp_(min=0.0).sign_()          # 1 below the cutoff, else 0
+    squared.clamp_(min=cutoff**2, max=far)
+    c = (d - 3) / 2
+    torch.neg(squared, out=weights).add_(4.0).mul_(squared).log2_().mul_(-c).add_(2 * c - log_max / math.log(2.0))
+    return weights.exp2_().mul_(squared.rsqrt_()).mul_(candidate)
+
+
+def _largest_log_weight(squared: torch.Tensor, d: int, *, cutoff: float, far: float) -> torch.Tensor:
+    """(E, 1, 1) the largest finite log weight of a pair of different classes in each batch of class pairs, or
+    0 (the library's scale), from the batch's nearest and farthest such pairs.
+
+    ``squared``: (E, B, B) squared distances.  Each pair's 2 x 2 block of same-class entries (the diagonal
+    blocks) is set to 4 on the way out: beyond every cutoff, so they are never candidates.
+    """
+    batches, size, _ = squared.shape
     same_class = squared.view(batches, size // 2, 2, size // 2, 2).diagonal(dim1=1, dim2=3)
     same_class.fill_(0.0)
-    farthest = squared.amax(dim=(1, 2), keepdim=True)                                          # (E, 1, 1)
+    farthest = squared.amax(dim=(1, 2), keepdim=True)
     same_class.fill_(4.0)
     if bool((farthest >= 4.0).any()):        # antipodal within rounding: no finite log weight, left out
         farthest = torch.where(squared < 4.0, squared, 0.0).amax(dim=(1, 2), keepdim=True)
     nearest = squared.amin(dim=(1, 2), keepdim=True)
-    far = nonzero_loss_cutoff**2
-    torch.neg(squared, out=candidate).add_(far).clamp_(min=0.0).sign_()          # 1 below the cutoff, else 0
-    squared.clamp_(min=cutoff**2, max=far)
     c = (d - 3) / 2
     ends = torch.cat([nearest.clamp(min=cutoff**2, max=far), farthest.clamp(min=cutoff**2)], dim=-1)
     log_max = (torch.log(ends * (4.0 - ends)) * -c - 0.5 * torch.log(ends) + c * math.log(4.0)).amax(dim=-1)
-    log_max = log_max.clamp_(min=0.0).unsqueeze(-1)
-    torch.neg(squared, out=weights).add_(4.0).mul_(squared).log2_().mul_(-c).add_(2 * c - log_max / math.log(2.0))
-    return weights.exp2_().mul_(squared.rsqrt_()).mul_(candidate)
+    return log_max.clamp_(min=0.0).unsqueeze(-1)
 
 
 def sample_pair_negatives(weights: torch.Tensor, label_rank: torch.Tensor,
