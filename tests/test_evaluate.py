@@ -22,6 +22,9 @@ from oodml.results import Results, t_interval
 from oodml.splits import read_split_set
 
 SPLITS = Path(__file__).resolve().parents[1] / "splits" / "glyphs" / "v1"
+#: class-count-matched draws per level: none of these tests reads the matched numbers (tests/test_matched.py and
+#: test_compare.py do, at the default), but every run still computes, saves and reloads them
+DRAWS = 2
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def split_set():
 
 def test_zero_shot_on_two_levels_with_fewshot(glyphs, split_set, tmp_path):
     results = evaluate("glyph-cnn", glyphs, split_set, levels=[1, 8], fewshot=(2,), episodes=2, clustering=False,
-                       device="cpu")
+                       device="cpu", match_draws=DRAWS)
     metrics = {r["metric"] for r in results.rows if r["shots"] == 0}
     assert {"recall@1", "recall@8", "map@r", "r_precision", "map@1000"} <= metrics
     assert metrics == set(zero_shot_metrics(clustering=False))   # what --metric is checked against up front
@@ -67,7 +70,7 @@ def test_each_image_is_embedded_once_for_all_levels(glyphs, split_set):
     counting = Counting(inner)
     loaded = load_model("glyph-cnn", embed_dim=8)
     loaded.module = counting
-    results = evaluate(loaded, glyphs, split_set, clustering=False, device="cpu", use_cache=False)
+    results = evaluate(loaded, glyphs, split_set, clustering=False, device="cpu", use_cache=False, match_draws=DRAWS)
     distinct = len(set().union(*(lv.test_classes for lv in split_set.levels)))
     assert counting.images == distinct * 32 == results.meta["images_embedded"]
     per_level = sum(len(lv.test_classes) * 32 for lv in split_set.levels)
@@ -81,7 +84,7 @@ def test_per_level_checkpoints_and_leak_refusal(glyphs, split_set, tmp_path):
     for level in (1, 2):
         train(glyphs, split_set, level, cfg, out=tmp_path, device="cpu")
     results = evaluate(str(tmp_path / "level{level}.pt"), glyphs, split_set, levels=[1, 2], clustering=False,
-                       device="cpu")
+                       device="cpu", match_draws=DRAWS)
     assert {r["protocol"] for r in results.rows} == {"per-level"}
     assert len({r["model_digest"] for r in results.rows}) == 2
     identity = results.meta["model_identity"]                      # from scratch: no pretraining, not random
@@ -100,7 +103,7 @@ def test_per_level_checkpoints_that_declare_pretraining_record_its_overlap(glyph
         save(create_model("glyph-cnn", embed_dim=8, seed=level), tmp_path / f"level{level}.pt")
         payload = torch.load(tmp_path / f"level{level}.pt", weights_only=True)
         torch.save(payload | {"pretraining": "imagenet-1k"}, tmp_path / f"level{level}.pt")
-    options = dict(levels=[1, 2], clustering=False, device="cpu")
+    options = dict(levels=[1, 2], clustering=False, device="cpu", match_draws=DRAWS)
     results = evaluate(str(tmp_path / "level{level}.pt"), glyphs, split_set, **options)
     identity = results.meta["model_identity"]
     assert (identity["arch"], identity["pretraining"], sorted(identity["levels"])) == ("glyph-cnn", "imagenet-1k",
@@ -163,7 +166,7 @@ def test_killed_run_resumes_from_its_cache(glyphs, split_set, tmp_path):
     cache = embedding_cache_dir(glyphs, loaded.digest, loaded.preprocessing)
     argv = [sys.executable, "-m", "oodml", "evaluate", str(model_path), "--dataset", "glyphs", "--levels", "1",
             "--no-clustering", "--shard-size", "256", "--batch-size", "64", "--device", "cpu",
-            "--out", str(tmp_path / "out")]
+            "--match-draws", str(DRAWS), "--out", str(tmp_path / "out")]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while len(list(cache.glob("shard-*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None:
@@ -183,19 +186,19 @@ def test_killed_run_resumes_from_its_cache(glyphs, split_set, tmp_path):
     assert len(shards) == int(np.ceil((5280 - 256 * done_before) / 256)) + done_before
     resumed = Results.from_parquet(tmp_path / "out" / "results.parquet")
     fresh = evaluate(load_model(model_path), glyphs, split_set, levels=[1], clustering=False, device="cpu",
-                     use_cache=False)
-    assert {r["metric"]: r["value"] for r in resumed.rows} == pytest.approx(
-        {r["metric"]: r["value"] for r in fresh.rows}, abs=1e-6)
+                     use_cache=False, match_draws=DRAWS)
+    assert {(r["metric"], r["test_set"]): r["value"] for r in resumed.rows} == pytest.approx(
+        {(r["metric"], r["test_set"]): r["value"] for r in fresh.rows}, abs=1e-6)
 
 
 def test_cli_evaluate_and_plot(glyphs, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["-q", "evaluate", "glyph-cnn", "--dataset", "glyphs", "--levels", "1,8", "--no-clustering",
-                 "--device", "cpu", "--out", str(out)]) == 0
+    argv = ["-q", "evaluate", "glyph-cnn", "--dataset", "glyphs", "--levels", "1,8", "--no-clustering",
+            "--device", "cpu", "--match-draws", str(DRAWS), "--out", str(out)]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "recall@1" in printed and "distinct images embedded once for 2 levels" in printed
-    assert main(["-q", "evaluate", "glyph-cnn", "--dataset", "glyphs", "--levels", "1,8", "--no-clustering",
-                 "--device", "cpu", "--out", str(out)]) == 0   # the same run again: replaced, and said so
+    assert main(argv) == 0   # the same run again: replaced, and said so
     assert f"replaced the earlier run in {out} (glyph-cnn, " in capsys.readouterr().out
     assert main(["plot", str(out), str(out / "results.parquet"), "--out", str(tmp_path / "both")]) == 0
     assert (tmp_path / "both.svg").exists()
@@ -218,7 +221,7 @@ def test_curve_summary_and_intervals_by_hand(split_set):
 @pytest.mark.parametrize("adapt", ["finetune-last", "finetune-all"])
 def test_finetune_adaptations_report_beside_the_unadapted_model(glyphs, split_set, adapt):
     results = evaluate("glyph-cnn", glyphs, split_set, levels=[3], fewshot=(2,), episodes=1, adapt=adapt,
-                       adapt_iterations=5, clustering=False, device="cpu")
+                       adapt_iterations=5, clustering=False, device="cpu", match_draws=DRAWS)
     values = {(r["adaptation"], r["metric"]): r["value"] for r in results.rows
               if r["shots"] == 2 and r["test_set"] == "full"}
     assert set(values) == {("none", "accuracy"), ("none", "recall@1"), ("none", "map@r"),
@@ -242,7 +245,7 @@ def test_several_adaptations_in_one_run_and_saved_embeddings(glyphs, split_set, 
 
     results = evaluate("glyph-cnn", glyphs, split_set, levels=[2], fewshot=(2,), episodes=1, clustering=False,
                        adapt=["prototypes", "finetune-last"], adapt_iterations=3, device="cpu",
-                       save_embeddings=True)
+                       save_embeddings=True, match_draws=DRAWS)
     assert {r["adaptation"] for r in results.rows if r["shots"] == 2} == {"none", "prototypes", "finetune-last"}
     test_ids = [glyphs.sample_ids[i] for i in glyphs.indices_of_classes(split_set.level(2).test_classes)]
     assert results.embeddings[("test", 2)][0] == test_ids
