@@ -22,9 +22,9 @@ same-class images (harder) of the full test set, so its Recall@1 is not the
 full-set ``recall@1`` of the results.  The evaluated model is therefore scored
 under the same rule (the same queries against the same galleries), and the
 gap is reference minus model on those queries.  Its 95% interval is a paired
-bootstrap over test classes (the leaderboard's
-:func:`oodml.leaderboard.board.bootstrap_means`: each draw resamples the
-level's classes with replacement, the same classes for both).
+bootstrap over test classes (:func:`oodml.stats.paired_ratio_draws`, as the
+leaderboard and ``oodml compare`` use it: each draw resamples the level's
+classes with replacement, the same classes for both).
 
 What the reference does not equalise: it trains on half the images of each
 test class, and on as many classes as the level tests rather than as it
@@ -61,6 +61,7 @@ from .metrics import per_query_metrics
 from .models import EmbeddingModel, LoadedModel, load_model, save
 from .seeding import derive_seed, rng_for
 from .splits import Level, SplitSet
+from .stats import paired_ratio_draws
 
 if TYPE_CHECKING:  # training (and its losses) is imported only to train, not to evaluate
     from .training import TrainConfig
@@ -215,8 +216,6 @@ def level_gap(model_emb: np.ndarray, reference_emb: np.ndarray, labels: np.ndarr
     Raises:
         OodmlError: no class has two images in one half (fewer than 4 images per class).
     """
-    from .leaderboard.board import bootstrap_means
-
     model_hits, reference_hits = half_recall(model_emb, labels, folds), half_recall(reference_emb, labels, folds)
     queries = ~np.isnan(model_hits)       # the same for both: it depends on labels and halves only
     if not queries.any():
@@ -224,8 +223,8 @@ def level_gap(model_emb: np.ndarray, reference_emb: np.ndarray, labels: np.ndarr
                          "images per class")
     _, cls = np.unique(labels[queries], return_inverse=True)
     counts = np.bincount(cls).astype(np.float64)
-    per_class = [{0: (np.bincount(cls, weights=hits[queries]), counts)} for hits in (model_hits, reference_hits)]
-    samples = bootstrap_means(per_class, draws, seed)
+    per_class = [(np.bincount(cls, weights=hits[queries]), counts) for hits in (model_hits, reference_hits)]
+    samples = paired_ratio_draws([per_class], draws, np.random.default_rng(seed))[:, 0]   # (2, draws)
     low, high = np.percentile(samples[1] - samples[0], [2.5, 97.5])
     model, reference = float(model_hits[queries].mean()), float(reference_hits[queries].mean())
     return Gap(model, reference, reference - model, float(low), float(high), int(queries.sum()))

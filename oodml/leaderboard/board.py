@@ -1,10 +1,16 @@
 """The rendered board: ``leaderboard/README.md`` and ``leaderboard/index.html``, generated from verified entries.
 
-One board per published split set and protocol.  Entries are ranked by mean
-Recall@1 over levels; a paired bootstrap over test classes (the same classes
-resampled for every entry, per level) gives each entry's 95% interval and the
-interval of its difference from the entry ranked above: when that interval
-holds 0 the two share a rank.  Unverified entries are never rendered, only
+One board per published split set and protocol.  Entries are ranked by their
+mean Recall@1 over levels on the class-count-matched curve (:mod:`oodml.matched`:
+every level scored on D seeded draws of N of its test classes, N the same at
+every level, recomputed from the embeddings by the verifier); the full test
+sets' mean Recall@1 is a column beside it.  Each entry's 95% interval and the
+interval of its difference from the entry ranked above combine, as
+:func:`oodml.matched.matched_interval` does for one run and :mod:`oodml.comparison`
+for two, a paired bootstrap over test classes (:func:`oodml.matched.paired_matched_draws`:
+one resample of each level's test classes applied to every draw of every entry)
+and the draws' spread (:func:`oodml.stats.with_draw_spread`): when the gap's
+interval holds 0 the two share a rank.  Unverified entries are never rendered, only
 listed by name with their first problem.  Output is deterministic (no build
 time, hand-written SVG), so CI can check that the committed board is the one
 the committed entries produce.
@@ -26,8 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from .._fs import atomic_path, remove_abandoned
+from ..errors import OodmlError
+from ..matched import DEFAULT_DRAWS, matched_count, paired_matched_draws
 from ..splits import SplitSet, iter_published, read_split_set
 from ..splits.overlap import PretrainingOverlap, pretraining_overlap
+from ..stats import percentile_interval, with_draw_spread
 from .submission import NO_PRETRAINING, SCHEMA_VERSION, declared_pretraining, is_web_url, one_line
 from .verify import Verification, iter_entries, verify_entries
 
@@ -44,7 +53,8 @@ model spec declares it itself; add more results folders, one per seed, to record
 
 @dataclass
 class Ranked:
-    """One entry on a board: its verification, rank, bootstrap interval and the difference from the one above."""
+    """One entry on a board: its verification, rank, matched mean Recall@1 with its interval, and the interval
+    of its difference from the entry above."""
 
     verification: Verification
     rank: int
@@ -57,41 +67,38 @@ class Ranked:
         return self.verification.submission.meta
 
 
-def bootstrap_means(class_hits: Sequence[dict[int, tuple[np.ndarray, np.ndarray]]], draws: int = DRAWS,
-                    seed: int = 0) -> np.ndarray:
-    """Paired bootstrap of mean Recall@1 over levels: (entries, draws).
+def matching(v: Verification) -> tuple[int, int]:
+    """``(N, D)`` of a verified entry's class-count-matched scores: entries are ranked together only on one."""
+    return v.scores.matched.n_classes, v.scores.matched.draws
 
-    Each draw resamples every level's test classes with replacement, the same
-    classes for every entry, and recomputes each level's Recall@1 as hits over
-    queries of the drawn classes.
+
+def rank_entries(verified: Sequence[Verification], draws: int = DRAWS, seed: int = 0) -> list[Ranked]:
+    """Rank by mean matched Recall@1 over levels; an entry whose gap to the one above has a 95% interval
+    holding 0 shares its rank.
+
+    Raises:
+        OodmlError: the entries are not matched alike (other N or D), so no one curve ranks them.
     """
-    rng = np.random.default_rng(seed)
-    levels = sorted(class_hits[0])
-    total = np.zeros((len(class_hits), draws))
-    for level in levels:
-        counts = class_hits[0][level][1]
-        idx = rng.integers(0, len(counts), size=(draws, len(counts)))
-        queries = counts[idx].sum(1)
-        for e, hits in enumerate(class_hits):
-            total[e] += hits[level][0][idx].sum(1) / queries
-    return total / len(levels)
-
-
-def rank_entries(verified: Sequence[Verification], draws: int = DRAWS) -> list[Ranked]:
-    """Rank by mean Recall@1; an entry whose gap to the one above has a 95% interval holding 0 shares its rank."""
     if not verified:
         return []
-    samples = bootstrap_means([v.scores.class_hits for v in verified], draws)
-    means = [v.scores.curve("recall@1")["mean"] for v in verified]
+    if len({matching(v) for v in verified}) > 1:
+        raise OodmlError("the entries are matched at different class counts or draws "
+                         f"({', '.join(sorted({'{} x {}'.format(*matching(v)) for v in verified}))}); rank each alike")
+    levels = sorted(lv["level"] for lv in verified[0].scores.levels)
+    per_draw, boot = paired_matched_draws([v.scores.matched for v in verified], "recall@1", levels, draws,
+                                          np.random.default_rng(seed))
+    samples, draw_means = boot.mean(1), per_draw.mean(2)      # (entries, draws), (entries, D): means over levels
+    means = [v.scores.curve("recall@1", "matched")["mean"] for v in verified]
     order = sorted(range(len(verified)), key=lambda i: (-means[i], verified[i].submission.meta["entry"]))
     ranked: list[Ranked] = []
     for pos, i in enumerate(order):
-        ci = tuple(float(x) for x in np.percentile(samples[i], [2.5, 97.5]))
+        ci = with_draw_spread(means[i], percentile_interval(samples[i]), draw_means[i])
         if pos == 0:
             ranked.append(Ranked(verified[i], 1, means[i], ci, None))
             continue
         above = order[pos - 1]
-        gap = tuple(float(x) for x in np.percentile(samples[above] - samples[i], [2.5, 97.5]))
+        gap = with_draw_spread(means[above] - means[i], percentile_interval(samples[above] - samples[i]),
+                               draw_means[above] - draw_means[i])
         rank = ranked[-1].rank if gap[0] <= 0 else pos + 1
         ranked.append(Ranked(verified[i], rank, means[i], ci, gap))
     return ranked
@@ -224,21 +231,23 @@ def _board_rows(ranked: list[Ranked], text: Callable[[str], str],
     (:func:`markdown_text`; identity for HTML, which escapes every cell).
     """
     levels = [lv["level"] for lv in ranked[0].verification.scores.levels]
+    n = matching(ranked[0].verification)[0]
     shots = sorted({s for r in ranked for s in _fewshot_cells(r)}, key=lambda s: int(s.split("-")[0]))
-    header = ["rank", "method", "mean R@1 [95% CI]", "gap to above [95% CI]", "AUC R@1", "MAP@R",
-              *[f"L{k} R@1" for k in levels], *[f"{s} gain" for s in shots], "test classes seen in pretraining"]
+    header = ["rank", "method", f"mean R@1 N={n} [95% CI]", "gap to above [95% CI]", "full-set mean R@1",
+              f"AUC R@1 N={n}", f"MAP@R N={n}", *[f"L{k} R@1 N={n}" for k in levels], *[f"{s} gain" for s in shots],
+              "test classes seen in pretraining"]
     rows = []
     for r in ranked:
         scores = r.verification.scores
         rank = f"{r.rank}" + (" (tie)" if r.gap_ci is not None and r.gap_ci[0] <= 0 else "")
         gap = "" if r.gap_ci is None else f"[{r.gap_ci[0]:+.4f}, {r.gap_ci[1]:+.4f}]"
+        full, auc, map_r = (scores.curve("recall@1")["mean"], scores.curve("recall@1", "matched")["auc"],
+                            scores.curve("map@r", "matched")["mean"])
         cells = [(rank, r.rank), (text(r.meta["method"]) + (" (baseline)" if r.meta["baseline"] else ""),
                                   r.meta["method"]),
                  (f"{_fmt(r.mean)} [{_fmt(r.ci[0])}, {_fmt(r.ci[1])}]", r.mean),
-                 (gap, r.gap_ci[0] if r.gap_ci else 0.0),
-                 (_fmt(scores.curve("recall@1")["auc"]), scores.curve("recall@1")["auc"]),
-                 (_fmt(scores.curve("map@r")["mean"]), scores.curve("map@r")["mean"])]
-        cells += [(_fmt(lv["recall@1"]), lv["recall@1"]) for lv in scores.levels]
+                 (gap, r.gap_ci[0] if r.gap_ci else 0.0), (_fmt(full), full), (_fmt(auc), auc), (_fmt(map_r), map_r)]
+        cells += [(_fmt(v), v) for v in scores.per_level("recall@1", "matched")]
         few = _fewshot_cells(r)
         for s in shots:
             if s in few:
@@ -263,17 +272,29 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf")
 
 
+def _curve_points(ranked: list[Ranked]) -> list[tuple[str, list[tuple[float, float]], list[tuple[float, float]]]]:
+    """Per entry: its method, its matched and its full Recall@1 as (distance, value) points, by distance."""
+    out = []
+    for r in ranked:
+        scores = r.verification.scores
+        distance = [lv["distance"] for lv in scores.levels]
+        out.append((r.meta["method"], sorted(zip(distance, scores.per_level("recall@1", "matched"), strict=True)),
+                    sorted(zip(distance, scores.per_level("recall@1"), strict=True))))
+    return out
+
+
 def curves_svg(ranked: list[Ranked], width: int = 780, height: int = 380) -> str:
-    """Recall@1 against level distance, one polyline per entry, as a standalone SVG element."""
+    """Recall@1 against level distance as a standalone SVG element: per entry its matched curve (solid, the
+    headline) and its full test sets' curve (dashed, same colour)."""
     left, right, top, bottom = 56, 250, 16, 44
-    series = [(r.meta["method"], [(lv["distance"], lv["recall@1"]) for lv in r.verification.scores.levels])
-              for r in ranked]
-    xs = [x for _, pts in series for x, _ in pts]
-    ys = [y for _, pts in series for _, y in pts]
+    series = _curve_points(ranked)
+    xs = [x for _, pts, _ in series for x, _ in pts]
+    ys = [y for _, matched, full in series for _, y in matched + full]
     x0, x1 = min(xs), max(xs)
     y0, y1 = max(0.0, np.floor(min(ys) * 20) / 20), min(1.0, np.ceil(max(ys) * 20) / 20)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 0.05)
     pw, ph = width - left - right, height - top - bottom
+    n = matching(ranked[0].verification)[0]
 
     def px(x: float) -> float:
         return left + (x - x0) / (x1 - x0) * pw
@@ -282,7 +303,8 @@ def curves_svg(ranked: list[Ranked], width: int = 780, height: int = 380) -> str
         return top + (1 - (y - y0) / (y1 - y0)) * ph
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="curves" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="Recall@1 against train-test distance">',
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="Recall@1 against train-test distance: '
+             f'{n} classes per level (solid), full test sets (dashed)">',
              f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>']
     for k in range(6):
         yv = y0 + (y1 - y0) * k / 5
@@ -294,12 +316,14 @@ def curves_svg(ranked: list[Ranked], width: int = 780, height: int = 380) -> str
     parts.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" font-size="12">'
                  'train-test distance of the level</text>')
     parts.append(f'<text x="14" y="{top + ph / 2:.1f}" text-anchor="middle" font-size="12" '
-                 f'transform="rotate(-90 14 {top + ph / 2:.1f})">Recall@1</text>')
-    for k, (name, pts) in enumerate(series):
+                 f'transform="rotate(-90 14 {top + ph / 2:.1f})">Recall@1 (solid: {n} classes; dashed: all)</text>')
+    for k, (name, matched, full) in enumerate(series):
         color = PALETTE[k % len(PALETTE)]
-        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in sorted(pts))
-        parts.append(f'<polyline class="curve" fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
-        parts += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{color}"/>' for x, y in pts]
+        for cls, pts, dash in (("curve", matched, ""), ("curve-full", full, ' stroke-dasharray="4 3"')):
+            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+            parts.append(f'<polyline class="{cls}" fill="none" stroke="{color}" stroke-width="{2 if not dash else 1}"'
+                         f'{dash} points="{path}"/>')
+        parts += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{color}"/>' for x, y in matched]
         ly = top + 12 + 16 * k
         parts.append(f'<line x1="{left + pw + 10}" x2="{left + pw + 28}" y1="{ly - 4}" y2="{ly - 4}" '
                      f'stroke="{color}" stroke-width="2"/><text x="{left + pw + 32}" y="{ly}" font-size="11">'
@@ -315,33 +339,42 @@ class Board:
     protocol: str | None      # None: no entry yet
     ranked: list[Ranked]
     split_set: SplitSet
+    matched: tuple[int, int] | None = None   # (N, D) of the entries' matched curve; None: no entry yet
+
+    @property
+    def _default_matching(self) -> bool:
+        return self.matched is None or self.matched == (matched_count(self.split_set, "min"), DEFAULT_DRAWS)
 
     @property
     def title(self) -> str:
-        return f"{self.dataset} @ {self.version}" + (f", {self.protocol} protocol" if self.protocol else "")
+        return (f"{self.dataset} @ {self.version}" + (f", {self.protocol} protocol" if self.protocol else "")
+                + ("" if self._default_matching else f", matched at {self.matched[0]} classes in "
+                   f"{self.matched[1]} draws"))
 
     @property
     def anchor(self) -> str:
-        return f"{self.dataset}-{self.version}-{self.protocol or 'empty'}".replace(".", "-").replace("+", "-")
+        suffix = "" if self._default_matching else f"-n{self.matched[0]}-d{self.matched[1]}"
+        return f"{self.dataset}-{self.version}-{self.protocol or 'empty'}{suffix}".replace(".", "-").replace("+", "-")
 
 
 EMPTY = "No entry yet: this board fills when the first submission verifies (see How to submit)."
 
 
 def collect_boards(verifications: Sequence[Verification]) -> list[Board]:
-    """One board per published split set and protocol (an empty one where no entry exists)."""
+    """One board per published split set, protocol and matched curve (N, D: the split set's default unless an
+    entry's protocol card states others), an empty one where no entry exists."""
     boards = []
     for dataset, version, path in sorted(set(iter_published())):
         mine = [v for v in verifications if v.ok and (v.submission.meta["dataset"], v.submission.meta[
             "split_version"]) == (dataset, version)]
-        protocols = sorted({v.submission.meta["protocol"] for v in mine})
+        kinds = sorted({(v.submission.meta["protocol"], matching(v)) for v in mine})
         split_set = read_split_set(path)
-        if not protocols:
+        if not kinds:
             boards.append(Board(dataset, version, None, [], split_set))
-        for protocol in protocols:
-            boards.append(Board(dataset, version, protocol,
-                                rank_entries([v for v in mine if v.submission.meta["protocol"] == protocol]),
-                                split_set))
+        for protocol, matched in kinds:
+            boards.append(Board(dataset, version, protocol, rank_entries(
+                [v for v in mine if (v.submission.meta["protocol"], matching(v)) == (protocol, matched)]),
+                split_set, matched))
     return boards
 
 
@@ -355,15 +388,22 @@ def render_markdown(boards: list[Board], rejected: Sequence[Verification]) -> st
            "<!-- generated by `oodml leaderboard build`; do not edit by hand -->", "",
            "Every number here is recomputed from the submitted embeddings by `oodml leaderboard verify` "
            "(CI runs it on every entry); self-reported numbers are only checked against it. Ranks come from mean "
-           "Recall@1 over the levels of the split set; the intervals are 95% paired bootstrap intervals over test "
-           f"classes ({DRAWS} draws), and an entry whose gap to the entry above has an interval holding 0 shares "
-           "its rank (a tie). AUC is the area under Recall@1 against the level distance scaled to [0, 1]. "
+           "Recall@1 over the levels of the split set on the class-count-matched curve: Recall@1 rises when a "
+           "level has fewer test classes, so every level is scored on N of its test classes (N the same at every "
+           "level, by default the fewest of any level; the column headers say N) in D seeded draws (20 unless "
+           "the entry's protocol card states otherwise), averaged, as `oodml evaluate` reports it; the full "
+           "test sets' mean Recall@1 is a column beside it. The intervals combine a 95% paired bootstrap over "
+           f"test classes ({DRAWS} draws, one resample of each level's test classes applied to every matched "
+           "draw of every entry) with the draws' spread (standard error, in quadrature), and an entry whose gap "
+           "to the entry above has an interval holding 0 shares its rank (a tie). AUC is the area under the "
+           "matched Recall@1 against the level distance scaled to [0, 1]; MAP@R and the per-level Recall@1 are "
+           "matched too. "
            "Few-shot gain: mean over levels of the episodes' n-way accuracy with the entry's best adaptation, "
            "minus nearest-support-image accuracy without adaptation. Test classes seen in pretraining: per level, "
            "the test classes with a counterpart in the entry's declared pretraining data (class overlap: the same "
            "species; category overlap: the same kind of object), from the maps `oodml splits audit --pretraining` "
            "uses; unknown when the data has no class list. The sortable page with the degradation "
-           "curves is `index.html`.", "", "## How to submit", "", STEPS, "",
+           "curves (matched solid, full dashed) is `index.html`.", "", "## How to submit", "", STEPS, "",
            f"The format (schema version {SCHEMA_VERSION}) is described in `oodml/leaderboard/submission.py` and "
            "checked by `oodml leaderboard verify`: `submission.json` plus float16 Parquet embeddings of every "
            "level's test images (and, for fine-tuned few-shot adaptation, of each episode's images after "
@@ -377,9 +417,9 @@ def render_markdown(boards: list[Board], rejected: Sequence[Verification]) -> st
         out += [_markdown_table(header, rows), ""]
         spread = [(r.meta["method"], r.meta["seeds"]) for r in board.ranked if r.meta["seeds"].get("sd_mean_recall@1")]
         if spread:
-            out += ["Spread over seeds (mean Recall@1 of each run; the submitted run is the first): " + "; ".join(
-                f"{markdown_text(m)}: " + ", ".join(_fmt(x) for x in s["mean_recall@1"]) for m, s in spread) + ".",
-                ""]
+            out += ["Spread over seeds (full-set mean Recall@1 of each run; the submitted run is the first): "
+                    + "; ".join(f"{markdown_text(m)}: " + ", ".join(_fmt(x) for x in s["mean_recall@1"])
+                                for m, s in spread) + ".", ""]
     if rejected:
         out += ["## Entries that did not verify (not shown)", ""]
         out += [f"- {markdown_text(v.path.name)}: {markdown_text(first_problem(v))}" for v in rejected] + [""]
@@ -432,8 +472,11 @@ def render_html(boards: list[Board], rejected: Sequence[Verification]) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>oodml leaderboard</title>",
              f"<style>{_STYLE}</style></head><body>", "<h1>oodml leaderboard</h1>",
              "<p>Generated by <code>oodml leaderboard build</code> from verified entries only: every number is "
-             "recomputed from the submitted embeddings. Click a column to sort. Intervals are 95% paired bootstrap "
-             "intervals over test classes; entries whose gap to the entry above holds 0 share a rank.</p>"]
+             "recomputed from the submitted embeddings. Click a column to sort. Ranks and the R@1 N= columns are on "
+             "the class-count-matched curve (every level scored on N of its test classes in seeded draws, "
+             "averaged); the curves show it solid and the full test sets dashed. Intervals combine 95% paired "
+             "bootstrap intervals over test classes with the draws' spread; entries whose gap to the entry above "
+             "holds 0 share a rank.</p>"]
     for board in boards:
         parts.append(f'<h2 id="{board.anchor}">{html.escape(board.title)}</h2>')
         if not board.ranked:

@@ -420,37 +420,53 @@ def _check_files(listed: dict, path: Path) -> list[str]:
     """Problems with the listed files' names, links, sizes and hashes, and with unlisted files."""
     problems, total = [], 0
     for name, record in sorted(listed.items()):
-        if parse_file_name(name) is None:
-            problems.append(f"{path}: file name {brief(name)} is not allowed (embeddings/level<L>.parquet or "
-                            "embeddings/level<L>-<k>shot-episode<E>-<adaptation>.parquet)")
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("sha256"), str) or \
-                not is_small_int(record.get("bytes"), 0, MAX_ENTRY_BYTES):
-            problems.append(f"{path}: files[{name!r}] must be {{\"sha256\": hex, \"bytes\": int >= 0}}")
-            continue
-        file = path / name
-        if file.is_symlink() or file.parent.is_symlink():
-            problems.append(f"{file}: a link; submissions hold regular files only")
-            continue
-        if not file.is_file():
-            problems.append(f"{file}: listed but missing")
-            continue
-        size = file.stat().st_size
+        problem, size = _file_problem(path, name, record, total)
         total += size
-        if size > MAX_FILE_BYTES:
-            problems.append(f"{file}: {size} bytes, more than the {MAX_FILE_BYTES} allowed per file")
-            continue
-        if total > MAX_ENTRY_BYTES:
-            continue                          # reported below; hashing more would only cost time
-        if size != record["bytes"] or file_digest(file) != record["sha256"]:
-            problems.append(f"{file}: content does not match the sha256 in submission.json")
+        problems += [problem] if problem else []
     if total > MAX_ENTRY_BYTES:
         problems.append(f"{path}: {total} bytes in all, more than the {MAX_ENTRY_BYTES} allowed per entry")
-    for found in sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()):
-        rel = found.relative_to(path).as_posix()
-        if rel != "submission.json" and rel not in listed:
-            problems.append(f"{found}: not listed in submission.json (remove it)")
-    return problems
+    return problems + _unlisted_files(listed, path)
+
+
+def _record_problem(path: Path, name: object, record: object) -> str | None:
+    """The problem with one ``files`` item's name (one evaluate writes) or record (sha256 and bytes), or None."""
+    if parse_file_name(name) is None:
+        return (f"{path}: file name {brief(name)} is not allowed (embeddings/level<L>.parquet or "
+                "embeddings/level<L>-<k>shot-episode<E>-<adaptation>.parquet)")
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str) or \
+            not is_small_int(record.get("bytes"), 0, MAX_ENTRY_BYTES):
+        return f"{path}: files[{name!r}] must be {{\"sha256\": hex, \"bytes\": int >= 0}}"
+    return None
+
+
+def _file_problem(path: Path, name: str, record: object, total: int) -> tuple[str | None, int]:
+    """One listed file checked: ``(its problem or None, its size in bytes counted towards the entry's)``.
+
+    ``total`` is the bytes of the files checked before it: once the entry is over its limit no more files
+    are hashed (the limit is reported once, by the caller)."""
+    problem = _record_problem(path, name, record)
+    if problem:
+        return problem, 0
+    file = path / name
+    if file.is_symlink() or file.parent.is_symlink():
+        return f"{file}: a link; submissions hold regular files only", 0
+    if not file.is_file():
+        return f"{file}: listed but missing", 0
+    size = file.stat().st_size
+    if size > MAX_FILE_BYTES:
+        return f"{file}: {size} bytes, more than the {MAX_FILE_BYTES} allowed per file", size
+    if total + size > MAX_ENTRY_BYTES:
+        return None, size                     # reported by the caller; hashing more would only cost time
+    if size != record["bytes"] or file_digest(file) != record["sha256"]:
+        return f"{file}: content does not match the sha256 in submission.json", size
+    return None, size
+
+
+def _unlisted_files(listed: dict, path: Path) -> list[str]:
+    """A problem for every file in the entry's folder that ``submission.json`` does not list."""
+    return [f"{found}: not listed in submission.json (remove it)"
+            for found in sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink())
+            if (rel := found.relative_to(path).as_posix()) != "submission.json" and rel not in listed]
 
 
 def file_record(path: Path) -> dict:
