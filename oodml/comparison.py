@@ -7,11 +7,10 @@ AUC (:func:`oodml.protocol.curve_summary`), each with a paired bootstrap interva
 
 * retrieval metrics (``recall@1``, ``map@r``): each draw resamples every level's test classes once with
   replacement and applies the same resample to every run (a level's metric is the drawn classes' metric sum
-  over their queries: ``classes.parquet``, :func:`oodml.results.class_records`); an entry has per-class
-  records of Recall@1 only (``Scores.class_hits``), so ``map@r`` is compared between runs alone;
+  over their queries: a run's ``classes.parquet``, :func:`oodml.results.class_records`; an entry's
+  ``Scores.class_sums``, recomputed from its embeddings by the verifier);
 * few-shot accuracies (per shots and adaptation): paired by episode (a split set fixes its episodes), each
-  draw resamples every level's common episodes; only runs that recorded every episode have them (entries
-  keep per-level means), so they are compared between folders of ``oodml evaluate``.
+  draw resamples every level's common episodes (a run's rows, an entry's ``Scores.episodes``).
 
 Every quantity is compared on two test sets (``test_set`` of a row): ``matched``, the headline, and ``full``.
 
@@ -19,19 +18,23 @@ Every quantity is compared on two test sets (``test_set`` of a row): ``matched``
 * ``matched``: the class-count-matched curve of :mod:`oodml.matched` (every level scored on D seeded draws of N
   of its test classes, averaged).  The draws are seeded from the split set's digest, the level and the draw
   index, so two runs on one split set with the same N and D hold the same classes in every draw; this is
-  checked in their records, and a run without matched records (a leaderboard entry, a run of
+  checked in their records (a leaderboard entry's are :attr:`oodml.leaderboard.Scores.matched`, at its
+  protocol card's N and D or the split set's default), and a run without matched records (a run of
   ``--match-classes off`` or of an older oodml), another N or D, or other classes in a draw leaves the runs
   compared on the full test sets only, with a note.  A level's retrieval value is the mean over its draws of
   the drawn classes' summed per-query metric over their queries.  Its interval combines, as
   :func:`oodml.matched.matched_interval` does for one run, two sources in quadrature: a paired class
   bootstrap (each draw of the bootstrap resamples the level's *full* test-class list once, with
   replacement, and applies that one resample to every matched draw's classes and to every run: the draws of
-  a level share most of their classes, so one resample keeps their overlap; :func:`oodml.stats.
-  paired_ratio_draws` with each (run, draw) as one of its runs; the D draws averaged; percentile interval of
-  B - A) and the spread of the D draws' paired differences (their standard error, sd / sqrt(D), times the
+  a level share most of their classes, so one resample keeps their overlap:
+  :func:`oodml.matched.paired_matched_draws`; percentile interval of B - A) and the spread of the D draws'
+  paired differences (:func:`oodml.stats.with_draw_spread`: their standard error, sd / sqrt(D), times the
   normal quantile of the confidence): ``low = d - sqrt((d - b_low)^2 + (z se)^2)``, ``high = d +
   sqrt((b_high - d)^2 + (z se)^2)``.  Few-shot accuracies on the N-way episodes are paired by episode as on
   the full test sets.
+
+Leaderboard entries are scored from float16 embeddings, runs from float32 ones: a note says so when both
+are compared, as part of a difference between a run and an entry can be that rounding.
 
 Only the levels every run has are compared (the others are named in ``notes``).  The same run given twice is
 allowed: its differences are exactly 0 with zero-width intervals, a check of the comparison itself.
@@ -44,12 +47,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 
 from .errors import OodmlError
-from .stats import CONFIDENCE, paired_ratio_draws, percentile_interval
+from .matched import MatchedRecords, paired_matched_draws
+from .stats import CONFIDENCE, paired_ratio_draws, percentile_interval, with_draw_spread
 
 #: the retrieval metrics compared (per-class sums in a run's classes.parquet)
 RETRIEVAL = ("recall@1", "map@r")
@@ -59,27 +62,6 @@ DRAWS = 2000
 _RECORD_TOLERANCE = 1e-6
 #: what ``test_set`` may ask for: both test sets (matched the headline), or one
 TEST_SETS = ("both", "matched", "full")
-
-
-@dataclass
-class Matched:
-    """A run's class-count-matched records (:mod:`oodml.matched`), as the comparison sees them.
-
-    Attributes:
-        n_classes, draws: N (classes per draw) and D (draws per level).
-        subsets: level -> (D, N) int64, each draw's classes as positions in ``Scored.classes[level]``.
-        queries: level -> (D, C) float64, per draw the retrieval queries of each of the level's C test classes
-            (0 for a class the draw left out).
-        sums: metric -> level -> (D, C), likewise the metric summed over each class's queries.
-        episodes: as ``Scored.episodes``, on the N-way episodes.
-    """
-
-    n_classes: int
-    draws: int
-    subsets: dict[int, np.ndarray]
-    queries: dict[int, np.ndarray]
-    sums: dict[str, dict[int, np.ndarray]]
-    episodes: dict[tuple[int, str, str], dict[int, dict[int, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,7 +77,7 @@ class Scored:
         queries: level -> (C,) retrieval queries per class, in ``classes`` order.
         sums: metric -> level -> (C,) the metric summed over each class's queries.
         episodes: (shots, adaptation, metric) -> level -> episode index -> value.
-        matched: the class-count-matched records, or None (an entry, a run without them).
+        matched: the class-count-matched records (classes in ``classes`` order), or None (a run without them).
     """
 
     name: str
@@ -108,7 +90,7 @@ class Scored:
     queries: dict[int, np.ndarray]
     sums: dict[str, dict[int, np.ndarray]]
     episodes: dict[tuple[int, str, str], dict[int, dict[int, float]]] = field(default_factory=dict)
-    matched: Matched | None = None
+    matched: MatchedRecords | None = None
 
 
 @dataclass
@@ -255,9 +237,8 @@ def _matched_problem(scored: list[Scored], levels: list[int]) -> str | None:
     a = scored[0].matched
     for s in scored:
         if s.matched is None:
-            why = "a leaderboard entry" if s.kind == "entry" else "evaluated with --match-classes off or by an " \
-                                                                  "older oodml"
-            return f"{s.name} has no class-count-matched records ({why})"
+            return (f"{s.name} has no class-count-matched records (evaluated with --match-classes off or by an "
+                    "older oodml)")
         missing = [lv for lv in levels if lv not in s.matched.subsets]
         if missing:
             return f"{s.name} has no class-count-matched records at level {missing[0]}"
@@ -319,8 +300,9 @@ def _episodes(rows: list[dict], test_set: str, classes: dict) -> dict:
 
 
 def _read_matched(folder: Path, meta: dict | None, records: list[dict], rows: list[dict],
-                  classes: dict[int, list[str]]) -> Matched | None:
-    """A run's matched records (:class:`Matched`), checked against its matched rows; None without them."""
+                  classes: dict[int, list[str]]) -> MatchedRecords | None:
+    """A run's matched records (:class:`oodml.matched.MatchedRecords`), checked against its matched rows; None
+    without them."""
     if not meta or not records:
         return None
     by_draw: dict[tuple[int, int], list[dict]] = {}
@@ -348,8 +330,8 @@ def _read_matched(folder: Path, meta: dict | None, records: list[dict], rows: li
             values = s.sum(1) / q.sum(1)
             if any(abs(v - reported.get((level, d, m), v)) > _RECORD_TOLERANCE for d, v in enumerate(values)):
                 raise OodmlError(bad.format(level))
-    return Matched(int(meta["n_classes"]), int(meta["draws"]), subsets, queries, sums,
-                   _episodes(rows, "matched", classes))
+    return MatchedRecords(int(meta["n_classes"]), int(meta["draws"]), subsets, queries, sums,
+                          _episodes(rows, "matched", classes))
 
 
 def _per_class(draws: list[list[dict]], column: str, position: dict[str, int]) -> np.ndarray:
@@ -404,17 +386,19 @@ def _read_entry(path: Path, data_root: str | Path | None) -> Scored:
                          f"with `oodml leaderboard verify {path}`")
     meta, scores = checked.submission.meta, checked.scores
     split_set = load(meta["dataset"], meta["split_version"])
-    classes, queries, hits = {}, {}, {}
+    classes, queries, sums, order = {}, {}, {m: {} for m in RETRIEVAL}, {}
     for level in split_set.levels:
-        if level.index not in scores.class_hits:
+        if level.index not in scores.class_sums:
             continue
-        order = np.argsort(np.array(level.test_classes, dtype=object), kind="stable")
-        classes[level.index] = [level.test_classes[i] for i in order]
-        hits[level.index] = scores.class_hits[level.index][0][order]
-        queries[level.index] = scores.class_hits[level.index][1][order]
+        order[level.index] = np.argsort(np.array(level.test_classes, dtype=object), kind="stable")
+        classes[level.index] = [level.test_classes[i] for i in order[level.index]]
+        counts, by_metric = scores.class_sums[level.index]
+        queries[level.index] = counts[order[level.index]]
+        for m in RETRIEVAL:
+            sums[m][level.index] = by_metric[m][order[level.index]]
     distance = {lv["level"]: float(lv["distance"]) for lv in scores.levels}
-    return Scored(path.name, path, "entry", meta["dataset"], meta["split_digest"], distance, classes, queries,
-                  {"recall@1": hits})
+    return Scored(path.name, path, "entry", meta["dataset"], meta["split_digest"], distance, classes, queries, sums,
+                  scores.episodes, scores.matched.reordered(order) if scores.matched else None)
 
 
 def _name_runs(scored: list[Scored]) -> list[Scored]:
@@ -464,8 +448,8 @@ def _retrieval_rows(a: Scored, b: Scored, levels: list[int], test_set: str, boot
     rows = []
     for metric in RETRIEVAL:
         if metric not in a.sums or metric not in b.sums:
-            notes.append(f"{metric} is compared between evaluation runs only (a leaderboard entry records "
-                         "per-class Recall@1 alone)")
+            notes.append(f"{metric} is not compared: {a.name if metric not in a.sums else b.name} has no per-class "
+                         "records of it")
             continue
         common = {"against": a.name, "run": b.name, "test_set": test_set, "metric": metric, "shots": 0,
                   "adaptation": "none", "units": "classes"}
@@ -477,12 +461,10 @@ def _retrieval_rows(a: Scored, b: Scored, levels: list[int], test_set: str, boot
         if metric not in a.matched.sums or metric not in b.matched.sums:
             continue
         # every (run, matched draw) is one "run" of the paired bootstrap: one class resample per level for all
-        units = [[(run.matched.sums[metric][lv][d], run.matched.queries[lv][d]) for run in (a, b)
-                  for d in range(a.matched.draws)] for lv in levels]
-        point, drawn = _paired(units, draws, seed)
-        per_draw = point.reshape(2, a.matched.draws, len(levels))
-        rows += _difference_rows(per_draw.mean(1), drawn.reshape(2, a.matched.draws, *drawn.shape[1:]).mean(1),
-                                 [a.distance[lv] for lv in levels], levels, confidence, common, per_draw)
+        per_draw, drawn = paired_matched_draws([a.matched, b.matched], metric, levels, draws,
+                                               np.random.default_rng(seed))
+        rows += _difference_rows(per_draw.mean(1), drawn, [a.distance[lv] for lv in levels], levels, confidence,
+                                 common, per_draw)
     return rows
 
 
@@ -532,14 +514,12 @@ def _difference_rows(point: np.ndarray, drawn: np.ndarray, distance: list[float]
     quantities += [("mean", None, point.mean(1), drawn.mean(1), spread.mean(1)),
                    ("auc", None, np.array([curve_summary(distance, p)["auc"] for p in point]),
                     np.einsum("l,rld->rd", weights, drawn), spread @ weights)]
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
     out = []
     for scope, level, (va, vb), (da, db), differences in quantities:
         low, high = percentile_interval(db - da, confidence)
         diff = float(vb - va)
-        if len(differences) > 1:  # the matched draws' Monte-Carlo error, in quadrature
-            se = z * float(np.std(differences, ddof=1)) / math.sqrt(len(differences))
-            low, high = diff - math.hypot(diff - low, se), diff + math.hypot(high - diff, se)
+        if per_draw is not None:  # the matched draws' Monte-Carlo error, in quadrature
+            low, high = with_draw_spread(diff, (low, high), differences, confidence)
         out.append({**common, "scope": scope, "level": level, "a": float(va), "b": float(vb),
                     "difference": diff, "ci_low": low, "ci_high": high,
                     "excludes_zero": bool(low > 0 or high < 0)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import re
@@ -21,10 +22,8 @@ from oodml import OodmlError
 from oodml.cli import main
 from oodml.evaluation import EvalConfig, evaluate
 from oodml.leaderboard import verify
-from oodml.leaderboard.board import bootstrap_means
 from oodml.models import load_model
 from oodml.models.io import LoadedModel
-from oodml.stats import paired_ratio_draws
 
 
 @pytest.fixture(scope="module")
@@ -89,20 +88,31 @@ def test_a_clearly_better_run_has_an_interval_above_zero(tiny, pixels):
     assert "*" in result.format()
 
 
-def test_a_leaderboard_entry_is_rescored_from_its_embeddings(tiny, leaderboard_entry):
+def test_a_leaderboard_entry_is_compared_like_a_run(tiny, leaderboard_entry):
+    """An entry is rescored from its embeddings and compared on the matched curve, on MAP@R and on few-shot
+    accuracies paired by episode, as runs are."""
     result = oodml.compare([tiny, leaderboard_entry], draws=200)
     assert [r["kind"] for r in result.runs] == ["run", "entry"]
-    rescored = {lv["level"]: lv["recall@1"] for lv in verify(leaderboard_entry).scores.levels}
-    assert {r["level"]: r["b"] for r in _rows(result, metric="recall@1", scope="level")} == pytest.approx(
-        rescored, abs=1e-12)
-    assert result.test_sets == ["full"] and result.matched is None
-    assert any("full test sets only: tiny has no class-count-matched records (a leaderboard entry)" in n
-               for n in result.notes)
-    assert not _rows(result, metric="map@r") and not _rows(result, metric="accuracy")
-    assert any("map@r is compared between evaluation runs only" in n for n in result.notes)
+    scores = verify(leaderboard_entry).scores
+    assert result.test_sets == ["matched", "full"] and result.matched == {"n_classes": 132, "draws": 20}
+    for metric in ("recall@1", "map@r"):
+        full = {lv["level"]: lv[metric] for lv in scores.levels}
+        matched = {lv["level"]: scores.matched.value(metric, lv["level"]) for lv in scores.levels}
+        for test_set, expected in (("full", full), ("matched", matched)):
+            got = {r["level"]: r["b"] for r in _rows(result, metric=metric, scope="level", test_set=test_set)}
+            assert got == pytest.approx(expected, abs=1e-12), (metric, test_set)
+    for test_set, means in (("full", scores.fewshot), ("matched", scores.matched_fewshot)):
+        rows = _rows(result, metric="accuracy", scope="level", test_set=test_set)
+        assert {r["adaptation"] for r in rows} == {"none", "prototypes", "finetune-last"}
+        assert {r["level"]: r["b"] for r in rows if r["adaptation"] == "prototypes"} == pytest.approx(
+            means["2-shot"]["prototypes"], abs=1e-12)
+        assert {r["units"] for r in rows} == {"episodes"}
+    assert not any("not compared" in n or "full test sets only" in n for n in result.notes), result.notes
     assert any("scored from their float16 embeddings" in n for n in result.notes)   # a run against an entry
     itself = oodml.compare([leaderboard_entry, leaderboard_entry], draws=200)
     assert not any("float16" in n for n in itself.notes)                           # entries alone: no mixing
+    assert itself.test_sets == ["matched", "full"] and {r["metric"] for r in itself.rows} == {
+        "recall@1", "map@r", "accuracy"}
     assert all(r["difference"] == 0 == r["ci_low"] == r["ci_high"] for r in itself.rows)
 
 
@@ -182,13 +192,28 @@ def test_an_entry_that_does_not_verify_is_refused(tiny, leaderboard_entry, tmp_p
         oodml.compare([tiny, entry], draws=100)
 
 
-def test_the_paired_draws_are_the_boards_ranking_bootstrap():
-    rng = np.random.default_rng(3)
-    class_hits = [{lv: (rng.integers(0, 5, 7).astype(float), np.full(7, 5.0)) for lv in (1, 2, 3)}
-                  for _ in range(2)]
-    units = [[entry[lv] for entry in class_hits] for lv in (1, 2, 3)]
-    ours = paired_ratio_draws(units, 300, np.random.default_rng(0)).mean(1)
-    np.testing.assert_allclose(ours, bootstrap_means(class_hits, 300, seed=0), rtol=0, atol=1e-12)
+def test_the_boards_gap_is_the_comparisons_matched_mean_difference(leaderboard_entry):
+    """The board ranks with the comparison's bootstrap: an entry's gap to the one above is compare's interval
+    of their matched mean Recall@1 difference (same draws and seed)."""
+    from oodml.leaderboard import rank_entries
+
+    entry = verify(leaderboard_entry)
+    better = copy.deepcopy(entry)
+    better.submission.meta["entry"] = "better"
+    matched = better.scores.matched
+    for level, queries in matched.queries.items():                 # a better model, in memory
+        matched.sums["recall@1"][level] = np.minimum(queries, matched.sums["recall@1"][level] + 0.3 * queries)
+    ranked = rank_entries([entry, better], draws=500)
+    assert [r.meta["entry"] for r in ranked] == ["better", "tiny"]
+    a = oodml.comparison.read_scored(leaderboard_entry)
+    b = copy.deepcopy(a)
+    order = {lv.index: np.argsort(np.array(lv.test_classes, dtype=object), kind="stable")
+             for lv in oodml.splits.load("glyphs", "v1").levels}  # compare's order of classes: sorted names
+    b.name, b.matched = "better", matched.reordered(order)
+    rows = oodml.comparison._retrieval_rows(a, b, sorted(a.classes), "matched", (500, 0, 0.95), [])
+    mean = next(r for r in rows if r["metric"] == "recall@1" and r["scope"] == "mean")
+    assert mean["difference"] > 0.1 and ranked[1].gap_ci[0] > 0
+    assert ranked[1].gap_ci == pytest.approx((mean["ci_low"], mean["ci_high"]), abs=1e-12)
 
 
 def test_the_matched_curve_is_the_headline_and_the_json_carries_it(tiny, pixels):
