@@ -71,11 +71,6 @@ class Scores:
     matched: MatchedRecords | None = None
 
     @property
-    def class_hits(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """level -> (Recall@1 hits per test class, queries per test class), views of ``class_sums``."""
-        return {lv: (sums["recall@1"], queries) for lv, (queries, sums) in self.class_sums.items()}
-
-    @property
     def fewshot(self) -> dict[str, dict[str, dict[int, float]]]:
         """``"<k>-shot"`` -> adaptation -> level -> mean accuracy over the episodes (what entries claim)."""
         return _episode_means(self.episodes)
