@@ -1,6 +1,6 @@
-"""The rules of oodml's code that `make test` enforces (issue 28): no function over 60 lines
-(tools/long_functions.py), the import layers and no import circle (import-linter, the contracts in
-pyproject.toml), and docs/layout.md naming every module."""
+"""The rules of oodml's code that `make test` enforces (issue 28): ruff clean (with its argument-count and
+complexity limits, pyproject.toml), no function over 60 lines (tools/long_functions.py), the import layers and
+no import circle (import-linter, the contracts in pyproject.toml), and docs/layout.md naming every module."""
 
 from __future__ import annotations
 
@@ -17,6 +17,24 @@ LAYOUT = ROOT / "docs" / "layout.md"
 
 def run(*argv: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+# --- ruff -----------------------------------------------------------------------------------------------
+
+def test_ruff_finds_nothing_in_the_package_tests_and_tools():
+    done = run(sys.executable, "-m", "ruff", "check", "--no-cache", "oodml", "tests", "tools")
+    assert done.returncode == 0, f"ruff check oodml tests tools:\n{done.stdout}{done.stderr}"
+
+
+def test_ruff_limits_arguments_and_complexity(tmp_path):
+    """The limits are configured, so a function over them is reported (the check above can fail)."""
+    (tmp_path / "many.py").write_text("def f(a, b, c, d, e, f, g, h, i):\n    return a\n")
+    branches = "".join(f"    if x == {k}:\n        return {k}\n" for k in range(11))
+    (tmp_path / "branchy.py").write_text(f"def g(x):\n{branches}    return -1\n")
+    done = run(sys.executable, "-m", "ruff", "check", "--no-cache", "--config", ROOT / "pyproject.toml", tmp_path)
+    assert done.returncode == 1
+    assert "PLR0913" in done.stdout and "many.py" in done.stdout
+    assert "C901" in done.stdout and "branchy.py" in done.stdout
 
 
 # --- the 60-line rule -----------------------------------------------------------------------------------
