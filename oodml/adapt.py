@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .adapt_batched import BATCH_CLASSES, MEMORY_BYTES, PER_CLASS, HeadEpisode, finetune_last_batched
+from .adapt_batched import MEMORY_BYTES, HeadEpisode, batch_rows, finetune_last_batched
 from .adapt_progress import AdaptationMeter, metered
 from .augmentations import AUGMENTATIONS
 from .embedding import EmbedSettings, embed, resolve_device
@@ -41,30 +41,6 @@ from .registry import Registry
 from .seeding import derive_seed, rng_for
 
 FINETUNE_ITERATIONS = {2: 1000, 5: 1500}
-
-
-def batch_rows(support_labels: np.ndarray, iterations: int, seed: tuple) -> np.ndarray:
-    """The support rows of every training batch of an episode: ``min(56, classes)`` classes drawn without
-    replacement, then 2 of each class's rows with replacement, from the numpy stream ``rng_for(*seed,
-    "finetune")``.
-
-    Returns:
-        (iterations, min(56, classes) * 2) int64 rows of ``support_labels``, class by class.
-    """
-    rng = rng_for(*seed, "finetune")
-    # rows grouped by class: class c's rows are by_class[start[c]:start[c] + count[c]]
-    _, count = np.unique(support_labels, return_counts=True)
-    by_class = np.argsort(support_labels, kind="stable")
-    start = np.cumsum(count) - count
-    out = np.empty((iterations, min(BATCH_CLASSES, len(count)) * PER_CLASS), dtype=np.int64)
-    # every class the same size (an episode's k shots): one scalar bound, which numpy draws twice as fast and
-    # from the same stream as the per-class bounds (tests/test_adapt_batched.py checks)
-    bound = int(count[0]) if (count == count[0]).all() else None
-    for i in range(iterations):
-        chosen = rng.choice(len(count), size=min(BATCH_CLASSES, len(count)), replace=False)
-        picks = rng.integers(0, bound or count[chosen, None], size=(len(chosen), PER_CLASS))   # with replacement
-        out[i] = by_class[start[chosen, None] + picks].ravel()
-    return out
 
 
 def _margin_training(params: list[torch.nn.Parameter], forward: Callable[[np.ndarray], torch.Tensor],

@@ -9,8 +9,9 @@ on all of them in one call (one batched matrix product for the ``torch.nn.Linear
 head, an MLP), and every other step is batched too, with as few operations as possible (each costs more to
 dispatch than to compute at these sizes):
 
-* batches: each episode's rows come from its own numpy stream, the one :func:`oodml.adapt.batch_rows` draws;
-  every batch is 56 (or all) classes x 2 rows, rows 2k and 2k + 1 one class;
+* batches: each episode's rows come from its own numpy stream, the one :func:`batch_rows` draws (for the
+  one-at-a-time path of :mod:`oodml.adapt` too); every batch is 56 (or all)
+  classes x 2 rows, rows 2k and 2k + 1 one class;
 * mining: :func:`oodml.miners.pair_distance_weights` (the distance-weighted miner's weights, for batches of
   class pairs) and :func:`oodml.miners.sample_pair_negatives`, each episode drawing from its own generator the
   uniforms it would draw alone;
@@ -156,10 +157,32 @@ class BatchedAdam:
         self.exp_avg_sq = {k: v[rows] for k, v in self.exp_avg_sq.items()}
 
 
+def batch_rows(support_labels: np.ndarray, iterations: int, seed: tuple) -> np.ndarray:
+    """The support rows of every training batch of an episode: ``min(56, classes)`` classes drawn without
+    replacement, then 2 of each class's rows with replacement, from the numpy stream ``rng_for(*seed,
+    "finetune")``.
+
+    Returns:
+        (iterations, min(56, classes) * 2) int64 rows of ``support_labels``, class by class.
+    """
+    rng = rng_for(*seed, "finetune")
+    # rows grouped by class: class c's rows are by_class[start[c]:start[c] + count[c]]
+    _, count = np.unique(support_labels, return_counts=True)
+    by_class = np.argsort(support_labels, kind="stable")
+    start = np.cumsum(count) - count
+    out = np.empty((iterations, min(BATCH_CLASSES, len(count)) * PER_CLASS), dtype=np.int64)
+    # every class the same size (an episode's k shots): one scalar bound, which numpy draws twice as fast and
+    # from the same stream as the per-class bounds (tests/test_adapt_batched.py checks)
+    bound = int(count[0]) if (count == count[0]).all() else None
+    for i in range(iterations):
+        chosen = rng.choice(len(count), size=min(BATCH_CLASSES, len(count)), replace=False)
+        picks = rng.integers(0, bound or count[chosen, None], size=(len(chosen), PER_CLASS))   # with replacement
+        out[i] = by_class[start[chosen, None] + picks].ravel()
+    return out
+
+
 def batch_rows_table(episode: HeadEpisode) -> np.ndarray:
     """(iterations, B) the episode's training batches, drawn as the one-at-a-time path draws them."""
-    from .adapt import batch_rows
-
     return batch_rows(episode.support_labels, episode.iterations, episode.seed)
 
 

@@ -229,7 +229,7 @@ def pair_distance_weights(unit: torch.Tensor, *, cutoff: float = 0.5, nonzero_lo
     few-shot heads at once, where this matrix is most of a step's arithmetic).
 
     A batch of class pairs: rows 2k and 2k + 1 share a class and no other two rows do (a fine-tuning batch,
-    :func:`oodml.adapt.batch_rows`).  Per batch, each row of the result is proportional to the same row of
+    :func:`oodml.adapt_batched.batch_rows`).  Per batch, each row of the result is proportional to the same row of
     :func:`distance_weights` (the same distribution), computed another way:
 
     * squared distances from one batched product (the form ``torch.cdist`` takes), never their square roots;

@@ -307,9 +307,9 @@ class Results:
 
     def plot(self, out_prefix: str | Path, metric: str = "recall@1") -> list[Path]:
         """Write this run's degradation curve of ``metric`` as ``<out_prefix>.png`` and ``.svg``."""
-        from .plot import save_curves
+        from .plotting import curve_figure, save_figure
 
-        return save_curves([self], out_prefix, metric=metric)
+        return save_figure(curve_figure([self], metric), out_prefix)
 
     def save(self, out_dir: str | Path, metric: str = "recall@1", *, overwrite: bool = False) -> list[Path]:
         """Write ``results.parquet``, ``summary.json``, ``classes.parquet`` (when the run has class records),

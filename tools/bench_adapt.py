@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 import oodml.adapt
-from oodml.adapt import BATCH_CLASSES, FINETUNE_ITERATIONS, PER_CLASS, finetune_last
-from oodml.adapt_batched import HeadEpisode, finetune_last_batched
+from oodml.adapt import FINETUNE_ITERATIONS, finetune_last
+from oodml.adapt_batched import BATCH_CLASSES, PER_CLASS, HeadEpisode, finetune_last_batched
 from oodml.miners import DistanceWeightedMiner
 from oodml.protocol import nearest_accuracy
 

@@ -15,14 +15,15 @@ from .._lazy import lazy_attributes
 if TYPE_CHECKING:  # the names below load on first use (see __getattr__); these imports are for type checkers
     from .base import EmbeddingModel
     from .digest import model_digest
+    from .factory import create_model
     from .io import LoadedModel, load_model, save
     from .refs import ModelRef, resolve_model_ref
-    from .registry import create_model, list_models, register_model
+    from .registry import list_models, register_model
 
 #: public name -> the submodule defining it, imported on first use: all but the registry import torch, which
 #: `oodml models list` does without (the built-in architectures register lazily, see registry.MODELS).
 _LAZY = {"EmbeddingModel": "base", "model_digest": "digest", "LoadedModel": "io", "load_model": "io", "save": "io",
-         "create_model": "registry", "list_models": "registry", "register_model": "registry", "ModelRef": "refs",
+         "create_model": "factory", "list_models": "registry", "register_model": "registry", "ModelRef": "refs",
          "resolve_model_ref": "refs"}
 
 __all__ = ["EmbeddingModel", "LoadedModel", "ModelRef", "create_model", "list_models", "load_model", "model_digest",

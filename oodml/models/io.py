@@ -26,9 +26,10 @@ from ..errors import OodmlError, brief, first_line
 from ..preprocessing import Preprocessing
 from .base import EmbeddingModel
 from .digest import model_digest
+from .factory import create_model
 from .identity import checkpoint_identity, foreign_file_identity, registered_identity, warn_random_weights
 from .refs import resolve_model_ref
-from .registry import create_model, list_models, untrained_config
+from .registry import list_models, untrained_config
 from .sources import checkpoint_spec_problem, is_spec, load_spec, parse_spec
 
 CHECKPOINT_FORMAT = "oodml-checkpoint"

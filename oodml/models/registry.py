@@ -1,4 +1,5 @@
-"""Model registry in the style of timm: ``@register_model`` factories, ``create_model(name)``.
+"""Model registry in the style of timm: ``@register_model`` factories (built by name with
+:func:`oodml.models.factory.create_model`).
 
 Other packages add models through the entry-point group ``oodml.models``
 (``name = "package.module:factory"``); they are loaded on first lookup
@@ -11,7 +12,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import OodmlError, brief, first_line
+from ..errors import OodmlError
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -92,30 +93,3 @@ def untrained_config(name: str, config: dict) -> dict:
     if "pretrained" not in parameters:
         return config
     return {**{k: v for k, v in config.items() if k not in ("pretrained", "weights")}, "pretrained": False}
-
-
-def create_model(name: str, **kwargs) -> torch.nn.Module:
-    """Build a registered model (``NAME`` or ``NAME?key=value``), or an embedding model on the backbone a model
-    spec names (``timm:NAME``, see :mod:`oodml.models.sources`), as
-    :func:`~oodml.models.refs.resolve_model_ref` reads ``name``; unknown names get a one-line error listing the
-    close matches.
-
-    Raises:
-        OodmlError: an unknown name, a file or per-level reference (load those with
-            :func:`~oodml.models.load_model`), or arguments the factory rejects (a wrong name, type or value).
-    """
-    from .refs import resolve_model_ref
-
-    ref = resolve_model_ref(name)
-    if ref.kind == "spec":
-        from .sources import spec_embedding_model
-
-        return spec_embedding_model(name, **kwargs)
-    if ref.kind != "registered":
-        raise OodmlError(f"{name!r} names a {ref.describe()}, not an architecture to build; load it with "
-                         "oodml.models.load_model")
-    factory = MODELS[ref.name]
-    try:
-        return factory(**ref.options, **kwargs)
-    except (TypeError, ValueError, RuntimeError) as exc:  # torch rejects impossible sizes with these
-        raise OodmlError(f"model {name!r} cannot be built with {brief(kwargs, 200)}: {first_line(exc)}") from None

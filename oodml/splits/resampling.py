@@ -196,50 +196,59 @@ def resample_distances(scorer: Scorer, partitions: Sequence[Partition]) -> Calla
     partitions themselves) it is ``scorer.distances``.
     """
     wanted = [i for i, part in enumerate(partitions) if linearised(scorer, part)]
-    if not wanted:
-        return scorer.distances
-    models: dict[int, _Calibrated | None] = {}
+    return _ResampledDistances(scorer, partitions, wanted) if wanted else scorer.distances
 
-    def model(i: int) -> _Calibrated | None:
-        if i not in models:
+
+class _ResampledDistances:
+    """:func:`resample_distances`' function once some partitions are linearised (``wanted``, their positions)."""
+
+    def __init__(self, scorer: Scorer, partitions: Sequence[Partition], wanted: list[int]):
+        self.scorer, self.partitions, self.wanted = scorer, partitions, wanted
+        self.models: dict[int, _Calibrated | None] = {}
+
+    def model(self, i: int) -> _Calibrated | None:
+        """Partition ``i``'s calibrated linearisation, built on first use (None: singular scatters, exact)."""
+        if i not in self.models:
             try:
-                models[i] = _Calibrated(scorer, partitions[i])
+                self.models[i] = _Calibrated(self.scorer, self.partitions[i])
             except np.linalg.LinAlgError:     # singular scatters: this partition's draws stay exact
-                models[i] = None
-        return models[i]
+                self.models[i] = None
+        return self.models[i]
 
-    def owner(part: Partition) -> _Calibrated | None:
+    def owner(self, part: Partition) -> _Calibrated | None:
+        """The model of the partition ``part`` resamples, or None (no resample, or a partition itself: exact)."""
         best, fewest = None, None
-        for i in wanted:
-            m = model(i)
+        for i in self.wanted:
+            m = self.model(i)
             missing = None if m is None else m.contains(part)
             if missing is not None and (fewest is None or missing < fewest):
                 best, fewest = m, missing
-        return best if fewest else None     # no resample, or one of the partitions itself: exact
+        return best if fewest else None
 
-    def distances(batch: Sequence[Partition]) -> np.ndarray:
+    def __call__(self, batch: Sequence[Partition]) -> np.ndarray:
         out = np.full(len(batch), np.nan)
         drawn = []                           # (position, model, linear value, feature, draw index)
         for k, part in enumerate(batch):
-            m = owner(part)
+            m = self.owner(part)
             if m is not None:
                 drawn.append((k, m, *m.linear(part), m.drawn))
                 m.drawn += 1
         owned = {k for k, *_ in drawn}
-        calibrating = [k for k, _, _, _, b in drawn if b < CALIBRATION_DRAWS]
         others = [k for k in range(len(batch)) if k not in owned]
         if others:
-            out[others] = scorer.distances([batch[k] for k in others])
-        for k in calibrating:   # resamples of partitions in the moment form: weighted, exact
-            out[k] = resample_distance(scorer.means, batch[k])
-        for k, m, value, feature, b in drawn:
-            if b < CALIBRATION_DRAWS:
-                m.residuals.append(float(out[k]) - value)
-                m.features.append(feature)
+            out[others] = self.scorer.distances([batch[k] for k in others])
+        self._calibrate(batch, drawn, out)
         for k, m, value, feature, b in drawn:
             if b >= CALIBRATION_DRAWS:
                 coef, left = m.fitted()
                 out[k] = value + coef[0] + coef[1] * feature + left[b % len(left)]
         return out
 
-    return distances
+    def _calibrate(self, batch: Sequence[Partition], drawn: list[tuple], out: np.ndarray) -> None:
+        """The first :data:`CALIBRATION_DRAWS` resamples of each model: scored exactly (weighted moment form)
+        into ``out``, their residuals from the linear value kept for the fit."""
+        for k, m, value, feature, b in drawn:
+            if b < CALIBRATION_DRAWS:   # resamples of partitions in the moment form: weighted, exact
+                out[k] = resample_distance(self.scorer.means, batch[k])
+                m.residuals.append(float(out[k]) - value)
+                m.features.append(feature)
