@@ -453,8 +453,8 @@ def _int_list(text: str) -> list[int]:
 
 def _level_selection(text: str) -> str:
     """argparse type for ``--levels``/``--level``: checks the syntax (``all``, ``1,3,5``, ``2-4``) without expanding
-    ranges; the levels themselves are checked against the split set (:func:`oodml.evaluation.parse_levels`)."""
-    from .evaluation import level_ranges
+    ranges; the levels themselves are checked against the split set (:func:`oodml.splits.selection.parse_levels`)."""
+    from .splits.selection import level_ranges
 
     try:
         level_ranges(text)
@@ -469,10 +469,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .datasets import dataset_spec
     from .distributed import is_main_process
     from .embedding import resolve_device
-    from .evaluation import parse_levels, zero_shot_metrics
+    from .evaluation import zero_shot_metrics
     from .reference import format_gaps
     from .results import check_output_dir, claim_output_dir
     from .splits import resolve
+    from .splits.selection import parse_levels
 
     resolve_device(args.device)
     metrics = zero_shot_metrics(clustering=not args.no_clustering)
@@ -556,9 +557,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ._fs import check_writable
     from .datasets import dataset_spec, load_dataset
     from .embedding import resolve_device
-    from .evaluation import parse_levels
     from .reference import checkpoint_name, train_references
     from .splits import resolve
+    from .splits.selection import parse_levels
     from .training import TrainConfig, train_levels
 
     resolve_device(args.device)

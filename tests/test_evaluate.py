@@ -15,11 +15,12 @@ import torch
 from oodml import OodmlError
 from oodml.cli import main
 from oodml.embedding import embedding_cache_dir
-from oodml.evaluation import evaluate, parse_levels, zero_shot_metrics
+from oodml.evaluation import evaluate, zero_shot_metrics
 from oodml.models import EmbeddingModel, create_model, load_model, save
 from oodml.protocol import curve_summary
 from oodml.results import Results, t_interval
 from oodml.splits import read_split_set
+from oodml.splits.selection import parse_levels
 
 SPLITS = Path(__file__).resolve().parents[1] / "splits" / "glyphs" / "v1"
 #: class-count-matched draws per level: none of these tests reads the matched numbers (tests/test_matched.py and

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 from oodml import OodmlError
 from oodml.datasets import load_dataset
-from oodml.evaluation import evaluate, level_ranges, parse_levels
+from oodml.evaluation import evaluate
 from oodml.results import Results
 from oodml.splits import read_split_set
+from oodml.splits.selection import level_ranges, parse_levels
 from oodml.training import TrainConfig
 
 SPLITS = Path(__file__).resolve().parents[1] / "splits" / "glyphs" / "v1"
