@@ -186,10 +186,12 @@ def matched_setting(meta: dict, split_set: SplitSet) -> tuple[int, int] | str:
     if not recorded:
         return matched_count(split_set, "min"), DEFAULT_DRAWS
     n, draws = recorded["n_classes"], recorded["draws"]
-    smallest = matched_count(split_set, "min")
-    if not 2 <= n <= smallest:
+    try:
+        n = matched_count(split_set, n)   # the rule evaluate's --match-classes N is held to
+    except OodmlError:
         return (f"protocol_card matched n_classes {n} is not a class count every level of {split_set.dataset}@"
-                f"{split_set.version} has (2 to {smallest}); submit the card `oodml evaluate` wrote")
+                f"{split_set.version} has (2 to {matched_count(split_set, 'min')}); submit the card `oodml "
+                "evaluate` wrote")
     if not 1 <= draws <= MAX_MATCHED_DRAWS:
         return (f"protocol_card matched draws {draws}: the verifier scores at most {MAX_MATCHED_DRAWS}; evaluate "
                 f"with --match-draws {DEFAULT_DRAWS} (the default) and submit again")
