@@ -29,7 +29,6 @@ widened by the draws' spread as above (:func:`oodml.stats.with_draw_spread`).
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -40,7 +39,7 @@ import torch
 from .errors import OodmlError
 from .knn import MAX_PRUNED_K, knn_chunks
 from .metrics import _per_query
-from .stats import paired_ratio_draws, with_draw_spread
+from .stats import paired_ratio_draws, percentile_interval, with_draw_spread
 
 if TYPE_CHECKING:
     from .splits import SplitSet
@@ -167,9 +166,7 @@ def matched_interval(per_draw: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray
         w = weights[:, positions]
         total = w @ queries
         boot += np.divide(w @ sums, total, out=np.full(resamples, np.nan), where=total > 0)
-    boot = boot[np.isfinite(boot)] / len(per_draw)
-    b_low, b_high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (math.nan, math.nan)
-    return (mean, *with_draw_spread(mean, (b_low, b_high), values))
+    return (mean, *with_draw_spread(mean, percentile_interval(boot / len(per_draw)), values))
 
 
 # --- one run's matched records, and the paired bootstrap of several ------------------------------------

@@ -61,7 +61,7 @@ from .metrics import per_query_metrics
 from .models import EmbeddingModel, LoadedModel, load_model, save
 from .seeding import derive_seed, rng_for
 from .splits import Level, SplitSet
-from .stats import paired_ratio_draws
+from .stats import paired_ratio_draws, percentile_interval
 
 if TYPE_CHECKING:  # training (and its losses) is imported only to train, not to evaluate
     from .training import TrainConfig
@@ -225,7 +225,7 @@ def level_gap(model_emb: np.ndarray, reference_emb: np.ndarray, labels: np.ndarr
     counts = np.bincount(cls).astype(np.float64)
     per_class = [(np.bincount(cls, weights=hits[queries]), counts) for hits in (model_hits, reference_hits)]
     samples = paired_ratio_draws([per_class], draws, np.random.default_rng(seed))[:, 0]   # (2, draws)
-    low, high = np.percentile(samples[1] - samples[0], [2.5, 97.5])
+    low, high = percentile_interval(samples[1] - samples[0])
     model, reference = float(model_hits[queries].mean()), float(reference_hits[queries].mean())
     return Gap(model, reference, reference - model, float(low), float(high), int(queries.sum()))
 
