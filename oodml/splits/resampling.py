@@ -58,6 +58,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import scipy.linalg
 
+from ..shift import frechet_from_terms
 from .distance import MeanFID, Partition, Scorer, _cuda, _decompose, _fid_of_sides, _Side
 
 #: Feature width from which many-class bootstrap draws are linearised (below it an exact draw is cheap).
@@ -98,7 +99,7 @@ def weight_gradient(means: np.ndarray, train: np.ndarray, test: np.ndarray) -> t
     sq1, sq2 = np.einsum("ij,ij->i", c1, c1), np.einsum("ij,ij->i", c2, c2)
     tr1, tr2 = sq1.sum() / (n1 - 1), sq2.sum() / (n2 - 1)
     diff = m1 - m2
-    distance = float(diff @ diff + tr1 + tr2 - 2 * cross)
+    distance = frechet_from_terms(float(diff @ diff), tr1, tr2, cross)
     t1 = 0.5 * root @ (p * p)              # dT/dw of a train class: (1/2) |lam^(1/4) V^T L^-1 (x - m1)|^2
     t2 = 0.5 * (1 / root) @ (q * q)        # of a test class: (1/2) |lam^(-1/4) V^T L^T (x - m2)|^2
     grad1 = 2 * (c1 @ diff) / n1 + (sq1 - tr1) / (n1 - 1) - 2 * t1 / norm + cross / (n1 - 1)
