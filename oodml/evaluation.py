@@ -80,24 +80,24 @@ class FewShotConfig:
 
 
 @dataclass(frozen=True)
-class ComputeConfig:
+class ComputeConfig(EmbedSettings):
     """How images are embedded (:func:`oodml.embedding.embed_cached`); none of it changes a result's meaning.
 
+    The fields of :class:`oodml.embedding.EmbedSettings` (``device``, ``precision``, ``batch_size``,
+    ``workers``, ``decode``: declared there once, with their defaults), and the cache's two.
+
     Attributes:
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; precision: ``fp32``, ``bf16`` or ``fp16``.
-        batch_size: images per embedding batch; workers: image loader processes (0: the main process).
-        decode: where images are decoded: ``loader``, ``device`` or ``auto`` (see :func:`oodml.embedding.embed`).
         use_cache: read and write the embedding cache; shard_size: images per cache shard (an interrupted run
             loses at most one shard).
     """
 
-    device: str = "auto"
-    precision: str = "fp32"
-    batch_size: int = 128
-    workers: int = 0
-    decode: str = "loader"
     use_cache: bool = True
     shard_size: int = 2048
+
+    @property
+    def embed(self) -> EmbedSettings:
+        """The :class:`~oodml.embedding.EmbedSettings` part, as :func:`oodml.embedding.embed` takes it."""
+        return EmbedSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EmbedSettings)})
 
 
 @dataclass(frozen=True)
@@ -184,8 +184,7 @@ FLAT_OPTIONS: Mapping[str, tuple[str, str]] = {
     "fewshot": ("fewshot", "shots"), "adapt": ("fewshot", "adapt"), "episodes": ("fewshot", "episodes"),
     "adapt_iterations": ("fewshot", "adapt_iterations"),
     "match_classes": ("match", "classes"), "match_draws": ("match", "draws"),
-    **{name: ("compute", name) for name in ("device", "precision", "batch_size", "workers", "decode", "use_cache",
-                                             "shard_size")},
+    **{f.name: ("compute", f.name) for f in dataclasses.fields(ComputeConfig)},   # EmbedSettings' five, the cache's two
     "root": ("data", "root"), "dataset_options": ("data", "options"),
     **{name: ("report", name) for name in ("label", "save_embeddings", "reference")},
 }
@@ -417,8 +416,8 @@ class _Scoring:
            adaptations: tuple[str, ...], save_embeddings: bool, n_match: int | None) -> _Scoring:
         """The scoring of ``config`` (its few-shot shots each once), embedding through the cache."""
         compute = config.compute
-        settings = EmbedSettings(compute.device, compute.precision, compute.batch_size, compute.workers, compute.decode)
-        embedder = _Embedder(ds, dict(use_cache=compute.use_cache, shard_size=compute.shard_size, settings=settings))
+        embedder = _Embedder(ds, dict(use_cache=compute.use_cache, shard_size=compute.shard_size,
+                                      settings=compute.embed))
         return cls(ds=ds, split_set=split_set, protocol=protocol, embedder=embedder, ks=tuple(config.ks),
                    clustering=config.clustering, fewshot=tuple(dict.fromkeys(config.fewshot.shots)),
                    adaptations=adaptations, episodes=config.fewshot.episodes,
