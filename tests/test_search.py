@@ -51,6 +51,21 @@ def test_swap_progression_follows_the_ooDML_procedure(inverse):
         assert state.swaps == (-1 if inverse else 1) * 2 * it
 
 
+def test_swap_progression_scored_by_another_distance_makes_the_same_swaps():
+    means = clustered_means(seed=5)
+    scored = []
+
+    def distances(partitions):
+        scored.append(partitions)
+        return MeanFID(means).distances(partitions)
+
+    plain = swap_progression(means, range(30), range(30, 60), iterations=10)
+    by_scorer = swap_progression(means, range(30), range(30, 60), iterations=10, distances=distances)
+    assert len(scored) == 1 and len(scored[0]) == 10                 # every state in one call
+    assert [(s.train, s.test, s.swaps) for s in by_scorer] == [(s.train, s.test, s.swaps) for s in plain]
+    np.testing.assert_allclose([s.distance for s in by_scorer], [s.distance for s in plain], rtol=1e-10)
+
+
 def test_swap_progression_is_deterministic_on_identical_features():
     means = clustered_means(seed=3)
     run = lambda: swap_progression(means, range(30), range(30, 60))  # noqa: E731

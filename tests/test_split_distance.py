@@ -95,3 +95,19 @@ def test_decomposition_on_a_torch_device_matches_numpy():
     assert sorted(np.linalg.eigvals(k1 @ k2).real) == pytest.approx(list(lam), rel=1e-9)
     with pytest.raises(np.linalg.LinAlgError):
         distance._decompose(k1, np.zeros_like(k2), "cpu")
+
+
+def test_the_screen_of_many_class_sides_agrees_with_the_centroid_heuristic():
+    """Past d classes a side the screen is two matrix-vector products; the Gram form keeps the plain arithmetic."""
+    from oodml.splits.distance import centroid_screen
+
+    means = np.random.default_rng(3).normal(size=(700, 24)) * np.linspace(0.5, 3, 24)
+    scorer = MeanFID(means)
+    order = np.random.default_rng(4).permutation(700)
+    train, test = order[:340], order[340:690]                         # more classes than dimensions
+    for fast, plain in zip(scorer.screen(train, test), centroid_screen(scorer.means, train, test), strict=True):
+        np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-12 * np.abs(plain).max())
+        assert (np.argsort(-fast)[:16] == np.argsort(-plain)[:16]).all()
+    few = order[:20], order[20:40]                                     # Gram form: the same bits
+    for fast, plain in zip(scorer.screen(*few), centroid_screen(scorer.means, *few), strict=True):
+        assert np.array_equal(fast, plain)

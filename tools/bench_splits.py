@@ -42,13 +42,16 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 
+from oodml.datasets.base import ImageDataset
 from oodml.shift import ClassFeatures, Gaussian, frechet_distance, trace_sqrt_of_product, trace_sqrt_product
-from oodml.splits import distance, resampling
+from oodml.splits import build, distance, resampling
 from oodml.splits.adjacent import paired_draws
+from oodml.splits.build import SplitConfig
 from oodml.splits.distance import MeanFID, Move
 from oodml.splits.levels import bootstrap_interval
 from oodml.splits.resampling import resample_distances
@@ -90,6 +93,8 @@ def main() -> None:
     parser.add_argument("--compare-dim", type=int, default=512, help="section 7: feature width")
     parser.add_argument("--sop-search", action="store_true", help="section 8: the whole search at SOP scale")
     parser.add_argument("--draws", type=int, default=200, help="sections 8 and 9: bootstrap draws")
+    parser.add_argument("--reference-levels", metavar="D1,D2,...",
+                        help="section 8: level distances of an earlier run, to print the largest difference from")
     parser.add_argument("--bootstrap-check", type=int, nargs=2, metavar=("CLASSES", "DIM"),
                         help="run section 9 alone")
     parser.add_argument("--calibration", type=int, default=resampling.CALIBRATION_DRAWS,
@@ -102,7 +107,7 @@ def main() -> None:
     if args.only_lowrank:
         bench_lowrank(args.compare_classes, args.compare_dim)
         if args.sop_search:
-            bench_sop_search(draws=args.draws)
+            bench_sop_search(draws=args.draws, reference=args.reference_levels)
         return
 
     feats, labels = synthetic_features()
@@ -250,38 +255,65 @@ class Clock:
         return f"{time.perf_counter() - self.wall:.0f} s wall, {time.process_time() - self.cpu:.0f} s CPU"
 
 
-def bench_sop_search(classes: int = 11318, dim: int = 2048, draws: int = 200) -> None:
-    """[8] The whole default search at SOP scale through low-rank updates, then its levels' intervals."""
-    means = sop_like_means(classes, dim)
-    scorer = CountingFID(means)
-    print(f"[8] SOP scale, {classes:,} classes x {dim} ({'CUDA' if distance._cuda() else 'CPU'} bases), {load()}",
-          flush=True)
-    clock = Clock()
-    result = greedy_levels(scorer, classes)
-    print(f"    default search: {clock}, {scorer.candidates:,} candidates, {scorer.bases} bases, {load()}; levels "
-          + ", ".join(f"{s.distance:.2f}" for s in result.levels), flush=True)
-    bench_sop_intervals(scorer, [(np.array(s.train), np.array(s.test)) for s in result.levels], draws)
+def synthetic_dataset(means: np.ndarray) -> tuple[ImageDataset, np.ndarray]:
+    """An image set whose class means are exactly ``means`` (C, d): two identical float64 rows per class
+    (their sum is exact, so is its half), so the search sees the same class means as :func:`sop_like_means`."""
+    classes = [f"class{c:05d}" for c in range(len(means))]
+    labels = np.repeat(np.arange(len(means)), 2)
+    ids = [f"{classes[c]}/{k}.jpg" for c in range(len(means)) for k in range(2)]
+    return ImageDataset("synthetic", Path("."), "synthetic", ids, labels, classes), means[labels]
 
 
-def bench_sop_intervals(scorer: MeanFID, partitions: list, draws: int) -> None:
-    """[8, continued] What make-splits does with the levels: each one's interval, then the adjacent comparison."""
+def timed(name: str, fn, times: dict):
+    """``fn`` wrapped to add its wall and CPU seconds to ``times[name]``."""
+    def run(*args, **kwargs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn(*args, **kwargs)
+        old = times.get(name, (0.0, 0.0))
+        times[name] = (old[0] + time.perf_counter() - wall, old[1] + time.process_time() - cpu)
+        return out
+    return run
+
+
+def bench_sop_search(classes: int = 11318, dim: int = 2048, draws: int = 200, reference: str | None = None) -> None:
+    """[8] What ``make-splits`` does at SOP scale once features exist, end to end: search, adjacent-level
+    comparison, every level's interval and episodes (:func:`oodml.splits.build.build_levels`)."""
+    dataset, features = synthetic_dataset(sop_like_means(classes, dim))
+    cfg = SplitConfig(shots=(1,), bootstrap=draws)
+    times: dict = {}
+    patched = {"greedy_levels": "search", "_compare_adjacent": "adjacent-level comparison",
+               "_complete": "intervals and episodes"}
+    originals = {attr: getattr(build, attr) for attr in patched}
+    for attr, name in patched.items():
+        setattr(build, attr, timed(name, originals[attr], times))
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", f"default ({os.cpu_count()} cores)")
+    print(f"[8] make-splits at SOP scale, {classes:,} classes x {dim}, {draws} bootstrap draws, BLAS threads "
+          f"{threads}, {'CUDA' if distance._cuda() else 'CPU'} bases; {load()}", flush=True)
     clock = Clock()
-    resampling.resample_distance(scorer.means, partitions[0])
-    print(f"    one exact bootstrap draw (weighted, as the calibration scores it): {clock}", flush=True)
-    clock, intervals = Clock(), []
-    for k, (train, test) in enumerate(partitions, start=1):
-        intervals.append(bootstrap_interval(resample_distances(scorer, [(train, test)]), train, test, draws=draws,
-                                            seed=0, level=k))
-    print(f"    {len(partitions)} levels' intervals ({draws} draws each): {clock}, {load()}; "
-          + ", ".join(f"{lo:.1f}..{hi:.1f}" for lo, hi in intervals), flush=True)
-    clock = Clock()
-    estimates, values = paired_draws(resample_distances(scorer, partitions), partitions, num_classes=len(scorer.means),
-                                     draws=draws, seed=0)
-    print(f"    adjacent-level comparison ({len(values)} paired draws): {clock}, {load()}", flush=True)
+    try:
+        levels, info = build.build_levels(dataset, features, cfg)
+    finally:
+        for attr, fn in originals.items():
+            setattr(build, attr, fn)
+    print(f"    total: {clock}; {load()}", flush=True)
+    for name, (wall, cpu) in times.items():
+        print(f"    {name}: {wall:.0f} s wall, {cpu:.0f} s CPU")
+    got = np.array([level.distance for level in levels])
+    print("    levels " + ", ".join(f"{v:.2f}" for v in got) + "; intervals "
+          + ", ".join(f"{level.ci_low:.1f}..{level.ci_high:.1f}" for level in levels))
+    print("    adjacent pairs distinct: " + ", ".join(str(p.distinct) for p in info["adjacent_levels"]))
+    if reference:
+        ref = np.array([float(v) for v in reference.split(",")])
+        print(f"    largest level difference from --reference-levels: {np.abs(got / ref - 1).max():.2%}")
 
 
 def bench_bootstrap_check(classes: int, dim: int, draws: int = 200, seeds: int = 5) -> None:
-    """[9] Calibrated linearised bootstrap intervals vs the exact bootstrap (pooled over seeds)."""
+    """[9] Calibrated linearised bootstrap intervals vs the exact bootstrap (pooled over seeds).
+
+    Two calibrations: the interval's own first draws, and (as ``make-splits`` does, comparing adjacent levels
+    first) the paired draws of :func:`~oodml.splits.adjacent.paired_draws`, after which the interval makes
+    no exact draw.
+    """
     resampling.LINEARISED_MIN_DIM = min(resampling.LINEARISED_MIN_DIM, dim)   # forced on below its default
     distance._cuda()                                                          # torch imported before timing
     means = sop_like_means(classes, dim)
@@ -290,19 +322,23 @@ def bench_bootstrap_check(classes: int, dim: int, draws: int = 200, seeds: int =
                         ("ordered", np.argsort(means[:, 0] + means[:, 1]))):
         train, test = order[:classes // 2], order[classes // 2:]
         estimate = scorer.distance(train, test)
-        exact, fast = [], []
-        clock_exact = clock_fast = 0.0
+        exact, fast = [], {"own": [], "paired": []}
+        clock_exact, clock_fast = 0.0, {"own": 0.0, "paired": 0.0}
         for seed in range(seeds):
-            vars(scorer).pop("_weight_gradients", None)          # each seed pays for its gradient
-            linearised, kept = resample_distances(scorer, [(train, test)]), []
+            for calibration in ("paired", "own"):
+                vars(scorer).pop("_calibrated", None)                 # each seed pays for its calibration
+                linearised, kept = resample_distances(scorer, [(train, test)]), []
 
-            def keeping(batch, linearised=linearised, kept=kept):
-                kept.append(batch)
-                return linearised(batch)
+                def keeping(batch, linearised=linearised, kept=kept):
+                    kept.append(batch)
+                    return linearised(batch)
 
-            start = time.perf_counter()
-            fast.append(bootstrap_interval(keeping, train, test, draws=draws, seed=seed, level=1))
-            clock_fast += time.perf_counter() - start
+                start = time.perf_counter()
+                if calibration == "paired":
+                    paired_draws(linearised, [(train, test)], num_classes=classes, draws=resampling.CALIBRATION_DRAWS,
+                                 seed=("check", seed))
+                fast[calibration].append(bootstrap_interval(keeping, train, test, draws=draws, seed=seed, level=1))
+                clock_fast[calibration] += time.perf_counter() - start
             start = time.perf_counter()
             exact.append(scorer.distances(kept[0]))
             clock_exact += time.perf_counter() - start
@@ -313,15 +349,16 @@ def bench_bootstrap_check(classes: int, dim: int, draws: int = 200, seeds: int =
             return max(abs(iv[0] - pooled[0]), abs(iv[1] - pooled[1])) / half
 
         exact_err = [error(shifted_interval(estimate, e)) for e in exact]
-        fast_err = [error(iv) for iv in fast]
+        found = []
+        for calibration, intervals in fast.items():
+            err = [error(iv) for iv in intervals]
+            found.append(f"calibrated by {calibration} draws {np.mean(err):.2f} ({max(err):.2f}) = "
+                         f"{max(err) * half / estimate:.2%} of the distance, {clock_fast[calibration]:.1f} s "
+                         f"({clock_exact / clock_fast[calibration]:.1f}x faster than exact)")
         print(f"[9] {classes} classes x {dim}, {resampling.CALIBRATION_DRAWS} calibration draws, {name} half split "
-              f"(distance {estimate:.2f}, pooled exact interval "
-              f"{pooled[0]:.2f}..{pooled[1]:.2f}): endpoint error / half-width, mean (worst) of {seeds} seeds: "
-              f"calibrated linearised {np.mean(fast_err):.2f} ({max(fast_err):.2f}) "
-              f"= {max(fast_err) * half / estimate:.2%} "
-              f"of the distance; exact {np.mean(exact_err):.2f} ({max(exact_err):.2f}); time {clock_fast:.1f} s vs "
-              f"{clock_exact:.1f} s exact, ratio {clock_exact / clock_fast:.1f}x", flush=True)
-
+              f"(distance {estimate:.2f}, pooled exact interval {pooled[0]:.2f}..{pooled[1]:.2f}): endpoint error / "
+              f"half-width, mean (worst) of {seeds} seeds: " + "; ".join(found)
+              + f"; exact {np.mean(exact_err):.2f} ({max(exact_err):.2f}), {clock_exact:.1f} s", flush=True)
 
 if __name__ == "__main__":
     main()

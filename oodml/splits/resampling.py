@@ -28,7 +28,10 @@ independent of the linear part (their variances add up to the exact draws'
 to within a few per cent in the measurements below).  The first
 ``CALIBRATION_DRAWS`` values are the exact draws themselves; the residual taken
 by draw ``b`` is that of the same calibration draw for every partition, so paired
-draws of adjacent levels keep their correlation.
+draws of adjacent levels keep their correlation.  One calibration serves every
+bootstrap of a partition (:func:`calibrated`): ``make-splits`` compares adjacent
+levels first, so their paired draws calibrate each level and its interval's
+draws then need no exact draw of their own.
 
 Used only where it pays and was measured: both sides with more classes than
 feature dimensions (the moment form) and features at least
@@ -92,8 +95,8 @@ def weight_gradient(means: np.ndarray, train: np.ndarray, test: np.ndarray) -> t
     c1, c2 = a - m1, b - m2
     factor, lam, vec = _decompose(c1.T @ c1, c2.T @ c2, _cuda())
     root = np.sqrt(lam)
-    p = vec.T @ scipy.linalg.solve_triangular(factor, c1.T, lower=True)     # (d, n1): V^T L^-1 (x - m1)
-    q = vec.T @ (factor.T @ c2.T)                                          # (d, n2): V^T L^T (x - m2)
+    p = vec.T @ scipy.linalg.solve_triangular(factor, c1.T, lower=True, check_finite=False)  # V^T L^-1 (x - m1)
+    q = vec.T @ scipy.linalg.blas.dtrmm(1.0, factor, c2.T, lower=1, trans_a=1)  # (d, n2): V^T L^T (x - m2)
     norm = np.sqrt((n1 - 1) * (n2 - 1))
     cross = root.sum() / norm
     sq1, sq2 = np.einsum("ij,ij->i", c1, c1), np.einsum("ij,ij->i", c2, c2)
@@ -131,13 +134,23 @@ def resample_distance(means: np.ndarray, part: Partition) -> float:
     return _fid_of_sides(*sides)
 
 
-def _gradient(scorer: MeanFID, partition: Partition) -> tuple[float, np.ndarray, np.ndarray]:
-    """:func:`weight_gradient` of ``partition``, kept on the scorer (a level's interval and the adjacent-level
-    comparison both need it)."""
-    cache = vars(scorer).setdefault("_weight_gradients", {})
-    key = (np.asarray(partition[0], np.int64).tobytes(), np.asarray(partition[1], np.int64).tobytes())
+def calibrated(scorer: MeanFID, partition: Partition) -> _Calibrated | None:
+    """``partition``'s calibrated linearisation, kept on ``scorer`` so that every bootstrap of it shares one.
+
+    The adjacent-level comparison and a level's interval resample the same
+    partition: the draws that come first calibrate it (:data:`CALIBRATION_DRAWS`
+    exact ones, paired across levels when the comparison comes first, as in
+    ``make-splits``) and all later draws, of either, reuse its gradient,
+    regression and residuals.  None when a side's scatter is singular (its
+    draws stay exact).
+    """
+    cache = vars(scorer).setdefault("_calibrated", {})
+    key = tuple(np.sort(np.asarray(side, np.int64)).tobytes() for side in partition)
     if key not in cache:
-        cache[key] = weight_gradient(scorer.means, *partition)
+        try:
+            cache[key] = _Calibrated(scorer, partition)
+        except np.linalg.LinAlgError:     # singular scatters: this partition's draws stay exact
+            cache[key] = None
     return cache[key]
 
 
@@ -146,7 +159,7 @@ class _Calibrated:
 
     def __init__(self, scorer: MeanFID, partition: Partition):
         self.train, self.test = (np.sort(np.asarray(side, np.int64)) for side in partition)
-        self.distance, grad_train, grad_test = _gradient(scorer, partition)
+        self.distance, grad_train, grad_test = weight_gradient(scorer.means, *partition)
         self.grad_train = grad_train[np.argsort(np.asarray(partition[0]), kind="stable")]
         self.grad_test = grad_test[np.argsort(np.asarray(partition[1]), kind="stable")]
         self.residuals: list[float] = []
@@ -208,33 +221,32 @@ class _ResampledDistances:
         self.models: dict[int, _Calibrated | None] = {}
 
     def model(self, i: int) -> _Calibrated | None:
-        """Partition ``i``'s calibrated linearisation, built on first use (None: singular scatters, exact)."""
+        """Partition ``i``'s calibrated linearisation (:func:`calibrated`; None: singular scatters, exact)."""
         if i not in self.models:
-            try:
-                self.models[i] = _Calibrated(self.scorer, self.partitions[i])
-            except np.linalg.LinAlgError:     # singular scatters: this partition's draws stay exact
-                self.models[i] = None
+            self.models[i] = calibrated(self.scorer, self.partitions[i])
         return self.models[i]
 
-    def owner(self, part: Partition) -> _Calibrated | None:
-        """The model of the partition ``part`` resamples, or None (no resample, or a partition itself: exact)."""
+    def owner(self, part: Partition) -> tuple[_Calibrated | None, int | None]:
+        """``(model, classes left out)`` of the partition ``part`` resamples (None, None: it resamples none)."""
         best, fewest = None, None
         for i in self.wanted:
             m = self.model(i)
             missing = None if m is None else m.contains(part)
             if missing is not None and (fewest is None or missing < fewest):
                 best, fewest = m, missing
-        return best if fewest else None
+        return best, fewest
 
     def __call__(self, batch: Sequence[Partition]) -> np.ndarray:
         out = np.full(len(batch), np.nan)
         drawn = []                           # (position, model, linear value, feature, draw index)
         for k, part in enumerate(batch):
-            m = self.owner(part)
-            if m is not None:
+            m, missing = self.owner(part)
+            if m is not None and missing == 0 and (len(part[0]), len(part[1])) == (len(m.train), len(m.test)):
+                out[k] = m.distance          # the partition itself: its exact distance, from the gradient's work
+            elif m is not None and missing:
                 drawn.append((k, m, *m.linear(part), m.drawn))
                 m.drawn += 1
-        owned = {k for k, *_ in drawn}
+        owned = {k for k, *_ in drawn} | set(np.flatnonzero(~np.isnan(out)).tolist())
         others = [k for k in range(len(batch)) if k not in owned]
         if others:
             out[others] = self.scorer.distances([batch[k] for k in others])

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +36,7 @@ from ..errors import OodmlError
 from ..progress import counter
 from ..seeding import rng_for
 from ..shift import frechet_distance
-from .distance import Move, Scorer, centroid_scores
+from .distance import Move, Partition, Scorer, centroid_scores
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ def oodml_parameters(side: int, swaps_per_iteration: int = 2, history: int = 5) 
 
 
 def swap_progression(means: np.ndarray, train: Sequence[int], test: Sequence[int], *, iterations: int = 25,
-                     swaps_per_iteration: int = 2, history: int = 5, inverse: bool = False) -> list[SplitState]:
+                     swaps_per_iteration: int = 2, history: int = 5, inverse: bool = False,
+                     distances: Callable[[list[Partition]], np.ndarray] | None = None) -> list[SplitState]:
     """The ooDML split progression, one state per iteration.
 
     Positions in the two lists are fixed and a swap exchanges the contents of a
@@ -108,6 +109,10 @@ def swap_progression(means: np.ndarray, train: Sequence[int], test: Sequence[int
         means: (C, d) class-mean features, one row per class index.
         train, test: class indices in their initial order (ooDML sorted the class names;
             the caller orders the indices that way).
+        distances: scores the states' (train, test) class-index arrays, all in one call, (iterations,);
+            by default the class-mean FID of each (:func:`oodml.shift.frechet_distance`).  The swaps
+            never depend on it (they follow the centroid rankings), only the recorded distances do: the
+            greedy search passes its scorer's cheaper :meth:`~oodml.splits.distance.Scorer.path_distances`.
 
     Returns:
         ``iterations`` states, the first being the given split.
@@ -128,10 +133,9 @@ def swap_progression(means: np.ndarray, train: Sequence[int], test: Sequence[int
                          f"{swaps_per_iteration} with history={history}; need swaps_per_iteration + history")
     sign = -1 if inverse else 1
     hist: tuple[list[int], list[int]] = ([], [])
-    states = []
-    for it in range(iterations):
-        states.append(SplitState(tuple(sides[0]), tuple(sides[1]), frechet_distance(side_means[0], side_means[1]),
-                                 sign * it * swaps_per_iteration))
+    visited: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    for _ in range(iterations):
+        visited.append((tuple(sides[0]), tuple(sides[1])))
         rank_train, rank_test = _oodml_rankings(side_means[0], side_means[1], inverse)
         for k in range(swaps_per_iteration):
             p, q = _pick(rank_train, k, hist[0], history), _pick(rank_test, k, hist[1], history)
@@ -139,7 +143,12 @@ def swap_progression(means: np.ndarray, train: Sequence[int], test: Sequence[int
             hist[1].append(q)
             sides[0][p], sides[1][q] = sides[1][q], sides[0][p]
             side_means[0][p], side_means[1][q] = side_means[1][q].copy(), side_means[0][p].copy()
-    return states
+    if distances is None:
+        values = [frechet_distance(all_means[list(tr)], all_means[list(te)]) for tr, te in visited]
+    else:
+        values = np.asarray(distances([(np.array(tr), np.array(te)) for tr, te in visited]), np.float64).tolist()
+    return [SplitState(tr, te, float(v), sign * it * swaps_per_iteration)
+            for it, ((tr, te), v) in enumerate(zip(visited, values, strict=True))]
 
 
 def removal_continuation(state: SplitState, means: np.ndarray, *, iterations: int = 3,
@@ -575,7 +584,6 @@ def greedy_levels(scorer: Scorer, num_classes: int, *, levels: int = 8, removal_
 def _best_oodml_state(scorer: Scorer, start: SplitState) -> SplitState:
     """The farthest state (by ``scorer``) of the ooDML progression run from ``start``."""
     swaps, history = oodml_parameters(min(len(start.train), len(start.test)))
-    states = swap_progression(scorer.means, start.train, start.test, swaps_per_iteration=swaps, history=history)
-    values = scorer.path_distances([(np.array(s.train), np.array(s.test)) for s in states])
-    best = int(np.argmax(values))
-    return SplitState(states[best].train, states[best].test, float(values[best]), states[best].swaps)
+    states = swap_progression(scorer.means, start.train, start.test, swaps_per_iteration=swaps, history=history,
+                              distances=scorer.path_distances)
+    return max(states, key=lambda s: s.distance)
