@@ -66,7 +66,7 @@ def leaderboard_entry(glyphs, tmp_path_factory):
     tiny``, beside the evaluation it was made from (``<base>/results``).
 
     Built once per test run (about a minute), shared read-only by every test and every xdist worker: tests that
-    change an entry change a copy."""
+    change an entry change a copy.  Matched at the default N in ``fixtures.ENTRY_MATCH_DRAWS`` draws."""
     with shared_once(tmp_path_factory, "board") as (base, built):
         if not built:
             _submit_tiny_entry(glyphs, base)
@@ -74,13 +74,15 @@ def leaderboard_entry(glyphs, tmp_path_factory):
 
 
 def _submit_tiny_entry(glyphs, base: Path) -> None:
+    from fixtures import ENTRY_MATCH_DRAWS
+
     from oodml.evaluation import evaluate
     from oodml.leaderboard import EntryInfo, submit
     from oodml.models import load_model
 
     results = evaluate(load_model("glyph-cnn", embed_dim=8, seed=1), glyphs, "v1", fewshot=(2,), episodes=1,
                        adapt=["prototypes", "finetune-last"], adapt_iterations=2, clustering=False, device="cpu",
-                       save_embeddings=True)
+                       save_embeddings=True, match_draws=ENTRY_MATCH_DRAWS)
     results.save(base / "results")
     submit([base / "results"], EntryInfo("tiny", description="untrained 8-d CNN", authors=["tests"],
                                          training_data="none"), root=base / "leaderboard")

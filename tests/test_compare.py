@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fixtures import ENTRY_MATCH_DRAWS
 
 import oodml
 from oodml import OodmlError
@@ -36,10 +37,11 @@ def tiny(leaderboard_entry) -> Path:
 def pixels(glyphs, tmp_path_factory) -> Path:
     """A clearly better run than ``tiny``: 8x8 average-pooled pixels (192-d) on levels 1 and 8, 2-shot, one
     episode (the glyph classes are drawn shapes, which raw pixels tell apart far better than a random 8-d CNN),
-    with the class-count-matched scores of the default N and draws, as ``tiny`` has them."""
+    with the class-count-matched scores of the default N in ``tiny``'s draws (``ENTRY_MATCH_DRAWS``)."""
     net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(8), torch.nn.Flatten())
     model = LoadedModel(net, load_model("glyph-cnn", embed_dim=8, seed=1).preprocessing, "c0" * 32, "pixels-8x8")
-    config = EvalConfig.of(levels=[1, 8], clustering=False, fewshot=(2,), episodes=1, device="cpu")
+    config = EvalConfig.of(levels=[1, 8], clustering=False, fewshot=(2,), episodes=1, device="cpu",
+                           match_draws=ENTRY_MATCH_DRAWS)
     out = tmp_path_factory.mktemp("compare") / "pixels"
     evaluate(model, glyphs, "v1", config).save(out)
     return out
@@ -94,7 +96,7 @@ def test_a_leaderboard_entry_is_compared_like_a_run(tiny, leaderboard_entry):
     result = oodml.compare([tiny, leaderboard_entry], draws=200)
     assert [r["kind"] for r in result.runs] == ["run", "entry"]
     scores = verify(leaderboard_entry).scores
-    assert result.test_sets == ["matched", "full"] and result.matched == {"n_classes": 132, "draws": 20}
+    assert result.test_sets == ["matched", "full"] and result.matched == {"n_classes": 132, "draws": ENTRY_MATCH_DRAWS}
     for metric in ("recall@1", "map@r"):
         full = {lv["level"]: lv[metric] for lv in scores.levels}
         matched = {lv["level"]: scores.matched.value(metric, lv["level"]) for lv in scores.levels}

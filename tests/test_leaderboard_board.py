@@ -158,19 +158,19 @@ def test_a_card_asking_for_impossible_or_costly_matching_is_refused_in_one_line(
     assert all("\n" not in p for p in result.problems)
 
 
-def test_an_entry_matched_otherwise_is_rescored_so_and_ranked_on_its_own_board(entry, tmp_path):
-    """The card's N and D are the entry's matched curve; entries are ranked only against entries matched alike."""
+def test_an_entry_matched_otherwise_is_rescored_so_and_ranked_on_its_own_board(entry, exact, tmp_path):
+    """The card's N and D are the entry's matched curve; entries are ranked only against entries matched alike
+    (``default``: the exact entry, matched at evaluate's default N and draws; the shared entry is not)."""
     _matched_card(copy_of(entry, tmp_path, "fifty"), n_classes=50, draws=3)
     root = tmp_path / "leaderboard"
-    fifty, default = verify(root / "submissions" / "glyphs" / "v1" / "fifty"), verify(copy_of(entry, tmp_path,
-                                                                                             "default"))
+    fifty, default = verify(root / "submissions" / "glyphs" / "v1" / "fifty"), exact[1]
     assert fifty.ok and (fifty.scores.matched.n_classes, fifty.scores.matched.draws) == (50, 3)
     assert fifty.scores.matched.subsets[1].shape == (3, 50)
     build(root, verifications=[default, fifty])
     readme = (root / "README.md").read_text()
     assert "## glyphs @ v1, zero-shot protocol\n" in readme
     assert "## glyphs @ v1, zero-shot protocol, matched at 50 classes in 3 draws" in readme
-    assert readme.count("| 1 | fifty |") == 1 and readme.count("| 1 | default |") == 1   # one board each
+    assert readme.count("| 1 | fifty |") == 1 and readme.count("| 1 | pixels |") == 1   # one board each
     assert "mean R@1 N=50 [95% CI]" in readme and "mean R@1 N=132 [95% CI]" in readme
     from oodml import OodmlError
     with pytest.raises(OodmlError, match="matched at different class counts or draws .132 x 20, 50 x 3."):
