@@ -22,11 +22,11 @@ Reports, each against the reference it names:
    features) against the exact moment form in the same run, at a size where the exact one is affordable
    (``--compare-classes`` classes of ``--compare-dim``-d synthetic means): time ratio and the chosen levels'
    distances, their largest relative difference;
-8. the default search at SOP scale (``--sop-search``: 11,318 classes x 2048, synthetic), timed whole, with
-   its rebases and candidates counted, then what ``make-splits`` does next with its levels: every level's
-   bootstrap interval and the adjacent-level comparison (``--draws`` each, calibrated linearised draws:
-   :mod:`oodml.splits.resampling`), timed, with one exact draw's cost for reference; wall and process CPU
-   seconds and the load average, since the machine may be shared;
+8. what ``make-splits`` does at SOP scale once features exist (``--sop-search``): ``build_levels`` with the
+   default settings on a synthetic image set of 11,318 classes whose class means are 2,048-d synthetic means
+   (two identical rows per class), timed whole and by part (search, adjacent-level comparison, intervals and
+   episodes), wall and process CPU seconds, the BLAS threads and the load average (the machine may be
+   shared); with ``--reference-levels`` the largest difference from an earlier run's levels;
 9. the calibrated linearised bootstrap against the exact one (``--bootstrap-check CLASSES DIM``, synthetic
    means, a random and an ordered half split): interval endpoints of 5 seeds x ``--draws`` draws each against
    the exact interval of all 5 x ``--draws`` exact draws pooled, as a fraction of that interval's half-width

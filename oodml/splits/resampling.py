@@ -49,9 +49,12 @@ distance near 0 in few dimensions, where the duplication bias dwarfs the
 first-order spread and 20 residuals sample it poorly: on a random split of
 800 classes of 16-d (distance 0.7, draws' median 1.7) an upper endpoint came
 out 1.8 half-widths off; the size rule above keeps such features on the exact
-draws.  At SOP scale (5,659 classes per side, 2,048-d) one level's 200 draws
-took 61 s of CPU (a gradient, 7 s, and 20 calibration draws, 3 s each)
-instead of about 600 s for 200 exact draws.
+draws.  Calibrated by paired draws instead (as ``make-splits`` does), the same
+check gave 0.17 (0.31).  At SOP scale (5,659 classes per side, 2,048-d, one idle
+core) a gradient costs about 6 s and an exact draw about 2 s, so calibrating
+the 8 levels takes about 7 minutes and the 200 draws of every interval and of
+the comparison add seconds, against about 1 hour of exact draws per 200 x 8
+(docs/scaling.md, "make-splits at SOP scale").
 """
 
 from __future__ import annotations
