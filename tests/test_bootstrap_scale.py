@@ -128,16 +128,21 @@ def test_paired_draws_calibrate_the_levels_and_their_intervals_reuse_it(narrow_t
     exact_draws = []
     counting = resampling.resample_distance
 
-    def resample_distance(means, part):
+    def resample_distance(means, part, device=None):
         exact_draws.append(part)
-        return counting(means, part)
+        return counting(means, part, device)
 
     monkeypatch.setattr(resampling, "resample_distance", resample_distance)
     estimates, _ = paired_draws(resample_distances(scorer, levels), levels, num_classes=900, draws=60, seed=2)
     assert len(exact_draws) == CALIBRATION_DRAWS * len(levels)       # each level's calibration, paired
     train, test = levels[1]
     exact_calls = []
-    monkeypatch.setattr(scorer, "distances", lambda parts: exact_calls.append(parts) or MeanFID.distances(scorer, parts))
+
+    def distances(parts):
+        exact_calls.append(parts)
+        return MeanFID.distances(scorer, parts)
+
+    monkeypatch.setattr(scorer, "distances", distances)
     low, high = bootstrap_interval(resample_distances(scorer, [levels[1]]), train, test, draws=200, seed=3, level=2)
     assert len(exact_draws) == CALIBRATION_DRAWS * len(levels) and not exact_calls   # nothing scored exactly again
     assert estimates[1] == pytest.approx(MeanFID(means).distance(train, test), rel=1e-10)
@@ -157,3 +162,16 @@ def test_a_calibration_belongs_to_its_partition_whatever_the_order_of_its_classe
     assert resampling.calibrated(scorer, (train[::-1], test[::-1])) is first
     assert resampling.calibrated(scorer, (test, train)) is not first          # sides swapped: another partition
     assert resampling.calibrated(MeanFID(means), (train, test)) is not first  # kept per scorer, never shared
+
+
+def test_an_exact_draw_on_a_torch_device_matches_numpy():
+    """The calibration's exact draws run on CUDA when torch sees a GPU: the same code, here on the CPU."""
+    means = clustered_means(seed=10, classes=300, dim=16)
+    rng = np.random.default_rng(11)
+    part = (rng.choice(150, 150), 150 + rng.choice(150, 150))           # classes repeated, some left out
+    on_numpy = resampling.resample_distance(means, part)
+    assert resampling.resample_distance(means, part, "cpu") == pytest.approx(on_numpy, rel=1e-10)
+    assert on_numpy == pytest.approx(MeanFID(means).distance(*part), rel=1e-10)   # = the repeated classes' FID
+    flat = np.c_[means[:, :3], np.zeros((300, 13))]                       # singular scatter: the CPU fallback
+    assert resampling.resample_distance(flat, part, "cpu") == pytest.approx(
+        resampling.resample_distance(flat, part), rel=1e-10)

@@ -122,19 +122,44 @@ def linearised(scorer: Scorer, partition: Partition) -> bool:
     return d >= LINEARISED_MIN_DIM and min(len(partition[0]), len(partition[1])) > d
 
 
-def resample_distance(means: np.ndarray, part: Partition) -> float:
+def resample_distance(means: np.ndarray, part: Partition, device: str | None = None) -> float:
     """The exact class-mean FID of a resample (classes repeated), each distinct class once with its count as weight.
 
     Equals :meth:`MeanFID.distances` of ``part`` (the moment form) up to rounding, with about 1/e fewer rows
-    in the scatter products (a resample holds about 63% of its classes).
+    in the scatter products (a resample holds about 63% of its classes).  With ``device`` (a torch device
+    name; the calibration passes ``"cuda"`` when a GPU is there) the scatter products and the trace term run
+    there in float64, the same arithmetic as on the CPU.
     """
     sides = []
     for classes in part:
         unique, counts = np.unique(np.asarray(classes, np.int64), return_counts=True)
-        rows = means[unique]
-        weighted = rows * np.sqrt(counts)[:, None]
-        sides.append(_Side(int(counts.sum()), counts @ rows, weighted.T @ weighted))
-    return _fid_of_sides(*sides)
+        sides.append((means[unique], counts))
+    if device is None:
+        return _fid_of_sides(*(_weighted_side(rows, counts) for rows, counts in sides))
+    import torch
+
+    stats = []
+    for rows, counts in sides:
+        x = torch.from_numpy(rows).to(device)
+        w = torch.from_numpy(counts.astype(np.float64)).to(device)
+        weighted = x * w.sqrt()[:, None]
+        n, total = float(counts.sum()), w @ x
+        mean = total / n
+        stats.append((mean, (weighted.T @ weighted - torch.outer(total, mean)) / (n - 1)))
+    (mu1, cov1), (mu2, cov2) = stats
+    factor, info = torch.linalg.cholesky_ex(cov1)
+    if int(info):             # not positive definite: the CPU path's fallback (shift.trace_sqrt_of_product)
+        return _fid_of_sides(*(_weighted_side(rows, counts) for rows, counts in sides))
+    m = factor.T @ cov2 @ factor
+    cross = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+    diff = mu1 - mu2
+    return frechet_from_terms(float(diff @ diff), float(cov1.trace()), float(cov2.trace()), float(cross))
+
+
+def _weighted_side(rows: np.ndarray, counts: np.ndarray) -> _Side:
+    """A side of distinct class means ``rows`` (k, d), each counted ``counts`` (k,) times, in the moment form."""
+    weighted = rows * np.sqrt(counts)[:, None]
+    return _Side(int(counts.sum()), counts @ rows, weighted.T @ weighted)
 
 
 def calibrated(scorer: MeanFID, partition: Partition) -> _Calibrated | None:
@@ -265,6 +290,6 @@ class _ResampledDistances:
         into ``out``, their residuals from the linear value kept for the fit."""
         for k, m, value, feature, b in drawn:
             if b < CALIBRATION_DRAWS:   # resamples of partitions in the moment form: weighted, exact
-                out[k] = resample_distance(self.scorer.means, batch[k])
+                out[k] = resample_distance(self.scorer.means, batch[k], _cuda())
                 m.residuals.append(float(out[k]) - value)
                 m.features.append(feature)
