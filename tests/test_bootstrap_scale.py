@@ -175,3 +175,25 @@ def test_an_exact_draw_on_a_torch_device_matches_numpy():
     flat = np.c_[means[:, :3], np.zeros((300, 13))]                       # singular scatter: the CPU fallback
     assert resampling.resample_distance(flat, part, "cpu") == pytest.approx(
         resampling.resample_distance(flat, part), rel=1e-10)
+
+
+def test_the_audit_and_show_adjacent_draw_as_make_splits_does(narrow_threshold, monkeypatch):
+    """Re-measured levels (splits audit) and adjacent comparisons (splits show --adjacent) of many wide classes
+    take the calibrated draws too: an exact draw only for each level's calibration."""
+    from oodml.shift import ClassFeatures
+    from oodml.splits.adjacent import compare_adjacent
+    from oodml.splits.audit import remeasure_levels
+
+    means = clustered_means(seed=12, classes=700, dim=40)
+    cf = ClassFeatures(np.repeat(means, 2, axis=0), np.repeat(np.arange(700), 2))
+    order = np.random.default_rng(13).permutation(700)
+    levels = [(order[:300], order[300:600]), (order[50:350], np.r_[order[350:600], order[:50]])]
+    exact_draws = []
+    counting = resampling.resample_distance
+    monkeypatch.setattr(resampling, "resample_distance",
+                        lambda means, part, device=None: exact_draws.append(part) or counting(means, part, device))
+    values, intervals, draws = remeasure_levels(cf, levels, distance="fid", mode="class-mean", draws=60, seed=0)
+    assert len(exact_draws) == CALIBRATION_DRAWS * len(levels) and draws.shape == (60, 2)
+    assert (intervals[:, 0] <= values).all() and (values <= intervals[:, 1]).all()
+    pairs = compare_adjacent(MeanFID(cf.means), levels, num_classes=700, draws=60, seed=1)
+    assert len(exact_draws) == 2 * CALIBRATION_DRAWS * len(levels) and len(pairs) == 1

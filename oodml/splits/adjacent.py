@@ -53,6 +53,7 @@ from ..seeding import rng_for
 from ..stats import CONFIDENCE, resample_counts, shifted_interval, with_counts
 
 if TYPE_CHECKING:  # manifest imports this module
+    from .distance import Scorer
     from .manifest import SplitSet
 
 #: The metadata key of the adjacent pairs (outside the content digest: :mod:`oodml.splits.manifest`).
@@ -151,6 +152,19 @@ def adjacent_pairs(estimates: np.ndarray, draws: np.ndarray, confidence: float =
     if not len(draws):
         return ()
     return tuple(pair(estimates, draws, k, k + 1, confidence) for k in range(1, len(estimates)))
+
+
+def compare_adjacent(scorer: Scorer, partitions: Sequence[Partition], *, num_classes: int, draws: int,
+                     seed: object) -> tuple[AdjacentPair, ...]:
+    """Each adjacent pair of ``partitions``' levels compared by ``scorer``'s distance, as ``make-splits`` and
+    ``splits show --adjacent`` both do: :func:`paired_draws` scored by
+    :func:`~oodml.splits.resampling.resample_distances` (exact, or calibrated-linear for many wide classes,
+    whose calibration the levels' intervals then reuse)."""
+    from .resampling import resample_distances  # scipy's linear algebra, only once levels are compared
+
+    estimates, values = paired_draws(resample_distances(scorer, partitions), partitions, num_classes=num_classes,
+                                     draws=draws, seed=seed)
+    return adjacent_pairs(estimates, values)
 
 
 #: What a not-distinct note advises by default.
@@ -252,6 +266,6 @@ def measure_adjacent(split_set: SplitSet, *, root: str | Path | None = None, opt
     ext = get_extractor(extractor or dataset_spec(split_set.dataset).split_extractor, weights)
     cf = ClassFeatures(extract_features(ds, ext, device=device, batch_size=batch_size), ds.labels)
     scorer = make_scorer(cf, str(meta.get("distance", "fid")), str(meta.get("mode", "class-mean")))
-    estimates, values = paired_draws(scorer.distances, partitions, num_classes=len(ds.classes), draws=draws,
-                                     seed=adjacent_seed(meta.get("seed"), split_set.digest))
-    return adjacent_pairs(estimates, values), ext.id
+    pairs = compare_adjacent(scorer, partitions, num_classes=len(ds.classes), draws=draws,
+                             seed=adjacent_seed(meta.get("seed"), split_set.digest))
+    return pairs, ext.id

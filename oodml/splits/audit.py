@@ -13,8 +13,9 @@ classes and the test classes are resampled with replacement within each side,
 by :func:`oodml.splits.levels.bootstrap_interval`, as when a split set is built
 and with the same seed (the draws differ from the build's all the same: they
 depend on the order of the classes within a side, which the manifest does not
-keep).  The level's interval is ``bootstrap_interval``'s bias-shifted
-percentile interval.  Draw ``b`` of every
+keep); from 512-d features with more classes a side than dimensions they are
+the calibrated linearisation of :mod:`oodml.splits.resampling`, as there.  The
+level's interval is ``bootstrap_interval``'s bias-shifted percentile interval.  Draw ``b`` of every
 level together gives one re-measured distance vector; its rank correlation with
 the split set's *published* distances (fixed: they define the levels) is one
 bootstrap value of rho and tau.  Their interval uses the same rule as the
@@ -52,6 +53,7 @@ from .distance import make_scorer
 from .levels import bootstrap_interval
 from .manifest import AUDITS, SplitSet
 from .overlap import PretrainingOverlap, pretraining_overlap
+from .resampling import resample_distances
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ def remeasure_levels(cf: ClassFeatures, partitions: Sequence[tuple[np.ndarray, n
     intervals, columns = [], []
     for k, (train, test) in enumerate(partitions, start=1):
         recorded: list[np.ndarray] = []
-        lo, hi = bootstrap_interval(_recording(scorer.distances, recorded), np.asarray(train), np.asarray(test),
+        scored = resample_distances(scorer, [(np.asarray(train), np.asarray(test))])
+        lo, hi = bootstrap_interval(_recording(scored, recorded), np.asarray(train), np.asarray(test),
                                     draws=draws, seed=seed, level=k)
         intervals.append((lo, hi))
         # bootstrap_interval scores its draws in one batch first, then the estimate.

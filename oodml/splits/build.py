@@ -16,7 +16,7 @@ from ..errors import OodmlError, brief
 from ..progress import progress
 from ..registry import Registry
 from ..shift import MODES, ClassFeatures, get_distance, split_distance
-from .adjacent import AdjacentPair, adjacent_pairs, adjacent_seed, not_distinct_note, paired_draws
+from .adjacent import AdjacentPair, adjacent_seed, compare_adjacent, not_distinct_note
 from .distance import Scorer, make_scorer
 from .levels import Level, bootstrap_interval, draw_episodes, tuning_split
 from .resampling import resample_distances
@@ -237,10 +237,8 @@ def _compare_adjacent(scorer: Scorer, result: SearchResult, num_classes: int, cf
     """The adjacent pairs of ``result``'s levels (:mod:`oodml.splits.adjacent`); empty without bootstrap draws."""
     if cfg.bootstrap <= 0:
         return ()
-    partitions = _partitions(result)
-    estimates, draws = paired_draws(resample_distances(scorer, partitions), partitions, num_classes=num_classes,
-                                    draws=cfg.bootstrap, seed=adjacent_seed(cfg.seed))
-    return adjacent_pairs(estimates, draws)
+    return compare_adjacent(scorer, _partitions(result), num_classes=num_classes, draws=cfg.bootstrap,
+                            seed=adjacent_seed(cfg.seed))
 
 
 def _search_auto(scorer: Scorer, cf: ClassFeatures, classes: Sequence[str], cfg: SplitConfig
