@@ -9,6 +9,7 @@ verified and shown, and no document gives anything but one-line problems.
 import copy
 import html
 import json
+import os
 import re
 import shutil
 from html.parser import HTMLParser
@@ -24,7 +25,8 @@ from oodml.cli import main
 from oodml.leaderboard import EntryInfo, Verification, build, read_submission, submit, verify
 from oodml.leaderboard.board import collect_boards, markdown_text, render_html, render_markdown
 from oodml.leaderboard.submission import FIELDS, Submission, is_web_url, schema_problems
-from oodml.leaderboard.verify import _compare_claims
+from oodml.leaderboard.verify import _compare_claims, published_split_set
+from oodml.splits.catalogue import split_set_copies
 
 PAYLOAD = "<script>alert(1)</script><img src=x onerror=alert(1)>|[x](javascript:alert(1))`*a*_b_\\"
 STRING_FIELDS = [name for name, types in FIELDS.items() if str in types]
@@ -328,3 +330,21 @@ def test_fuzzed_submission_files_never_raise(verified, tmp_path_factory, data):
     (path / "submission.json").write_text(json.dumps(meta), encoding="utf-8")
     sub, problems = read_submission(path)
     assert (sub is None) == bool(problems) and all("\n" not in p for p in problems)
+
+
+def test_a_split_set_changed_on_disk_between_two_verify_runs_is_read_again(leaderboard_entry, glyphs, tmp_path,
+                                                                            monkeypatch):
+    """The verifier reads a split set once for all the entries it verifies, but never trusts a copy read before
+    its files changed: one byte flipped, the file's size and modification time set back, is refused next run."""
+    copy = tmp_path / "splits" / "glyphs" / "v1"
+    shutil.copytree(split_set_copies("glyphs", "v1")[0].path, copy)
+    monkeypatch.setenv("OODML_SPLITS", str(tmp_path / "splits"))   # searched first
+    assert verify(leaderboard_entry, dataset=glyphs).ok
+    assert published_split_set("glyphs", "v1") is published_split_set("glyphs", "v1")   # read once
+    table = copy / "levels.parquet"
+    before, data = table.stat(), bytearray(table.read_bytes())
+    data[len(data) // 2] ^= 1
+    table.write_bytes(bytes(data))
+    os.utime(table, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = verify(leaderboard_entry, dataset=glyphs)
+    assert not result.ok and "levels.parquet" in result.problems[0], result.problems

@@ -34,11 +34,11 @@ import numpy as np
 from .._fs import atomic_path, remove_abandoned
 from ..errors import OodmlError
 from ..matched import DEFAULT_DRAWS, matched_count, paired_matched_draws
-from ..splits import SplitSet, iter_published, read_split_set
+from ..splits import SplitSet, iter_published
 from ..splits.overlap import PretrainingOverlap, pretraining_overlap
 from ..stats import percentile_interval, with_draw_spread
 from .submission import NO_PRETRAINING, SCHEMA_VERSION, declared_pretraining, is_web_url, one_line
-from .verify import Verification, iter_entries, verify_entries
+from .verify import Verification, iter_entries, read_split_set_once, verify_entries
 
 DRAWS = 2000
 STEPS = """1. Evaluate your model with embeddings saved: `oodml evaluate MODEL --dataset D --splits V --fewshot 2,5 \
@@ -368,7 +368,7 @@ def collect_boards(verifications: Sequence[Verification]) -> list[Board]:
         mine = [v for v in verifications if v.ok and (v.submission.meta["dataset"], v.submission.meta[
             "split_version"]) == (dataset, version)]
         kinds = sorted({(v.submission.meta["protocol"], matching(v)) for v in mine})
-        split_set = read_split_set(path)
+        split_set = read_split_set_once(path)
         if not kinds:
             boards.append(Board(dataset, version, None, [], split_set))
         for protocol, matched in kinds:

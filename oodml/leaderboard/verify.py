@@ -34,7 +34,8 @@ from ..errors import OodmlError, brief
 from ..matched import DEFAULT_DRAWS, MatchedRecords, class_sums, level_draws, matched_count, matched_episode
 from ..metrics import metric_names
 from ..protocol import card_problems, curve_summary, episode_split, score_episode
-from ..splits import Episode, Level, SplitSet, load
+from ..splits import Episode, Level, SplitSet, load, read_split_set
+from ..splits.catalogue import one_content, split_set_copies
 from .submission import Submission, is_fraction, parse_file_name, read_submission
 
 #: the metrics an entry claims and the board shows, per level: those of oodml.metrics.METRICS with a value per
@@ -376,7 +377,7 @@ def _verify(path: Path, data_root: str | Path | None, dataset: ImageDataset | No
         return Verification(path, None, None, problems)
     meta = sub.meta
     try:
-        split_set = load(meta["dataset"], meta["split_version"])
+        split_set = published_split_set(meta["dataset"], meta["split_version"])
     except OodmlError as exc:
         return Verification(path, sub, None, [f"{path}: {exc}"])
     if split_set.digest != meta["split_digest"]:
@@ -402,6 +403,47 @@ def _verify(path: Path, data_root: str | Path | None, dataset: ImageDataset | No
     if scores is None:
         return Verification(path, sub, None, problems)
     return Verification(path, sub, scores, _compare_claims(sub, scores))
+
+
+#: split sets read and verified by :func:`read_split_set_once`, by what their directory holds on disk
+_READ_SPLIT_SETS: dict[tuple, SplitSet] = {}
+_READ_SPLIT_SETS_KEPT = 8
+
+
+def _on_disk(path: Path) -> tuple:
+    """What a split set directory holds, cheaply: its resolved path and every file's name, size, inode,
+    modification and status-change times (a file rewritten or replaced changes the inode or the change time,
+    which no one can set back)."""
+    path = path.resolve()
+    return (str(path), tuple(sorted((f.name, s.st_size, s.st_ino, s.st_mtime_ns, s.st_ctime_ns)
+                                    for f in path.iterdir() for s in [f.stat()])))
+
+
+def read_split_set_once(path: Path) -> SplitSet:
+    """:func:`oodml.splits.read_split_set`, read and verified once per content on disk: the entries of one split
+    set, and the board built from them, share one read (the committed glyphs entries read the same set 8
+    times), and a directory whose files change, between two verifications or during one, is read again."""
+    key = _on_disk(path)
+    if key in _READ_SPLIT_SETS:
+        return _READ_SPLIT_SETS[key]
+    split_set = read_split_set(path)
+    if _on_disk(path) == key:   # kept only when nothing changed while it was read
+        if len(_READ_SPLIT_SETS) >= _READ_SPLIT_SETS_KEPT:
+            _READ_SPLIT_SETS.clear()
+        _READ_SPLIT_SETS[key] = split_set
+    return split_set
+
+
+def published_split_set(dataset: str, version: str) -> SplitSet:
+    """``oodml.splits.load(dataset, version)`` through :func:`read_split_set_once`.
+
+    Raises:
+        OodmlError: as :func:`oodml.splits.load`.
+    """
+    copies = split_set_copies(dataset, version)
+    if not copies:
+        return load(dataset, version)   # its one-line refusal, naming the versions there are
+    return read_split_set_once(one_content(copies).path)   # a name held with two digests is refused every time
 
 
 def verify_entries(paths: list[Path], *, data_root: str | Path | None = None) -> list[Verification]:
