@@ -39,8 +39,8 @@ from .embedding import (
     resolve_device,
 )
 from .errors import OodmlError
-from .matched import DEFAULT_DRAWS, class_sums, level_draws, matched_count, matched_episode
-from .metrics import metric_names, per_query_metrics, retrieval_metrics
+from .matched import DEFAULT_DRAWS, class_sums, level_draws, matched_count, matched_episode, search_depth
+from .metrics import MAP_DEPTH, clustering_metrics, metric_names, per_query_and_neighbours, summary_metrics
 from .models import LoadedModel, load_model
 from .models.identity import levels_identity
 from .models.refs import expand_level_template, resolve_model_ref  # noqa: F401 (expand_level_template: re-exported)
@@ -452,15 +452,17 @@ class _Scoring:
     def retrieval(self, level: Level, emb: np.ndarray, labels: np.ndarray, base: dict) -> list[dict]:
         """The retrieval rows of a level's (N, d) test embeddings (unadapted), on its full test set and on
         every matched draw (``test_set`` ``matched``, ``episode`` the draw), and its per-class records
-        appended to ``classes``."""
-        rows = _retrieval_rows(emb, labels, base, self.ks, self.clustering)
+        appended to ``classes``: one search of the level for all of them."""
+        per_query, neighbours = per_query_and_neighbours(
+            emb, labels, ks=self.ks, keep=search_depth(labels, self.ks) if self.match_classes else 0)
+        rows = _retrieval_rows(per_query, (emb, labels), base, self.ks, self.clustering)
         if not self.match_classes:
-            per_query = per_query_metrics(emb, labels, ks=self.ks, map_depth=None)
-            self.classes += _class_records(level.index, -1, level.test_classes, per_query, labels, self.ds)
+            whole = {m: v for m, v in per_query.items() if m != f"map@{MAP_DEPTH}"}  # as level_draws' whole
+            self.classes += _class_records(level.index, -1, level.test_classes, whole, labels, self.ds)
             return rows
-        whole, per_draw = level_draws(emb, labels, level.test_classes, self.ds.class_index,  # one search
-                                      (self.split_set.digest, level.index), self.match_classes, self.match_draws,
-                                      self.ks)
+        whole, per_draw = level_draws(emb, labels, level.test_classes, self.ds.class_index,
+                                      (self.split_set.digest, level.index), (self.match_classes, self.match_draws),
+                                      self.ks, neighbours)
         self.classes += _class_records(level.index, -1, level.test_classes, whole, labels, self.ds)
         for d, (classes, values) in enumerate(per_draw):
             self.classes += _class_records(level.index, d, classes, values, labels, self.ds)
@@ -610,11 +612,15 @@ class _Embedder:
         return self(backbone, indices, f"backbone features level {level.index}")
 
 
-def _retrieval_rows(emb: np.ndarray, labels: np.ndarray, base: dict, ks: Sequence[int], clustering: bool
-                    ) -> list[dict]:
-    """One results row per retrieval metric of a level's (N, d) test embeddings, unadapted."""
-    metrics = retrieval_metrics(emb, labels, ks=ks, clustering=clustering)
+def _retrieval_rows(per_query: dict[str, np.ndarray], level: tuple[np.ndarray, np.ndarray], base: dict,
+                    ks: Sequence[int], clustering: bool) -> list[dict]:
+    """One results row per retrieval metric of a level, unadapted: the means of its per-query values
+    (:func:`oodml.metrics.per_query_metrics`) and, with ``clustering``, k-means over its ``(embeddings (N, d),
+    labels (N,))``."""
+    metrics = summary_metrics(per_query, ks)
     metrics.pop("queries")
+    if clustering:
+        metrics.update(clustering_metrics(*level))
     return [{**base, "adaptation": "none", "shots": 0, "episode": -1, "metric": m, "value": v}
             for m, v in metrics.items()]
 

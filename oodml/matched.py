@@ -89,14 +89,26 @@ def episode_classes(split_digest: str, level: int, shots: int, episode: int, cla
     return [classes[i] for i in np.sort(rng.choice(len(classes), n, replace=False))]
 
 
+def search_depth(labels: np.ndarray, ks: Sequence[int]) -> int:
+    """The neighbours :func:`matched_per_query` first searches each row of a level for: twice the deepest
+    query's need (max(K, R)) and some, at least ``MAX_PRUNED_K`` (the pruned search costs little more up to its
+    limit), at most N - 1; deeper only when a draw's kept neighbours run short."""
+    _, counts = np.unique(labels, return_counts=True)
+    depth = max(max(ks), int(counts.max()) - 1)
+    return min(len(labels) - 1, max(2 * depth + 8, MAX_PRUNED_K))
+
+
 def matched_per_query(embeddings: np.ndarray, labels: np.ndarray, subsets: Sequence[np.ndarray],
-                      ks: Sequence[int]) -> list[dict[str, np.ndarray]]:
+                      ks: Sequence[int], neighbours: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
     """Per-query retrieval metrics of every draw, from one search of the whole level.
 
     Args:
         embeddings: (N, d) float array, the level's test images; labels: (N,) their int labels.
         subsets: per draw, the labels it keeps.
         ks: the K of ``recall@K``.
+        neighbours: the level's search when it was already run (each row's first neighbours, best first, as
+            :func:`oodml.metrics.per_query_and_neighbours` keeps them, :func:`search_depth` wide or wider);
+            searched here when None or too shallow for a draw.
 
     Returns:
         Per draw, as :func:`oodml.metrics.per_query_metrics` (``map_depth=None``) returns for
@@ -107,10 +119,11 @@ def matched_per_query(embeddings: np.ndarray, labels: np.ndarray, subsets: Seque
     _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     r = counts[inverse] - 1
     keeps = [np.isin(y, subset) for subset in subsets]
-    depth = max(max(ks), int(r.max()))
-    k = min(len(y) - 1, max(2 * depth + 8, MAX_PRUNED_K))  # the pruned search costs little more up to its limit
+    k = search_depth(y, ks)
     while True:  # deep enough that every query of every draw finds its depth among its kept neighbours
-        neighbours = torch.cat([nb for _, nb in knn_chunks(x, k)]).cpu().numpy()
+        if neighbours is None or neighbours.shape[1] < k:
+            neighbours = torch.cat([nb for _, nb in knn_chunks(x, k)]).cpu().numpy()
+        k = neighbours.shape[1]
         if k == len(y) - 1 or all(_deep_enough(neighbours, keep, r, ks) for keep in keeps):
             break
         k = min(len(y) - 1, 2 * k)
@@ -194,24 +207,28 @@ def class_sums(per_query: dict[str, np.ndarray], labels: np.ndarray, class_label
 
 
 def level_draws(embeddings: np.ndarray, labels: np.ndarray, classes: Sequence[str], class_index: dict[str, int],
-                where: tuple[str, int], n: int, draws: int, ks: Sequence[int]
+                where: tuple[str, int], setting: tuple[int, int], ks: Sequence[int],
+                neighbours: np.ndarray | None = None
                 ) -> tuple[dict[str, np.ndarray], list[tuple[list[str], dict[str, np.ndarray]]]]:
-    """A level scored on its whole test set and on each of its ``draws`` matched draws of ``n`` classes, from
-    one search (:func:`matched_per_query`): what ``oodml evaluate`` and the leaderboard's verifier both run.
+    """A level scored on its whole test set and on each of its D matched draws of N classes, from one search
+    (:func:`matched_per_query`): what ``oodml evaluate`` and the leaderboard's verifier both run.
 
     Args:
         embeddings: (M, d) the level's test images; labels: (M,) their int labels.
         classes: the level's test class names; class_index: class name -> label.
         where: ``(split digest, level number)``, which seed the draws (:func:`draw_classes`).
+        setting: ``(N, D)``.
+        neighbours: the level's search, when it was already run (:func:`matched_per_query`).
 
     Returns:
         ``(whole, per draw [(its classes, its per-query metrics)])``, each per-query dict as
         :func:`matched_per_query` returns it (``"query"``: rows of ``embeddings``).
     """
     digest, level = where
+    n, draws = setting
     chosen = [draw_classes(digest, level, d, classes, n) for d in range(draws)]
     subsets = [np.array([class_index[c] for c in names]) for names in [classes, *chosen]]
-    whole, *per_draw = matched_per_query(embeddings, labels, subsets, ks)
+    whole, *per_draw = matched_per_query(embeddings, labels, subsets, ks, neighbours)
     return whole, list(zip(chosen, per_draw, strict=True))
 
 

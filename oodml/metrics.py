@@ -160,6 +160,21 @@ def per_query_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray 
     Returns ``{"query": int64 row indices of the queries (R >= 1), "recall@1": float64 values, ...}``,
     every array of length Q; :func:`retrieval_metrics` is their mean.  Arguments as there.
     """
+    return per_query_and_neighbours(embeddings, labels, ks=ks, normalize=normalize, device=device,
+                                    map_depth=map_depth)[0]
+
+
+def per_query_and_neighbours(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
+                             ks: Sequence[int] = (1, 2, 4, 8), normalize: bool = True,
+                             device: str | torch.device | None = None, map_depth: int | None = MAP_DEPTH,
+                             keep: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:func:`per_query_metrics` and, from the same search, every row's first ``keep`` neighbours: what the
+    class-count-matched draws restrict (:func:`oodml.matched.level_draws`), so a level is searched once.
+
+    Returns:
+        ``(per query, neighbours)``: as :func:`per_query_metrics`, and (N, min(keep, N - 1)) int64 row indices,
+        nearest first, ties to the lower index (the prefix of any deeper search's).
+    """
     x, y = _check(embeddings, labels)
     if device is not None:
         x, y = x.to(device), y.to(device)
@@ -168,16 +183,43 @@ def per_query_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray 
     queries = r > 0
     if not queries.any():
         raise OodmlError("no class has two or more samples, so no query has a relevant neighbour")
-    k = min(x.shape[0] - 1, max(max(ks), int(r.max()), map_depth or 0))
+    k = min(x.shape[0] - 1, max(max(ks), int(r.max()), map_depth or 0, keep))
     parts: dict[str, list[torch.Tensor]] = {}
+    kept = []
     for start, neighbours in knn_chunks(x, k, normalize=normalize):
+        kept.append(neighbours[:, :keep])
         rows = slice(start, start + neighbours.shape[0])
-        keep = queries[rows]
-        hits = y[neighbours[keep]] == y[rows][keep][:, None]
-        for name, values in _per_query(hits, r[rows][keep], ks, map_depth).items():
+        chosen = queries[rows]
+        hits = y[neighbours[chosen]] == y[rows][chosen][:, None]
+        for name, values in _per_query(hits, r[rows][chosen], ks, map_depth).items():
             parts.setdefault(name, []).append(values)
     out = {name: torch.cat(v).cpu().numpy() for name, v in parts.items()}
-    return {"query": torch.nonzero(queries).flatten().cpu().numpy(), **out}
+    return {"query": torch.nonzero(queries).flatten().cpu().numpy(), **out}, torch.cat(kept).cpu().numpy()
+
+
+def summary_metrics(per_query: dict[str, np.ndarray], ks: Sequence[int] = (1, 2, 4, 8),
+                    map_depth: int | None = MAP_DEPTH) -> dict[str, float]:
+    """The mean of each per-query metric (:func:`per_query_metrics` output) and ``"queries"``, their number."""
+    out: dict[str, float] = {name: float(per_query[name].mean())
+                             for name in metric_names(ks, map_depth=map_depth, clustering=False)}
+    out["queries"] = int(len(per_query["query"]))
+    return out
+
+
+def clustering_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
+                       normalize: bool = True, device: str | torch.device | None = None,
+                       seed: int = CLUSTERING_SEED) -> dict[str, float]:
+    """``{"nmi": ..., "ami": ...}``: k-means with as many clusters as classes (arguments as
+    :func:`retrieval_metrics`)."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    x, y = _check(embeddings, labels)
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    points = torch.nn.functional.normalize(x.float(), dim=1) if normalize else x.float()
+    assign = kmeans(points, len(torch.unique(y)), seed=seed).labels
+    truth = y.cpu().numpy()
+    return {"nmi": float(normalized_mutual_info_score(truth, assign)), "ami": adjusted_mutual_info(truth, assign)}
 
 
 def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
@@ -206,19 +248,7 @@ def retrieval_metrics(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray 
     """
     per_query = per_query_metrics(embeddings, labels, ks=ks, normalize=normalize, device=device,
                                   map_depth=map_depth)
-    queries = per_query.pop("query")
-    out: dict[str, float] = {name: float(per_query[name].mean())
-                             for name in metric_names(ks, map_depth=map_depth, clustering=False)}
-    out["queries"] = int(len(queries))
+    out = summary_metrics(per_query, ks, map_depth)
     if clustering:
-        from sklearn.metrics import normalized_mutual_info_score
-
-        x, y = _check(embeddings, labels)
-        if device is not None:
-            x, y = x.to(device), y.to(device)
-        points = torch.nn.functional.normalize(x.float(), dim=1) if normalize else x.float()
-        assign = kmeans(points, len(torch.unique(y)), seed=seed).labels
-        truth = y.cpu().numpy()
-        out["nmi"] = float(normalized_mutual_info_score(truth, assign))
-        out["ami"] = adjusted_mutual_info(truth, assign)
+        out.update(clustering_metrics(embeddings, labels, normalize=normalize, device=device, seed=seed))
     return out

@@ -20,8 +20,9 @@ from oodml.matched import (
     matched_interval,
     matched_per_query,
     paired_matched_draws,
+    search_depth,
 )
-from oodml.metrics import per_query_metrics
+from oodml.metrics import per_query_and_neighbours, per_query_metrics
 from oodml.models import load_model
 from oodml.plot import curves
 from oodml.results import Results, read_run
@@ -65,6 +66,28 @@ def test_a_draw_scores_exactly_as_a_search_among_its_images(ties):
         np.testing.assert_array_equal(np.flatnonzero(keep)[expected.pop("query")], got.pop("query"))
         assert expected.keys() == got.keys()
         for name, values in expected.items():
+            np.testing.assert_array_equal(values, got[name], err_msg=name)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_the_full_metrics_search_serves_the_draws_bit_for_bit(ties):
+    """evaluate searches a level once, map@1000 deep, and the draws restrict its neighbour lists: the same
+    values as the draws' own search, and the same full-set values as per_query_metrics."""
+    rng = np.random.default_rng(1)   # more rows than a block (2048): the searches multiply different shapes
+    labels = rng.integers(0, 100, 2600)
+    emb = rng.normal(size=(2600, 8)).astype(np.float32)
+    if ties:
+        emb = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 2600)] * rng.choice([-1, 1], (2600, 1)).astype(np.float32)
+    ks = (1, 2, 4, 8)
+    subsets = [np.arange(100)] + [np.sort(rng.choice(100, n, replace=False)) for n in (60, 60, 6)]
+    per_query, neighbours = per_query_and_neighbours(emb, labels, ks=ks, keep=search_depth(labels, ks))
+    assert neighbours.shape == (2600, search_depth(labels, ks))
+    for name, values in per_query_metrics(emb, labels, ks=ks).items():
+        np.testing.assert_array_equal(values, per_query[name], err_msg=name)
+    shared = matched_per_query(emb, labels, subsets, ks, neighbours)
+    for own, got in zip(matched_per_query(emb, labels, subsets, ks), shared, strict=True):
+        assert own.keys() == got.keys()
+        for name, values in own.items():
             np.testing.assert_array_equal(values, got[name], err_msg=name)
 
 

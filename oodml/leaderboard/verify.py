@@ -264,7 +264,7 @@ def _score_retrieval(sub: Submission, level: Level, ds: ImageDataset, tally: _Ta
     labels, matched = ds.labels[rows], tally.matched
     class_labels = [ds.class_index[c] for c in level.test_classes]
     whole, per_draw = level_draws(emb, labels, level.test_classes, ds.class_index, (sub.meta["split_digest"],
-                                  level.index), matched.n_classes, matched.draws, (1, 2, 4, 8))
+                                  level.index), (matched.n_classes, matched.draws), (1, 2, 4, 8))
     tally.levels.append({"level": level.index, "distance": level.distance,
                          **{m: float(whole[m].mean()) for m in RETRIEVAL}})
     queries, sums = class_sums(whole, labels, class_labels)
