@@ -629,7 +629,7 @@ class _Spectrum:
             return self._last_origin[1]
         base_updates = self._updates(*origin)
         p_a, q_a, columns = self._columns(base_updates)
-        k_a = np.eye(p_a.shape[1]) + (np.ascontiguousarray(q_a.T)[None] * self.resolvent[:, None, :]) @ p_a
+        k_a = np.eye(p_a.shape[1]) + _per_node(np.ascontiguousarray(q_a.T)[None] * self.resolvent[:, None, :], p_a)
         sign, logdet_a = np.linalg.slogdet(k_a)                           # k_a: (1 + nodes, ra, ra)
         if (sign <= 0).any():
             self._last_origin = (key, None)
@@ -659,8 +659,8 @@ class _Spectrum:
         for lo in range(0, len(self.resolvent), step):
             res = self.resolvent[lo:lo + step, None, :]
             scaled_c = qc_t[None] * res                                           # (nodes, total, d)
-            cross_ca = scaled_c @ p_a                                             # Qc^T R Pa
-            solved = np.linalg.solve(k_a[lo:lo + step], (qa_t[None] * res) @ p_c)  # Ka^-1 Qa^T R Pc
+            cross_ca = _per_node(scaled_c, p_a)                                   # Qc^T R Pa
+            solved = np.linalg.solve(k_a[lo:lo + step], _per_node(qa_t[None] * res, p_c))  # Ka^-1 Qa^T R Pc
             for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
                 g = scaled_c[:, a:b] @ p_c[:, a:b] - cross_ca[:, a:b] @ solved[:, :, a:b]
                 signs[i, lo:lo + step], logdets[i, lo:lo + step] = np.linalg.slogdet(np.eye(b - a) + g)
@@ -692,6 +692,17 @@ class _Spectrum:
             if (sign <= 0).any():
                 return float("nan")
         return self._integral(logdets, float(np.einsum("dr,dr->", q_tilde, p_tilde)))
+
+
+def _per_node(stacked: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``stacked @ right`` for (nodes, m, d) and (d, k), as one (nodes * m, d) matrix product: (nodes, m, k).
+
+    One large product instead of one per node (numpy's stacked matmul), with the same dot products: on
+    53 nodes x 200 x 2,048 times 2,048 x 200, 1.0-1.3x on one core and about 2x on two BLAS threads, where
+    the small per-node products scale poorly.
+    """
+    nodes, m, d = stacked.shape
+    return (stacked.reshape(nodes * m, d) @ right).reshape(nodes, m, right.shape[1])
 
 
 def make_scorer(cf: ClassFeatures, distance: str = "fid", mode: str = "class-mean") -> Scorer:
