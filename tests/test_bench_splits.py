@@ -41,3 +41,8 @@ def test_make_splits_at_a_small_size_is_timed_by_part_and_compared_with_referenc
     assert len(re.search(r"levels ([\d., ]+);", out).group(1).split(", ")) == 8
     assert "largest level difference from --reference-levels:" in out
     assert build.greedy_levels.__name__ == "greedy_levels"        # the timing wrappers are taken off again
+
+
+def test_reference_levels_of_another_count_are_not_compared(bench, capsys):
+    bench.bench_sop_search(classes=120, dim=6, draws=0, reference="1,2,3")
+    assert "--reference-levels gives 3 levels, this run made 8: not compared" in capsys.readouterr().out
