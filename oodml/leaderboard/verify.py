@@ -35,7 +35,6 @@ from ..matched import DEFAULT_DRAWS, MatchedRecords, class_sums, level_draws, ma
 from ..metrics import metric_names
 from ..protocol import card_problems, curve_summary, episode_split, score_episode
 from ..splits import Episode, Level, SplitSet, load, read_split_set
-from ..splits.catalogue import one_content, split_set_copies
 from .submission import Submission, is_fraction, parse_file_name, read_submission
 
 #: the metrics an entry claims and the board shows, per level: those of oodml.metrics.METRICS with a value per
@@ -440,10 +439,7 @@ def published_split_set(dataset: str, version: str) -> SplitSet:
     Raises:
         OodmlError: as :func:`oodml.splits.load`.
     """
-    copies = split_set_copies(dataset, version)
-    if not copies:
-        return load(dataset, version)   # its one-line refusal, naming the versions there are
-    return read_split_set_once(one_content(copies).path)   # a name held with two digests is refused every time
+    return load(dataset, version, read=read_split_set_once)
 
 
 def verify_entries(paths: list[Path], *, data_root: str | Path | None = None) -> list[Verification]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,13 +108,16 @@ def _created(published: PublishedSplitSet) -> tuple:
     return str(stamp), _natural_key(published.version)
 
 
-def load(dataset: str, version: str | None = None) -> SplitSet:
+def load(dataset: str, version: str | None = None, *,
+         read: Callable[[Path], SplitSet] = read_split_set) -> SplitSet:
     """Load and verify a published split set (the latest version when ``version`` is None).
 
     "Latest" is the most recently created (``created_at`` in the metadata),
     ties broken by natural order of the version names.  A name held in
     several places on the search paths must have one digest in all of them
     (published names are immutable), else it is refused naming two places.
+    ``read`` reads and verifies the chosen directory (the leaderboard's
+    verifier passes one that keeps what it read while the files are unchanged).
     """
     found = published_split_sets(dataset)
     if version is not None and not any(p.version == version for p in found):
@@ -125,7 +128,7 @@ def load(dataset: str, version: str | None = None) -> SplitSet:
         raise OodmlError(f"no published split set for {dataset!r} (searched "
                          f"{', '.join(map(str, search_paths())) or 'nothing'}); run `oodml make-splits {dataset}`")
     chosen = version if version is not None else max(found, key=_created).version
-    return read_split_set(one_content(split_set_copies(dataset, chosen)).path)
+    return read(one_content(split_set_copies(dataset, chosen)).path)
 
 
 def resolve(dataset: str, ref: SplitSet | str | Path | None) -> SplitSet:
