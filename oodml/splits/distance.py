@@ -697,9 +697,10 @@ class _Spectrum:
 def _per_node(stacked: np.ndarray, right: np.ndarray) -> np.ndarray:
     """``stacked @ right`` for (nodes, m, d) and (d, k), as one (nodes * m, d) matrix product: (nodes, m, k).
 
-    One large product instead of one per node (numpy's stacked matmul), with the same dot products: on
-    53 nodes x 200 x 2,048 times 2,048 x 200, 1.0-1.3x on one core and about 2x on two BLAS threads, where
-    the small per-node products scale poorly.
+    One large product instead of one per node (numpy's stacked matmul), with the same dot products.  At SOP
+    scale on one BLAS thread it made no measurable difference (``tools/bench_splits.py --sop-search``: 981 s
+    against 978 s end to end); it is meant for several threads, where one small product per node scales
+    poorly (not measured end to end).
     """
     nodes, m, d = stacked.shape
     return (stacked.reshape(nodes * m, d) @ right).reshape(nodes, m, right.shape[1])
